@@ -1,0 +1,27 @@
+//! hookstream's wire contract.
+//!
+//! The `.avsc` files in `schemas/avro/` are the source of truth. This crate parses them
+//! at start-up, maps them to plain Rust types by hand (field order and unions are
+//! explicit, so the bytes written are exactly the files' schemas), and frames every
+//! value in the Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint of the
+//! schema's canonical form + datum), so any Avro library can decode a record with the
+//! `.avsc` file alone.
+//!
+//! It also names the topics and Kafka headers every part agrees on.
+
+pub mod avro_json;
+mod codec;
+mod dead_letter;
+pub mod fingerprint;
+mod policy_event;
+mod raw_webhook;
+pub mod samples;
+pub mod topics;
+mod value;
+
+pub use codec::{
+    decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER,
+};
+pub use dead_letter::{DeadLetter, DeadLetterReason, KafkaHeader};
+pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind};
+pub use raw_webhook::{HttpHeader, RawWebhook};

@@ -1,0 +1,192 @@
+//! The `.avsc` files are the contract: these tests prove the Rust types write exactly
+//! those schemas, that every type round-trips, that the golden samples in `testdata/`
+//! are what the encoder produces byte for byte, and that foreign bytes are rejected
+//! with an error that says why.
+//!
+//! Regenerate the golden files after an intended schema change with
+//! `HOOKSTREAM_BLESS=1 cargo test -p hookstream-schemas --test contract`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::PathBuf;
+
+use apache_avro::{reader::datum::GenericDatumReader, Schema};
+use hookstream_schemas::{
+    avro_json::to_avro_json,
+    decode, encode,
+    fingerprint::{canonical_form, crc64_avro},
+    samples, AvroRecord, CodecError, DeadLetter, PolicyEvent, RawWebhook, HEADER_LEN,
+};
+
+fn dir(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub)
+}
+
+/// The schema parsed from the file on disk (not the copy compiled into the crate).
+fn schema_file(name: &str) -> Schema {
+    let text =
+        std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).expect("read .avsc");
+    Schema::parse_str(&text).expect(".avsc parses")
+}
+
+/// Every golden sample: file stem, schema file, encoded bytes, Avro value as JSON.
+fn goldens() -> Vec<(&'static str, &'static str, Vec<u8>, serde_json::Value)> {
+    fn one<T: AvroRecord>(
+        stem: &'static str,
+        schema: &'static str,
+        v: &T,
+    ) -> (&'static str, &'static str, Vec<u8>, serde_json::Value) {
+        let json =
+            to_avro_json(&schema_file(schema), &v.to_value()).expect("value fits the schema file");
+        (stem, schema, encode(v).expect("encode"), json)
+    }
+    vec![
+        one("RawWebhook", "RawWebhook", &samples::raw_webhook()),
+        one("PolicyEvent", "PolicyEvent", &samples::policy_activated()),
+        one(
+            "PolicyEvent-cancelled",
+            "PolicyEvent",
+            &samples::policy_cancelled(),
+        ),
+        one("DeadLetter", "DeadLetter", &samples::dead_letter()),
+    ]
+}
+
+#[test]
+fn header_is_marker_and_rabin_fingerprint_of_the_schema_file() {
+    for (name, info) in [
+        ("RawWebhook", RawWebhook::info()),
+        ("PolicyEvent", PolicyEvent::info()),
+        ("DeadLetter", DeadLetter::info()),
+    ] {
+        let text = std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).unwrap();
+        let pcf = canonical_form(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(pcf.contains("\"type\":\"long\""), "{name}: {pcf}");
+        assert!(
+            !pcf.contains("logicalType") && !pcf.contains("doc"),
+            "{name}: {pcf}"
+        );
+        assert_eq!(info.header[..2], [0xC3, 0x01], "{name}");
+        assert_eq!(
+            info.header[2..],
+            crc64_avro(pcf.as_bytes()).to_le_bytes(),
+            "{name}: fingerprint differs from the .avsc file's"
+        );
+        assert_eq!(
+            info.schema.canonical_form(),
+            schema_file(name).canonical_form(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_type_round_trips() {
+    assert_eq!(
+        decode::<RawWebhook>(&encode(&samples::raw_webhook()).unwrap()).unwrap(),
+        samples::raw_webhook()
+    );
+    for p in [samples::policy_activated(), samples::policy_cancelled()] {
+        assert_eq!(decode::<PolicyEvent>(&encode(&p).unwrap()).unwrap(), p);
+    }
+    assert_eq!(
+        decode::<DeadLetter>(&encode(&samples::dead_letter()).unwrap()).unwrap(),
+        samples::dead_letter()
+    );
+}
+
+#[test]
+fn optional_fields_round_trip_as_null() {
+    let mut raw = samples::raw_webhook();
+    raw.event_type = None;
+    raw.sequence = None;
+    raw.headers.clear();
+    raw.body.clear();
+    assert_eq!(decode::<RawWebhook>(&encode(&raw).unwrap()).unwrap(), raw);
+    let mut dl = samples::dead_letter();
+    dl.original_key = None;
+    dl.original_value = None;
+    dl.missing_sequences.clear();
+    assert_eq!(decode::<DeadLetter>(&encode(&dl).unwrap()).unwrap(), dl);
+}
+
+#[test]
+fn bytes_decode_with_the_schema_file_alone() {
+    for (stem, schema, bytes, json) in goldens() {
+        let schema = schema_file(schema);
+        let reader = GenericDatumReader::builder(&schema).build().unwrap();
+        let mut datum = &bytes[HEADER_LEN..];
+        let value = reader
+            .read_value(&mut datum)
+            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert!(datum.is_empty(), "{stem}: trailing bytes");
+        assert_eq!(to_avro_json(&schema, &value).unwrap(), json, "{stem}");
+    }
+}
+
+#[test]
+fn encoder_produces_the_golden_files() {
+    let bless = std::env::var_os("HOOKSTREAM_BLESS").is_some();
+    for (stem, _, bytes, json) in goldens() {
+        let bin_path = dir("testdata").join(format!("{stem}.bin"));
+        let json_path = dir("testdata").join(format!("{stem}.json"));
+        let json_text = serde_json::to_string_pretty(&json).unwrap() + "\n";
+        if bless {
+            std::fs::write(&bin_path, &bytes).unwrap();
+            std::fs::write(&json_path, &json_text).unwrap();
+        }
+        let golden =
+            std::fs::read(&bin_path).unwrap_or_else(|e| panic!("{}: {e}", bin_path.display()));
+        assert_eq!(
+            bytes, golden,
+            "{stem}.bin differs from the encoder's output"
+        );
+        let golden_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        assert_eq!(
+            json, golden_json,
+            "{stem}.json differs from the sample value"
+        );
+    }
+}
+
+#[test]
+fn wrong_fingerprint_is_rejected_with_both_fingerprints_named() {
+    let raw = encode(&samples::raw_webhook()).unwrap();
+    let err = decode::<PolicyEvent>(&raw).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, CodecError::FingerprintMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("fingerprint mismatch"), "{msg}");
+    assert!(
+        msg.contains(&PolicyEvent::info().fingerprint_hex()),
+        "{msg}"
+    );
+    assert!(msg.contains(&RawWebhook::info().fingerprint_hex()), "{msg}");
+}
+
+#[test]
+fn foreign_bytes_are_rejected_with_a_clear_error() {
+    let err = decode::<RawWebhook>(b"{\"id\":1}").unwrap_err();
+    assert!(matches!(err, CodecError::BadMarker { .. }), "{err:?}");
+    assert!(err.to_string().contains("not Avro single-object encoding"));
+
+    let err = decode::<RawWebhook>(&[0xC3, 0x01, 1]).unwrap_err();
+    assert!(
+        matches!(err, CodecError::TooShort { len: 3, .. }),
+        "{err:?}"
+    );
+
+    let mut bytes = encode(&samples::raw_webhook()).unwrap();
+    bytes.push(0);
+    let err = decode::<RawWebhook>(&bytes).unwrap_err();
+    assert!(
+        matches!(err, CodecError::TrailingBytes { count: 1, .. }),
+        "{err:?}"
+    );
+
+    let bytes = encode(&samples::raw_webhook()).unwrap();
+    let err = decode::<RawWebhook>(&bytes[..bytes.len() - 5]).unwrap_err();
+    assert!(matches!(err, CodecError::Datum { .. }), "{err:?}");
+}
