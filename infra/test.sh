@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, then runs every check and test.
+#
+# - tansu (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~11 min);
+# - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
+# - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
+#   their own tansu on a free loopback port), and the fastavro check of the golden samples.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CACHE=${HOOKSTREAM_CACHE:-$HOME/.cache/hookstream}
+VENV=$CACHE/venv
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "broker: tansu"
+infra/broker.sh install
+
+step "independent Avro decoder: fastavro"
+if ! "$VENV/bin/python" -c 'import fastavro' 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet 'fastavro==1.13.1'
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "golden samples decode with fastavro"
+"$VENV/bin/python" schemas/check_golden.py

@@ -1,0 +1,198 @@
+//! Ingest configuration: a TOML file (`ingest --config FILE`) with a default for every
+//! field, then environment overrides (`KAFKA_BROKERS`, `INGEST_LISTEN`).
+//!
+//! Secrets never live in the file: a source names the environment variable (or file)
+//! that holds them, and they are read once at start-up into [`crate::verify::Secrets`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::verify::Scheme;
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address the HTTP server listens on. Env: `INGEST_LISTEN`. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Kafka producer settings.
+    pub kafka: KafkaConfig,
+    /// HTTP server limits and timeouts.
+    pub http: HttpConfig,
+    /// Webhook sources by name: the `{source}` in `POST /webhooks/{source}`.
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            kafka: KafkaConfig::default(),
+            http: HttpConfig::default(),
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where records go and how long a request may wait for the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`. Env: `KAFKA_BROKERS`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic raw webhooks are written to. Default `payments.webhooks.raw`.
+    pub topic: String,
+    /// Kafka `client.id`, shown in broker logs and quotas. Default `hookstream-ingest`.
+    pub client_id: String,
+    /// How long a request waits for the broker's acknowledgement before it is answered
+    /// 503 with `Retry-After` (also the producer's `message.timeout.ms`). Default 5000.
+    pub ack_deadline_ms: u64,
+    /// Upper bound on records waiting in the producer (`queue.buffering.max.messages`);
+    /// when full, requests are answered 503 at once instead of queueing without bound.
+    /// Default 100000.
+    pub queue_max_messages: u32,
+    /// How long the producer may wait to batch records (`linger.ms`). Default 2: at a
+    /// spike this fills batches, and it costs at most 2 ms of latency when quiet.
+    pub linger_ms: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: hookstream_schemas::topics::RAW_TOPIC.into(),
+            client_id: "hookstream-ingest".into(),
+            ack_deadline_ms: 5000,
+            queue_max_messages: 100_000,
+            linger_ms: 2,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The ack deadline as a duration.
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(self.ack_deadline_ms)
+    }
+}
+
+/// Limits that keep the server standing under a spike or against slow clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Open connections at most; further clients wait in the kernel's accept queue. Default 10000.
+    pub max_connections: usize,
+    /// Requests being processed at once at most; beyond it a request is answered 429
+    /// with `Retry-After`. Default 8192.
+    pub max_in_flight_requests: usize,
+    /// A client must send its request headers within this time. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// A client must send the whole body within this time, else 408. Default 15000.
+    pub body_read_timeout_ms: u64,
+    /// `Retry-After` value (seconds) on 429 and 503. Default 1.
+    pub retry_after_secs: u64,
+    /// On shutdown, in-flight requests get this long to finish. Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_in_flight_requests: 8192,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 15_000,
+            retry_after_secs: 1,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// One webhook source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Signature scheme: `hmac-sha256` (default), `standard-webhooks`, `stripe` or `github`.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// Environment variable holding the secret(s), several separated by spaces (rotation:
+    /// any one may match). Exactly one of `secrets_env` and `secrets_file` must be set.
+    #[serde(default)]
+    pub secrets_env: Option<String>,
+    /// File holding the secret(s), separated by whitespace (e.g. a mounted Kubernetes secret).
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Accepted clock skew of the signed timestamp, both directions, in seconds. Default 300.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Largest accepted body in bytes; larger requests get 413 and are cut off unread.
+    /// Default 1048576 (1 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Where the fields are in the JSON body.
+    #[serde(default)]
+    pub fields: FieldMap,
+}
+
+fn default_tolerance_secs() -> u64 {
+    300
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+/// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldMap {
+    /// Payment id, required (the record key). Default `/payment_id`.
+    pub payment_id: String,
+    /// Event id, used when the scheme has no id header (stripe). Default `/id`.
+    pub event_id: String,
+    /// Per-payment sequence number, optional. Default `/sequence`.
+    pub sequence: String,
+    /// Event type, optional. Default `/type`.
+    pub event_type: String,
+}
+
+impl Default for FieldMap {
+    fn default() -> Self {
+        Self {
+            payment_id: "/payment_id".into(),
+            event_id: "/id".into(),
+            sequence: "/sequence".into(),
+            event_type: "/type".into(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Read the TOML file, then apply environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config: IngestConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Apply `KAFKA_BROKERS` and `INGEST_LISTEN` from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(b) = env("KAFKA_BROKERS").filter(|b| !b.trim().is_empty()) {
+            self.kafka.brokers = b;
+        }
+        if let Some(l) = env("INGEST_LISTEN").filter(|l| !l.trim().is_empty()) {
+            self.listen = l.parse().map_err(|_| ConfigError::Invalid {
+                field: "INGEST_LISTEN".into(),
+                detail: format!("{l:?} is not an address like 127.0.0.1:8080"),
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Ingest's error types: start-up errors ([`ConfigError`], [`IngestError`]) and the
+//! per-request answers that are not 200 ([`Reject`]), each with its HTTP status and
+//! JSON body.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::verify::Rejection;
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config {field}: {detail}")]
+    Invalid { field: String, detail: String },
+}
+
+/// Ingest could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the Kafka producer")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("HTTP listener failed")]
+    Listener(#[source] std::io::Error),
+}
+
+/// A request answered with something other than 200. `status()` and `body()` are
+/// exactly what the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No such route.
+    NotFound,
+    /// `{source}` is not configured.
+    UnknownSource(String),
+    /// Not a POST on a webhook path.
+    MethodNotAllowed,
+    /// Body over the source's limit.
+    PayloadTooLarge { limit_bytes: usize },
+    /// The client did not send the body in time.
+    BodyTimeout,
+    /// The body stream broke off.
+    BodyRead,
+    /// Signature verification failed (400 or 403).
+    Verify(Rejection),
+    /// Body is not JSON.
+    InvalidJson,
+    /// A required field is missing or has the wrong type.
+    MissingField { field: &'static str, pointer: String },
+    /// A field has an unusable value.
+    InvalidField { field: &'static str, detail: &'static str },
+    /// Too many requests in flight.
+    Overloaded,
+    /// The producer queue is full.
+    QueueFull,
+    /// The broker did not acknowledge within the ack deadline, or refused the record.
+    BrokerUnavailable,
+}
+
+impl Reject {
+    /// The HTTP status (DESIGN.md's table).
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::NotFound | Reject::UnknownSource(_) => 404,
+            Reject::MethodNotAllowed => 405,
+            Reject::PayloadTooLarge { .. } => 413,
+            Reject::BodyTimeout => 408,
+            Reject::BodyRead | Reject::InvalidJson | Reject::MissingField { .. } | Reject::InvalidField { .. } => 400,
+            Reject::Verify(r) => r.status(),
+            Reject::Overloaded => 429,
+            Reject::QueueFull | Reject::BrokerUnavailable => 503,
+        }
+    }
+
+    /// The error code: the JSON body's `error` and the metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "not_found",
+            Reject::UnknownSource(_) => "unknown_source",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::PayloadTooLarge { .. } => "payload_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::BodyRead => "body_read_error",
+            Reject::Verify(r) => r.code(),
+            Reject::InvalidJson => "invalid_json",
+            Reject::MissingField { .. } => "missing_field",
+            Reject::InvalidField { .. } => "invalid_field",
+            Reject::Overloaded => "overloaded",
+            Reject::QueueFull => "producer_queue_full",
+            Reject::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+
+    /// Whether the answer carries `Retry-After` (the provider should retry).
+    pub fn retry_after(&self) -> bool {
+        matches!(self, Reject::Overloaded | Reject::QueueFull | Reject::BrokerUnavailable)
+    }
+
+    /// The JSON body: `{"error": code, ...details}`. Never contains a secret or the body.
+    pub fn body(&self) -> Value {
+        let mut v = json!({ "error": self.code() });
+        let extra = match self {
+            Reject::UnknownSource(s) => json!({ "source": s }),
+            Reject::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
+            Reject::Verify(Rejection::MissingHeader(h)) => json!({ "header": h }),
+            Reject::Verify(Rejection::InvalidHeader { header, detail }) => json!({ "header": header, "detail": detail }),
+            Reject::MissingField { field, pointer } => json!({ "field": field, "pointer": pointer }),
+            Reject::InvalidField { field, detail } => json!({ "field": field, "detail": detail }),
+            _ => json!({}),
+        };
+        if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        v
+    }
+}

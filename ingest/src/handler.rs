@@ -1,0 +1,187 @@
+//! Request routing and the webhook pipeline: route → limits → read body → verify →
+//! extract → publish → answer. Each step either continues or yields a [`Reject`].
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use rdkafka::message::{Header, OwnedHeaders};
+use serde_json::json;
+
+use hookstream_schemas::{encode, topics::headers as kh, HttpHeader, RawWebhook};
+
+use crate::app::{App, Source};
+use crate::error::Reject;
+use crate::extract::extract;
+use crate::publish::{Delivered, PublishError};
+use crate::verify::verify;
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: u16, body: &serde_json::Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn reject_response(app: &App, r: &Reject) -> Resp {
+    let mut resp = json_response(r.status(), &r.body());
+    if r.retry_after() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(app.http.retry_after_secs));
+    }
+    if matches!(r, Reject::MethodNotAllowed) {
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    resp
+}
+
+/// Answer one request.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => json_response(200, &json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => match app.publisher.ready().await {
+            Ok(()) => json_response(200, &json!({ "ready": true, "topic": app.publisher.topic() })),
+            Err(detail) => json_response(503, &json!({ "error": "not_ready", "detail": detail })),
+        },
+        (&Method::GET, "/metrics") => {
+            app.metrics.queue_depth.set(i64::from(app.publisher.queue_depth()));
+            let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }
+        (_, p) if p.starts_with("/webhooks/") => {
+            let source = p["/webhooks/".len()..].to_owned();
+            webhook(app, &source, req).await
+        }
+        _ => reject_response(app, &Reject::NotFound),
+    }
+}
+
+async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
+    let span = app.tracer.start(req.headers());
+    let known = app.sources.get(source_name);
+    // Unknown names share one label, so a scanner cannot grow the metric without bound.
+    let label = if known.is_some() { source_name } else { "unknown" };
+    let outcome = match (known, req.method()) {
+        (_, m) if m != Method::POST => Err(Reject::MethodNotAllowed),
+        (None, _) => Err(Reject::UnknownSource(source_name.to_owned())),
+        (Some(source), _) => match app.in_flight.clone().try_acquire_owned() {
+            Err(_) => Err(Reject::Overloaded),
+            Ok(_permit) => {
+                app.metrics.in_flight.inc();
+                let r = accept(app, source_name, source, req, span.traceparent()).await;
+                app.metrics.in_flight.dec();
+                r
+            }
+        },
+    };
+    let resp = match &outcome {
+        Ok((event_id, d)) => json_response(
+            200,
+            &json!({ "received": true, "event_id": event_id, "partition": d.partition, "offset": d.offset }),
+        ),
+        Err(r) => {
+            app.metrics.rejections.with_label_values(&[label, r.code()]).inc();
+            tracing::info!(source = label, outcome = r.code(), status = r.status(), trace_id = %span.trace_id(), "webhook rejected");
+            reject_response(app, r)
+        }
+    };
+    let status = resp.status().as_u16();
+    app.metrics.requests.with_label_values(&[label, resp.status().as_str()]).inc();
+    span.end(status);
+    resp
+}
+
+/// Read, verify, extract, publish. Returns the event id and where Kafka put it.
+async fn accept(
+    app: &App,
+    source_name: &str,
+    source: &Source,
+    req: Request<Incoming>,
+    traceparent: &str,
+) -> Result<(String, Delivered), Reject> {
+    let limit = source.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Reject::PayloadTooLarge { limit_bytes: limit });
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        Duration::from_millis(app.http.body_read_timeout_ms),
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| Reject::BodyTimeout)?;
+    let body = match read {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Reject::PayloadTooLarge { limit_bytes: limit })
+        }
+        Err(_) => return Err(Reject::BodyRead),
+    };
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let scheme = source.config.scheme;
+    let verified = verify(scheme, &parts.headers, &body, &source.secrets, now.as_secs() as i64, source.config.tolerance_secs)
+        .map_err(Reject::Verify)?;
+    let fields = extract(&body, &source.config.fields, verified.event_id)?;
+
+    let record = RawWebhook {
+        event_id: fields.event_id.clone(),
+        source: source_name.to_owned(),
+        scheme: scheme.as_str().to_owned(),
+        secret_index: verified.secret_index as i32,
+        payment_id: fields.payment_id.clone(),
+        event_type: fields.event_type,
+        sequence: fields.sequence,
+        received_at: now.as_millis() as i64,
+        headers: scheme
+            .signed_headers()
+            .iter()
+            .filter_map(|h| parts.headers.get(*h).map(|v| HttpHeader { name: (*h).to_owned(), value: v.as_bytes().to_vec() }))
+            .collect(),
+        body: body.to_vec(),
+    };
+    // Encoding a value built from our own types cannot fail unless the schema and the
+    // type disagree, which the schemas crate's tests rule out; answer 503 rather than lose it.
+    let value = encode(&record).map_err(|e| {
+        tracing::error!(error = %e, "RawWebhook does not encode");
+        Reject::BrokerUnavailable
+    })?;
+    let headers = OwnedHeaders::new_with_capacity(3)
+        .insert(Header { key: kh::EVENT_ID, value: Some(&fields.event_id) })
+        .insert(Header { key: kh::SOURCE, value: Some(source_name) })
+        .insert(Header { key: kh::TRACEPARENT, value: Some(traceparent) });
+
+    let started = Instant::now();
+    let result = app.publisher.publish(&fields.payment_id, &value, headers).await;
+    app.metrics.delivery_seconds.with_label_values(&[source_name]).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(d) => {
+            tracing::info!(
+                event_id = %fields.event_id, payment_id = %fields.payment_id, source = source_name,
+                outcome = "published", partition = d.partition, offset = d.offset, "webhook accepted"
+            );
+            Ok((fields.event_id, d))
+        }
+        Err(e) => {
+            tracing::warn!(
+                event_id = %fields.event_id, payment_id = %fields.payment_id, source = source_name,
+                outcome = "not_durable", error = %e, "webhook not acknowledged by the broker"
+            );
+            Err(match e {
+                PublishError::QueueFull => Reject::QueueFull,
+                PublishError::Timeout(_) | PublishError::Broker(_) => Reject::BrokerUnavailable,
+            })
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Every metric ingest exposes at `/metrics`, defined in one place.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Ingest's metrics and their registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by source and HTTP status.
+    pub requests: IntCounterVec,
+    /// Verification and validation failures, by source and error code.
+    pub rejections: IntCounterVec,
+    /// Time from publishing to the broker's acknowledgement, by source.
+    pub delivery_seconds: HistogramVec,
+    /// Requests being processed now.
+    pub in_flight: IntGauge,
+    /// Records queued or in flight in the producer (sampled at scrape).
+    pub queue_depth: IntGauge,
+}
+
+impl Metrics {
+    /// Register every metric. Panics only on a duplicate name, which is a bug here.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("hookstream_ingest".into()), None).expect("valid prefix");
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Webhook requests answered, by source and HTTP status"),
+            &["source", "status"],
+        )
+        .expect("metric");
+        let rejections = IntCounterVec::new(
+            Opts::new("rejections_total", "Requests refused, by source and error code (signature_mismatch, ...)"),
+            &["source", "reason"],
+        )
+        .expect("metric");
+        let delivery_seconds = HistogramVec::new(
+            HistogramOpts::new("delivery_seconds", "Time from publish to broker acknowledgement (acks=all)")
+                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["source"],
+        )
+        .expect("metric");
+        let in_flight = IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
+        let queue_depth =
+            IntGauge::new("producer_queue_depth", "Records queued or in flight in the Kafka producer").expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejections.clone()),
+            Box::new(delivery_seconds.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(queue_depth.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Self { registry, requests, rejections, delivery_seconds, in_flight, queue_depth }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,127 @@
+//! The one long-lived Kafka producer and what "published" means: the broker acknowledged
+//! the record with `acks=all` from an idempotent producer, within the ack deadline.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::config::KafkaConfig;
+
+/// Where the broker wrote a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a record is not known to be durable. All of these are retriable: the request is
+/// answered 503 with `Retry-After`, and the provider's retry is deduplicated downstream.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The producer's bounded queue is full (the broker is slow or away).
+    #[error("producer queue is full")]
+    QueueFull,
+    /// No acknowledgement within the ack deadline.
+    #[error("no broker acknowledgement within {0:?}")]
+    Timeout(Duration),
+    /// The broker or client reported a delivery failure.
+    #[error("delivery failed")]
+    Broker(#[source] KafkaError),
+}
+
+/// The shared producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    ack_deadline: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Create the producer. Fails only on an invalid client configuration; an absent
+    /// broker shows up later as 503s and in `/readyz`.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", &cfg.client_id)
+            // Principle 2, "2xx means durable": wait for every in-sync replica...
+            .set("acks", "all")
+            // ...and never write a record twice or out of order when librdkafka retries.
+            .set("enable.idempotence", "true")
+            // Java-compatible partitioning: any client puts a payment's events in the same
+            // partition (DESIGN.md, "Topics").
+            .set("partitioner", "murmur2_random")
+            // Give up on a record when the request that carries it has been answered 503:
+            // a later delivery would only be a duplicate of the provider's retry.
+            .set("message.timeout.ms", cfg.ack_deadline_ms.to_string())
+            // Bounded memory: a full queue answers 503 instead of growing.
+            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
+            // Batch under load; costs at most this much latency when quiet.
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .create()?;
+        Ok(Self { producer, topic: cfg.topic.clone(), ack_deadline: cfg.ack_deadline() })
+    }
+
+    /// The topic records go to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publish and wait for the broker's acknowledgement.
+    pub async fn publish(&self, key: &str, value: &[u8], headers: OwnedHeaders) -> Result<Delivered, PublishError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(value).headers(headers);
+        let delivery = match self.producer.send_result(record) {
+            Ok(d) => d,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return Err(PublishError::QueueFull),
+            Err((e, _)) => return Err(PublishError::Broker(e)),
+        };
+        // librdkafka's own message.timeout.ms fires first; this outer bound only guards
+        // against a delivery report that never comes.
+        match tokio::time::timeout(self.ack_deadline + Duration::from_secs(1), delivery).await {
+            Err(_) => Err(PublishError::Timeout(self.ack_deadline)),
+            Ok(Err(_canceled)) => Err(PublishError::Broker(KafkaError::Canceled)),
+            Ok(Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)))) => {
+                Err(PublishError::Timeout(self.ack_deadline))
+            }
+            Ok(Ok(Err((e, _)))) => Err(PublishError::Broker(e)),
+            Ok(Ok(Ok(d))) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+        }
+    }
+
+    /// Records queued or in flight in the producer.
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Whether the broker answers and knows the topic (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map_err(|e| format!("broker unreachable: {e}"))?;
+            match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                _ => Err(format!("topic {topic} does not exist")),
+            }
+        })
+        .await
+        .map_err(|e| format!("readiness check failed: {e}"))?
+    }
+
+    /// Wait up to `timeout` for queued records to be delivered (on shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

@@ -1,0 +1,109 @@
+//! Kafka helpers for tests: unique topics, a producer configured like ingest's, and a
+//! reader that collects what a topic holds.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// A topic name no other test (nor an earlier run against the same broker) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}.{}.{}.{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Create a topic and wait until its metadata shows every partition.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .expect("create_topics request");
+    for r in results {
+        if let Err((t, code)) = r {
+            panic!("creating topic {t} failed: {code:?}");
+        }
+    }
+    let consumer = reader(bootstrap);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if partition_count(&consumer, name) == Some(partitions as usize) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} did not appear in metadata");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn partition_count(consumer: &StreamConsumer, topic: &str) -> Option<usize> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return None;
+    }
+    Some(t.partitions().len())
+}
+
+/// A producer configured the way hookstream's producers are: idempotent, acks=all,
+/// Java-compatible murmur2 partitioning.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer")
+}
+
+fn reader(bootstrap: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_topic("test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// Read `topic` from the beginning of every partition until `want` records have arrived
+/// or `timeout` passes (then return what arrived: the caller asserts on the count).
+pub async fn read_records(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer = reader(bootstrap);
+    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < want {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The record's key as UTF-8 (empty when it has none).
+pub fn key_str(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
+}
