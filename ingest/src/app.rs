@@ -62,8 +62,17 @@ pub fn load_sources(
                 })
             }
         }
-        .map_err(|detail| ConfigError::Invalid { field: field.clone(), detail })?;
-        out.insert(name.clone(), Source { config: sc.clone(), secrets });
+        .map_err(|detail| ConfigError::Invalid {
+            field: field.clone(),
+            detail,
+        })?;
+        out.insert(
+            name.clone(),
+            Source {
+                config: sc.clone(),
+                secrets,
+            },
+        );
     }
     Ok(out)
 }

@@ -174,12 +174,21 @@ impl Default for FieldMap {
 impl IngestConfig {
     /// Read the TOML file, then apply environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config: IngestConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+
+    /// Parse a TOML document (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Apply `KAFKA_BROKERS` and `INGEST_LISTEN` from `env`.
@@ -194,5 +203,48 @@ impl IngestConfig {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_with_the_documented_defaults() {
+        let text = include_str!("../../infra/config/ingest.toml");
+        let c = IngestConfig::from_toml_str(text).unwrap();
+        let d = IngestConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.kafka.brokers, d.kafka.brokers);
+        assert_eq!(c.kafka.ack_deadline_ms, d.kafka.ack_deadline_ms);
+        assert_eq!(c.http.max_in_flight_requests, d.http.max_in_flight_requests);
+        let names: Vec<_> = c.sources.keys().map(String::as_str).collect();
+        assert_eq!(names, ["github", "paymenthub", "standard", "stripe"]);
+        assert_eq!(c.sources["standard"].scheme, Scheme::StandardWebhooks);
+        assert_eq!(c.sources["paymenthub"].tolerance_secs, 300);
+        assert_eq!(c.sources["paymenthub"].max_body_bytes, 1 << 20);
+        assert_eq!(c.sources["paymenthub"].fields.payment_id, "/payment_id");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut c = IngestConfig::default();
+        c.apply_env(|k| match k {
+            "KAFKA_BROKERS" => Some("10.0.0.1:9092".into()),
+            "INGEST_LISTEN" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (c.kafka.brokers.as_str(), c.listen.to_string().as_str()),
+            ("10.0.0.1:9092", "0.0.0.0:9000")
+        );
+        assert!(c.apply_env(|_| Some("nonsense".into())).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(IngestConfig::from_toml_str("[kafka]\nbrokerz = \"x\"\n").is_err());
     }
 }

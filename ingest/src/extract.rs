@@ -21,19 +21,33 @@ pub struct Extracted {
 
 fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Reject> {
     match doc.pointer(pointer) {
-        None | Some(Value::Null) => Err(Reject::MissingField { field, pointer: pointer.to_owned() }),
-        Some(Value::String(s)) if s.is_empty() => Err(Reject::MissingField { field, pointer: pointer.to_owned() }),
-        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => {
-            Err(Reject::InvalidField { field, detail: "longer than 256 bytes" })
-        }
+        None | Some(Value::Null) => Err(Reject::MissingField {
+            field,
+            pointer: pointer.to_owned(),
+        }),
+        Some(Value::String(s)) if s.is_empty() => Err(Reject::MissingField {
+            field,
+            pointer: pointer.to_owned(),
+        }),
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(Reject::InvalidField {
+            field,
+            detail: "longer than 256 bytes",
+        }),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(Reject::InvalidField { field, detail: "must be a string" }),
+        Some(_) => Err(Reject::InvalidField {
+            field,
+            detail: "must be a string",
+        }),
     }
 }
 
 /// Parse `body` and extract the fields. `header_event_id` is the scheme's id header,
 /// which wins over the body's id when present.
-pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) -> Result<Extracted, Reject> {
+pub fn extract(
+    body: &[u8],
+    fields: &FieldMap,
+    header_event_id: Option<String>,
+) -> Result<Extracted, Reject> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| Reject::InvalidJson)?;
     if !doc.is_object() {
         return Err(Reject::InvalidJson);
@@ -41,7 +55,10 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
     let payment_id = id(&doc, "payment_id", &fields.payment_id)?;
     let event_id = match header_event_id {
         Some(h) if h.len() > MAX_ID_BYTES => {
-            return Err(Reject::InvalidField { field: "event_id", detail: "longer than 256 bytes" })
+            return Err(Reject::InvalidField {
+                field: "event_id",
+                detail: "longer than 256 bytes",
+            })
         }
         Some(h) if !h.is_empty() => h,
         _ => id(&doc, "event_id", &fields.event_id)?,
@@ -50,15 +67,30 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(n) if n >= 1 => Some(n),
-            _ => return Err(Reject::InvalidField { field: "sequence", detail: "must be an integer >= 1" }),
+            _ => {
+                return Err(Reject::InvalidField {
+                    field: "sequence",
+                    detail: "must be an integer >= 1",
+                })
+            }
         },
     };
     let event_type = match doc.pointer(&fields.event_type) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(Reject::InvalidField { field: "type", detail: "must be a string" }),
+        Some(_) => {
+            return Err(Reject::InvalidField {
+                field: "type",
+                detail: "must be a string",
+            })
+        }
     };
-    Ok(Extracted { payment_id, event_id, sequence, event_type })
+    Ok(Extracted {
+        payment_id,
+        event_id,
+        sequence,
+        event_type,
+    })
 }
 
 #[cfg(test)]
@@ -66,12 +98,20 @@ mod tests {
     use super::*;
 
     fn ex(body: &str, header: Option<&str>) -> Result<Extracted, Reject> {
-        extract(body.as_bytes(), &FieldMap::default(), header.map(str::to_owned))
+        extract(
+            body.as_bytes(),
+            &FieldMap::default(),
+            header.map(str::to_owned),
+        )
     }
 
     #[test]
     fn canonical_event() {
-        let e = ex(r#"{"id":"evt_1","payment_id":"pay_1","sequence":3,"type":"payment.completed"}"#, None).unwrap();
+        let e = ex(
+            r#"{"id":"evt_1","payment_id":"pay_1","sequence":3,"type":"payment.completed"}"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             e,
             Extracted {
@@ -85,8 +125,15 @@ mod tests {
 
     #[test]
     fn header_id_wins_and_optional_fields_may_be_absent() {
-        let e = ex(r#"{"id":"evt_body","payment_id":"pay_1"}"#, Some("evt_header")).unwrap();
-        assert_eq!((e.event_id.as_str(), e.sequence, e.event_type), ("evt_header", None, None));
+        let e = ex(
+            r#"{"id":"evt_body","payment_id":"pay_1"}"#,
+            Some("evt_header"),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.event_id.as_str(), e.sequence, e.event_type),
+            ("evt_header", None, None)
+        );
     }
 
     #[test]
@@ -95,12 +142,34 @@ mod tests {
         assert_eq!(ex("[1,2]", None), Err(Reject::InvalidJson));
         assert_eq!(
             ex(r#"{"id":"e"}"#, None),
-            Err(Reject::MissingField { field: "payment_id", pointer: "/payment_id".into() })
+            Err(Reject::MissingField {
+                field: "payment_id",
+                pointer: "/payment_id".into()
+            })
         );
-        assert_eq!(ex(r#"{"payment_id":"p"}"#, None), Err(Reject::MissingField { field: "event_id", pointer: "/id".into() }));
-        assert_eq!(ex(r#"{"id":"e","payment_id":7}"#, None).unwrap_err().code(), "invalid_field");
-        assert_eq!(ex(r#"{"id":"e","payment_id":"p","sequence":0}"#, None).unwrap_err().code(), "invalid_field");
-        assert_eq!(ex(r#"{"id":"e","payment_id":"p","sequence":"2"}"#, None).unwrap_err().code(), "invalid_field");
+        assert_eq!(
+            ex(r#"{"payment_id":"p"}"#, None),
+            Err(Reject::MissingField {
+                field: "event_id",
+                pointer: "/id".into()
+            })
+        );
+        assert_eq!(
+            ex(r#"{"id":"e","payment_id":7}"#, None).unwrap_err().code(),
+            "invalid_field"
+        );
+        assert_eq!(
+            ex(r#"{"id":"e","payment_id":"p","sequence":0}"#, None)
+                .unwrap_err()
+                .code(),
+            "invalid_field"
+        );
+        assert_eq!(
+            ex(r#"{"id":"e","payment_id":"p","sequence":"2"}"#, None)
+                .unwrap_err()
+                .code(),
+            "invalid_field"
+        );
     }
 
     #[test]
@@ -113,6 +182,9 @@ mod tests {
         };
         let body = br#"{"id":"evt_s","type":"payment.completed","data":{"object":{"payment_intent":"pi_9"}}}"#;
         let e = extract(body, &fields, None).unwrap();
-        assert_eq!((e.payment_id.as_str(), e.event_id.as_str()), ("pi_9", "evt_s"));
+        assert_eq!(
+            (e.payment_id.as_str(), e.event_id.as_str()),
+            ("pi_9", "evt_s")
+        );
     }
 }

@@ -23,17 +23,24 @@ type Resp = Response<Full<Bytes>>;
 fn json_response(status: u16, body: &serde_json::Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn reject_response(app: &App, r: &Reject) -> Resp {
     let mut resp = json_response(r.status(), &r.body());
     if r.retry_after() {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(app.http.retry_after_secs));
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(app.http.retry_after_secs),
+        );
     }
     if matches!(r, Reject::MethodNotAllowed) {
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
     resp
 }
@@ -44,14 +51,21 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(200, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => match app.publisher.ready().await {
-            Ok(()) => json_response(200, &json!({ "ready": true, "topic": app.publisher.topic() })),
+            Ok(()) => json_response(
+                200,
+                &json!({ "ready": true, "topic": app.publisher.topic() }),
+            ),
             Err(detail) => json_response(503, &json!({ "error": "not_ready", "detail": detail })),
         },
         (&Method::GET, "/metrics") => {
-            app.metrics.queue_depth.set(i64::from(app.publisher.queue_depth()));
+            app.metrics
+                .queue_depth
+                .set(i64::from(app.publisher.queue_depth()));
             let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             resp
         }
         (_, p) if p.starts_with("/webhooks/") => {
@@ -66,7 +80,11 @@ async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
     let span = app.tracer.start(req.headers());
     let known = app.sources.get(source_name);
     // Unknown names share one label, so a scanner cannot grow the metric without bound.
-    let label = if known.is_some() { source_name } else { "unknown" };
+    let label = if known.is_some() {
+        source_name
+    } else {
+        "unknown"
+    };
     let outcome = match (known, req.method()) {
         (_, m) if m != Method::POST => Err(Reject::MethodNotAllowed),
         (None, _) => Err(Reject::UnknownSource(source_name.to_owned())),
@@ -86,13 +104,19 @@ async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
             &json!({ "received": true, "event_id": event_id, "partition": d.partition, "offset": d.offset }),
         ),
         Err(r) => {
-            app.metrics.rejections.with_label_values(&[label, r.code()]).inc();
+            app.metrics
+                .rejections
+                .with_label_values(&[label, r.code()])
+                .inc();
             tracing::info!(source = label, outcome = r.code(), status = r.status(), trace_id = %span.trace_id(), "webhook rejected");
             reject_response(app, r)
         }
     };
     let status = resp.status().as_u16();
-    app.metrics.requests.with_label_values(&[label, resp.status().as_str()]).inc();
+    app.metrics
+        .requests
+        .with_label_values(&[label, resp.status().as_str()])
+        .inc();
     span.end(status);
     resp
 }
@@ -129,10 +153,19 @@ async fn accept(
         Err(_) => return Err(Reject::BodyRead),
     };
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let scheme = source.config.scheme;
-    let verified = verify(scheme, &parts.headers, &body, &source.secrets, now.as_secs() as i64, source.config.tolerance_secs)
-        .map_err(Reject::Verify)?;
+    let verified = verify(
+        scheme,
+        &parts.headers,
+        &body,
+        &source.secrets,
+        now.as_secs() as i64,
+        source.config.tolerance_secs,
+    )
+    .map_err(Reject::Verify)?;
     let fields = extract(&body, &source.config.fields, verified.event_id)?;
 
     let record = RawWebhook {
@@ -147,7 +180,12 @@ async fn accept(
         headers: scheme
             .signed_headers()
             .iter()
-            .filter_map(|h| parts.headers.get(*h).map(|v| HttpHeader { name: (*h).to_owned(), value: v.as_bytes().to_vec() }))
+            .filter_map(|h| {
+                parts.headers.get(*h).map(|v| HttpHeader {
+                    name: (*h).to_owned(),
+                    value: v.as_bytes().to_vec(),
+                })
+            })
             .collect(),
         body: body.to_vec(),
     };
@@ -158,13 +196,28 @@ async fn accept(
         Reject::BrokerUnavailable
     })?;
     let headers = OwnedHeaders::new_with_capacity(3)
-        .insert(Header { key: kh::EVENT_ID, value: Some(&fields.event_id) })
-        .insert(Header { key: kh::SOURCE, value: Some(source_name) })
-        .insert(Header { key: kh::TRACEPARENT, value: Some(traceparent) });
+        .insert(Header {
+            key: kh::EVENT_ID,
+            value: Some(&fields.event_id),
+        })
+        .insert(Header {
+            key: kh::SOURCE,
+            value: Some(source_name),
+        })
+        .insert(Header {
+            key: kh::TRACEPARENT,
+            value: Some(traceparent),
+        });
 
     let started = Instant::now();
-    let result = app.publisher.publish(&fields.payment_id, &value, headers).await;
-    app.metrics.delivery_seconds.with_label_values(&[source_name]).observe(started.elapsed().as_secs_f64());
+    let result = app
+        .publisher
+        .publish(&fields.payment_id, &value, headers)
+        .await;
+    app.metrics
+        .delivery_seconds
+        .with_label_values(&[source_name])
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(d) => {
             tracing::info!(

@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let config = IngestConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let config =
+        IngestConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -24,26 +24,42 @@ impl Metrics {
     /// Register every metric. Panics only on a duplicate name, which is a bug here.
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("hookstream_ingest".into()), None).expect("valid prefix");
+        let registry =
+            Registry::new_custom(Some("hookstream_ingest".into()), None).expect("valid prefix");
         let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Webhook requests answered, by source and HTTP status"),
+            Opts::new(
+                "requests_total",
+                "Webhook requests answered, by source and HTTP status",
+            ),
             &["source", "status"],
         )
         .expect("metric");
         let rejections = IntCounterVec::new(
-            Opts::new("rejections_total", "Requests refused, by source and error code (signature_mismatch, ...)"),
+            Opts::new(
+                "rejections_total",
+                "Requests refused, by source and error code (signature_mismatch, ...)",
+            ),
             &["source", "reason"],
         )
         .expect("metric");
         let delivery_seconds = HistogramVec::new(
-            HistogramOpts::new("delivery_seconds", "Time from publish to broker acknowledgement (acks=all)")
-                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "delivery_seconds",
+                "Time from publish to broker acknowledgement (acks=all)",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["source"],
         )
         .expect("metric");
-        let in_flight = IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
-        let queue_depth =
-            IntGauge::new("producer_queue_depth", "Records queued or in flight in the Kafka producer").expect("metric");
+        let in_flight =
+            IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
+        let queue_depth = IntGauge::new(
+            "producer_queue_depth",
+            "Records queued or in flight in the Kafka producer",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejections.clone()),
@@ -53,7 +69,14 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        Self { registry, requests, rejections, delivery_seconds, in_flight, queue_depth }
+        Self {
+            registry,
+            requests,
+            rejections,
+            delivery_seconds,
+            in_flight,
+            queue_depth,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

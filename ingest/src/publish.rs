@@ -42,7 +42,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,11 +66,18 @@ impl Publisher {
             // a later delivery would only be a duplicate of the provider's retry.
             .set("message.timeout.ms", cfg.ack_deadline_ms.to_string())
             // Bounded memory: a full queue answers 503 instead of growing.
-            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                cfg.queue_max_messages.to_string(),
+            )
             // Batch under load; costs at most this much latency when quiet.
             .set("linger.ms", cfg.linger_ms.to_string())
             .create()?;
-        Ok(Self { producer, topic: cfg.topic.clone(), ack_deadline: cfg.ack_deadline() })
+        Ok(Self {
+            producer,
+            topic: cfg.topic.clone(),
+            ack_deadline: cfg.ack_deadline(),
+        })
     }
 
     /// The topic records go to.
@@ -77,11 +86,21 @@ impl Publisher {
     }
 
     /// Publish and wait for the broker's acknowledgement.
-    pub async fn publish(&self, key: &str, value: &[u8], headers: OwnedHeaders) -> Result<Delivered, PublishError> {
-        let record = FutureRecord::to(&self.topic).key(key).payload(value).headers(headers);
+    pub async fn publish(
+        &self,
+        key: &str,
+        value: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivered, PublishError> {
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(value)
+            .headers(headers);
         let delivery = match self.producer.send_result(record) {
             Ok(d) => d,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return Err(PublishError::QueueFull),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(PublishError::QueueFull)
+            }
             Err((e, _)) => return Err(PublishError::Broker(e)),
         };
         // librdkafka's own message.timeout.ms fires first; this outer bound only guards
@@ -93,7 +112,10 @@ impl Publisher {
                 Err(PublishError::Timeout(self.ack_deadline))
             }
             Ok(Ok(Err((e, _)))) => Err(PublishError::Broker(e)),
-            Ok(Ok(Ok(d))) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+            Ok(Ok(Ok(d))) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
         }
     }
 

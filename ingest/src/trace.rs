@@ -42,7 +42,11 @@ impl RequestTracer {
     pub fn new() -> Self {
         let provider = SdkTracerProvider::builder().build();
         let tracer = provider.tracer("hookstream-ingest");
-        Self { _provider: provider, tracer, propagator: TraceContextPropagator::new() }
+        Self {
+            _provider: provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+        }
     }
 
     /// Start the span for a request with these headers.
@@ -52,7 +56,10 @@ impl RequestTracer {
         let cx = parent.with_span(span);
         let mut carrier = HashMap::new();
         self.propagator.inject_context(&cx, &mut carrier);
-        RequestSpan { traceparent: carrier.remove("traceparent").unwrap_or_default(), cx }
+        RequestSpan {
+            traceparent: carrier.remove("traceparent").unwrap_or_default(),
+            cx,
+        }
     }
 }
 
@@ -77,7 +84,10 @@ impl RequestSpan {
     /// End the span, recording the HTTP status.
     pub fn end(self, status: u16) {
         let span = self.cx.span();
-        span.set_attribute(opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)));
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         span.end();
     }
 }

@@ -6,7 +6,10 @@ use super::*;
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
@@ -23,7 +26,11 @@ const SW1_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SW2_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 fn standard(id: &str, ts: &str, sig: &str) -> HeaderMap {
-    headers(&[("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", sig)])
+    headers(&[
+        ("webhook-id", id),
+        ("webhook-timestamp", ts),
+        ("webhook-signature", sig),
+    ])
 }
 
 #[test]
@@ -34,8 +41,22 @@ fn standard_webhooks_vector_1() {
         "1614265330",
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
     );
-    let v = verify(Scheme::StandardWebhooks, &h, br#"{"test": 2432232314}"#, &s, 1614265330, 300).unwrap();
-    assert_eq!(v, Verified { event_id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()), secret_index: 0 });
+    let v = verify(
+        Scheme::StandardWebhooks,
+        &h,
+        br#"{"test": 2432232314}"#,
+        &s,
+        1614265330,
+        300,
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        Verified {
+            event_id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
+            secret_index: 0
+        }
+    );
 }
 
 #[test]
@@ -43,17 +64,36 @@ fn standard_webhooks_vector_2_and_its_wrong_signature() {
     let s = Secrets::from_env_value(Scheme::StandardWebhooks, SW2_SECRET).unwrap();
     let body = br#"{"email":"test@example.com","username":"test_user"}"#;
     let id = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
-    let good = standard(id, "1649367553", "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+    let good = standard(
+        id,
+        "1649367553",
+        "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+    );
     assert!(verify(Scheme::StandardWebhooks, &good, body, &s, 1649367553, 300).is_ok());
-    let bad = standard(id, "1649367553", "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU=");
-    assert_eq!(verify(Scheme::StandardWebhooks, &bad, body, &s, 1649367553, 300), Err(Rejection::SignatureMismatch));
+    let bad = standard(
+        id,
+        "1649367553",
+        "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU=",
+    );
+    assert_eq!(
+        verify(Scheme::StandardWebhooks, &bad, body, &s, 1649367553, 300),
+        Err(Rejection::SignatureMismatch)
+    );
     // Several signatures separated by spaces: one valid is enough.
     let several = standard(
         id,
         "1649367553",
         "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU= v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
     );
-    assert!(verify(Scheme::StandardWebhooks, &several, body, &s, 1649367553, 300).is_ok());
+    assert!(verify(
+        Scheme::StandardWebhooks,
+        &several,
+        body,
+        &s,
+        1649367553,
+        300
+    )
+    .is_ok());
 }
 
 #[test]
@@ -63,22 +103,44 @@ fn github_vector() {
     assert_eq!(secrets.len(), 1);
     let h = headers(&[
         ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
-        ("x-hub-signature-256", "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"),
+        (
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        ),
     ]);
     let v = verify(Scheme::Github, &h, b"Hello, World!", &secrets, 0, 300).unwrap();
-    assert_eq!(v.event_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+    assert_eq!(
+        v.event_id.as_deref(),
+        Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    );
 }
 
 #[test]
 fn hmac_sha256_rotation_reports_which_secret_matched() {
     let s = Secrets::from_env_value(Scheme::HmacSha256, "old-secret new-secret").unwrap();
     let body = br#"{"id":"evt_1","payment_id":"pay_1"}"#;
-    let sig = format!("sha256={}", hmac_hex(b"new-secret", &[b"1700000000", b".", body]));
-    let h = headers(&[("x-event-id", "evt_1"), ("x-timestamp", "1700000000"), ("x-signature", &sig)]);
+    let sig = format!(
+        "sha256={}",
+        hmac_hex(b"new-secret", &[b"1700000000", b".", body])
+    );
+    let h = headers(&[
+        ("x-event-id", "evt_1"),
+        ("x-timestamp", "1700000000"),
+        ("x-signature", &sig),
+    ]);
     let v = verify(Scheme::HmacSha256, &h, body, &s, 1700000100, 300).unwrap();
-    assert_eq!(v, Verified { event_id: Some("evt_1".into()), secret_index: 1 });
+    assert_eq!(
+        v,
+        Verified {
+            event_id: Some("evt_1".into()),
+            secret_index: 1
+        }
+    );
     let only_old = Secrets::from_env_value(Scheme::HmacSha256, "old-secret").unwrap();
-    assert_eq!(verify(Scheme::HmacSha256, &h, body, &only_old, 1700000100, 300), Err(Rejection::SignatureMismatch));
+    assert_eq!(
+        verify(Scheme::HmacSha256, &h, body, &only_old, 1700000100, 300),
+        Err(Rejection::SignatureMismatch)
+    );
 }
 
 #[test]
@@ -86,12 +148,22 @@ fn timestamp_tolerance_applies_both_directions() {
     let s = Secrets::from_env_value(Scheme::HmacSha256, "k").unwrap();
     let body = b"{}";
     let sig = format!("sha256={}", hmac_hex(b"k", &[b"1000000", b".", body]));
-    let h = headers(&[("x-event-id", "e"), ("x-timestamp", "1000000"), ("x-signature", &sig)]);
+    let h = headers(&[
+        ("x-event-id", "e"),
+        ("x-timestamp", "1000000"),
+        ("x-signature", &sig),
+    ]);
     for now in [1000000 - 300, 1000000, 1000000 + 300] {
-        assert!(verify(Scheme::HmacSha256, &h, body, &s, now, 300).is_ok(), "now={now}");
+        assert!(
+            verify(Scheme::HmacSha256, &h, body, &s, now, 300).is_ok(),
+            "now={now}"
+        );
     }
     for now in [1000000 - 301, 1000000 + 301] {
-        assert_eq!(verify(Scheme::HmacSha256, &h, body, &s, now, 300), Err(Rejection::TimestampOutOfTolerance));
+        assert_eq!(
+            verify(Scheme::HmacSha256, &h, body, &s, now, 300),
+            Err(Rejection::TimestampOutOfTolerance)
+        );
     }
 }
 
@@ -100,12 +172,33 @@ fn missing_and_invalid_headers_are_400() {
     let s = Secrets::from_env_value(Scheme::HmacSha256, "k").unwrap();
     let h = headers(&[("x-event-id", "e"), ("x-signature", "sha256=00")]);
     let r = verify(Scheme::HmacSha256, &h, b"{}", &s, 0, 300).unwrap_err();
-    assert_eq!((r.clone(), r.status(), r.code()), (Rejection::MissingHeader("x-timestamp"), 400, "missing_header"));
-    let h = headers(&[("x-event-id", "e"), ("x-timestamp", "soon"), ("x-signature", "sha256=00")]);
-    assert_eq!(verify(Scheme::HmacSha256, &h, b"{}", &s, 0, 300).unwrap_err().status(), 400);
+    assert_eq!(
+        (r.clone(), r.status(), r.code()),
+        (
+            Rejection::MissingHeader("x-timestamp"),
+            400,
+            "missing_header"
+        )
+    );
+    let h = headers(&[
+        ("x-event-id", "e"),
+        ("x-timestamp", "soon"),
+        ("x-signature", "sha256=00"),
+    ]);
+    assert_eq!(
+        verify(Scheme::HmacSha256, &h, b"{}", &s, 0, 300)
+            .unwrap_err()
+            .status(),
+        400
+    );
     let st = Secrets::from_env_value(Scheme::Stripe, "whsec_x").unwrap();
     let h = headers(&[("stripe-signature", "v1=00")]);
-    assert_eq!(verify(Scheme::Stripe, &h, b"{}", &st, 0, 300).unwrap_err().code(), "invalid_header");
+    assert_eq!(
+        verify(Scheme::Stripe, &h, b"{}", &st, 0, 300)
+            .unwrap_err()
+            .code(),
+        "invalid_header"
+    );
 }
 
 #[test]
@@ -115,10 +208,18 @@ fn stripe_accepts_any_v1_and_ignores_v0() {
     let good = hmac_hex(b"whsec_test_secret", &[b"1700000000", b".", body]);
     let v0_only = format!("t=1700000000,v0={good}");
     let h = headers(&[("stripe-signature", &v0_only)]);
-    assert_eq!(verify(Scheme::Stripe, &h, body, &s, 1700000000, 300), Err(Rejection::SignatureMismatch));
+    assert_eq!(
+        verify(Scheme::Stripe, &h, body, &s, 1700000000, 300),
+        Err(Rejection::SignatureMismatch)
+    );
     let two = format!("t=1700000000,v1={},v1={good}", "ab".repeat(32));
     let h = headers(&[("stripe-signature", &two)]);
-    assert_eq!(verify(Scheme::Stripe, &h, body, &s, 1700000000, 300).unwrap().event_id, None);
+    assert_eq!(
+        verify(Scheme::Stripe, &h, body, &s, 1700000000, 300)
+            .unwrap()
+            .event_id,
+        None
+    );
 }
 
 #[test]
@@ -138,7 +239,13 @@ fn signed(scheme: Scheme, body: &[u8], ts: i64) -> (Secrets, Vec<(String, String
             vec![
                 ("x-event-id".into(), "evt_p".into()),
                 ("x-timestamp".into(), ts_s.clone()),
-                ("x-signature".into(), format!("sha256={}", hmac_hex(b"prop-secret", &[ts_s.as_bytes(), b".", body]))),
+                (
+                    "x-signature".into(),
+                    format!(
+                        "sha256={}",
+                        hmac_hex(b"prop-secret", &[ts_s.as_bytes(), b".", body])
+                    ),
+                ),
             ],
         ),
         Scheme::StandardWebhooks => {
@@ -147,7 +254,10 @@ fn signed(scheme: Scheme, body: &[u8], ts: i64) -> (Secrets, Vec<(String, String
                 mac.update(p);
             }
             let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-            let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef"));
+            let secret = format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef")
+            );
             (
                 Secrets::from_env_value(scheme, &secret).unwrap(),
                 vec![
@@ -159,13 +269,19 @@ fn signed(scheme: Scheme, body: &[u8], ts: i64) -> (Secrets, Vec<(String, String
         }
         Scheme::Stripe => {
             let sig = hmac_hex(b"whsec_p", &[ts_s.as_bytes(), b".", body]);
-            (Secrets::from_env_value(scheme, "whsec_p").unwrap(), vec![("stripe-signature".into(), format!("t={ts_s},v1={sig}"))])
+            (
+                Secrets::from_env_value(scheme, "whsec_p").unwrap(),
+                vec![("stripe-signature".into(), format!("t={ts_s},v1={sig}"))],
+            )
         }
         Scheme::Github => (
             Secrets::from_env_value(scheme, "gh-secret").unwrap(),
             vec![
                 ("x-github-delivery".into(), "d-1".into()),
-                ("x-hub-signature-256".into(), format!("sha256={}", hmac_hex(b"gh-secret", &[body]))),
+                (
+                    "x-hub-signature-256".into(),
+                    format!("sha256={}", hmac_hex(b"gh-secret", &[body])),
+                ),
             ],
         ),
     }
@@ -174,13 +290,21 @@ fn signed(scheme: Scheme, body: &[u8], ts: i64) -> (Secrets, Vec<(String, String
 fn to_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?);
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).ok()?,
+            HeaderValue::from_str(v).ok()?,
+        );
     }
     Some(h)
 }
 
 fn any_scheme() -> impl Strategy<Value = Scheme> {
-    prop_oneof![Just(Scheme::HmacSha256), Just(Scheme::StandardWebhooks), Just(Scheme::Stripe), Just(Scheme::Github)]
+    prop_oneof![
+        Just(Scheme::HmacSha256),
+        Just(Scheme::StandardWebhooks),
+        Just(Scheme::Stripe),
+        Just(Scheme::Github)
+    ]
 }
 
 const NOW: i64 = 1_770_000_000;

@@ -25,9 +25,12 @@ pub fn tansu_path() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let tools = std::env::var_os("HOOKSTREAM_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hookstream/tools")
-    });
+    let tools = std::env::var_os("HOOKSTREAM_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/hookstream/tools")
+        });
     tools.join("bin/tansu")
 }
 
@@ -132,9 +135,16 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("tansu exited ({status}) before listening on {url}; its log:\n{}", self.log());
+                panic!(
+                    "tansu exited ({status}) before listening on {url}; its log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "tansu did not listen on {url} within 20 s; its log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {url} within 20 s; its log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         *guard = Some(Supervised { child, stdin });

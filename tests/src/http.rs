@@ -1,0 +1,79 @@
+//! A minimal HTTP/1.1 client for tests: one request per connection, real sockets.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body text when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "reply is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Send one request to `addr` (`host:port`).
+pub async fn request(
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// POST a webhook.
+pub async fn post(addr: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Reply {
+    let mut h = headers.to_vec();
+    h.push(("content-type".into(), "application/json".into()));
+    request(addr, Method::POST, path, &h, body).await
+}
+
+/// GET a path.
+pub async fn get(addr: &str, path: &str) -> Reply {
+    request(addr, Method::GET, path, &[], Vec::new()).await
+}

@@ -1,0 +1,105 @@
+//! Start ingest in-process on port 0 with four sources (one per scheme) whose secrets
+//! are in files, against a given broker and topic.
+
+use std::net::SocketAddr;
+
+use hookstream_ingest::config::IngestConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The secrets the test sources use: (source, scheme, secrets). The first source has two
+/// secrets (rotation).
+pub const SOURCES: [(&str, &str, &[&str]); 4] = [
+    (
+        "paymenthub",
+        "hmac-sha256",
+        &["ph-old-secret", "ph-new-secret"],
+    ),
+    (
+        "standard",
+        "standard-webhooks",
+        &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    ),
+    ("stripe", "stripe", &["whsec_stripe_test_secret"]),
+    ("github", "github", &["It's a Secret to Everybody"]),
+];
+
+/// A running in-process ingest.
+#[derive(Debug)]
+pub struct RunningIngest {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), hookstream_ingest::IngestError>>,
+    _secrets: tempfile::TempDir,
+}
+
+impl RunningIngest {
+    /// `host:port` to send requests to.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Cancel and wait for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("ingest task")
+            .expect("ingest exits cleanly");
+    }
+}
+
+/// The test config: the four sources (secrets in files), the given broker and raw topic.
+pub fn test_config(brokers: &str, topic: &str, secrets_dir: &std::path::Path) -> IngestConfig {
+    let mut text = format!("[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\n");
+    for (name, scheme, secrets) in SOURCES {
+        let path = secrets_dir.join(name);
+        std::fs::write(&path, secrets.join("\n")).expect("write secrets file");
+        text.push_str(&format!(
+            "[sources.{name}]\nscheme = {scheme:?}\nsecrets_file = {:?}\nmax_body_bytes = 65536\n",
+            path.display().to_string()
+        ));
+    }
+    IngestConfig::from_toml_str(&text).expect("test config parses")
+}
+
+/// Start ingest with `config` (or the test config when `None`) on 127.0.0.1:0.
+pub async fn start(
+    brokers: &str,
+    topic: &str,
+    tweak: impl FnOnce(&mut IngestConfig),
+) -> RunningIngest {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(brokers, topic, dir.path());
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hookstream_ingest::run(config, listener, shutdown.clone()));
+    RunningIngest {
+        addr,
+        shutdown,
+        task,
+        _secrets: dir,
+    }
+}
+
+/// The secret list of a test source.
+pub fn secrets_of(source: &str) -> &'static [&'static str] {
+    SOURCES
+        .iter()
+        .find(|s| s.0 == source)
+        .map(|s| s.2)
+        .expect("known test source")
+}
+
+/// The scheme of a test source.
+pub fn scheme_of(source: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|s| s.0 == source)
+        .map(|s| s.1)
+        .expect("known test source")
+}

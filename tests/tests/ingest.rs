@@ -1,0 +1,518 @@
+//! ingest against the real broker: every row of the status table, every scheme,
+//! rotation, and "broker stopped → 503, never 200". Requests are signed by the tests'
+//! own signer (`hookstream_tests::sign`), not by ingest's verifier.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use hookstream_schemas::{decode, topics::headers, RawWebhook};
+use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::http::{get, post, request};
+use hookstream_tests::ingest::{scheme_of, secrets_of, start};
+use hookstream_tests::{kafka, sign};
+use http::Method;
+use rdkafka::message::{Headers, Message};
+
+async fn raw_topic(broker: &Broker) -> String {
+    let topic = kafka::unique_topic("ingest.raw");
+    kafka::create_topic(broker.bootstrap(), &topic, 4).await;
+    topic
+}
+
+/// Headers for a valid request from `source`, signed with its `secret_index`-th secret.
+fn signed(
+    source: &str,
+    secret_index: usize,
+    event_id: &str,
+    ts: i64,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    sign::sign(
+        scheme_of(source),
+        secrets_of(source)[secret_index],
+        event_id,
+        ts,
+        body,
+    )
+}
+
+#[tokio::test]
+async fn every_scheme_is_accepted_and_the_record_is_exactly_what_was_sent() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let mut sent = Vec::new();
+    for (i, source) in ["paymenthub", "standard", "stripe", "github"]
+        .into_iter()
+        .enumerate()
+    {
+        let event_id = format!("evt_{source}_{i}");
+        let payment_id = format!("pay_{source}");
+        let body = sign::payment_body(
+            &event_id,
+            &payment_id,
+            Some(1),
+            "payment.created",
+            Some("pol_1"),
+        );
+        let mut h = signed(source, 0, &event_id, sign::now(), &body);
+        h.push((
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ));
+        let reply = post(
+            &ingest.addr(),
+            &format!("/webhooks/{source}"),
+            &h,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{source}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let j = reply.json();
+        assert_eq!(j["received"], true);
+        assert_eq!(
+            j["event_id"],
+            event_id.as_str(),
+            "{source}: id from the scheme's header, or the body for stripe"
+        );
+        sent.push((
+            source,
+            event_id,
+            payment_id,
+            body,
+            j["partition"].as_i64().unwrap(),
+            j["offset"].as_i64().unwrap(),
+        ));
+    }
+    let records = kafka::read_records(
+        broker.bootstrap(),
+        &topic,
+        sent.len(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(records.len(), sent.len());
+    for (source, event_id, payment_id, body, partition, offset) in sent {
+        let m = records
+            .iter()
+            .find(|m| i64::from(m.partition()) == partition && m.offset() == offset)
+            .unwrap_or_else(|| panic!("{source}: no record at the partition/offset the 200 named"));
+        assert_eq!(kafka::key_str(m), payment_id, "key = payment_id");
+        let raw: RawWebhook = decode(m.payload().unwrap()).unwrap();
+        assert_eq!(raw.body, body, "{source}: raw body bytes untouched");
+        assert_eq!(
+            (
+                raw.source.as_str(),
+                raw.event_id.as_str(),
+                raw.payment_id.as_str()
+            ),
+            (source, event_id.as_str(), payment_id.as_str())
+        );
+        assert_eq!(raw.scheme, scheme_of(source));
+        assert_eq!(
+            (raw.sequence, raw.event_type.as_deref(), raw.secret_index),
+            (Some(1), Some("payment.created"), 0)
+        );
+        assert!(
+            !raw.headers.is_empty(),
+            "{source}: signature headers kept for re-verification"
+        );
+        let hdr = |k: &str| {
+            m.headers()
+                .unwrap()
+                .iter()
+                .find(|h| h.key == k)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(hdr(headers::EVENT_ID).as_deref(), Some(event_id.as_str()));
+        assert_eq!(hdr(headers::SOURCE).as_deref(), Some(source));
+        let tp = hdr(headers::TRACEPARENT).unwrap();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "trace continued from the request: {tp}"
+        );
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "a new span id for ingest's span: {tp}"
+        );
+    }
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_secret_is_accepted_and_recorded_by_position() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let body = sign::payment_body("evt_rot", "pay_rot", None, "payment.created", None);
+    let reply = post(
+        &ingest.addr(),
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 1, "evt_rot", sign::now(), &body),
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let records = kafka::read_records(broker.bootstrap(), &topic, 1, Duration::from_secs(20)).await;
+    let raw: RawWebhook = decode(records[0].payload().unwrap()).unwrap();
+    assert_eq!(raw.secret_index, 1);
+    let text = String::from_utf8_lossy(records[0].payload().unwrap()).into_owned();
+    for s in secrets_of("paymenthub") {
+        assert!(!text.contains(s), "a secret leaked into the record");
+    }
+    let metrics = get(&ingest.addr(), "/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(!metrics.contains("ph-new-secret") && !metrics.contains("ph-old-secret"));
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn every_rejection_has_its_status_and_json_error() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let addr = ingest.addr();
+    let now = sign::now();
+    let body = sign::payment_body("evt_r", "pay_r", Some(1), "payment.created", None);
+
+    // 403: tampered body, for every scheme.
+    for source in ["paymenthub", "standard", "stripe", "github"] {
+        let h = signed(source, 0, "evt_r", now, &body);
+        let mut tampered = body.clone();
+        tampered[10] ^= 1;
+        let r = post(&addr, &format!("/webhooks/{source}"), &h, tampered).await;
+        assert_eq!(
+            (r.status.as_u16(), r.json()["error"].clone()),
+            (403, "signature_mismatch".into()),
+            "{source}"
+        );
+    }
+    // 403: stale and future timestamps (beyond 300 s), for schemes with a timestamp.
+    for source in ["paymenthub", "standard", "stripe"] {
+        for ts in [now - 301, now + 301] {
+            let r = post(
+                &addr,
+                &format!("/webhooks/{source}"),
+                &signed(source, 0, "evt_r", ts, &body),
+                body.clone(),
+            )
+            .await;
+            assert_eq!(
+                (r.status.as_u16(), r.json()["error"].clone()),
+                (403, "timestamp_out_of_tolerance".into()),
+                "{source} {ts}"
+            );
+        }
+    }
+    // 403: a secret that is not configured.
+    let h = sign::sign("hmac-sha256", "not-the-secret", "evt_r", now, &body);
+    assert_eq!(
+        post(&addr, "/webhooks/paymenthub", &h, body.clone())
+            .await
+            .status,
+        403
+    );
+    // 400: a missing header names it.
+    let h: Vec<_> = signed("paymenthub", 0, "evt_r", now, &body)
+        .into_iter()
+        .filter(|(k, _)| k != "x-timestamp")
+        .collect();
+    let r = post(&addr, "/webhooks/paymenthub", &h, body.clone()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "missing_header", "header": "x-timestamp"})
+    );
+    // 400: signed but not JSON; signed but without payment_id; without an event id (stripe).
+    let not_json = b"payment completed".to_vec();
+    let r = post(
+        &addr,
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 0, "evt_r", now, &not_json),
+        not_json,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (400, "invalid_json".into())
+    );
+    let no_pay = br#"{"id":"evt_r","type":"payment.created"}"#.to_vec();
+    let r = post(
+        &addr,
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 0, "evt_r", now, &no_pay),
+        no_pay,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "missing_field", "field": "payment_id", "pointer": "/payment_id"})
+    );
+    let no_id = br#"{"payment_id":"pay_r"}"#.to_vec();
+    let r = post(
+        &addr,
+        "/webhooks/stripe",
+        &signed("stripe", 0, "", now, &no_id),
+        no_id,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["field"].clone()),
+        (400, "event_id".into())
+    );
+    // 404: unknown source; unknown route.
+    let r = post(
+        &addr,
+        "/webhooks/nosuch",
+        &signed("paymenthub", 0, "evt_r", now, &body),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "unknown_source", "source": "nosuch"})
+    );
+    assert_eq!(get(&addr, "/nothing").await.status, 404);
+    // 405: GET/PUT on a webhook path, with Allow: POST.
+    for m in [Method::GET, Method::PUT] {
+        let r = request(&addr, m, "/webhooks/paymenthub", &[], Vec::new()).await;
+        assert_eq!(
+            (r.status.as_u16(), r.json()["error"].clone()),
+            (405, "method_not_allowed".into())
+        );
+        assert_eq!(r.headers["allow"], "POST");
+    }
+    // 413: body over the source's limit (64 KiB in the test config).
+    let big = vec![b' '; 65_537];
+    let r = post(
+        &addr,
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 0, "evt_r", now, &big),
+        big,
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "payload_too_large", "limit_bytes": 65536})
+    );
+
+    // None of the above reached Kafka.
+    let records = kafka::read_records(broker.bootstrap(), &topic, 1, Duration::from_secs(3)).await;
+    assert!(records.is_empty(), "a rejected request was published");
+    let metrics = String::from_utf8_lossy(&get(&addr, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            r#"hookstream_ingest_rejections_total{reason="signature_mismatch",source="paymenthub"}"#
+        ),
+        "{metrics}"
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_body_without_content_length_is_cut_off_at_the_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
+    s.write_all(b"POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-event-id: e\r\n\r\n")
+        .await
+        .unwrap();
+    // Stream 50 MB in 64 KiB chunks; ingest must answer 413 long before the end.
+    let chunk = vec![b'a'; 65_536];
+    let mut sent = 0usize;
+    let mut reply = Vec::new();
+    while sent < 50 << 20 {
+        let frame = [
+            format!("{:x}\r\n", chunk.len()).into_bytes(),
+            chunk.clone(),
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        if s.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    }
+    if reply.is_empty() {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(sent < 10 << 20, "ingest read {sent} bytes before answering");
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    assert_eq!(get(&ingest.addr(), "/healthz").await.status, 200);
+    let r = get(&ingest.addr(), "/readyz").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["ready"].clone()),
+        (200, true.into())
+    );
+    let body = sign::payment_body("evt_m", "pay_m", None, "payment.created", None);
+    let r = post(
+        &ingest.addr(),
+        "/webhooks/github",
+        &signed("github", 0, "evt_m", sign::now(), &body),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let m = String::from_utf8_lossy(&get(&ingest.addr(), "/metrics").await.body).into_owned();
+    for needle in [
+        r#"hookstream_ingest_requests_total{source="github",status="200"} 1"#,
+        "hookstream_ingest_delivery_seconds_bucket",
+        "hookstream_ingest_in_flight_requests 0",
+        "hookstream_ingest_producer_queue_depth",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    ingest.stop().await;
+    // A topic that does not exist: not ready.
+    let missing = kafka::unique_topic("ingest.missing");
+    let ingest = start(broker.bootstrap(), &missing, |_| {}).await;
+    let r = get(&ingest.addr(), "/readyz").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (503, "not_ready".into())
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn broker_stopped_means_503_with_retry_after_never_200() {
+    let broker = Broker::dedicated(Storage::Memory);
+    let topic = raw_topic(&broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.kafka.ack_deadline_ms = 1500
+    })
+    .await;
+    let addr = ingest.addr();
+    let send = |i: usize| {
+        let addr = addr.clone();
+        async move {
+            let id = format!("evt_down_{i}");
+            let body = sign::payment_body(&id, "pay_down", None, "payment.created", None);
+            post(
+                &addr,
+                "/webhooks/paymenthub",
+                &signed("paymenthub", 0, &id, sign::now(), &body),
+                body,
+            )
+            .await
+        }
+    };
+    assert_eq!(send(0).await.status, 200, "healthy broker first");
+    broker.stop(false);
+    for i in 1..=3 {
+        let r = send(i).await;
+        assert_eq!(
+            r.status,
+            503,
+            "request {i} with the broker down: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["error"], "broker_unavailable");
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    assert_eq!(get(&addr, "/readyz").await.status, 503);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_bound_get_429() {
+    let broker = Broker::dedicated(Storage::Memory);
+    let topic = raw_topic(&broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.http.max_in_flight_requests = 1;
+        c.kafka.ack_deadline_ms = 3000;
+    })
+    .await;
+    broker.stop(false);
+    let addr = ingest.addr();
+    let body = sign::payment_body("evt_a", "pay_a", None, "payment.created", None);
+    let h = signed("paymenthub", 0, "evt_a", sign::now(), &body);
+    // The first request holds the only slot while it waits for the absent broker.
+    let first = tokio::spawn({
+        let (addr, h, body) = (addr.clone(), h.clone(), body.clone());
+        async move { post(&addr, "/webhooks/paymenthub", &h, body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = post(&addr, "/webhooks/paymenthub", &h, body).await;
+    assert_eq!(second.status, 429);
+    assert_eq!(
+        (
+            second.json()["error"].clone(),
+            second.headers["retry-after"].clone()
+        ),
+        ("overloaded".into(), "1".parse().unwrap())
+    );
+    assert_eq!(first.await.unwrap().status, 503);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let addr = ingest.addr();
+    let mut inflight = Vec::new();
+    for i in 0..20 {
+        let addr = addr.clone();
+        inflight.push(tokio::spawn(async move {
+            let id = format!("evt_sd_{i}");
+            let body =
+                sign::payment_body(&id, &format!("pay_sd_{i}"), None, "payment.created", None);
+            post(
+                &addr,
+                "/webhooks/paymenthub",
+                &signed("paymenthub", 0, &id, sign::now(), &body),
+                body,
+            )
+            .await
+            .status
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(15), ingest.stop()).await;
+    assert!(stopped.is_ok(), "ingest did not stop within its deadline");
+    let mut ok = 0;
+    for t in inflight {
+        // A request is either answered 200 (and is then in Kafka) or never accepted (connection refused → panic in post, Err here).
+        if let Ok(status) = t.await {
+            assert_eq!(status, 200);
+            ok += 1;
+        }
+    }
+    let records =
+        kafka::read_records(broker.bootstrap(), &topic, ok, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), ok, "every 200 is in Kafka");
+}
