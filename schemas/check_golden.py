@@ -20,6 +20,7 @@ GOLDENS = {
     "PolicyEvent": "PolicyEvent",
     "PolicyEvent-cancelled": "PolicyEvent",
     "DeadLetter": "DeadLetter",
+    "GapTimeout": "GapTimeout",
 }
 
 

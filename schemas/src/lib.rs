@@ -13,6 +13,7 @@ pub mod avro_json;
 mod codec;
 mod dead_letter;
 pub mod fingerprint;
+mod gap_timeout;
 mod policy_event;
 mod raw_webhook;
 pub mod samples;
@@ -23,5 +24,6 @@ pub use codec::{
     decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER,
 };
 pub use dead_letter::{DeadLetter, DeadLetterReason, KafkaHeader};
+pub use gap_timeout::{GapTimeout, GAP_TIMEOUT_CONTROL};
 pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind};
 pub use raw_webhook::{HttpHeader, RawWebhook};

@@ -2,8 +2,8 @@
 //! are these values, and tests and docs use them as realistic fixtures.
 
 use crate::{
-    DeadLetter, DeadLetterReason, HttpHeader, KafkaHeader, PolicyActivated, PolicyCancelled,
-    PolicyEvent, PolicyEventKind, RawWebhook,
+    DeadLetter, DeadLetterReason, GapTimeout, HttpHeader, KafkaHeader, PolicyActivated,
+    PolicyCancelled, PolicyEvent, PolicyEventKind, RawWebhook,
 };
 
 const BODY: &str = r#"{"id":"evt_1001","payment_id":"pay_7Hq2","sequence":3,"type":"payment.completed","amount":5000,"currency":"KES","occurred_at":"2026-02-12T10:00:00Z","metadata":{"policy_id":"pol_88x"}}"#;
@@ -104,5 +104,16 @@ pub fn dead_letter() -> DeadLetter {
                 value: None,
             },
         ],
+    }
+}
+
+/// The gap-timeout decision that `dead_letter()` reports.
+pub fn gap_timeout() -> GapTimeout {
+    GapTimeout {
+        payment_id: "pay_7Hq2".into(),
+        next_expected_sequence: 2,
+        missing_sequences: vec![2, 3],
+        gap_opened_at: 1_770_890_400_500,
+        decided_at: 1_770_890_700_400,
     }
 }

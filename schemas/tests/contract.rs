@@ -14,7 +14,7 @@ use hookstream_schemas::{
     avro_json::to_avro_json,
     decode, encode,
     fingerprint::{canonical_form, crc64_avro},
-    samples, AvroRecord, CodecError, DeadLetter, PolicyEvent, RawWebhook, HEADER_LEN,
+    samples, AvroRecord, CodecError, DeadLetter, GapTimeout, PolicyEvent, RawWebhook, HEADER_LEN,
 };
 
 fn dir(sub: &str) -> PathBuf {
@@ -48,6 +48,7 @@ fn goldens() -> Vec<(&'static str, &'static str, Vec<u8>, serde_json::Value)> {
             &samples::policy_cancelled(),
         ),
         one("DeadLetter", "DeadLetter", &samples::dead_letter()),
+        one("GapTimeout", "GapTimeout", &samples::gap_timeout()),
     ]
 }
 
@@ -57,6 +58,7 @@ fn header_is_marker_and_rabin_fingerprint_of_the_schema_file() {
         ("RawWebhook", RawWebhook::info()),
         ("PolicyEvent", PolicyEvent::info()),
         ("DeadLetter", DeadLetter::info()),
+        ("GapTimeout", GapTimeout::info()),
     ] {
         let text = std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).unwrap();
         let pcf = canonical_form(&serde_json::from_str(&text).unwrap()).unwrap();
