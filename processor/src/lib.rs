@@ -1,1 +1,4 @@
-//! placeholder
+//! hookstream processor.
+pub mod decide;
+pub mod input;
+pub mod model;

@@ -1,0 +1,497 @@
+//! The rules: `decide(state, record) -> (state change, outputs)`, a pure function.
+//!
+//! Kafka and sled stay at the edges (`worker.rs`), so replaying a partition folds the
+//! same records through the same function and reproduces the same state and the same
+//! outputs, with the same deterministic ids. Wall-clock decisions never happen here:
+//! a sequence gap that stays open too long is resolved only when a `GapTimeout`
+//! control record, written into the partition by the worker's timer, is read back.
+//!
+//! Per payment, in partition order:
+//! 1. **Dedup** on (source, event_id): the same body again is a duplicate (skipped); a
+//!    different body is `event_id_conflict`.
+//! 2. **Order.** With a `sequence`: the next expected one is applied and releases the
+//!    held ones after it; later ones are held; earlier ones are `stale`. Without: the
+//!    lifecycle rank orders events and a lower-ranked one is superseded (skipped).
+//! 3. **Activate.** An applied `payment.completed` naming a policy emits one
+//!    `PolicyActivated`, unless another payment holds the policy
+//!    (`policy_already_active`); without a policy it is `no_policy`. An applied
+//!    `payment.refunded` after activation emits `PolicyCancelled`. An impossible
+//!    transition is `invalid_transition`.
+
+use hookstream_schemas::{
+    DeadLetter, DeadLetterReason, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
+};
+
+use crate::input::{sha256_hex, Input};
+use crate::model::{
+    Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord,
+    WebhookEvent,
+};
+
+/// The answer of the policy registry to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The policy is now (or already was) activated by this activation id.
+    Granted,
+    /// Another activation holds the policy.
+    HeldBy {
+        payment_id: String,
+        activation_id: String,
+    },
+}
+
+/// Which activation holds each policy, across payments. Claiming is idempotent for the
+/// same activation id, so re-deciding a record after a crash is granted again.
+pub trait PolicyRegistry {
+    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Claim;
+}
+
+/// What happened to the record, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Held,
+    Duplicate,
+    Superseded,
+    DeadLettered,
+    GapReleased,
+    Ignored,
+}
+
+impl Outcome {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Held => "held",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Superseded => "superseded",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::GapReleased => "gap_released",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+/// The state change and outputs one record causes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The payment's new state (`None`: the record names no payment).
+    pub payment: Option<PaymentState>,
+    /// A dedup entry to insert: (key, entry).
+    pub dedup: Option<(String, DedupEntry)>,
+    pub outputs: Vec<Output>,
+    pub outcome: Outcome,
+}
+
+/// The dedup key of an event.
+pub fn dedup_key(source: &str, event_id: &str) -> String {
+    format!("{source}\u{0}{event_id}")
+}
+
+/// Deterministic activation id: the same completed event for the same policy always
+/// gives the same id.
+pub fn activation_id(policy_id: &str, source: &str, event_id: &str) -> String {
+    sha256_hex(&[
+        b"activation\n",
+        policy_id.as_bytes(),
+        b"\n",
+        source.as_bytes(),
+        b"\n",
+        event_id.as_bytes(),
+    ])
+}
+
+fn cancellation_id(policy_id: &str, source: &str, event_id: &str) -> String {
+    sha256_hex(&[
+        b"cancellation\n",
+        policy_id.as_bytes(),
+        b"\n",
+        source.as_bytes(),
+        b"\n",
+        event_id.as_bytes(),
+    ])
+}
+
+/// A dead letter for `record`, with a deterministic id from its origin and reason.
+pub fn dead_letter(
+    record: &RawRecord,
+    reason: DeadLetterReason,
+    detail: String,
+    event: Option<(&str, &str)>,
+    payment_id: Option<&str>,
+    missing_sequences: Vec<i64>,
+) -> Output {
+    let o = &record.origin;
+    let id = sha256_hex(&[
+        o.topic.as_bytes(),
+        b"/",
+        o.partition.to_string().as_bytes(),
+        b"/",
+        o.offset.to_string().as_bytes(),
+        b"/",
+        reason.as_str().as_bytes(),
+    ]);
+    Output::Dead(Box::new(DeadLetter {
+        dead_letter_id: id,
+        reason,
+        detail,
+        origin_topic: o.topic.clone(),
+        origin_partition: o.partition,
+        origin_offset: o.offset,
+        origin_timestamp: o.timestamp_ms,
+        source: event.map(|e| e.0.to_owned()),
+        event_id: event.map(|e| e.1.to_owned()),
+        payment_id: payment_id.map(str::to_owned),
+        missing_sequences,
+        original_key: record.key.clone(),
+        original_value: record.value.clone(),
+        original_headers: record.headers.clone(),
+    }))
+}
+
+struct Ctx<'a> {
+    outputs: Vec<Output>,
+    policies: &'a mut dyn PolicyRegistry,
+}
+
+fn entry(
+    record: &RawRecord,
+    ev: Option<&WebhookEvent>,
+    outcome: impl Into<String>,
+) -> HistoryEntry {
+    HistoryEntry {
+        offset: record.origin.offset,
+        event_id: ev.map(|e| e.event_id.clone()),
+        sequence: ev.and_then(|e| e.sequence),
+        event_type: ev.map(|e| e.event_type),
+        outcome: outcome.into(),
+    }
+}
+
+impl Ctx<'_> {
+    fn reject(
+        &mut self,
+        st: &mut PaymentState,
+        ev: &WebhookEvent,
+        rec: &RawRecord,
+        reason: DeadLetterReason,
+        detail: String,
+    ) {
+        self.outputs.push(dead_letter(
+            rec,
+            reason,
+            detail,
+            Some((&ev.source, &ev.event_id)),
+            Some(&ev.payment_id),
+            Vec::new(),
+        ));
+        st.log(entry(rec, Some(ev), format!("dead_lettered:{reason}")));
+    }
+
+    /// Apply an event in order: check the transition, then its effects.
+    fn apply(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
+        if !ev.event_type.may_follow(st.status) {
+            let from = st
+                .status
+                .map_or("nothing".to_owned(), |s| format!("{s:?}").to_lowercase());
+            let detail = format!("payment.{:?} cannot follow {from}", ev.event_type).to_lowercase();
+            self.reject(st, ev, rec, DeadLetterReason::InvalidTransition, detail);
+            return Outcome::DeadLettered;
+        }
+        st.status = Some(ev.event_type);
+        match ev.event_type {
+            EventType::Completed => return self.activate(st, ev, rec),
+            EventType::Refunded => self.cancel(st, ev),
+            _ => {}
+        }
+        st.log(entry(rec, Some(ev), "applied"));
+        Outcome::Applied
+    }
+
+    fn activate(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
+        let Some(policy_id) = ev.policy_id.clone() else {
+            self.reject(
+                st,
+                ev,
+                rec,
+                DeadLetterReason::NoPolicy,
+                "completed payment names no policy".into(),
+            );
+            return Outcome::DeadLettered;
+        };
+        let id = activation_id(&policy_id, &ev.source, &ev.event_id);
+        match self.policies.claim(&policy_id, &id, &ev.payment_id) {
+            Claim::HeldBy { payment_id, .. } => {
+                let detail =
+                    format!("policy {policy_id} is already active through payment {payment_id}");
+                self.reject(st, ev, rec, DeadLetterReason::PolicyAlreadyActive, detail);
+                Outcome::DeadLettered
+            }
+            Claim::Granted => {
+                self.outputs.push(Output::Policy(PolicyEvent {
+                    policy_id: policy_id.clone(),
+                    event: PolicyEventKind::Activated(PolicyActivated {
+                        activation_id: id.clone(),
+                        policy_id: policy_id.clone(),
+                        payment_id: ev.payment_id.clone(),
+                        source: ev.source.clone(),
+                        payment_event_id: ev.event_id.clone(),
+                        amount: ev.amount,
+                        currency: ev.currency.clone(),
+                        occurred_at: ev.occurred_at.clone(),
+                        activated_at: ev.received_at,
+                    }),
+                }));
+                st.activation = Some(Activation {
+                    activation_id: id,
+                    policy_id,
+                    event_id: ev.event_id.clone(),
+                });
+                st.log(entry(rec, Some(ev), "applied"));
+                Outcome::Applied
+            }
+        }
+    }
+
+    fn cancel(&mut self, st: &mut PaymentState, ev: &WebhookEvent) {
+        let Some(a) = st.activation.clone() else {
+            return;
+        };
+        if st.cancellation_id.is_some() {
+            return;
+        }
+        let id = cancellation_id(&a.policy_id, &ev.source, &ev.event_id);
+        self.outputs.push(Output::Policy(PolicyEvent {
+            policy_id: a.policy_id.clone(),
+            event: PolicyEventKind::Cancelled(PolicyCancelled {
+                cancellation_id: id.clone(),
+                activation_id: a.activation_id,
+                policy_id: a.policy_id,
+                payment_id: ev.payment_id.clone(),
+                source: ev.source.clone(),
+                payment_event_id: ev.event_id.clone(),
+                amount: ev.amount,
+                currency: ev.currency.clone(),
+                occurred_at: ev.occurred_at.clone(),
+                cancelled_at: ev.received_at,
+            }),
+        }));
+        st.cancellation_id = Some(id);
+    }
+
+    /// Apply `next_sequence`, then every held event that is now next.
+    fn release_held(&mut self, st: &mut PaymentState) {
+        while let Some(h) = st.held.remove(&st.next_sequence) {
+            self.apply(st, &h.event, &h.record);
+            st.next_sequence += 1;
+        }
+    }
+}
+
+/// Decide what `record` (classified as `input`) does to its payment.
+///
+/// `payment` is the stored state of the payment the input names (if any), `seen` the
+/// dedup entry of its (source, event_id) if one exists.
+pub fn decide(
+    record: &RawRecord,
+    input: Input,
+    payment: Option<PaymentState>,
+    seen: Option<&DedupEntry>,
+    policies: &mut dyn PolicyRegistry,
+) -> Decision {
+    let mut cx = Ctx {
+        outputs: Vec::new(),
+        policies,
+    };
+    match input {
+        Input::Invalid {
+            reason,
+            detail,
+            source,
+            event_id,
+            payment_id,
+        } => {
+            let event = source.as_deref().zip(event_id.as_deref());
+            cx.outputs.push(dead_letter(
+                record,
+                reason,
+                detail,
+                event,
+                payment_id.as_deref(),
+                Vec::new(),
+            ));
+            let payment = payment_id.map(|pid| {
+                let mut st = payment.unwrap_or_else(|| PaymentState::new(&pid));
+                let mut e = entry(record, None, format!("dead_lettered:{reason}"));
+                e.event_id = event_id;
+                st.log(e);
+                st
+            });
+            Decision {
+                payment,
+                dedup: None,
+                outputs: cx.outputs,
+                outcome: Outcome::DeadLettered,
+            }
+        }
+        Input::GapTimeout(g) => {
+            let mut st = payment.unwrap_or_else(|| PaymentState::new(&g.payment_id));
+            let Some(&last) = st.held.keys().next_back() else {
+                st.log(entry(record, None, "gap_timeout_ignored"));
+                return Decision {
+                    payment: Some(st),
+                    dedup: None,
+                    outputs: cx.outputs,
+                    outcome: Outcome::Ignored,
+                };
+            };
+            if st.next_sequence != g.next_expected_sequence {
+                st.log(entry(record, None, "gap_timeout_ignored"));
+                return Decision {
+                    payment: Some(st),
+                    dedup: None,
+                    outputs: cx.outputs,
+                    outcome: Outcome::Ignored,
+                };
+            }
+            let missing: Vec<i64> = (st.next_sequence..last)
+                .filter(|s| !st.held.contains_key(s))
+                .collect();
+            let held: Vec<i64> = st.held.keys().copied().collect();
+            let detail = format!(
+                "sequence gap timed out: missing {missing:?}; applying held {held:?} in order (gap opened at {} ms, decided at {} ms)",
+                g.gap_opened_at, g.decided_at
+            );
+            cx.outputs.push(dead_letter(
+                record,
+                DeadLetterReason::SequenceGapTimeout,
+                detail,
+                None,
+                Some(&st.payment_id),
+                missing,
+            ));
+            st.log(entry(record, None, "gap_timeout"));
+            while let Some((seq, h)) = st.held.pop_first() {
+                st.next_sequence = seq;
+                cx.apply(&mut st, &h.event, &h.record);
+                st.next_sequence = seq + 1;
+            }
+            Decision {
+                payment: Some(st),
+                dedup: None,
+                outputs: cx.outputs,
+                outcome: Outcome::GapReleased,
+            }
+        }
+        Input::Webhook(ev) => {
+            let mut st = payment.unwrap_or_else(|| PaymentState::new(&ev.payment_id));
+            if let Some(seen) = seen {
+                if seen.body_hash == ev.body_hash {
+                    st.log(entry(record, Some(&ev), "duplicate"));
+                    return Decision {
+                        payment: Some(st),
+                        dedup: None,
+                        outputs: cx.outputs,
+                        outcome: Outcome::Duplicate,
+                    };
+                }
+                let detail = format!(
+                    "event id {} was first seen at offset {} with a different body",
+                    ev.event_id, seen.offset
+                );
+                cx.reject(
+                    &mut st,
+                    &ev,
+                    record,
+                    DeadLetterReason::EventIdConflict,
+                    detail,
+                );
+                return Decision {
+                    payment: Some(st),
+                    dedup: None,
+                    outputs: cx.outputs,
+                    outcome: Outcome::DeadLettered,
+                };
+            }
+            let dedup = Some((
+                dedup_key(&ev.source, &ev.event_id),
+                DedupEntry {
+                    first_seen_ms: record.origin.timestamp_ms,
+                    body_hash: ev.body_hash.clone(),
+                    offset: record.origin.offset,
+                },
+            ));
+            let outcome = match ev.sequence {
+                Some(s) if s < st.next_sequence => {
+                    let detail = format!(
+                        "sequence {s} arrived after it was applied or skipped (next expected {})",
+                        st.next_sequence
+                    );
+                    cx.reject(&mut st, &ev, record, DeadLetterReason::Stale, detail);
+                    return Decision {
+                        payment: Some(st),
+                        dedup: None,
+                        outputs: cx.outputs,
+                        outcome: Outcome::DeadLettered,
+                    };
+                }
+                Some(s) if st.held.contains_key(&s) => {
+                    let other = st
+                        .held
+                        .get(&s)
+                        .map(|h| h.event.event_id.clone())
+                        .unwrap_or_default();
+                    let detail = format!("sequence {s} is already held for event {other}");
+                    cx.reject(
+                        &mut st,
+                        &ev,
+                        record,
+                        DeadLetterReason::InvalidTransition,
+                        detail,
+                    );
+                    return Decision {
+                        payment: Some(st),
+                        dedup: None,
+                        outputs: cx.outputs,
+                        outcome: Outcome::DeadLettered,
+                    };
+                }
+                Some(s) if s > st.next_sequence => {
+                    st.log(entry(record, Some(&ev), "held"));
+                    st.held.insert(
+                        s,
+                        HeldEvent {
+                            event: ev,
+                            record: record.clone(),
+                        },
+                    );
+                    Outcome::Held
+                }
+                Some(_) => {
+                    let o = cx.apply(&mut st, &ev, record);
+                    st.next_sequence += 1;
+                    cx.release_held(&mut st);
+                    o
+                }
+                None => match st.status {
+                    Some(cur) if ev.event_type.rank() < cur.rank() || ev.event_type == cur => {
+                        st.log(entry(record, Some(&ev), "superseded"));
+                        Outcome::Superseded
+                    }
+                    _ => cx.apply(&mut st, &ev, record),
+                },
+            };
+            Decision {
+                payment: Some(st),
+                dedup,
+                outputs: cx.outputs,
+                outcome,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,159 @@
+//! Turning a raw record into an input for the rules (a pure function): a webhook, a
+//! control record, or a reason why it cannot be processed.
+
+use hookstream_schemas::{
+    decode, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::model::{EventType, RawRecord, WebhookEvent};
+
+/// JSON pointers to the body fields the processor reads (ingest extracted the rest).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodyFields {
+    /// The policy a payment pays for. Default `/metadata/policy_id`.
+    pub policy_id: String,
+    /// Amount in minor units. Default `/amount`.
+    pub amount: String,
+    /// ISO 4217 currency. Default `/currency`.
+    pub currency: String,
+    /// When the provider says it happened. Default `/occurred_at`.
+    pub occurred_at: String,
+}
+
+impl Default for BodyFields {
+    fn default() -> Self {
+        Self {
+            policy_id: "/metadata/policy_id".into(),
+            amount: "/amount".into(),
+            currency: "/currency".into(),
+            occurred_at: "/occurred_at".into(),
+        }
+    }
+}
+
+/// What a raw record means to the processor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Webhook(WebhookEvent),
+    GapTimeout(GapTimeout),
+    /// Cannot be processed: goes to the DLQ with this reason.
+    Invalid {
+        reason: DeadLetterReason,
+        detail: String,
+        source: Option<String>,
+        event_id: Option<String>,
+        payment_id: Option<String>,
+    },
+}
+
+fn invalid(reason: DeadLetterReason, detail: impl Into<String>) -> Input {
+    Input::Invalid {
+        reason,
+        detail: detail.into(),
+        source: None,
+        event_id: None,
+        payment_id: None,
+    }
+}
+
+/// The control kind named by the record's `hookstream-control` header, if any.
+pub fn control_kind(rec: &RawRecord) -> Option<String> {
+    rec.headers
+        .iter()
+        .find(|h| h.name == headers::CONTROL)
+        .map(|h| String::from_utf8_lossy(h.value.as_deref().unwrap_or_default()).into_owned())
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Classify a raw record.
+pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
+    let Some(value) = rec.value.as_deref() else {
+        return invalid(
+            DeadLetterReason::Undecodable,
+            "record has no value (tombstone)",
+        );
+    };
+    if let Some(kind) = control_kind(rec) {
+        return match kind.as_str() {
+            GAP_TIMEOUT_CONTROL => match decode::<GapTimeout>(value) {
+                Ok(g) => Input::GapTimeout(g),
+                Err(e) => invalid(
+                    DeadLetterReason::Undecodable,
+                    format!("gap-timeout control record: {e}"),
+                ),
+            },
+            other => invalid(
+                DeadLetterReason::ProcessingError,
+                format!("unknown control record kind {other:?}"),
+            ),
+        };
+    }
+    let raw: RawWebhook = match decode(value) {
+        Ok(r) => r,
+        Err(e) => {
+            return invalid(
+                DeadLetterReason::Undecodable,
+                format!("not a RawWebhook: {e}"),
+            )
+        }
+    };
+    let known = |reason, detail: String| Input::Invalid {
+        reason,
+        detail,
+        source: Some(raw.source.clone()),
+        event_id: Some(raw.event_id.clone()),
+        payment_id: Some(raw.payment_id.clone()),
+    };
+    let event_type = match raw.event_type.as_deref() {
+        None => {
+            return known(
+                DeadLetterReason::MissingField,
+                "webhook has no event type".into(),
+            )
+        }
+        Some(t) => match EventType::parse(t) {
+            Some(t) => t,
+            None => {
+                return known(
+                    DeadLetterReason::InvalidTransition,
+                    format!("unknown event type {t:?}"),
+                )
+            }
+        },
+    };
+    let body: Value = match serde_json::from_slice(&raw.body) {
+        Ok(v) => v,
+        Err(e) => {
+            return known(
+                DeadLetterReason::Undecodable,
+                format!("body is not JSON: {e}"),
+            )
+        }
+    };
+    let text = |ptr: &str| body.pointer(ptr).and_then(Value::as_str).map(str::to_owned);
+    Input::Webhook(WebhookEvent {
+        body_hash: sha256_hex(&[&raw.body]),
+        policy_id: text(&fields.policy_id).filter(|p| !p.is_empty()),
+        amount: body.pointer(&fields.amount).and_then(Value::as_i64),
+        currency: text(&fields.currency),
+        occurred_at: text(&fields.occurred_at),
+        source: raw.source,
+        event_id: raw.event_id,
+        payment_id: raw.payment_id,
+        sequence: raw.sequence,
+        event_type,
+        received_at: raw.received_at,
+    })
+}

@@ -1,0 +1,178 @@
+//! The processor's state and the inputs it folds, as plain data.
+//!
+//! Everything here is serialised into sled (JSON: small, debuggable, and the admin API
+//! shows it as is). None of it holds wall-clock time except as data read from the log.
+
+use std::collections::BTreeMap;
+
+use hookstream_schemas::{DeadLetter, KafkaHeader, PolicyEvent};
+use serde::{Deserialize, Serialize};
+
+/// Payment lifecycle states, as webhook `type`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Created,
+    Processing,
+    Completed,
+    Failed,
+    Refunded,
+}
+
+impl EventType {
+    /// Parse a webhook `type` (`payment.completed`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "payment.created" => Self::Created,
+            "payment.processing" => Self::Processing,
+            "payment.completed" => Self::Completed,
+            "payment.failed" => Self::Failed,
+            "payment.refunded" => Self::Refunded,
+            _ => return None,
+        })
+    }
+
+    /// Lifecycle rank: created < processing < completed | failed < refunded.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Created => 0,
+            Self::Processing => 1,
+            Self::Completed | Self::Failed => 2,
+            Self::Refunded => 3,
+        }
+    }
+
+    /// Whether a payment in state `from` may move to `self`.
+    pub fn may_follow(self, from: Option<EventType>) -> bool {
+        use EventType::*;
+        match self {
+            Created => from.is_none(),
+            Processing => matches!(from, None | Some(Created) | Some(Processing)),
+            Completed | Failed => matches!(from, None | Some(Created) | Some(Processing)),
+            Refunded => from == Some(Completed),
+        }
+    }
+}
+
+/// Where a record is in the raw topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's Kafka timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+/// A raw record as consumed: everything a dead letter must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<KafkaHeader>,
+}
+
+/// A verified webhook with the fields the rules need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    pub source: String,
+    pub event_id: String,
+    pub payment_id: String,
+    pub sequence: Option<i64>,
+    pub event_type: EventType,
+    pub policy_id: Option<String>,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub occurred_at: Option<String>,
+    /// Ingest's received-at, milliseconds since the Unix epoch.
+    pub received_at: i64,
+    /// Hex SHA-256 of the raw body: same event id with another body is a conflict.
+    pub body_hash: String,
+}
+
+/// A webhook held until its sequence gap fills, with its record for a later dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldEvent {
+    pub event: WebhookEvent,
+    pub record: RawRecord,
+}
+
+/// The activation a payment caused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub activation_id: String,
+    pub policy_id: String,
+    pub event_id: String,
+}
+
+/// One line of a payment's history, for `GET /payments/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub offset: i64,
+    pub event_id: Option<String>,
+    pub sequence: Option<i64>,
+    pub event_type: Option<EventType>,
+    /// applied, held, duplicate, superseded, gap_timeout, gap_timeout_ignored, or dead_lettered:<reason>.
+    pub outcome: String,
+}
+
+/// Most history entries kept per payment (the oldest are dropped first).
+pub const HISTORY_LIMIT: usize = 100;
+
+/// The processor's view of one payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentState {
+    pub payment_id: String,
+    /// Last applied lifecycle state.
+    pub status: Option<EventType>,
+    /// The sequence the payment waits for next (sequence mode); 1 before any.
+    pub next_sequence: i64,
+    /// Out-of-order events waiting for the gap before them, by sequence.
+    pub held: BTreeMap<i64, HeldEvent>,
+    pub activation: Option<Activation>,
+    /// Set once a refund cancelled the activation.
+    pub cancellation_id: Option<String>,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl PaymentState {
+    /// A payment never seen before.
+    pub fn new(payment_id: &str) -> Self {
+        Self {
+            payment_id: payment_id.to_owned(),
+            status: None,
+            next_sequence: 1,
+            held: BTreeMap::new(),
+            activation: None,
+            cancellation_id: None,
+            history: Vec::new(),
+        }
+    }
+
+    pub(crate) fn log(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+/// What the dedup store remembers of an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    /// Record time of the first sighting (ms): the retention window counts from here.
+    pub first_seen_ms: i64,
+    pub body_hash: String,
+    pub offset: i64,
+}
+
+/// A record the processor writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// To `policy.activations`, key policy_id.
+    Policy(PolicyEvent),
+    /// To the DLQ, key payment_id (or the original key).
+    Dead(Box<DeadLetter>),
+}
