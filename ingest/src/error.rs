@@ -59,15 +59,9 @@ pub enum Reject {
     /// Body is not JSON.
     InvalidJson,
     /// A required field is missing or has the wrong type.
-    MissingField {
-        field: &'static str,
-        pointer: String,
-    },
+    MissingField { field: &'static str, pointer: String },
     /// A field has an unusable value.
-    InvalidField {
-        field: &'static str,
-        detail: &'static str,
-    },
+    InvalidField { field: &'static str, detail: &'static str },
     /// Too many requests in flight.
     Overloaded,
     /// The producer queue is full.
@@ -84,10 +78,7 @@ impl Reject {
             Reject::MethodNotAllowed => 405,
             Reject::PayloadTooLarge { .. } => 413,
             Reject::BodyTimeout => 408,
-            Reject::BodyRead
-            | Reject::InvalidJson
-            | Reject::MissingField { .. }
-            | Reject::InvalidField { .. } => 400,
+            Reject::BodyRead | Reject::InvalidJson | Reject::MissingField { .. } | Reject::InvalidField { .. } => 400,
             Reject::Verify(r) => r.status(),
             Reject::Overloaded => 429,
             Reject::QueueFull | Reject::BrokerUnavailable => 503,
@@ -115,10 +106,7 @@ impl Reject {
 
     /// Whether the answer carries `Retry-After` (the provider should retry).
     pub fn retry_after(&self) -> bool {
-        matches!(
-            self,
-            Reject::Overloaded | Reject::QueueFull | Reject::BrokerUnavailable
-        )
+        matches!(self, Reject::Overloaded | Reject::QueueFull | Reject::BrokerUnavailable)
     }
 
     /// The JSON body: `{"error": code, ...details}`. Never contains a secret or the body.

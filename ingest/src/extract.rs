@@ -43,11 +43,7 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Reject>
 
 /// Parse `body` and extract the fields. `header_event_id` is the scheme's id header,
 /// which wins over the body's id when present.
-pub fn extract(
-    body: &[u8],
-    fields: &FieldMap,
-    header_event_id: Option<String>,
-) -> Result<Extracted, Reject> {
+pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) -> Result<Extracted, Reject> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| Reject::InvalidJson)?;
     if !doc.is_object() {
         return Err(Reject::InvalidJson);
@@ -98,11 +94,7 @@ mod tests {
     use super::*;
 
     fn ex(body: &str, header: Option<&str>) -> Result<Extracted, Reject> {
-        extract(
-            body.as_bytes(),
-            &FieldMap::default(),
-            header.map(str::to_owned),
-        )
+        extract(body.as_bytes(), &FieldMap::default(), header.map(str::to_owned))
     }
 
     #[test]
@@ -125,11 +117,7 @@ mod tests {
 
     #[test]
     fn header_id_wins_and_optional_fields_may_be_absent() {
-        let e = ex(
-            r#"{"id":"evt_body","payment_id":"pay_1"}"#,
-            Some("evt_header"),
-        )
-        .unwrap();
+        let e = ex(r#"{"id":"evt_body","payment_id":"pay_1"}"#, Some("evt_header")).unwrap();
         assert_eq!(
             (e.event_id.as_str(), e.sequence, e.event_type),
             ("evt_header", None, None)
@@ -182,9 +170,6 @@ mod tests {
         };
         let body = br#"{"id":"evt_s","type":"payment.completed","data":{"object":{"payment_intent":"pi_9"}}}"#;
         let e = extract(body, &fields, None).unwrap();
-        assert_eq!(
-            (e.payment_id.as_str(), e.event_id.as_str()),
-            ("pi_9", "evt_s")
-        );
+        assert_eq!((e.payment_id.as_str(), e.event_id.as_str()), ("pi_9", "evt_s"));
     }
 }

@@ -23,20 +23,16 @@ type Resp = Response<Full<Bytes>>;
 fn json_response(status: u16, body: &serde_json::Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn reject_response(app: &App, r: &Reject) -> Resp {
     let mut resp = json_response(r.status(), &r.body());
     if r.retry_after() {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(app.http.retry_after_secs),
-        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(app.http.retry_after_secs));
     }
     if matches!(r, Reject::MethodNotAllowed) {
         resp.headers_mut()
@@ -51,16 +47,11 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(200, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => match app.publisher.ready().await {
-            Ok(()) => json_response(
-                200,
-                &json!({ "ready": true, "topic": app.publisher.topic() }),
-            ),
+            Ok(()) => json_response(200, &json!({ "ready": true, "topic": app.publisher.topic() })),
             Err(detail) => json_response(503, &json!({ "error": "not_ready", "detail": detail })),
         },
         (&Method::GET, "/metrics") => {
-            app.metrics
-                .queue_depth
-                .set(i64::from(app.publisher.queue_depth()));
+            app.metrics.queue_depth.set(i64::from(app.publisher.queue_depth()));
             let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -80,11 +71,7 @@ async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
     let span = app.tracer.start(req.headers());
     let known = app.sources.get(source_name);
     // Unknown names share one label, so a scanner cannot grow the metric without bound.
-    let label = if known.is_some() {
-        source_name
-    } else {
-        "unknown"
-    };
+    let label = if known.is_some() { source_name } else { "unknown" };
     let outcome = match (known, req.method()) {
         (_, m) if m != Method::POST => Err(Reject::MethodNotAllowed),
         (None, _) => Err(Reject::UnknownSource(source_name.to_owned())),
@@ -104,10 +91,7 @@ async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
             &json!({ "received": true, "event_id": event_id, "partition": d.partition, "offset": d.offset }),
         ),
         Err(r) => {
-            app.metrics
-                .rejections
-                .with_label_values(&[label, r.code()])
-                .inc();
+            app.metrics.rejections.with_label_values(&[label, r.code()]).inc();
             tracing::info!(source = label, outcome = r.code(), status = r.status(), trace_id = %span.trace_id(), "webhook rejected");
             reject_response(app, r)
         }
@@ -153,9 +137,7 @@ async fn accept(
         Err(_) => return Err(Reject::BodyRead),
     };
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let scheme = source.config.scheme;
     let verified = verify(
         scheme,
@@ -210,10 +192,7 @@ async fn accept(
         });
 
     let started = Instant::now();
-    let result = app
-        .publisher
-        .publish(&fields.payment_id, &value, headers)
-        .await;
+    let result = app.publisher.publish(&fields.payment_id, &value, headers).await;
     app.metrics
         .delivery_seconds
         .with_label_values(&[source_name])

@@ -30,11 +30,7 @@ pub use error::IngestError;
 
 /// Run ingest on `listener` until `shutdown` is cancelled. Secrets are read from the
 /// process environment (or files) named in `config`.
-pub async fn run(
-    config: IngestConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), IngestError> {
+pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngestError> {
     let app = Arc::new(app::App::new(&config)?);
     tracing::info!(
         listen = %listener.local_addr().map_err(IngestError::Listener)?,

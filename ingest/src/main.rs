@@ -28,8 +28,7 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let config =
-        IngestConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let config = IngestConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

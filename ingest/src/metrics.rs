@@ -1,8 +1,6 @@
 //! Every metric ingest exposes at `/metrics`, defined in one place.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Ingest's metrics and their registry.
 #[derive(Debug, Clone)]
@@ -24,13 +22,9 @@ impl Metrics {
     /// Register every metric. Panics only on a duplicate name, which is a bug here.
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("hookstream_ingest".into()), None).expect("valid prefix");
+        let registry = Registry::new_custom(Some("hookstream_ingest".into()), None).expect("valid prefix");
         let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Webhook requests answered, by source and HTTP status",
-            ),
+            Opts::new("requests_total", "Webhook requests answered, by source and HTTP status"),
             &["source", "status"],
         )
         .expect("metric");
@@ -53,8 +47,7 @@ impl Metrics {
             &["source"],
         )
         .expect("metric");
-        let in_flight =
-            IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
+        let in_flight = IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
         let queue_depth = IntGauge::new(
             "producer_queue_depth",
             "Records queued or in flight in the Kafka producer",

@@ -66,10 +66,7 @@ impl Publisher {
             // a later delivery would only be a duplicate of the provider's retry.
             .set("message.timeout.ms", cfg.ack_deadline_ms.to_string())
             // Bounded memory: a full queue answers 503 instead of growing.
-            .set(
-                "queue.buffering.max.messages",
-                cfg.queue_max_messages.to_string(),
-            )
+            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
             // Batch under load; costs at most this much latency when quiet.
             .set("linger.ms", cfg.linger_ms.to_string())
             .create()?;
@@ -86,16 +83,8 @@ impl Publisher {
     }
 
     /// Publish and wait for the broker's acknowledgement.
-    pub async fn publish(
-        &self,
-        key: &str,
-        value: &[u8],
-        headers: OwnedHeaders,
-    ) -> Result<Delivered, PublishError> {
-        let record = FutureRecord::to(&self.topic)
-            .key(key)
-            .payload(value)
-            .headers(headers);
+    pub async fn publish(&self, key: &str, value: &[u8], headers: OwnedHeaders) -> Result<Delivered, PublishError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(value).headers(headers);
         let delivery = match self.producer.send_result(record) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -20,11 +20,7 @@ use crate::error::IngestError;
 use crate::handler::handle;
 
 /// Serve `app` on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), IngestError> {
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngestError> {
     let connections = Arc::new(Semaphore::new(app.http.max_connections));
     let graceful = GracefulShutdown::new();
     let header_timeout = Duration::from_millis(app.http.header_read_timeout_ms);
@@ -70,15 +66,11 @@ pub async fn serve(
         grace_ms = app.http.shutdown_grace_ms,
         "shutting down: finishing in-flight requests"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the grace period");
     }
     let publisher = app.publisher.clone();
-    let flushed =
-        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(2))).await;
+    let flushed = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(2))).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("producer did not flush every queued record");
     }

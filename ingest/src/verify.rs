@@ -71,19 +71,13 @@ impl Secrets {
 
     /// Secrets from a file: one per line (so a secret may contain spaces), blank lines ignored.
     pub fn from_file_text(scheme: Scheme, text: &str) -> Result<Self, String> {
-        Self::from_list(
-            scheme,
-            text.lines().map(str::trim).filter(|l| !l.is_empty()),
-        )
+        Self::from_list(scheme, text.lines().map(str::trim).filter(|l| !l.is_empty()))
     }
 
     /// Standard Webhooks secrets are `whsec_<base64>` (the prefix is optional) and the key
     /// is the decoded bytes; the other schemes use the secret text itself as the key
     /// (Stripe's `whsec_…` included). An error names the secret's position, never its text.
-    pub fn from_list<'a>(
-        scheme: Scheme,
-        items: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, String> {
+    pub fn from_list<'a>(scheme: Scheme, items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut keys = Vec::new();
         for (i, s) in items.into_iter().enumerate() {
             let key = match scheme {
@@ -131,10 +125,7 @@ pub enum Rejection {
     MissingHeader(&'static str),
     /// A header is present but unusable (e.g. a timestamp that is not a number).
     #[error("invalid header {header}: {detail}")]
-    InvalidHeader {
-        header: &'static str,
-        detail: &'static str,
-    },
+    InvalidHeader { header: &'static str, detail: &'static str },
     /// The signed timestamp is further from now than the tolerance.
     #[error("timestamp outside tolerance")]
     TimestampOutOfTolerance,
@@ -165,20 +156,13 @@ impl Rejection {
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Rejection> {
     let v = headers.get(name).ok_or(Rejection::MissingHeader(name))?;
-    v.to_str()
-        .map(str::trim)
-        .map_err(|_| Rejection::InvalidHeader {
-            header: name,
-            detail: "not visible ASCII",
-        })
+    v.to_str().map(str::trim).map_err(|_| Rejection::InvalidHeader {
+        header: name,
+        detail: "not visible ASCII",
+    })
 }
 
-fn timestamp(
-    raw: &str,
-    name: &'static str,
-    now_unix: i64,
-    tolerance_secs: u64,
-) -> Result<(), Rejection> {
+fn timestamp(raw: &str, name: &'static str, now_unix: i64, tolerance_secs: u64) -> Result<(), Rejection> {
     let ts: i64 = raw.parse().map_err(|_| Rejection::InvalidHeader {
         header: name,
         detail: "not a unix timestamp in seconds",
@@ -190,11 +174,7 @@ fn timestamp(
 }
 
 /// Index of the first secret whose MAC over `parts` equals one of `candidates`.
-fn match_secret(
-    secrets: &Secrets,
-    parts: &[&[u8]],
-    candidates: &[Vec<u8>],
-) -> Result<usize, Rejection> {
+fn match_secret(secrets: &Secrets, parts: &[&[u8]], candidates: &[Vec<u8>]) -> Result<usize, Rejection> {
     for (i, key) in secrets.0.iter().enumerate() {
         // new_from_slice accepts any key length for HMAC; the error arm cannot happen.
         let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
@@ -204,10 +184,7 @@ fn match_secret(
             mac.update(p);
         }
         let expected = mac.finalize().into_bytes();
-        if candidates
-            .iter()
-            .any(|c| bool::from(expected.as_slice().ct_eq(c)))
-        {
+        if candidates.iter().any(|c| bool::from(expected.as_slice().ct_eq(c))) {
             return Ok(i);
         }
     }
@@ -224,11 +201,7 @@ fn strict_hex(h: &str) -> Option<Vec<u8>> {
 }
 
 fn sha256_hex(value: &str) -> Vec<Vec<u8>> {
-    value
-        .strip_prefix("sha256=")
-        .and_then(strict_hex)
-        .into_iter()
-        .collect()
+    value.strip_prefix("sha256=").and_then(strict_hex).into_iter().collect()
 }
 
 /// Verify a request. `now_unix` is the current time in seconds; schemes without a
@@ -247,8 +220,7 @@ pub fn verify(
             let ts = header(headers, "x-timestamp")?;
             let sig = header(headers, "x-signature")?;
             timestamp(ts, "x-timestamp", now_unix, tolerance_secs)?;
-            let secret_index =
-                match_secret(secrets, &[ts.as_bytes(), b".", body], &sha256_hex(sig))?;
+            let secret_index = match_secret(secrets, &[ts.as_bytes(), b".", body], &sha256_hex(sig))?;
             Ok(Verified {
                 event_id: Some(id.to_owned()),
                 secret_index,

@@ -19,13 +19,12 @@
 //!    transition is `invalid_transition`.
 
 use hookstream_schemas::{
-    DeadLetter, DeadLetterReason, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
+    DeadLetter, DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
 };
 
 use crate::input::{sha256_hex, Input};
 use crate::model::{
-    Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord,
-    WebhookEvent,
+    Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord, WebhookEvent,
 };
 
 /// The answer of the policy registry to a claim.
@@ -34,17 +33,20 @@ pub enum Claim {
     /// The policy is now (or already was) activated by this activation id.
     Granted,
     /// Another activation holds the policy.
-    HeldBy {
-        payment_id: String,
-        activation_id: String,
-    },
+    HeldBy { payment_id: String, activation_id: String },
 }
 
 /// Which activation holds each policy, across payments. Claiming is idempotent for the
 /// same activation id, so re-deciding a record after a crash is granted again.
 pub trait PolicyRegistry {
-    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Claim;
+    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError>;
 }
+
+/// The registry could not answer (e.g. disk trouble): transient, the whole record is
+/// decided again later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy registry: {0}")]
+pub struct RegistryError(pub String);
 
 /// What happened to the record, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,11 +157,7 @@ struct Ctx<'a> {
     policies: &'a mut dyn PolicyRegistry,
 }
 
-fn entry(
-    record: &RawRecord,
-    ev: Option<&WebhookEvent>,
-    outcome: impl Into<String>,
-) -> HistoryEntry {
+fn entry(record: &RawRecord, ev: Option<&WebhookEvent>, outcome: impl Into<String>) -> HistoryEntry {
     HistoryEntry {
         offset: record.origin.offset,
         event_id: ev.map(|e| e.event_id.clone()),
@@ -190,14 +188,14 @@ impl Ctx<'_> {
     }
 
     /// Apply an event in order: check the transition, then its effects.
-    fn apply(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
+    fn apply(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Result<Outcome, RegistryError> {
         if !ev.event_type.may_follow(st.status) {
             let from = st
                 .status
                 .map_or("nothing".to_owned(), |s| format!("{s:?}").to_lowercase());
             let detail = format!("payment.{:?} cannot follow {from}", ev.event_type).to_lowercase();
             self.reject(st, ev, rec, DeadLetterReason::InvalidTransition, detail);
-            return Outcome::DeadLettered;
+            return Ok(Outcome::DeadLettered);
         }
         st.status = Some(ev.event_type);
         match ev.event_type {
@@ -206,10 +204,15 @@ impl Ctx<'_> {
             _ => {}
         }
         st.log(entry(rec, Some(ev), "applied"));
-        Outcome::Applied
+        Ok(Outcome::Applied)
     }
 
-    fn activate(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
+    fn activate(
+        &mut self,
+        st: &mut PaymentState,
+        ev: &WebhookEvent,
+        rec: &RawRecord,
+    ) -> Result<Outcome, RegistryError> {
         let Some(policy_id) = ev.policy_id.clone() else {
             self.reject(
                 st,
@@ -218,13 +221,12 @@ impl Ctx<'_> {
                 DeadLetterReason::NoPolicy,
                 "completed payment names no policy".into(),
             );
-            return Outcome::DeadLettered;
+            return Ok(Outcome::DeadLettered);
         };
         let id = activation_id(&policy_id, &ev.source, &ev.event_id);
-        match self.policies.claim(&policy_id, &id, &ev.payment_id) {
+        Ok(match self.policies.claim(&policy_id, &id, &ev.payment_id)? {
             Claim::HeldBy { payment_id, .. } => {
-                let detail =
-                    format!("policy {policy_id} is already active through payment {payment_id}");
+                let detail = format!("policy {policy_id} is already active through payment {payment_id}");
                 self.reject(st, ev, rec, DeadLetterReason::PolicyAlreadyActive, detail);
                 Outcome::DeadLettered
             }
@@ -251,7 +253,7 @@ impl Ctx<'_> {
                 st.log(entry(rec, Some(ev), "applied"));
                 Outcome::Applied
             }
-        }
+        })
     }
 
     fn cancel(&mut self, st: &mut PaymentState, ev: &WebhookEvent) {
@@ -281,30 +283,32 @@ impl Ctx<'_> {
     }
 
     /// Apply `next_sequence`, then every held event that is now next.
-    fn release_held(&mut self, st: &mut PaymentState) {
+    fn release_held(&mut self, st: &mut PaymentState) -> Result<(), RegistryError> {
         while let Some(h) = st.held.remove(&st.next_sequence) {
-            self.apply(st, &h.event, &h.record);
+            self.apply(st, &h.event, &h.record)?;
             st.next_sequence += 1;
         }
+        Ok(())
     }
 }
 
 /// Decide what `record` (classified as `input`) does to its payment.
 ///
 /// `payment` is the stored state of the payment the input names (if any), `seen` the
-/// dedup entry of its (source, event_id) if one exists.
+/// dedup entry of its (source, event_id) if one exists. The only error is a registry
+/// that cannot answer; the caller decides the record again later.
 pub fn decide(
     record: &RawRecord,
     input: Input,
     payment: Option<PaymentState>,
     seen: Option<&DedupEntry>,
     policies: &mut dyn PolicyRegistry,
-) -> Decision {
+) -> Result<Decision, RegistryError> {
     let mut cx = Ctx {
         outputs: Vec::new(),
         policies,
     };
-    match input {
+    let (payment, dedup, outcome) = match input {
         Input::Invalid {
             reason,
             detail,
@@ -328,168 +332,134 @@ pub fn decide(
                 st.log(e);
                 st
             });
-            Decision {
-                payment,
-                dedup: None,
-                outputs: cx.outputs,
-                outcome: Outcome::DeadLettered,
-            }
+            (payment, None, Outcome::DeadLettered)
         }
         Input::GapTimeout(g) => {
             let mut st = payment.unwrap_or_else(|| PaymentState::new(&g.payment_id));
-            let Some(&last) = st.held.keys().next_back() else {
-                st.log(entry(record, None, "gap_timeout_ignored"));
-                return Decision {
-                    payment: Some(st),
-                    dedup: None,
-                    outputs: cx.outputs,
-                    outcome: Outcome::Ignored,
-                };
-            };
-            if st.next_sequence != g.next_expected_sequence {
-                st.log(entry(record, None, "gap_timeout_ignored"));
-                return Decision {
-                    payment: Some(st),
-                    dedup: None,
-                    outputs: cx.outputs,
-                    outcome: Outcome::Ignored,
-                };
-            }
-            let missing: Vec<i64> = (st.next_sequence..last)
-                .filter(|s| !st.held.contains_key(s))
-                .collect();
-            let held: Vec<i64> = st.held.keys().copied().collect();
-            let detail = format!(
-                "sequence gap timed out: missing {missing:?}; applying held {held:?} in order (gap opened at {} ms, decided at {} ms)",
-                g.gap_opened_at, g.decided_at
-            );
-            cx.outputs.push(dead_letter(
-                record,
-                DeadLetterReason::SequenceGapTimeout,
-                detail,
-                None,
-                Some(&st.payment_id),
-                missing,
-            ));
-            st.log(entry(record, None, "gap_timeout"));
-            while let Some((seq, h)) = st.held.pop_first() {
-                st.next_sequence = seq;
-                cx.apply(&mut st, &h.event, &h.record);
-                st.next_sequence = seq + 1;
-            }
-            Decision {
-                payment: Some(st),
-                dedup: None,
-                outputs: cx.outputs,
-                outcome: Outcome::GapReleased,
-            }
+            let outcome = gap_timeout(&mut cx, &mut st, record, &g)?;
+            (Some(st), None, outcome)
         }
         Input::Webhook(ev) => {
             let mut st = payment.unwrap_or_else(|| PaymentState::new(&ev.payment_id));
-            if let Some(seen) = seen {
-                if seen.body_hash == ev.body_hash {
-                    st.log(entry(record, Some(&ev), "duplicate"));
-                    return Decision {
-                        payment: Some(st),
-                        dedup: None,
-                        outputs: cx.outputs,
-                        outcome: Outcome::Duplicate,
-                    };
-                }
-                let detail = format!(
-                    "event id {} was first seen at offset {} with a different body",
-                    ev.event_id, seen.offset
-                );
-                cx.reject(
-                    &mut st,
-                    &ev,
-                    record,
-                    DeadLetterReason::EventIdConflict,
-                    detail,
-                );
-                return Decision {
-                    payment: Some(st),
-                    dedup: None,
-                    outputs: cx.outputs,
-                    outcome: Outcome::DeadLettered,
-                };
-            }
-            let dedup = Some((
-                dedup_key(&ev.source, &ev.event_id),
-                DedupEntry {
+            let (outcome, accepted) = webhook(&mut cx, &mut st, record, ev.clone(), seen)?;
+            let dedup = accepted.then(|| {
+                let entry = DedupEntry {
                     first_seen_ms: record.origin.timestamp_ms,
                     body_hash: ev.body_hash.clone(),
                     offset: record.origin.offset,
-                },
-            ));
-            let outcome = match ev.sequence {
-                Some(s) if s < st.next_sequence => {
-                    let detail = format!(
-                        "sequence {s} arrived after it was applied or skipped (next expected {})",
-                        st.next_sequence
-                    );
-                    cx.reject(&mut st, &ev, record, DeadLetterReason::Stale, detail);
-                    return Decision {
-                        payment: Some(st),
-                        dedup: None,
-                        outputs: cx.outputs,
-                        outcome: Outcome::DeadLettered,
-                    };
-                }
-                Some(s) if st.held.contains_key(&s) => {
-                    let other = st
-                        .held
-                        .get(&s)
-                        .map(|h| h.event.event_id.clone())
-                        .unwrap_or_default();
-                    let detail = format!("sequence {s} is already held for event {other}");
-                    cx.reject(
-                        &mut st,
-                        &ev,
-                        record,
-                        DeadLetterReason::InvalidTransition,
-                        detail,
-                    );
-                    return Decision {
-                        payment: Some(st),
-                        dedup: None,
-                        outputs: cx.outputs,
-                        outcome: Outcome::DeadLettered,
-                    };
-                }
-                Some(s) if s > st.next_sequence => {
-                    st.log(entry(record, Some(&ev), "held"));
-                    st.held.insert(
-                        s,
-                        HeldEvent {
-                            event: ev,
-                            record: record.clone(),
-                        },
-                    );
-                    Outcome::Held
-                }
-                Some(_) => {
-                    let o = cx.apply(&mut st, &ev, record);
-                    st.next_sequence += 1;
-                    cx.release_held(&mut st);
-                    o
-                }
-                None => match st.status {
-                    Some(cur) if ev.event_type.rank() < cur.rank() || ev.event_type == cur => {
-                        st.log(entry(record, Some(&ev), "superseded"));
-                        Outcome::Superseded
-                    }
-                    _ => cx.apply(&mut st, &ev, record),
-                },
-            };
-            Decision {
-                payment: Some(st),
-                dedup,
-                outputs: cx.outputs,
-                outcome,
-            }
+                };
+                (dedup_key(&ev.source, &ev.event_id), entry)
+            });
+            (Some(st), dedup, outcome)
         }
+    };
+    Ok(Decision {
+        payment,
+        dedup,
+        outputs: cx.outputs,
+        outcome,
+    })
+}
+
+/// A control record: resolve the gap it names, if that gap is still open.
+fn gap_timeout(
+    cx: &mut Ctx<'_>,
+    st: &mut PaymentState,
+    record: &RawRecord,
+    g: &GapTimeout,
+) -> Result<Outcome, RegistryError> {
+    let last = match st.held.keys().next_back() {
+        Some(&last) if st.next_sequence == g.next_expected_sequence => last,
+        _ => {
+            st.log(entry(record, None, "gap_timeout_ignored"));
+            return Ok(Outcome::Ignored);
+        }
+    };
+    let missing: Vec<i64> = (st.next_sequence..last).filter(|s| !st.held.contains_key(s)).collect();
+    let held: Vec<i64> = st.held.keys().copied().collect();
+    let detail = format!(
+        "sequence gap timed out: missing {missing:?}; applying held {held:?} in order \
+         (gap opened at {} ms, decided at {} ms)",
+        g.gap_opened_at, g.decided_at
+    );
+    cx.outputs.push(dead_letter(
+        record,
+        DeadLetterReason::SequenceGapTimeout,
+        detail,
+        None,
+        Some(&st.payment_id),
+        missing,
+    ));
+    st.log(entry(record, None, "gap_timeout"));
+    while let Some((seq, h)) = st.held.pop_first() {
+        st.next_sequence = seq;
+        cx.apply(st, &h.event, &h.record)?;
+        st.next_sequence = seq + 1;
     }
+    Ok(Outcome::GapReleased)
+}
+
+/// A webhook: dedup, then order, then apply. Returns the outcome and whether the event
+/// was accepted into the payment's flow (and so into the dedup store).
+fn webhook(
+    cx: &mut Ctx<'_>,
+    st: &mut PaymentState,
+    record: &RawRecord,
+    ev: WebhookEvent,
+    seen: Option<&DedupEntry>,
+) -> Result<(Outcome, bool), RegistryError> {
+    if let Some(seen) = seen {
+        if seen.body_hash == ev.body_hash {
+            st.log(entry(record, Some(&ev), "duplicate"));
+            return Ok((Outcome::Duplicate, false));
+        }
+        let detail = format!(
+            "event id {} was first seen at offset {} with a different body",
+            ev.event_id, seen.offset
+        );
+        cx.reject(st, &ev, record, DeadLetterReason::EventIdConflict, detail);
+        return Ok((Outcome::DeadLettered, false));
+    }
+    Ok(match ev.sequence {
+        Some(s) if s < st.next_sequence => {
+            let detail = format!(
+                "sequence {s} arrived after it was applied or skipped (next expected {})",
+                st.next_sequence
+            );
+            cx.reject(st, &ev, record, DeadLetterReason::Stale, detail);
+            (Outcome::DeadLettered, false)
+        }
+        Some(s) if st.held.contains_key(&s) => {
+            let other = st.held.get(&s).map(|h| h.event.event_id.clone()).unwrap_or_default();
+            let detail = format!("sequence {s} is already held for event {other}");
+            cx.reject(st, &ev, record, DeadLetterReason::InvalidTransition, detail);
+            (Outcome::DeadLettered, false)
+        }
+        Some(s) if s > st.next_sequence => {
+            st.log(entry(record, Some(&ev), "held"));
+            st.held.insert(
+                s,
+                HeldEvent {
+                    event: ev,
+                    record: record.clone(),
+                },
+            );
+            (Outcome::Held, true)
+        }
+        Some(_) => {
+            let o = cx.apply(st, &ev, record)?;
+            st.next_sequence += 1;
+            cx.release_held(st)?;
+            (o, true)
+        }
+        None => match st.status {
+            Some(cur) if ev.event_type.rank() < cur.rank() || ev.event_type == cur => {
+                st.log(entry(record, Some(&ev), "superseded"));
+                (Outcome::Superseded, true)
+            }
+            _ => (cx.apply(st, &ev, record)?, true),
+        },
+    })
 }
 
 #[cfg(test)]

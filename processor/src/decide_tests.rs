@@ -17,8 +17,8 @@ struct Sim {
 }
 
 impl PolicyRegistry for HashMap<String, (String, String)> {
-    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Claim {
-        match self.get(policy_id) {
+    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError> {
+        Ok(match self.get(policy_id) {
             Some((aid, pid)) if aid != activation_id => Claim::HeldBy {
                 payment_id: pid.clone(),
                 activation_id: aid.clone(),
@@ -27,7 +27,7 @@ impl PolicyRegistry for HashMap<String, (String, String)> {
                 self.insert(policy_id.into(), (activation_id.into(), payment_id.into()));
                 Claim::Granted
             }
-        }
+        })
     }
 }
 
@@ -75,7 +75,7 @@ impl Sim {
             _ => None,
         };
         let payment = pid.as_ref().and_then(|p| self.payments.get(p).cloned());
-        let d = decide(&rec, input, payment, seen.as_ref(), &mut self.policies);
+        let d = decide(&rec, input, payment, seen.as_ref(), &mut self.policies).unwrap();
         if let Some(p) = d.payment {
             self.payments.insert(p.payment_id.clone(), p);
         }
@@ -111,9 +111,7 @@ impl Sim {
             .iter()
             .filter_map(|o| match o {
                 Output::Policy(p) => match &p.event {
-                    PolicyEventKind::Activated(a) => {
-                        Some((a.policy_id.clone(), a.activation_id.clone()))
-                    }
+                    PolicyEventKind::Activated(a) => Some((a.policy_id.clone(), a.activation_id.clone())),
                     _ => None,
                 },
                 _ => None,
@@ -137,32 +135,18 @@ use EventType::*;
 #[test]
 fn in_order_lifecycle_activates_once_and_refund_cancels() {
     let mut s = Sim::default();
-    assert_eq!(
-        s.event(ev("p", "e1", Some(1), Created, None)),
-        Outcome::Applied
-    );
-    assert_eq!(
-        s.event(ev("p", "e2", Some(2), Processing, None)),
-        Outcome::Applied
-    );
+    assert_eq!(s.event(ev("p", "e1", Some(1), Created, None)), Outcome::Applied);
+    assert_eq!(s.event(ev("p", "e2", Some(2), Processing, None)), Outcome::Applied);
     assert_eq!(
         s.event(ev("p", "e3", Some(3), Completed, Some("pol"))),
         Outcome::Applied
     );
-    assert_eq!(
-        s.activations(),
-        vec![("pol".into(), activation_id("pol", "src", "e3"))]
-    );
-    assert_eq!(
-        s.event(ev("p", "e4", Some(4), Refunded, Some("pol"))),
-        Outcome::Applied
-    );
+    assert_eq!(s.activations(), vec![("pol".into(), activation_id("pol", "src", "e3"))]);
+    assert_eq!(s.event(ev("p", "e4", Some(4), Refunded, Some("pol"))), Outcome::Applied);
     let cancels = s
         .outputs
         .iter()
-        .filter(
-            |o| matches!(o, Output::Policy(p) if matches!(p.event, PolicyEventKind::Cancelled(_))),
-        )
+        .filter(|o| matches!(o, Output::Policy(p) if matches!(p.event, PolicyEventKind::Cancelled(_))))
         .count();
     assert_eq!(cancels, 1);
     assert!(s.dead_reasons().is_empty());
@@ -172,10 +156,7 @@ fn in_order_lifecycle_activates_once_and_refund_cancels() {
 fn duplicates_are_skipped_and_conflicts_dead_lettered() {
     let mut s = Sim::default();
     s.event(ev("p", "e1", Some(1), Created, None));
-    assert_eq!(
-        s.event(ev("p", "e1", Some(1), Created, None)),
-        Outcome::Duplicate
-    );
+    assert_eq!(s.event(ev("p", "e1", Some(1), Created, None)), Outcome::Duplicate);
     let mut changed = ev("p", "e1", Some(1), Created, None);
     changed.body_hash = "other".into();
     assert_eq!(s.event(changed), Outcome::DeadLettered);
@@ -185,25 +166,13 @@ fn duplicates_are_skipped_and_conflicts_dead_lettered() {
 #[test]
 fn out_of_order_events_are_held_then_released_in_order() {
     let mut s = Sim::default();
-    assert_eq!(
-        s.event(ev("p", "e3", Some(3), Completed, Some("pol"))),
-        Outcome::Held
-    );
-    assert_eq!(
-        s.event(ev("p", "e2", Some(2), Processing, None)),
-        Outcome::Held
-    );
+    assert_eq!(s.event(ev("p", "e3", Some(3), Completed, Some("pol"))), Outcome::Held);
+    assert_eq!(s.event(ev("p", "e2", Some(2), Processing, None)), Outcome::Held);
     assert!(s.activations().is_empty());
-    assert_eq!(
-        s.event(ev("p", "e1", Some(1), Created, None)),
-        Outcome::Applied
-    );
+    assert_eq!(s.event(ev("p", "e1", Some(1), Created, None)), Outcome::Applied);
     assert_eq!(s.activations().len(), 1);
     let st = &s.payments["p"];
-    assert_eq!(
-        (st.next_sequence, st.held.len(), st.status),
-        (4, 0, Some(Completed))
-    );
+    assert_eq!((st.next_sequence, st.held.len(), st.status), (4, 0, Some(Completed)));
 }
 
 #[test]
@@ -218,17 +187,12 @@ fn gap_timeout_names_the_missing_sequences_and_applies_held_in_order() {
         "a completed payment still activates, late rather than never"
     );
     let gap = s.outputs.iter().find_map(|o| match o {
-        Output::Dead(d) if d.reason == DeadLetterReason::SequenceGapTimeout => {
-            Some(d.missing_sequences.clone())
-        }
+        Output::Dead(d) if d.reason == DeadLetterReason::SequenceGapTimeout => Some(d.missing_sequences.clone()),
         _ => None,
     });
     assert_eq!(gap, Some(vec![2, 3]));
     // The skipped sequences arrive late: stale.
-    assert_eq!(
-        s.event(ev("p", "e2", Some(2), Processing, None)),
-        Outcome::DeadLettered
-    );
+    assert_eq!(s.event(ev("p", "e2", Some(2), Processing, None)), Outcome::DeadLettered);
     assert_eq!(s.dead_reasons().last(), Some(&DeadLetterReason::Stale));
 }
 
@@ -251,27 +215,12 @@ fn gap_timeout_after_the_gap_filled_has_no_effect() {
 #[test]
 fn rank_mode_supersedes_lower_ranked_events() {
     let mut s = Sim::default();
-    assert_eq!(
-        s.event(ev("p", "e3", None, Completed, Some("pol"))),
-        Outcome::Applied
-    );
-    assert_eq!(
-        s.event(ev("p", "e1", None, Created, None)),
-        Outcome::Superseded
-    );
-    assert_eq!(
-        s.event(ev("p", "e2", None, Processing, None)),
-        Outcome::Superseded
-    );
+    assert_eq!(s.event(ev("p", "e3", None, Completed, Some("pol"))), Outcome::Applied);
+    assert_eq!(s.event(ev("p", "e1", None, Created, None)), Outcome::Superseded);
+    assert_eq!(s.event(ev("p", "e2", None, Processing, None)), Outcome::Superseded);
     assert_eq!(s.activations().len(), 1);
-    assert!(
-        s.dead_reasons().is_empty(),
-        "superseded events are not dead letters"
-    );
-    assert_eq!(
-        s.event(ev("p", "e5", None, Failed, None)),
-        Outcome::DeadLettered
-    );
+    assert!(s.dead_reasons().is_empty(), "superseded events are not dead letters");
+    assert_eq!(s.event(ev("p", "e5", None, Failed, None)), Outcome::DeadLettered);
     assert_eq!(s.dead_reasons(), vec![DeadLetterReason::InvalidTransition]);
 }
 
@@ -284,10 +233,7 @@ fn completed_without_policy_and_second_payment_for_a_policy_are_dead_lettered() 
     assert_eq!(s.activations().len(), 1);
     assert_eq!(
         s.dead_reasons(),
-        vec![
-            DeadLetterReason::NoPolicy,
-            DeadLetterReason::PolicyAlreadyActive
-        ]
+        vec![DeadLetterReason::NoPolicy, DeadLetterReason::PolicyAlreadyActive]
     );
 }
 
@@ -295,10 +241,7 @@ fn completed_without_policy_and_second_payment_for_a_policy_are_dead_lettered() 
 fn refund_without_completion_is_an_invalid_transition() {
     let mut s = Sim::default();
     s.event(ev("p", "e1", None, Created, None));
-    assert_eq!(
-        s.event(ev("p", "e9", None, Refunded, None)),
-        Outcome::DeadLettered
-    );
+    assert_eq!(s.event(ev("p", "e9", None, Refunded, None)), Outcome::DeadLettered);
     assert_eq!(s.dead_reasons(), vec![DeadLetterReason::InvalidTransition]);
 }
 
@@ -321,23 +264,13 @@ fn replaying_the_same_records_gives_the_same_outputs() {
 
 /// A payment's events: created, processing, then completed (with a policy) or failed.
 fn lifecycle(pay: &str, completed: bool, sequenced: bool) -> Vec<WebhookEvent> {
-    let types = [
-        Created,
-        Processing,
-        if completed { Completed } else { Failed },
-    ];
+    let types = [Created, Processing, if completed { Completed } else { Failed }];
     types
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let seq = sequenced.then_some(i as i64 + 1);
-            ev(
-                pay,
-                &format!("{pay}-e{}", i + 1),
-                seq,
-                *t,
-                Some(&format!("pol-{pay}")),
-            )
+            ev(pay, &format!("{pay}-e{}", i + 1), seq, *t, Some(&format!("pol-{pay}")))
         })
         .collect()
 }

@@ -1,9 +1,7 @@
 //! Turning a raw record into an input for the rules (a pure function): a webhook, a
 //! control record, or a reason why it cannot be processed.
 
-use hookstream_schemas::{
-    decode, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL,
-};
+use hookstream_schemas::{decode, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -80,10 +78,7 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
 /// Classify a raw record.
 pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
     let Some(value) = rec.value.as_deref() else {
-        return invalid(
-            DeadLetterReason::Undecodable,
-            "record has no value (tombstone)",
-        );
+        return invalid(DeadLetterReason::Undecodable, "record has no value (tombstone)");
     };
     if let Some(kind) = control_kind(rec) {
         return match kind.as_str() {
@@ -102,12 +97,7 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
     }
     let raw: RawWebhook = match decode(value) {
         Ok(r) => r,
-        Err(e) => {
-            return invalid(
-                DeadLetterReason::Undecodable,
-                format!("not a RawWebhook: {e}"),
-            )
-        }
+        Err(e) => return invalid(DeadLetterReason::Undecodable, format!("not a RawWebhook: {e}")),
     };
     let known = |reason, detail: String| Input::Invalid {
         reason,
@@ -117,30 +107,15 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
         payment_id: Some(raw.payment_id.clone()),
     };
     let event_type = match raw.event_type.as_deref() {
-        None => {
-            return known(
-                DeadLetterReason::MissingField,
-                "webhook has no event type".into(),
-            )
-        }
+        None => return known(DeadLetterReason::MissingField, "webhook has no event type".into()),
         Some(t) => match EventType::parse(t) {
             Some(t) => t,
-            None => {
-                return known(
-                    DeadLetterReason::InvalidTransition,
-                    format!("unknown event type {t:?}"),
-                )
-            }
+            None => return known(DeadLetterReason::InvalidTransition, format!("unknown event type {t:?}")),
         },
     };
     let body: Value = match serde_json::from_slice(&raw.body) {
         Ok(v) => v,
-        Err(e) => {
-            return known(
-                DeadLetterReason::Undecodable,
-                format!("body is not JSON: {e}"),
-            )
-        }
+        Err(e) => return known(DeadLetterReason::Undecodable, format!("body is not JSON: {e}")),
     };
     let text = |ptr: &str| body.pointer(ptr).and_then(Value::as_str).map(str::to_owned);
     Input::Webhook(WebhookEvent {

@@ -14,12 +14,11 @@ pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
         (Schema::Null, Value::Null) => Json::Null,
         (Schema::Boolean, Value::Boolean(b)) => json!(b),
         (Schema::Int, Value::Int(n)) => json!(n),
-        (Schema::Long, Value::Long(n))
-        | (Schema::TimestampMillis, Value::TimestampMillis(n) | Value::Long(n)) => json!(n),
-        (Schema::String, Value::String(s)) => json!(s),
-        (Schema::Bytes, Value::Bytes(b)) => {
-            Json::String(b.iter().map(|&c| char::from(c)).collect())
+        (Schema::Long, Value::Long(n)) | (Schema::TimestampMillis, Value::TimestampMillis(n) | Value::Long(n)) => {
+            json!(n)
         }
+        (Schema::String, Value::String(s)) => json!(s),
+        (Schema::Bytes, Value::Bytes(b)) => Json::String(b.iter().map(|&c| char::from(c)).collect()),
         (Schema::Enum(_), Value::Enum(_, symbol)) => json!(symbol),
         (Schema::Array(a), Value::Array(items)) => Json::Array(
             items
@@ -31,10 +30,7 @@ pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
             let mut out = Map::new();
             for (field, (name, v)) in r.fields.iter().zip(fields) {
                 if field.name != *name {
-                    return Err(format!(
-                        "field order: schema has {}, value has {name}",
-                        field.name
-                    ));
+                    return Err(format!("field order: schema has {}, value has {name}", field.name));
                 }
                 out.insert(name.clone(), to_avro_json(&field.schema, v)?);
             }

@@ -8,9 +8,7 @@ use std::sync::LazyLock;
 
 use crate::fingerprint::{canonical_form, crc64_avro};
 
-use apache_avro::{
-    reader::datum::GenericDatumReader, types::Value, writer::datum::GenericDatumWriter, Schema,
-};
+use apache_avro::{reader::datum::GenericDatumReader, types::Value, writer::datum::GenericDatumWriter, Schema};
 
 /// First two bytes of every single-object encoded value (Avro spec, "Single object encoding").
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
@@ -26,10 +24,7 @@ pub enum CodecError {
     TooShort { schema: &'static str, len: usize },
     /// The first two bytes are not `C3 01`.
     #[error("{schema}: not Avro single-object encoding: first bytes are {found:02X?}, expected [C3, 01]")]
-    BadMarker {
-        schema: &'static str,
-        found: [u8; 2],
-    },
+    BadMarker { schema: &'static str, found: [u8; 2] },
     /// Written with a different schema than the one asked for.
     #[error("{schema}: schema fingerprint mismatch: value has {found}, {schema} has {expected}")]
     FingerprintMismatch {
@@ -49,10 +44,7 @@ pub enum CodecError {
     TrailingBytes { schema: &'static str, count: usize },
     /// The decoded Avro value does not have the shape the Rust type expects.
     #[error("{schema}: unexpected Avro value: {detail}")]
-    Shape {
-        schema: &'static str,
-        detail: String,
-    },
+    Shape { schema: &'static str, detail: String },
     /// The Rust value does not validate against its schema (a bug on the writing side).
     #[error("{schema}: value does not match the schema")]
     Encode {
@@ -78,8 +70,7 @@ impl SchemaInfo {
     /// binary, which the crate's tests rule out.
     pub fn parse(name: &'static str, avsc: &str) -> Self {
         #[allow(clippy::expect_used)]
-        let schema = Schema::parse_str(avsc)
-            .expect("the .avsc files compiled into hookstream-schemas parse");
+        let schema = Schema::parse_str(avsc).expect("the .avsc files compiled into hookstream-schemas parse");
         #[allow(clippy::expect_used)]
         let json: serde_json::Value = serde_json::from_str(avsc).expect("the .avsc files are JSON");
         #[allow(clippy::expect_used)]
@@ -87,11 +78,7 @@ impl SchemaInfo {
         let mut header = [0u8; HEADER_LEN];
         header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
         header[2..].copy_from_slice(&crc64_avro(pcf.as_bytes()).to_le_bytes());
-        Self {
-            name,
-            schema,
-            header,
-        }
+        Self { name, schema, header }
     }
 
     /// The fingerprint as hex, as it appears on the wire (little-endian bytes).
@@ -140,10 +127,7 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
     let schema = info.name;
     if let [a, b, ..] = *bytes {
         if [a, b] != SINGLE_OBJECT_MARKER {
-            return Err(CodecError::BadMarker {
-                schema,
-                found: [a, b],
-            });
+            return Err(CodecError::BadMarker { schema, found: [a, b] });
         }
     }
     if bytes.len() < HEADER_LEN {
@@ -166,12 +150,10 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
             source: Box::new(e),
         })?;
     let mut rest = &bytes[HEADER_LEN..];
-    let value = reader
-        .read_value(&mut rest)
-        .map_err(|e| CodecError::Datum {
-            schema,
-            source: Box::new(e),
-        })?;
+    let value = reader.read_value(&mut rest).map_err(|e| CodecError::Datum {
+        schema,
+        source: Box::new(e),
+    })?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes {
             schema,

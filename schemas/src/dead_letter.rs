@@ -9,12 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{opt_bytes, opt_string, record, Fields};
 
-static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
-    SchemaInfo::parse(
-        "io.hookstream.v1.DeadLetter",
-        include_str!("../avro/DeadLetter.avsc"),
-    )
-});
+static INFO: LazyLock<SchemaInfo> =
+    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.DeadLetter", include_str!("../avro/DeadLetter.avsc")));
 
 /// The closed list of reasons, in the schema's symbol order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,21 +134,13 @@ impl AvroRecord for DeadLetter {
             ("origin_topic", Value::String(self.origin_topic.clone())),
             ("origin_partition", Value::Int(self.origin_partition)),
             ("origin_offset", Value::Long(self.origin_offset)),
-            (
-                "origin_timestamp",
-                Value::TimestampMillis(self.origin_timestamp),
-            ),
+            ("origin_timestamp", Value::TimestampMillis(self.origin_timestamp)),
             ("source", opt_string(&self.source)),
             ("event_id", opt_string(&self.event_id)),
             ("payment_id", opt_string(&self.payment_id)),
             (
                 "missing_sequences",
-                Value::Array(
-                    self.missing_sequences
-                        .iter()
-                        .map(|n| Value::Long(*n))
-                        .collect(),
-                ),
+                Value::Array(self.missing_sequences.iter().map(|n| Value::Long(*n)).collect()),
             ),
             ("original_key", opt_bytes(&self.original_key)),
             ("original_value", opt_bytes(&self.original_value)),
@@ -163,8 +151,9 @@ impl AvroRecord for DeadLetter {
     fn from_value(value: Value) -> Result<Self, String> {
         let mut f = Fields::new("DeadLetter", value)?;
         let reason = match f.take("reason")? {
-            Value::Enum(_, symbol) => DeadLetterReason::parse(&symbol)
-                .ok_or_else(|| format!("DeadLetter.reason: unknown symbol {symbol}"))?,
+            Value::Enum(_, symbol) => {
+                DeadLetterReason::parse(&symbol).ok_or_else(|| format!("DeadLetter.reason: unknown symbol {symbol}"))?
+            }
             other => return Err(format!("DeadLetter.reason: expected enum, got {other:?}")),
         };
         let missing_sequences = f
@@ -172,9 +161,7 @@ impl AvroRecord for DeadLetter {
             .into_iter()
             .map(|v| match v {
                 Value::Long(n) => Ok(n),
-                other => Err(format!(
-                    "DeadLetter.missing_sequences: expected long, got {other:?}"
-                )),
+                other => Err(format!("DeadLetter.missing_sequences: expected long, got {other:?}")),
             })
             .collect::<Result<_, String>>()?;
         let original_headers = f

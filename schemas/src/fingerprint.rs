@@ -10,9 +10,7 @@
 
 use serde_json::Value as Json;
 
-const PRIMITIVES: [&str; 8] = [
-    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
-];
+const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
 const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
 
 /// The CRC-64-AVRO (Rabin) fingerprint of `bytes`, as the spec's reference code computes it.
@@ -25,9 +23,9 @@ pub fn crc64_avro(bytes: &[u8]) -> u64 {
         }
         *slot = fp;
     }
-    bytes.iter().fold(EMPTY, |fp, &b| {
-        (fp >> 8) ^ table[((fp ^ u64::from(b)) & 0xff) as usize]
-    })
+    bytes
+        .iter()
+        .fold(EMPTY, |fp, &b| (fp >> 8) ^ table[((fp ^ u64::from(b)) & 0xff) as usize])
 }
 
 /// The Parsing Canonical Form of a schema given as JSON.
@@ -49,12 +47,7 @@ fn full_name(name: &str, namespace: Option<&str>) -> String {
     }
 }
 
-fn write_pcf(
-    schema: &Json,
-    ns: Option<&str>,
-    seen: &mut Vec<String>,
-    out: &mut String,
-) -> Result<(), String> {
+fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut String) -> Result<(), String> {
     match schema {
         Json::String(name) if PRIMITIVES.contains(&name.as_str()) => out.push_str(&quoted(name)),
         Json::String(name) => out.push_str(&quoted(&full_name(name, ns))),
@@ -88,11 +81,7 @@ fn write_pcf(
                     }
                     seen.push(full.clone());
                     let inner_ns = full.rsplit_once('.').map(|(n, _)| n.to_owned());
-                    out.push_str(&format!(
-                        "{{\"name\":{},\"type\":{}",
-                        quoted(&full),
-                        quoted(ty_name)
-                    ));
+                    out.push_str(&format!("{{\"name\":{},\"type\":{}", quoted(&full), quoted(ty_name)));
                     match ty_name {
                         "enum" => {
                             let symbols = obj.get("symbols").ok_or("enum without symbols")?;
@@ -112,10 +101,7 @@ fn write_pcf(
                                 if i > 0 {
                                     out.push(',');
                                 }
-                                let fname = f
-                                    .get("name")
-                                    .and_then(Json::as_str)
-                                    .ok_or("field without name")?;
+                                let fname = f.get("name").and_then(Json::as_str).ok_or("field without name")?;
                                 out.push_str(&format!("{{\"name\":{},\"type\":", quoted(fname)));
                                 write_pcf(
                                     f.get("type").ok_or("field without type")?,
@@ -132,22 +118,12 @@ fn write_pcf(
                 }
                 "array" => {
                     out.push_str("{\"type\":\"array\",\"items\":");
-                    write_pcf(
-                        obj.get("items").ok_or("array without items")?,
-                        ns,
-                        seen,
-                        out,
-                    )?;
+                    write_pcf(obj.get("items").ok_or("array without items")?, ns, seen, out)?;
                     out.push('}');
                 }
                 "map" => {
                     out.push_str("{\"type\":\"map\",\"values\":");
-                    write_pcf(
-                        obj.get("values").ok_or("map without values")?,
-                        ns,
-                        seen,
-                        out,
-                    )?;
+                    write_pcf(obj.get("values").ok_or("map without values")?, ns, seen, out)?;
                     out.push('}');
                 }
                 // A primitive in object form, with or without a logicalType: its simple form.

@@ -8,12 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{record, Fields};
 
-static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
-    SchemaInfo::parse(
-        "io.hookstream.v1.GapTimeout",
-        include_str!("../avro/GapTimeout.avsc"),
-    )
-});
+static INFO: LazyLock<SchemaInfo> =
+    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.GapTimeout", include_str!("../avro/GapTimeout.avsc")));
 
 /// The value of the `hookstream-control` header on a `GapTimeout` record.
 pub const GAP_TIMEOUT_CONTROL: &str = "gap-timeout";
@@ -38,18 +34,10 @@ impl AvroRecord for GapTimeout {
     fn to_value(&self) -> Value {
         record(vec![
             ("payment_id", Value::String(self.payment_id.clone())),
-            (
-                "next_expected_sequence",
-                Value::Long(self.next_expected_sequence),
-            ),
+            ("next_expected_sequence", Value::Long(self.next_expected_sequence)),
             (
                 "missing_sequences",
-                Value::Array(
-                    self.missing_sequences
-                        .iter()
-                        .map(|n| Value::Long(*n))
-                        .collect(),
-                ),
+                Value::Array(self.missing_sequences.iter().map(|n| Value::Long(*n)).collect()),
             ),
             ("gap_opened_at", Value::TimestampMillis(self.gap_opened_at)),
             ("decided_at", Value::TimestampMillis(self.decided_at)),
@@ -63,9 +51,7 @@ impl AvroRecord for GapTimeout {
             .into_iter()
             .map(|v| match v {
                 Value::Long(n) => Ok(n),
-                other => Err(format!(
-                    "GapTimeout.missing_sequences: expected long, got {other:?}"
-                )),
+                other => Err(format!("GapTimeout.missing_sequences: expected long, got {other:?}")),
             })
             .collect::<Result<_, String>>()?;
         Ok(Self {

@@ -20,9 +20,7 @@ pub mod samples;
 pub mod topics;
 mod value;
 
-pub use codec::{
-    decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER,
-};
+pub use codec::{decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER};
 pub use dead_letter::{DeadLetter, DeadLetterReason, KafkaHeader};
 pub use gap_timeout::{GapTimeout, GAP_TIMEOUT_CONTROL};
 pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind};

@@ -8,12 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{opt_long, opt_string, record, Fields};
 
-static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
-    SchemaInfo::parse(
-        "io.hookstream.v1.PolicyEvent",
-        include_str!("../avro/PolicyEvent.avsc"),
-    )
-});
+static INFO: LazyLock<SchemaInfo> =
+    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.PolicyEvent", include_str!("../avro/PolicyEvent.avsc")));
 
 /// A policy was paid for and is now active.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,10 +81,7 @@ impl AvroRecord for PolicyEvent {
                     ("policy_id", Value::String(a.policy_id.clone())),
                     ("payment_id", Value::String(a.payment_id.clone())),
                     ("source", Value::String(a.source.clone())),
-                    (
-                        "payment_event_id",
-                        Value::String(a.payment_event_id.clone()),
-                    ),
+                    ("payment_event_id", Value::String(a.payment_event_id.clone())),
                     ("amount", opt_long(a.amount)),
                     ("currency", opt_string(&a.currency)),
                     ("occurred_at", opt_string(&a.occurred_at)),
@@ -103,10 +96,7 @@ impl AvroRecord for PolicyEvent {
                     ("policy_id", Value::String(c.policy_id.clone())),
                     ("payment_id", Value::String(c.payment_id.clone())),
                     ("source", Value::String(c.source.clone())),
-                    (
-                        "payment_event_id",
-                        Value::String(c.payment_event_id.clone()),
-                    ),
+                    ("payment_event_id", Value::String(c.payment_event_id.clone())),
                     ("amount", opt_long(c.amount)),
                     ("currency", opt_string(&c.currency)),
                     ("occurred_at", opt_string(&c.occurred_at)),

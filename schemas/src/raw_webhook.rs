@@ -8,12 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{opt_long, opt_string, record, Fields};
 
-static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
-    SchemaInfo::parse(
-        "io.hookstream.v1.RawWebhook",
-        include_str!("../avro/RawWebhook.avsc"),
-    )
-});
+static INFO: LazyLock<SchemaInfo> =
+    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.RawWebhook", include_str!("../avro/RawWebhook.avsc")));
 
 /// One HTTP request header kept for re-verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,8 @@
 //! are these values, and tests and docs use them as realistic fixtures.
 
 use crate::{
-    DeadLetter, DeadLetterReason, GapTimeout, HttpHeader, KafkaHeader, PolicyActivated,
-    PolicyCancelled, PolicyEvent, PolicyEventKind, RawWebhook,
+    DeadLetter, DeadLetterReason, GapTimeout, HttpHeader, KafkaHeader, PolicyActivated, PolicyCancelled, PolicyEvent,
+    PolicyEventKind, RawWebhook,
 };
 
 const BODY: &str = r#"{"id":"evt_1001","payment_id":"pay_7Hq2","sequence":3,"type":"payment.completed","amount":5000,"currency":"KES","occurred_at":"2026-02-12T10:00:00Z","metadata":{"policy_id":"pol_88x"}}"#;
@@ -30,8 +30,7 @@ pub fn raw_webhook() -> RawWebhook {
             },
             HttpHeader {
                 name: "x-signature".into(),
-                value: b"sha256=5d41402abc4b2a76b9719d911017c592aa6dd8e6d2c6b1d1a5c1c2c3d4e5f601"
-                    .to_vec(),
+                value: b"sha256=5d41402abc4b2a76b9719d911017c592aa6dd8e6d2c6b1d1a5c1c2c3d4e5f601".to_vec(),
             },
         ],
         body: BODY.as_bytes().to_vec(),
@@ -43,8 +42,7 @@ pub fn policy_activated() -> PolicyEvent {
     PolicyEvent {
         policy_id: "pol_88x".into(),
         event: PolicyEventKind::Activated(PolicyActivated {
-            activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f"
-                .into(),
+            activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f".into(),
             policy_id: "pol_88x".into(),
             payment_id: "pay_7Hq2".into(),
             source: "paymenthub".into(),
@@ -62,10 +60,8 @@ pub fn policy_cancelled() -> PolicyEvent {
     PolicyEvent {
         policy_id: "pol_88x".into(),
         event: PolicyEventKind::Cancelled(PolicyCancelled {
-            cancellation_id: "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1"
-                .into(),
-            activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f"
-                .into(),
+            cancellation_id: "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1".into(),
+            activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f".into(),
             policy_id: "pol_88x".into(),
             payment_id: "pay_7Hq2".into(),
             source: "paymenthub".into(),

@@ -23,8 +23,7 @@ fn dir(sub: &str) -> PathBuf {
 
 /// The schema parsed from the file on disk (not the copy compiled into the crate).
 fn schema_file(name: &str) -> Schema {
-    let text =
-        std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).expect("read .avsc");
+    let text = std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).expect("read .avsc");
     Schema::parse_str(&text).expect(".avsc parses")
 }
 
@@ -35,18 +34,13 @@ fn goldens() -> Vec<(&'static str, &'static str, Vec<u8>, serde_json::Value)> {
         schema: &'static str,
         v: &T,
     ) -> (&'static str, &'static str, Vec<u8>, serde_json::Value) {
-        let json =
-            to_avro_json(&schema_file(schema), &v.to_value()).expect("value fits the schema file");
+        let json = to_avro_json(&schema_file(schema), &v.to_value()).expect("value fits the schema file");
         (stem, schema, encode(v).expect("encode"), json)
     }
     vec![
         one("RawWebhook", "RawWebhook", &samples::raw_webhook()),
         one("PolicyEvent", "PolicyEvent", &samples::policy_activated()),
-        one(
-            "PolicyEvent-cancelled",
-            "PolicyEvent",
-            &samples::policy_cancelled(),
-        ),
+        one("PolicyEvent-cancelled", "PolicyEvent", &samples::policy_cancelled()),
         one("DeadLetter", "DeadLetter", &samples::dead_letter()),
         one("GapTimeout", "GapTimeout", &samples::gap_timeout()),
     ]
@@ -63,10 +57,7 @@ fn header_is_marker_and_rabin_fingerprint_of_the_schema_file() {
         let text = std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).unwrap();
         let pcf = canonical_form(&serde_json::from_str(&text).unwrap()).unwrap();
         assert!(pcf.contains("\"type\":\"long\""), "{name}: {pcf}");
-        assert!(
-            !pcf.contains("logicalType") && !pcf.contains("doc"),
-            "{name}: {pcf}"
-        );
+        assert!(!pcf.contains("logicalType") && !pcf.contains("doc"), "{name}: {pcf}");
         assert_eq!(info.header[..2], [0xC3, 0x01], "{name}");
         assert_eq!(
             info.header[2..],
@@ -117,9 +108,7 @@ fn bytes_decode_with_the_schema_file_alone() {
         let schema = schema_file(schema);
         let reader = GenericDatumReader::builder(&schema).build().unwrap();
         let mut datum = &bytes[HEADER_LEN..];
-        let value = reader
-            .read_value(&mut datum)
-            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let value = reader.read_value(&mut datum).unwrap_or_else(|e| panic!("{stem}: {e}"));
         assert!(datum.is_empty(), "{stem}: trailing bytes");
         assert_eq!(to_avro_json(&schema, &value).unwrap(), json, "{stem}");
     }
@@ -136,18 +125,11 @@ fn encoder_produces_the_golden_files() {
             std::fs::write(&bin_path, &bytes).unwrap();
             std::fs::write(&json_path, &json_text).unwrap();
         }
-        let golden =
-            std::fs::read(&bin_path).unwrap_or_else(|e| panic!("{}: {e}", bin_path.display()));
-        assert_eq!(
-            bytes, golden,
-            "{stem}.bin differs from the encoder's output"
-        );
+        let golden = std::fs::read(&bin_path).unwrap_or_else(|e| panic!("{}: {e}", bin_path.display()));
+        assert_eq!(bytes, golden, "{stem}.bin differs from the encoder's output");
         let golden_json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-        assert_eq!(
-            json, golden_json,
-            "{stem}.json differs from the sample value"
-        );
+        assert_eq!(json, golden_json, "{stem}.json differs from the sample value");
     }
 }
 
@@ -156,15 +138,9 @@ fn wrong_fingerprint_is_rejected_with_both_fingerprints_named() {
     let raw = encode(&samples::raw_webhook()).unwrap();
     let err = decode::<PolicyEvent>(&raw).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        matches!(err, CodecError::FingerprintMismatch { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CodecError::FingerprintMismatch { .. }), "{err:?}");
     assert!(msg.contains("fingerprint mismatch"), "{msg}");
-    assert!(
-        msg.contains(&PolicyEvent::info().fingerprint_hex()),
-        "{msg}"
-    );
+    assert!(msg.contains(&PolicyEvent::info().fingerprint_hex()), "{msg}");
     assert!(msg.contains(&RawWebhook::info().fingerprint_hex()), "{msg}");
 }
 
@@ -175,18 +151,12 @@ fn foreign_bytes_are_rejected_with_a_clear_error() {
     assert!(err.to_string().contains("not Avro single-object encoding"));
 
     let err = decode::<RawWebhook>(&[0xC3, 0x01, 1]).unwrap_err();
-    assert!(
-        matches!(err, CodecError::TooShort { len: 3, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CodecError::TooShort { len: 3, .. }), "{err:?}");
 
     let mut bytes = encode(&samples::raw_webhook()).unwrap();
     bytes.push(0);
     let err = decode::<RawWebhook>(&bytes).unwrap_err();
-    assert!(
-        matches!(err, CodecError::TrailingBytes { count: 1, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CodecError::TrailingBytes { count: 1, .. }), "{err:?}");
 
     let bytes = encode(&samples::raw_webhook()).unwrap();
     let err = decode::<RawWebhook>(&bytes[..bytes.len() - 5]).unwrap_err();

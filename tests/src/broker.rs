@@ -27,10 +27,7 @@ pub fn tansu_path() -> PathBuf {
     }
     let tools = std::env::var_os("HOOKSTREAM_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/hookstream/tools")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hookstream/tools"));
     tools.join("bin/tansu")
 }
 

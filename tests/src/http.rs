@@ -16,23 +16,13 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON (panics with the body text when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "reply is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// Send one request to `addr` (`host:port`).
-pub async fn request(
-    addr: &str,
-    method: Method,
-    path: &str,
-    headers: &[(String, String)],
-    body: Vec<u8>,
-) -> Reply {
+pub async fn request(addr: &str, method: Method, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
@@ -40,10 +30,7 @@ pub async fn request(
         .await
         .expect("HTTP handshake");
     tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr);
+    let mut req = Request::builder().method(method).uri(path).header("host", addr);
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -59,11 +46,7 @@ pub async fn request(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 /// POST a webhook.

@@ -10,11 +10,7 @@ use tokio_util::sync::CancellationToken;
 /// The secrets the test sources use: (source, scheme, secrets). The first source has two
 /// secrets (rotation).
 pub const SOURCES: [(&str, &str, &[&str]); 4] = [
-    (
-        "paymenthub",
-        "hmac-sha256",
-        &["ph-old-secret", "ph-new-secret"],
-    ),
+    ("paymenthub", "hmac-sha256", &["ph-old-secret", "ph-new-secret"]),
     (
         "standard",
         "standard-webhooks",
@@ -42,10 +38,7 @@ impl RunningIngest {
     /// Cancel and wait for a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task
-            .await
-            .expect("ingest task")
-            .expect("ingest exits cleanly");
+        self.task.await.expect("ingest task").expect("ingest exits cleanly");
     }
 }
 
@@ -64,17 +57,11 @@ pub fn test_config(brokers: &str, topic: &str, secrets_dir: &std::path::Path) ->
 }
 
 /// Start ingest with `config` (or the test config when `None`) on 127.0.0.1:0.
-pub async fn start(
-    brokers: &str,
-    topic: &str,
-    tweak: impl FnOnce(&mut IngestConfig),
-) -> RunningIngest {
+pub async fn start(brokers: &str, topic: &str, tweak: impl FnOnce(&mut IngestConfig)) -> RunningIngest {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(brokers, topic, dir.path());
     tweak(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(hookstream_ingest::run(config, listener, shutdown.clone()));

@@ -51,18 +51,13 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         if partition_count(&consumer, name) == Some(partitions as usize) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "topic {name} did not appear in metadata"
-        );
+        assert!(Instant::now() < deadline, "topic {name} did not appear in metadata");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn partition_count(consumer: &StreamConsumer, topic: &str) -> Option<usize> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .ok()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
     let t = md.topics().iter().find(|t| t.name() == topic)?;
     if t.error().is_some() || t.partitions().is_empty() {
         return None;
@@ -95,15 +90,9 @@ fn reader(bootstrap: &str) -> StreamConsumer {
 
 /// Read `topic` from the beginning of every partition until `want` records have arrived
 /// or `timeout` passes (then return what arrived: the caller asserts on the count).
-pub async fn read_records(
-    bootstrap: &str,
-    topic: &str,
-    want: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn read_records(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let consumer = reader(bootstrap);
-    let partitions =
-        partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

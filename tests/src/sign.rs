@@ -14,13 +14,7 @@ fn mac(key: &[u8], msg: &[u8]) -> Vec<u8> {
 
 /// The headers that sign `body` for `scheme` with `secret` at unix time `ts`.
 /// `event_id` goes into the scheme's id header (ignored by stripe, which has none).
-pub fn sign(
-    scheme: &str,
-    secret: &str,
-    event_id: &str,
-    ts: i64,
-    body: &[u8],
-) -> Vec<(String, String)> {
+pub fn sign(scheme: &str, secret: &str, event_id: &str, ts: i64, body: &[u8]) -> Vec<(String, String)> {
     let signed_ts = |b: &[u8]| [ts.to_string().as_bytes(), b".", b].concat();
     match scheme {
         "hmac-sha256" => vec![
@@ -28,10 +22,7 @@ pub fn sign(
             ("x-timestamp".into(), ts.to_string()),
             (
                 "x-signature".into(),
-                format!(
-                    "sha256={}",
-                    hex::encode(mac(secret.as_bytes(), &signed_ts(body)))
-                ),
+                format!("sha256={}", hex::encode(mac(secret.as_bytes(), &signed_ts(body)))),
             ),
         ],
         "standard-webhooks" => {
@@ -48,10 +39,7 @@ pub fn sign(
         }
         "stripe" => vec![(
             "stripe-signature".into(),
-            format!(
-                "t={ts},v1={}",
-                hex::encode(mac(secret.as_bytes(), &signed_ts(body)))
-            ),
+            format!("t={ts},v1={}", hex::encode(mac(secret.as_bytes(), &signed_ts(body)))),
         )],
         "github" => vec![
             ("x-github-delivery".into(), event_id.into()),

@@ -36,21 +36,11 @@ async fn raw_webhook_round_trips_through_the_broker() {
     let records = kafka::read_records(broker.bootstrap(), &topic, 1, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 1, "exactly the one record published");
     let m = &records[0];
-    assert_eq!(
-        (m.partition(), m.offset()),
-        (delivered.partition, delivered.offset)
-    );
+    assert_eq!((m.partition(), m.offset()), (delivered.partition, delivered.offset));
     assert_eq!(kafka::key_str(m), "pay_7Hq2");
-    assert_eq!(
-        m.payload().unwrap(),
-        value.as_slice(),
-        "value bytes unchanged"
-    );
+    assert_eq!(m.payload().unwrap(), value.as_slice(), "value bytes unchanged");
     let h = m.headers().unwrap().get(0);
-    assert_eq!(
-        (h.key, h.value),
-        (headers::EVENT_ID, Some(&b"evt_1001"[..]))
-    );
+    assert_eq!((h.key, h.value), (headers::EVENT_ID, Some(&b"evt_1001"[..])));
     assert_eq!(decode::<RawWebhook>(m.payload().unwrap()).unwrap(), webhook);
 }
 
@@ -64,10 +54,7 @@ async fn same_key_lands_in_the_java_murmur2_partition() {
     let producer = kafka::producer(broker.bootstrap());
     for key in ["pay_1", "pay_7Hq2", "pay_abcdef", "a"] {
         let d = producer
-            .send(
-                FutureRecord::to(&topic).key(key).payload("x"),
-                Duration::from_secs(10),
-            )
+            .send(FutureRecord::to(&topic).key(key).payload("x"), Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)
             .unwrap();

@@ -20,20 +20,8 @@ async fn raw_topic(broker: &Broker) -> String {
 }
 
 /// Headers for a valid request from `source`, signed with its `secret_index`-th secret.
-fn signed(
-    source: &str,
-    secret_index: usize,
-    event_id: &str,
-    ts: i64,
-    body: &[u8],
-) -> Vec<(String, String)> {
-    sign::sign(
-        scheme_of(source),
-        secrets_of(source)[secret_index],
-        event_id,
-        ts,
-        body,
-    )
+fn signed(source: &str, secret_index: usize, event_id: &str, ts: i64, body: &[u8]) -> Vec<(String, String)> {
+    sign::sign(scheme_of(source), secrets_of(source)[secret_index], event_id, ts, body)
 }
 
 #[tokio::test]
@@ -42,37 +30,17 @@ async fn every_scheme_is_accepted_and_the_record_is_exactly_what_was_sent() {
     let topic = raw_topic(broker).await;
     let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
     let mut sent = Vec::new();
-    for (i, source) in ["paymenthub", "standard", "stripe", "github"]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, source) in ["paymenthub", "standard", "stripe", "github"].into_iter().enumerate() {
         let event_id = format!("evt_{source}_{i}");
         let payment_id = format!("pay_{source}");
-        let body = sign::payment_body(
-            &event_id,
-            &payment_id,
-            Some(1),
-            "payment.created",
-            Some("pol_1"),
-        );
+        let body = sign::payment_body(&event_id, &payment_id, Some(1), "payment.created", Some("pol_1"));
         let mut h = signed(source, 0, &event_id, sign::now(), &body);
         h.push((
             "traceparent".into(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         ));
-        let reply = post(
-            &ingest.addr(),
-            &format!("/webhooks/{source}"),
-            &h,
-            body.clone(),
-        )
-        .await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{source}: {}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = post(&ingest.addr(), &format!("/webhooks/{source}"), &h, body.clone()).await;
+        assert_eq!(reply.status, 200, "{source}: {}", String::from_utf8_lossy(&reply.body));
         let j = reply.json();
         assert_eq!(j["received"], true);
         assert_eq!(
@@ -89,13 +57,7 @@ async fn every_scheme_is_accepted_and_the_record_is_exactly_what_was_sent() {
             j["offset"].as_i64().unwrap(),
         ));
     }
-    let records = kafka::read_records(
-        broker.bootstrap(),
-        &topic,
-        sent.len(),
-        Duration::from_secs(20),
-    )
-    .await;
+    let records = kafka::read_records(broker.bootstrap(), &topic, sent.len(), Duration::from_secs(20)).await;
     assert_eq!(records.len(), sent.len());
     for (source, event_id, payment_id, body, partition, offset) in sent {
         let m = records
@@ -106,11 +68,7 @@ async fn every_scheme_is_accepted_and_the_record_is_exactly_what_was_sent() {
         let raw: RawWebhook = decode(m.payload().unwrap()).unwrap();
         assert_eq!(raw.body, body, "{source}: raw body bytes untouched");
         assert_eq!(
-            (
-                raw.source.as_str(),
-                raw.event_id.as_str(),
-                raw.payment_id.as_str()
-            ),
+            (raw.source.as_str(), raw.event_id.as_str(), raw.payment_id.as_str()),
             (source, event_id.as_str(), payment_id.as_str())
         );
         assert_eq!(raw.scheme, scheme_of(source));
@@ -212,12 +170,7 @@ async fn every_rejection_has_its_status_and_json_error() {
     }
     // 403: a secret that is not configured.
     let h = sign::sign("hmac-sha256", "not-the-secret", "evt_r", now, &body);
-    assert_eq!(
-        post(&addr, "/webhooks/paymenthub", &h, body.clone())
-            .await
-            .status,
-        403
-    );
+    assert_eq!(post(&addr, "/webhooks/paymenthub", &h, body.clone()).await.status, 403);
     // 400: a missing header names it.
     let h: Vec<_> = signed("paymenthub", 0, "evt_r", now, &body)
         .into_iter()
@@ -256,17 +209,8 @@ async fn every_rejection_has_its_status_and_json_error() {
         serde_json::json!({"error": "missing_field", "field": "payment_id", "pointer": "/payment_id"})
     );
     let no_id = br#"{"payment_id":"pay_r"}"#.to_vec();
-    let r = post(
-        &addr,
-        "/webhooks/stripe",
-        &signed("stripe", 0, "", now, &no_id),
-        no_id,
-    )
-    .await;
-    assert_eq!(
-        (r.status.as_u16(), r.json()["field"].clone()),
-        (400, "event_id".into())
-    );
+    let r = post(&addr, "/webhooks/stripe", &signed("stripe", 0, "", now, &no_id), no_id).await;
+    assert_eq!((r.status.as_u16(), r.json()["field"].clone()), (400, "event_id".into()));
     // 404: unknown source; unknown route.
     let r = post(
         &addr,
@@ -310,9 +254,7 @@ async fn every_rejection_has_its_status_and_json_error() {
     assert!(records.is_empty(), "a rejected request was published");
     let metrics = String::from_utf8_lossy(&get(&addr, "/metrics").await.body).into_owned();
     assert!(
-        metrics.contains(
-            r#"hookstream_ingest_rejections_total{reason="signature_mismatch",source="paymenthub"}"#
-        ),
+        metrics.contains(r#"hookstream_ingest_rejections_total{reason="signature_mismatch",source="paymenthub"}"#),
         "{metrics}"
     );
     ingest.stop().await;
@@ -325,9 +267,11 @@ async fn oversized_body_without_content_length_is_cut_off_at_the_limit() {
     let topic = raw_topic(broker).await;
     let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
     let mut s = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
-    s.write_all(b"POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-event-id: e\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-event-id: e\r\n\r\n",
+    )
+    .await
+    .unwrap();
     // Stream 50 MB in 64 KiB chunks; ingest must answer 413 long before the end.
     let chunk = vec![b'a'; 65_536];
     let mut sent = 0usize;
@@ -372,10 +316,7 @@ async fn health_readiness_and_metrics() {
     let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
     assert_eq!(get(&ingest.addr(), "/healthz").await.status, 200);
     let r = get(&ingest.addr(), "/readyz").await;
-    assert_eq!(
-        (r.status.as_u16(), r.json()["ready"].clone()),
-        (200, true.into())
-    );
+    assert_eq!((r.status.as_u16(), r.json()["ready"].clone()), (200, true.into()));
     let body = sign::payment_body("evt_m", "pay_m", None, "payment.created", None);
     let r = post(
         &ingest.addr(),
@@ -410,10 +351,7 @@ async fn health_readiness_and_metrics() {
 async fn broker_stopped_means_503_with_retry_after_never_200() {
     let broker = Broker::dedicated(Storage::Memory);
     let topic = raw_topic(&broker).await;
-    let ingest = start(broker.bootstrap(), &topic, |c| {
-        c.kafka.ack_deadline_ms = 1500
-    })
-    .await;
+    let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 1500).await;
     let addr = ingest.addr();
     let send = |i: usize| {
         let addr = addr.clone();
@@ -468,10 +406,7 @@ async fn requests_beyond_the_in_flight_bound_get_429() {
     let second = post(&addr, "/webhooks/paymenthub", &h, body).await;
     assert_eq!(second.status, 429);
     assert_eq!(
-        (
-            second.json()["error"].clone(),
-            second.headers["retry-after"].clone()
-        ),
+        (second.json()["error"].clone(), second.headers["retry-after"].clone()),
         ("overloaded".into(), "1".parse().unwrap())
     );
     assert_eq!(first.await.unwrap().status, 503);
@@ -489,8 +424,7 @@ async fn shutdown_finishes_in_flight_requests() {
         let addr = addr.clone();
         inflight.push(tokio::spawn(async move {
             let id = format!("evt_sd_{i}");
-            let body =
-                sign::payment_body(&id, &format!("pay_sd_{i}"), None, "payment.created", None);
+            let body = sign::payment_body(&id, &format!("pay_sd_{i}"), None, "payment.created", None);
             post(
                 &addr,
                 "/webhooks/paymenthub",
@@ -512,7 +446,6 @@ async fn shutdown_finishes_in_flight_requests() {
             ok += 1;
         }
     }
-    let records =
-        kafka::read_records(broker.bootstrap(), &topic, ok, Duration::from_secs(20)).await;
+    let records = kafka::read_records(broker.bootstrap(), &topic, ok, Duration::from_secs(20)).await;
     assert_eq!(records.len(), ok, "every 200 is in Kafka");
 }
