@@ -134,7 +134,7 @@ pub fn dead_letter(
         b"/",
         reason.as_str().as_bytes(),
     ]);
-    Output::Dead(Box::new(DeadLetter {
+    Output::Dead(DeadLetter {
         dead_letter_id: id,
         reason,
         detail,
@@ -149,7 +149,7 @@ pub fn dead_letter(
         original_key: record.key.clone(),
         original_value: record.value.clone(),
         original_headers: record.headers.clone(),
-    }))
+    })
 }
 
 struct Ctx<'a> {

@@ -174,5 +174,5 @@ pub enum Output {
     /// To `policy.activations`, key policy_id.
     Policy(PolicyEvent),
     /// To the DLQ, key payment_id (or the original key).
-    Dead(Box<DeadLetter>),
+    Dead(DeadLetter),
 }
