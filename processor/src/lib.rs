@@ -2,3 +2,4 @@
 pub mod decide;
 pub mod input;
 pub mod model;
+pub mod store;

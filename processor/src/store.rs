@@ -1,0 +1,316 @@
+//! The sled projection of the raw topic.
+//!
+//! One tree per raw partition holds everything that partition's fold needs, so a batch
+//! of records changes it in one atomic `apply_batch`, applied offset included:
+//!
+//! | key | value |
+//! |---|---|
+//! | `p` + payment_id | `PaymentState` (JSON) |
+//! | `d` + source `\0` event_id | `DedupEntry` (JSON) |
+//! | `x` + first-seen ms (8 bytes, big-endian) + dedup key | empty: the expiry index, in time order |
+//! | `g` + payment_id | empty: payments with held events (the gap timer's index) |
+//! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
+//! | `m:max_ts` | newest record time applied (ms): the sweep's clock, so expiry replays identically |
+//!
+//! A global `policies` tree maps policy_id to the activation holding it, across
+//! partitions (compare-and-swap, idempotent per activation id).
+//!
+//! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::decide::{Claim, PolicyRegistry, RegistryError};
+use crate::model::{DedupEntry, PaymentState};
+
+/// sled failed or holds something unreadable. Disk errors are transient for the caller:
+/// it pauses the partition and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled")]
+    Sled(#[from] sled::Error),
+    #[error("sled value under {key:?} is not valid")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+const APPLIED: &[u8] = b"m:applied";
+const MAX_TS: &[u8] = b"m:max_ts";
+
+fn key(prefix: u8, rest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+fn expiry_key(first_seen_ms: i64, dedup_key: &str) -> Vec<u8> {
+    let mut k = vec![b'x'];
+    k.extend_from_slice(&(first_seen_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(dedup_key.as_bytes());
+    k
+}
+
+fn read_json<T: DeserializeOwned>(k: &[u8], v: Option<sled::IVec>) -> Result<Option<T>, StoreError> {
+    v.map(|v| serde_json::from_slice(&v))
+        .transpose()
+        .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(k).into_owned(), source })
+}
+
+fn read_i64(v: Option<sled::IVec>) -> Option<i64> {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(i64::from_be_bytes)
+}
+
+/// The whole state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    policies: sled::Tree,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`. When sled cannot open it, the directory is
+    /// moved aside (`<dir>.broken-<unix secs>`) and a fresh one is created: every
+    /// partition then rebuilds from the log.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = match sled::open(dir) {
+            Ok(db) => db,
+            Err(e) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = PathBuf::from(format!("{}.broken-{secs}", dir.display()));
+                tracing::error!(error = %e, dir = %dir.display(), aside = %aside.display(),
+                    "sled state does not open; moving it aside and rebuilding from the log");
+                std::fs::rename(dir, &aside).map_err(|io| StoreError::Sled(sled::Error::Io(io)))?;
+                sled::open(dir)?
+            }
+        };
+        let policies = db.open_tree("policies")?;
+        Ok(Self { db, policies })
+    }
+
+    /// The state of one raw partition.
+    pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionStore, StoreError> {
+        let tree = self.db.open_tree(format!("raw/{topic}/{partition}"))?;
+        Ok(PartitionStore { tree, db: self.db.clone() })
+    }
+
+    /// The policy registry.
+    pub fn policies(&self) -> SledPolicies {
+        SledPolicies(self.policies.clone())
+    }
+
+    /// Find a payment in any partition of `topic`.
+    pub fn find_payment(&self, topic: &str, payment_id: &str) -> Result<Option<(i32, PaymentState)>, StoreError> {
+        let prefix = format!("raw/{topic}/");
+        for name in self.db.tree_names() {
+            let Some(p) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+            let Ok(partition) = p.parse::<i32>() else { continue };
+            let tree = self.db.open_tree(&name)?;
+            let k = key(b'p', payment_id);
+            if let Some(st) = read_json::<PaymentState>(&k, tree.get(&k)?)? {
+                return Ok(Some((partition, st)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// Changes of one batch of records, applied atomically.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub payments: HashMap<String, PaymentState>,
+    pub dedup: HashMap<String, DedupEntry>,
+    /// Offset of the last record of the batch.
+    pub applied: Option<i64>,
+    /// Newest record time in the batch (ms).
+    pub max_ts: Option<i64>,
+}
+
+/// One raw partition's tree.
+#[derive(Debug, Clone)]
+pub struct PartitionStore {
+    tree: sled::Tree,
+    db: sled::Db,
+}
+
+impl PartitionStore {
+    /// Offset of the last applied record, `None` when nothing was applied yet.
+    pub fn applied_offset(&self) -> Result<Option<i64>, StoreError> {
+        Ok(read_i64(self.tree.get(APPLIED)?))
+    }
+
+    /// Newest record time applied (ms).
+    pub fn max_ts(&self) -> Result<Option<i64>, StoreError> {
+        Ok(read_i64(self.tree.get(MAX_TS)?))
+    }
+
+    pub fn payment(&self, payment_id: &str) -> Result<Option<PaymentState>, StoreError> {
+        let k = key(b'p', payment_id);
+        read_json(&k, self.tree.get(&k)?)
+    }
+
+    pub fn dedup(&self, dedup_key: &str) -> Result<Option<DedupEntry>, StoreError> {
+        let k = key(b'd', dedup_key);
+        read_json(&k, self.tree.get(&k)?)
+    }
+
+    /// Payments that hold events (waiting for a sequence gap to fill).
+    pub fn payments_with_gaps(&self) -> Result<Vec<PaymentState>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"g") {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            if let Some(st) = self.payment(&id)? {
+                out.push(st);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apply a batch's changes atomically (not yet durable: see [`PartitionStore::flush`]).
+    pub fn apply(&self, changes: &Changes) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (id, st) in &changes.payments {
+            batch.insert(key(b'p', id), to_json(st));
+            if st.held.is_empty() {
+                batch.remove(key(b'g', id));
+            } else {
+                batch.insert(key(b'g', id), &[][..]);
+            }
+        }
+        for (k, e) in &changes.dedup {
+            batch.insert(key(b'd', k), to_json(e));
+            batch.insert(expiry_key(e.first_seen_ms, k), &[][..]);
+        }
+        if let Some(off) = changes.applied {
+            batch.insert(APPLIED, &off.to_be_bytes()[..]);
+        }
+        if let Some(ts) = changes.max_ts {
+            batch.insert(MAX_TS, &ts.to_be_bytes()[..]);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Forget dedup keys first seen before `cutoff_ms` (record time). Returns how many.
+    pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let end = expiry_key(cutoff_ms, "");
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.range(&b"x"[..]..end.as_slice()) {
+            let (k, _) = item?;
+            let mut d = vec![b'd'];
+            d.extend_from_slice(&k[9..]);
+            batch.remove(d);
+            batch.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(n)
+    }
+
+    /// Remove everything (before a rebuild from the start of the log).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        Ok(())
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain structs with string keys cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Holder {
+    activation_id: String,
+    payment_id: String,
+}
+
+/// The policy registry in sled: insert-if-absent by compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct SledPolicies(sled::Tree);
+
+impl PolicyRegistry for SledPolicies {
+    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError> {
+        let mine = to_json(&Holder { activation_id: activation_id.into(), payment_id: payment_id.into() });
+        let cas = self
+            .0
+            .compare_and_swap(policy_id.as_bytes(), None as Option<&[u8]>, Some(mine))
+            .map_err(|e| RegistryError(e.to_string()))?;
+        let current = match cas {
+            Ok(()) => return Ok(Claim::Granted),
+            Err(e) => e.current,
+        };
+        let holder: Holder = current
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .ok_or_else(|| RegistryError(format!("unreadable holder of policy {policy_id}")))?;
+        if holder.activation_id == activation_id {
+            Ok(Claim::Granted)
+        } else {
+            Ok(Claim::HeldBy { payment_id: holder.payment_id, activation_id: holder.activation_id })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_applied_with_its_offset_and_sweep_expires_by_record_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.partition("raw", 3).unwrap();
+        assert_eq!(p.applied_offset().unwrap(), None);
+        let mut c = Changes::default();
+        c.payments.insert("pay".into(), PaymentState::new("pay"));
+        for (k, t) in [("a", 1_000), ("b", 5_000)] {
+            c.dedup.insert(k.into(), DedupEntry { first_seen_ms: t, body_hash: "h".into(), offset: 1 });
+        }
+        c.applied = Some(41);
+        c.max_ts = Some(5_000);
+        p.apply(&c).unwrap();
+        assert_eq!(p.applied_offset().unwrap(), Some(41));
+        assert_eq!(p.payment("pay").unwrap(), Some(PaymentState::new("pay")));
+        assert_eq!(p.sweep(2_000).unwrap(), 1);
+        assert!(p.dedup("a").unwrap().is_none());
+        assert!(p.dedup("b").unwrap().is_some());
+        assert_eq!(store.find_payment("raw", "pay").unwrap().map(|(n, _)| n), Some(3));
+    }
+
+    #[test]
+    fn policy_claims_are_exclusive_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Store::open(dir.path()).unwrap().policies();
+        assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
+        assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
+        assert_eq!(
+            reg.claim("pol", "act2", "pay2").unwrap(),
+            Claim::HeldBy { payment_id: "pay1".into(), activation_id: "act1".into() }
+        );
+    }
+}
