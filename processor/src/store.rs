@@ -59,11 +59,15 @@ fn expiry_key(first_seen_ms: i64, dedup_key: &str) -> Vec<u8> {
 fn read_json<T: DeserializeOwned>(k: &[u8], v: Option<sled::IVec>) -> Result<Option<T>, StoreError> {
     v.map(|v| serde_json::from_slice(&v))
         .transpose()
-        .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(k).into_owned(), source })
+        .map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            source,
+        })
 }
 
 fn read_i64(v: Option<sled::IVec>) -> Option<i64> {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(i64::from_be_bytes)
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(i64::from_be_bytes)
 }
 
 /// The whole state directory.
@@ -99,7 +103,10 @@ impl Store {
     /// The state of one raw partition.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionStore, StoreError> {
         let tree = self.db.open_tree(format!("raw/{topic}/{partition}"))?;
-        Ok(PartitionStore { tree, db: self.db.clone() })
+        Ok(PartitionStore {
+            tree,
+            db: self.db.clone(),
+        })
     }
 
     /// The policy registry.
@@ -111,7 +118,9 @@ impl Store {
     pub fn find_payment(&self, topic: &str, payment_id: &str) -> Result<Option<(i32, PaymentState)>, StoreError> {
         let prefix = format!("raw/{topic}/");
         for name in self.db.tree_names() {
-            let Some(p) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+            let Some(p) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
             let Ok(partition) = p.parse::<i32>() else { continue };
             let tree = self.db.open_tree(&name)?;
             let k = key(b'p', payment_id);
@@ -255,7 +264,10 @@ pub struct SledPolicies(sled::Tree);
 
 impl PolicyRegistry for SledPolicies {
     fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError> {
-        let mine = to_json(&Holder { activation_id: activation_id.into(), payment_id: payment_id.into() });
+        let mine = to_json(&Holder {
+            activation_id: activation_id.into(),
+            payment_id: payment_id.into(),
+        });
         let cas = self
             .0
             .compare_and_swap(policy_id.as_bytes(), None as Option<&[u8]>, Some(mine))
@@ -271,7 +283,10 @@ impl PolicyRegistry for SledPolicies {
         if holder.activation_id == activation_id {
             Ok(Claim::Granted)
         } else {
-            Ok(Claim::HeldBy { payment_id: holder.payment_id, activation_id: holder.activation_id })
+            Ok(Claim::HeldBy {
+                payment_id: holder.payment_id,
+                activation_id: holder.activation_id,
+            })
         }
     }
 }
@@ -289,7 +304,14 @@ mod tests {
         let mut c = Changes::default();
         c.payments.insert("pay".into(), PaymentState::new("pay"));
         for (k, t) in [("a", 1_000), ("b", 5_000)] {
-            c.dedup.insert(k.into(), DedupEntry { first_seen_ms: t, body_hash: "h".into(), offset: 1 });
+            c.dedup.insert(
+                k.into(),
+                DedupEntry {
+                    first_seen_ms: t,
+                    body_hash: "h".into(),
+                    offset: 1,
+                },
+            );
         }
         c.applied = Some(41);
         c.max_ts = Some(5_000);
@@ -310,7 +332,10 @@ mod tests {
         assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
         assert_eq!(
             reg.claim("pol", "act2", "pay2").unwrap(),
-            Claim::HeldBy { payment_id: "pay1".into(), activation_id: "act1".into() }
+            Claim::HeldBy {
+                payment_id: "pay1".into(),
+                activation_id: "act1".into()
+            }
         );
     }
 }

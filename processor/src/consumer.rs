@@ -1,0 +1,270 @@
+//! The consumer group: one consumer reads the raw topic and hands each record to its
+//! partition's worker (one task per partition, so per-payment order holds and the
+//! partitions spread over every core).
+//!
+//! Rebalances use the cooperative-sticky assignor, so only moved partitions stop. When a
+//! partition is revoked, its worker finishes and commits what it holds before the
+//! rebalance completes (with a deadline below the session timeout); a newly assigned
+//! partition's worker reconciles sled with the committed offset before its first record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hookstream_schemas::KafkaHeader;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
+use rdkafka::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::model::{Origin, RawRecord};
+use crate::worker::{Incoming, Shared, Worker};
+
+/// The group consumer's type.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+struct WorkerHandle {
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+type Workers = Arc<Mutex<HashMap<i32, WorkerHandle>>>;
+
+/// Rebalance handling and statistics for the group consumer.
+pub struct GroupContext {
+    metrics: Metrics,
+    workers: Workers,
+    revoke_deadline: Duration,
+}
+
+impl std::fmt::Debug for GroupContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        for t in stats.topics.values() {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .lag
+                        .with_label_values(&[&p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions revoked; finishing their in-flight work");
+                let started = Instant::now();
+                let handles: Vec<WorkerHandle> = {
+                    let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                    partitions.iter().filter_map(|p| w.remove(p)).collect()
+                };
+                finish_workers(handles, self.revoke_deadline);
+                tracing::info!(
+                    ?partitions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "revocation done"
+                );
+            }
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "async offset commit failed (the next one supersedes it)");
+        }
+    }
+}
+
+/// Close the workers' queues so they finish what they hold, commit, and exit; wait up
+/// to `deadline`, then stop them (an unfinished batch is simply consumed again).
+fn finish_workers(handles: Vec<WorkerHandle>, deadline: Duration) {
+    if handles.is_empty() {
+        return;
+    }
+    let (stops, tasks): (Vec<_>, Vec<_>) = handles
+        .into_iter()
+        .map(|h| {
+            drop(h.tx);
+            (h.stop, h.task)
+        })
+        .unzip();
+    let wait = async move {
+        if tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!("workers did not finish within the deadline; stopping them");
+            for s in stops {
+                s.cancel();
+            }
+        }
+    };
+    // Called from librdkafka's rebalance callback inside the runtime: block this thread
+    // (not the runtime) while the workers finish on the others.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(wait));
+        }
+        Ok(h) => {
+            h.spawn(wait);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Create the group consumer.
+pub fn create(cfg: &KafkaConfig, metrics: Metrics, revoke_deadline: Duration) -> KafkaResult<Arc<GroupConsumer>> {
+    let ctx = GroupContext {
+        metrics,
+        workers: Arc::default(),
+        revoke_deadline,
+    };
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("client.id", &cfg.client_id)
+        // Offsets are committed by the workers, only after outputs are acknowledged and
+        // state is durable (DESIGN.md, "Commit").
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group starts at the beginning of the retained log: the raw topic is the
+        // source of truth and nothing in it may be skipped.
+        .set("auto.offset.reset", "earliest")
+        // Incremental rebalances: partitions that stay put keep processing.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        // Per-partition lag for /metrics.
+        .set("statistics.interval.ms", "5000");
+    if let Some(id) = &cfg.group_instance_id {
+        // Static membership: a restart within the session timeout keeps its partitions.
+        c.set("group.instance.id", id);
+    }
+    let consumer: GroupConsumer = c.create_with_context(ctx)?;
+    Ok(Arc::new(consumer))
+}
+
+/// A consumed message as the rules see it, with its traceparent header.
+pub fn raw_record<M: Message>(m: &M) -> (RawRecord, Option<String>) {
+    let mut headers = Vec::new();
+    let mut traceparent = None;
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            if h.key == hookstream_schemas::topics::headers::TRACEPARENT {
+                traceparent = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+            headers.push(KafkaHeader {
+                name: h.key.to_owned(),
+                value: h.value.map(<[u8]>::to_vec),
+            });
+        }
+    }
+    let record = RawRecord {
+        origin: Origin {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        },
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    };
+    (record, traceparent)
+}
+
+/// Read the raw topic and dispatch to partition workers until `shutdown`.
+pub async fn dispatch(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let consumer = shared.consumer.clone();
+    let workers = consumer.context().workers.clone();
+    let queue = shared.config.processing.partition_queue_records.max(1);
+    loop {
+        let m: BorrowedMessage<'_> = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = consumer.recv() => match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let partition = m.partition();
+        let (record, traceparent) = raw_record(&m);
+        drop(m);
+        let tx = {
+            let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
+            let alive = w.get(&partition).is_some_and(|h| !h.tx.is_closed());
+            if !alive {
+                match Worker::new(shared.clone(), partition) {
+                    Ok(worker) => {
+                        let (tx, rx) = mpsc::channel(queue);
+                        let stop = CancellationToken::new();
+                        let task = tokio::spawn(worker.run(rx, stop.clone()));
+                        w.insert(partition, WorkerHandle { tx, stop, task });
+                    }
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "cannot open partition state");
+                        continue;
+                    }
+                }
+            }
+            w.get(&partition).map(|h| h.tx.clone())
+        };
+        if let Some(tx) = tx {
+            // A full queue blocks here: backpressure instead of unbounded memory.
+            if tx.send(Incoming { record, traceparent }).await.is_err() {
+                tracing::warn!(
+                    partition,
+                    "worker gone; the record will be consumed again after the rebalance"
+                );
+            }
+        }
+    }
+    let handles: Vec<WorkerHandle> = {
+        let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.drain().map(|(_, h)| h).collect()
+    };
+    let deadline = Duration::from_millis(u64::from(shared.config.kafka.session_timeout_ms) / 2);
+    let (stops, tasks): (Vec<_>, Vec<_>) = handles
+        .into_iter()
+        .map(|h| {
+            drop(h.tx);
+            (h.stop, h.task)
+        })
+        .unzip();
+    if tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        for s in stops {
+            s.cancel();
+        }
+    }
+    consumer.unsubscribe();
+}

@@ -1,0 +1,100 @@
+//! Every metric the processor exposes at `/metrics`, defined in one place.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The processor's metrics and their registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Records decided, by outcome (applied, held, duplicate, superseded, dead_lettered, ...).
+    pub records: IntCounterVec,
+    /// Dead letters written, by reason.
+    pub dead_letters: IntCounterVec,
+    /// PolicyActivated events written.
+    pub activations: IntCounter,
+    /// PolicyCancelled events written.
+    pub cancellations: IntCounter,
+    /// Events held for a sequence gap, now.
+    pub held_events: IntGauge,
+    /// Records folded while rebuilding state from the log (outputs suppressed).
+    pub rebuilt_records: IntCounter,
+    /// Retries of transient failures, by what failed (emit, store, registry).
+    pub retries: IntCounterVec,
+    /// Consumer lag per partition (from librdkafka statistics).
+    pub lag: IntGaugeVec,
+    /// Time from a record's Kafka timestamp to its batch being committed.
+    pub processing_seconds: Histogram,
+    /// GapTimeout control records written.
+    pub gap_timeouts: IntCounter,
+}
+
+impl Metrics {
+    /// Register every metric. Panics only on a duplicate name, which is a bug here.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("hookstream_processor".into()), None).expect("valid prefix");
+        let m = Self {
+            registry,
+            records: IntCounterVec::new(
+                Opts::new("records_total", "Raw records decided, by outcome"),
+                &["outcome"],
+            )
+            .expect("metric"),
+            dead_letters: IntCounterVec::new(
+                Opts::new("dead_letters_total", "Dead letters written, by reason"),
+                &["reason"],
+            )
+            .expect("metric"),
+            activations: IntCounter::new("activations_total", "PolicyActivated events written").expect("metric"),
+            cancellations: IntCounter::new("cancellations_total", "PolicyCancelled events written").expect("metric"),
+            held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
+            rebuilt_records: IntCounter::new("rebuilt_records_total", "Records folded while rebuilding state")
+                .expect("metric"),
+            retries: IntCounterVec::new(Opts::new("retries_total", "Retries of transient failures"), &["what"])
+                .expect("metric"),
+            lag: IntGaugeVec::new(
+                Opts::new("consumer_lag", "Records behind the partition's end"),
+                &["partition"],
+            )
+            .expect("metric"),
+            processing_seconds: Histogram::with_opts(
+                HistogramOpts::new("processing_seconds", "Record timestamp to committed decision").buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )
+            .expect("metric"),
+            gap_timeouts: IntCounter::new("gap_timeouts_total", "GapTimeout control records written").expect("metric"),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.records.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.activations.clone()),
+            Box::new(m.cancellations.clone()),
+            Box::new(m.held_events.clone()),
+            Box::new(m.rebuilt_records.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.lag.clone()),
+            Box::new(m.processing_seconds.clone()),
+            Box::new(m.gap_timeouts.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,529 @@
+//! One raw partition's worker: the edge around `decide()`.
+//!
+//! Records of the partition arrive in offset order and are folded in batches:
+//!
+//! 1. decide every record of the batch against the state (sled, overlaid with the
+//!    batch's own earlier changes);
+//! 2. send every output and wait for the broker's acknowledgements;
+//! 3. apply the batch's state changes, applied offset included, in one atomic sled
+//!    batch, and flush it to disk;
+//! 4. commit the offset after the batch to the consumer group.
+//!
+//! A crash between any two steps loses nothing: the records are consumed again from
+//! the committed offset, decided again against the state, and any output is sent
+//! again with the same deterministic id. Transient failures (broker, disk) pause the
+//! partition and retry with exponential backoff and jitter; nothing transient is ever
+//! dead-lettered.
+//!
+//! **Reconciling with the group.** Before its first live record, the worker compares
+//! sled's applied offset with the first offset the group hands it. When sled is behind
+//! (a new instance, a wiped or lost state directory), it rebuilds the missing range by
+//! replaying the raw partition with outputs suppressed: those records are below the
+//! committed offset, so their outputs were already acknowledged. When sled is ahead
+//! (a crash after step 3), records it already applied are skipped.
+//!
+//! **Gap timeouts.** A payment with held events is watched on the wall clock. When its
+//! gap has been open for `gap_timeout_ms`, the worker writes a `GapTimeout` control
+//! record into this partition of the raw topic. It takes effect only when it is
+//! consumed like any other record, so a replay of the partition reproduces exactly the
+//! same decisions, in the same place in the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{raw_record, GroupConsumer};
+use crate::decide::{decide, dedup_key};
+use crate::emit::Emitter;
+use crate::input::{classify, Input};
+use crate::metrics::Metrics;
+use crate::model::{Output, RawRecord};
+use crate::store::{Changes, PartitionStore, SledPolicies, Store};
+use crate::trace::RecordTracer;
+use crate::ProcessorConfig;
+
+/// What every worker shares.
+pub struct Shared {
+    pub config: ProcessorConfig,
+    pub store: Store,
+    pub emitter: Emitter,
+    pub metrics: Metrics,
+    pub tracer: RecordTracer,
+    pub consumer: Arc<GroupConsumer>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record handed to a worker.
+#[derive(Debug)]
+pub struct Incoming {
+    pub record: RawRecord,
+    pub traceparent: Option<String>,
+}
+
+struct GapWatch {
+    opened: SystemTime,
+    next_expected: i64,
+    held: i64,
+    requested: Option<Instant>,
+}
+
+/// The worker of one partition.
+#[allow(missing_debug_implementations)] // holds the whole shared state; nothing to print
+pub struct Worker {
+    shared: Arc<Shared>,
+    partition: i32,
+    store: PartitionStore,
+    policies: SledPolicies,
+    gaps: HashMap<String, GapWatch>,
+    held_total: i64,
+    reconciled: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Exponential backoff with jitter for transient failures: the partition waits, it
+/// never skips.
+struct Backoff<'a> {
+    shared: &'a Shared,
+    what: &'static str,
+    next: Duration,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(shared: &'a Shared, what: &'static str) -> Self {
+        Self {
+            shared,
+            what,
+            next: Duration::from_millis(50),
+        }
+    }
+
+    /// Log and count `err`, then sleep. False when `stop` fired meanwhile.
+    async fn pause(&mut self, err: &(dyn std::fmt::Display + Sync), stop: &CancellationToken) -> bool {
+        self.shared.metrics.retries.with_label_values(&[self.what]).inc();
+        // Jitter of up to half the delay, from the clock's sub-second noise.
+        let noise = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = self.next.mul_f64(f64::from(noise % 1000) / 2000.0);
+        tracing::warn!(what = self.what, error = %err, backoff_ms = self.next.as_millis() as u64,
+            "transient failure; partition paused");
+        let max = Duration::from_millis(self.shared.config.processing.max_backoff_ms.max(1));
+        let delay = self.next + jitter;
+        self.next = (self.next * 2).min(max);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = stop.cancelled() => false,
+        }
+    }
+}
+
+/// Retry `f` until it succeeds; `None` when `stop` fires first (the caller then exits
+/// without committing, which loses nothing).
+async fn retry<T, E, F, Fut>(what: &'static str, shared: &Shared, stop: &CancellationToken, mut f: F) -> Option<T>
+where
+    E: std::fmt::Display + Sync,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(shared, what);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if !backoff.pause(&e, stop).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, partition: i32) -> Result<Self, crate::store::StoreError> {
+        let store = shared.store.partition(&shared.config.kafka.raw_topic, partition)?;
+        let policies = shared.store.policies();
+        Ok(Self {
+            shared,
+            partition,
+            store,
+            policies,
+            gaps: HashMap::new(),
+            held_total: 0,
+            reconciled: false,
+        })
+    }
+
+    /// Process records from `rx` until it closes (revocation, shutdown) or `stop` fires.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) {
+        let tick_ms = self.shared.config.processing.gap_check_interval_ms.max(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+        let max = self.shared.config.processing.max_batch_records.max(1);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < max {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.reconciled {
+                        if !self.reconcile(batch[0].record.origin.offset, &stop).await {
+                            break;
+                        }
+                        self.reconciled = true;
+                    }
+                    match self.process(batch, true, &stop).await {
+                        Some(Some(last)) => self.commit(last),
+                        Some(None) => {}
+                        None => break,
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.reconciled && !self.check_gaps(&stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shared.metrics.held_events.sub(self.held_total);
+        tracing::info!(partition = self.partition, "partition worker stopped");
+    }
+
+    fn commit(&self, last_applied: i64) {
+        let mut tpl = TopicPartitionList::new();
+        let topic = &self.shared.config.kafka.raw_topic;
+        if tpl
+            .add_partition_offset(topic, self.partition, Offset::Offset(last_applied + 1))
+            .is_ok()
+        {
+            // Async: the next batch's commit supersedes a lost one, and sled already
+            // knows where this partition stands.
+            if let Err(e) = self.shared.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
+            }
+        }
+    }
+
+    /// Bring sled up to `first_live` (the first offset the group hands us) by replaying
+    /// the partition with outputs suppressed. Returns false when stopped.
+    async fn reconcile(&mut self, first_live: i64, stop: &CancellationToken) -> bool {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let Some(applied) = retry("store", &shared, stop, || async { store.applied_offset() }).await else {
+            return false;
+        };
+        let from = match applied {
+            Some(a) if a + 1 >= first_live => None,
+            Some(a) => Some(Offset::Offset(a + 1)),
+            None => Some(Offset::Beginning),
+        };
+        if let Some(from) = from {
+            let started = Instant::now();
+            let Some(n) = self.rebuild(from, first_live, stop).await else {
+                return false;
+            };
+            if n > 0 {
+                tracing::info!(partition = self.partition, records = n, from = ?from, until = first_live,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt partition state from the log");
+            }
+        }
+        let Some(gapped) = retry("store", &shared, stop, || async { store.payments_with_gaps() }).await else {
+            return false;
+        };
+        for st in gapped {
+            self.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
+        }
+        self.update_held_gauge();
+        true
+    }
+
+    /// Fold records `[from, until)` with outputs suppressed. Returns how many, or `None` when stopped.
+    async fn rebuild(&mut self, from: Offset, until: i64, stop: &CancellationToken) -> Option<u64> {
+        let cfg = &self.shared.config.kafka;
+        let reader: StreamConsumer = match ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", format!("{}-rebuild", cfg.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the rebuild reader");
+                return None;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition_offset(&cfg.raw_topic, self.partition, from);
+        if let Err(e) = reader.assign(&tpl) {
+            tracing::error!(error = %e, "cannot assign the rebuild reader");
+            return None;
+        }
+        let max = self.shared.config.processing.max_batch_records.max(1);
+        let mut n = 0u64;
+        let mut batch = Vec::new();
+        let mut last = -1;
+        while last + 1 < until {
+            let m = tokio::select! {
+                m = reader.recv() => m,
+                () = stop.cancelled() => return None,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rebuild read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            last = m.offset();
+            if last >= until {
+                break;
+            }
+            let (record, traceparent) = raw_record(&m);
+            batch.push(Incoming { record, traceparent });
+            if batch.len() >= max || last + 1 >= until {
+                n += batch.len() as u64;
+                self.process(std::mem::take(&mut batch), false, stop).await?;
+            }
+        }
+        if !batch.is_empty() {
+            n += batch.len() as u64;
+            self.process(batch, false, stop).await?;
+        }
+        self.shared.metrics.rebuilt_records.inc_by(n);
+        Some(n)
+    }
+
+    /// Decide a batch, emit (when `live`), persist. Returns the last applied offset
+    /// (`Some(None)` when every record was already applied), or `None` when stopped.
+    async fn process(&mut self, batch: Vec<Incoming>, live: bool, stop: &CancellationToken) -> Option<Option<i64>> {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let applied = retry("store", &shared, stop, || async { store.applied_offset() }).await?;
+        let mut changes = Changes::default();
+        let mut outputs: Vec<(Output, Option<String>)> = Vec::new();
+        let mut timestamps = Vec::new();
+        for inc in batch {
+            let rec = inc.record;
+            if applied.is_some_and(|a| rec.origin.offset <= a) {
+                continue;
+            }
+            let input = classify(&rec, &shared.config.fields);
+            let (payment_id, dkey) = match &input {
+                Input::Webhook(e) => (Some(e.payment_id.clone()), Some(dedup_key(&e.source, &e.event_id))),
+                Input::GapTimeout(g) => (Some(g.payment_id.clone()), None),
+                Input::Invalid { payment_id, .. } => (payment_id.clone(), None),
+            };
+            let mut backoff = Backoff::new(&shared, "store");
+            let decision = loop {
+                match self.decide_one(&rec, &input, payment_id.as_deref(), dkey.as_deref(), &changes) {
+                    Ok(d) => break d,
+                    Err(e) => {
+                        if !backoff.pause(&e, stop).await {
+                            return None;
+                        }
+                    }
+                }
+            };
+            shared
+                .metrics
+                .records
+                .with_label_values(&[decision.outcome.as_str()])
+                .inc();
+            let traceparent = if live {
+                shared.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
+                    tracing::debug!(
+                        trace_id,
+                        partition = self.partition,
+                        offset = rec.origin.offset,
+                        outcome = decision.outcome.as_str(),
+                        "record decided"
+                    );
+                    tp
+                })
+            } else {
+                None
+            };
+            if let Some(p) = decision.payment {
+                if live {
+                    self.watch(&p.payment_id, p.next_sequence, p.held.len() as i64);
+                }
+                changes.payments.insert(p.payment_id.clone(), p);
+            }
+            if let Some((k, e)) = decision.dedup {
+                changes.dedup.insert(k, e);
+            }
+            outputs.extend(decision.outputs.into_iter().map(|o| (o, traceparent.clone())));
+            changes.applied = Some(rec.origin.offset);
+            changes.max_ts = Some(changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
+            timestamps.push(rec.origin.timestamp_ms);
+        }
+        let Some(last) = changes.applied else { return Some(None) };
+        if live && !outputs.is_empty() {
+            retry("emit", &shared, stop, || shared.emitter.send_all(&outputs)).await?;
+            self.count_outputs(&outputs);
+        }
+        retry("store", &shared, stop, || async { store.apply(&changes) }).await?;
+        retry("store", &shared, stop, || store.flush()).await?;
+        if let Some(max_ts) = changes.max_ts {
+            let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
+            let swept = retry("store", &shared, stop, || async { store.sweep(max_ts - window_ms) }).await?;
+            if swept > 0 {
+                tracing::debug!(partition = self.partition, swept, "expired dedup keys");
+            }
+        }
+        if live {
+            let now = now_ms();
+            for ts in timestamps {
+                shared
+                    .metrics
+                    .processing_seconds
+                    .observe((now - ts).max(0) as f64 / 1000.0);
+            }
+            self.update_held_gauge();
+        }
+        Some(Some(last))
+    }
+
+    /// Decide one record against sled overlaid with the batch's own changes.
+    fn decide_one(
+        &mut self,
+        rec: &RawRecord,
+        input: &Input,
+        payment_id: Option<&str>,
+        dkey: Option<&str>,
+        changes: &Changes,
+    ) -> Result<crate::decide::Decision, String> {
+        let payment = match payment_id {
+            Some(p) => match changes.payments.get(p) {
+                Some(st) => Some(st.clone()),
+                None => self.store.payment(p).map_err(|e| e.to_string())?,
+            },
+            None => None,
+        };
+        let seen = match dkey {
+            Some(k) => match changes.dedup.get(k) {
+                Some(e) => Some(e.clone()),
+                None => self.store.dedup(k).map_err(|e| e.to_string())?,
+            },
+            None => None,
+        };
+        decide(rec, input.clone(), payment, seen.as_ref(), &mut self.policies).map_err(|e| e.to_string())
+    }
+
+    fn count_outputs(&self, outputs: &[(Output, Option<String>)]) {
+        let m = &self.shared.metrics;
+        for (o, _) in outputs {
+            match o {
+                Output::Policy(p) => match p.event {
+                    PolicyEventKind::Activated(_) => m.activations.inc(),
+                    PolicyEventKind::Cancelled(_) => m.cancellations.inc(),
+                },
+                Output::Dead(d) => m.dead_letters.with_label_values(&[d.reason.as_str()]).inc(),
+            }
+        }
+    }
+
+    /// Track (or stop tracking) a payment's open gap on the wall clock.
+    fn watch(&mut self, payment_id: &str, next_expected: i64, held: i64) {
+        if held == 0 {
+            self.gaps.remove(payment_id);
+            return;
+        }
+        let w = self.gaps.entry(payment_id.to_owned()).or_insert(GapWatch {
+            opened: SystemTime::now(),
+            next_expected,
+            held,
+            requested: None,
+        });
+        if w.next_expected != next_expected {
+            // Part of the gap filled: what is still missing is a new gap.
+            *w = GapWatch {
+                opened: SystemTime::now(),
+                next_expected,
+                held,
+                requested: None,
+            };
+        }
+        w.held = held;
+    }
+
+    fn update_held_gauge(&mut self) {
+        let total: i64 = self.gaps.values().map(|w| w.held).sum();
+        self.shared.metrics.held_events.add(total - self.held_total);
+        self.held_total = total;
+    }
+
+    /// Write a GapTimeout for every gap open past the timeout. Returns false when stopped.
+    async fn check_gaps(&mut self, stop: &CancellationToken) -> bool {
+        let timeout = self.shared.config.processing.gap_timeout();
+        let now = SystemTime::now();
+        let due: Vec<(String, i64, SystemTime)> = self
+            .gaps
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.opened).unwrap_or_default() >= timeout)
+            .filter(|(_, w)| w.requested.is_none_or(|r| r.elapsed() >= timeout))
+            .map(|(p, w)| (p.clone(), w.next_expected, w.opened))
+            .collect();
+        let shared = self.shared.clone();
+        for (payment_id, next_expected, opened) in due {
+            let missing = match self.store.payment(&payment_id) {
+                Ok(Some(st)) => match st.held.keys().next_back() {
+                    Some(&last) => (st.next_sequence..last).filter(|s| !st.held.contains_key(s)).collect(),
+                    None => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let g = GapTimeout {
+                payment_id: payment_id.clone(),
+                next_expected_sequence: next_expected,
+                missing_sequences: missing,
+                gap_opened_at: opened
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                decided_at: now_ms(),
+            };
+            let partition = self.partition;
+            if retry("emit", &shared, stop, || shared.emitter.send_gap_timeout(partition, &g))
+                .await
+                .is_none()
+            {
+                return false;
+            }
+            shared.metrics.gap_timeouts.inc();
+            tracing::info!(payment_id, partition, next_expected, missing = ?g.missing_sequences,
+                reason = DeadLetterReason::SequenceGapTimeout.as_str(), "gap timed out; control record written");
+            if let Some(w) = self.gaps.get_mut(&payment_id) {
+                w.requested = Some(Instant::now());
+            }
+        }
+        true
+    }
+}
