@@ -10,4 +10,5 @@ pub mod broker;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod processor;
 pub mod sign;

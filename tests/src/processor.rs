@@ -1,0 +1,157 @@
+//! Start the processor in-process (admin on port 0, state in a temp dir), or as a real
+//! child process (for tests that kill it with SIGKILL).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use hookstream_processor::ProcessorConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The three topics of one test pipeline.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub raw: String,
+    pub activations: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    /// Create uniquely named raw (`raw_partitions`), activations (3) and DLQ (1) topics.
+    pub async fn create(bootstrap: &str, raw_partitions: i32) -> Topics {
+        let t = Topics {
+            raw: crate::kafka::unique_topic("raw"),
+            activations: crate::kafka::unique_topic("activations"),
+            dlq: crate::kafka::unique_topic("dlq"),
+        };
+        crate::kafka::create_topic(bootstrap, &t.raw, raw_partitions).await;
+        crate::kafka::create_topic(bootstrap, &t.activations, 3).await;
+        crate::kafka::create_topic(bootstrap, &t.dlq, 1).await;
+        t
+    }
+}
+
+/// A processor config for a test: its own group, topics, state dir; short gap timeout.
+pub fn test_config(brokers: &str, topics: &Topics, state_dir: &Path) -> ProcessorConfig {
+    let mut c = ProcessorConfig::default();
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.group_id = crate::kafka::unique_topic("group");
+    c.kafka.raw_topic = topics.raw.clone();
+    c.kafka.activations_topic = topics.activations.clone();
+    c.kafka.dlq_topic = topics.dlq.clone();
+    c.kafka.session_timeout_ms = 6000;
+    c.processing.gap_timeout_ms = 1500;
+    c.processing.gap_check_interval_ms = 100;
+    c.processing.max_backoff_ms = 1000;
+    c.state_dir = state_dir.to_owned();
+    c
+}
+
+/// A processor running in this process.
+#[derive(Debug)]
+pub struct RunningProcessor {
+    pub admin: String,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), hookstream_processor::ProcessorError>>,
+}
+
+impl RunningProcessor {
+    /// Start with `config` (admin on 127.0.0.1:0). Needs a multi-threaded runtime.
+    pub async fn start(config: ProcessorConfig) -> RunningProcessor {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = listener.local_addr().expect("addr").to_string();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hookstream_processor::run(config, listener, shutdown.clone()));
+        RunningProcessor { admin, shutdown, task }
+    }
+
+    /// Graceful stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("processor task")
+            .expect("processor exits cleanly");
+    }
+}
+
+/// Path of a workspace binary, built on first use with the same cargo and profile
+/// (`cargo build -p <package> --bin <bin>`).
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    BUILT.get_or_init(|| {
+        let status = Command::new(&cargo)
+            .args(["build", "-q", "-p", package, "--bin", bin])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(bin)
+}
+
+/// The processor binary as a child process with a config file written from `config`.
+#[derive(Debug)]
+pub struct ChildProcessor {
+    child: Child,
+    pub admin: String,
+}
+
+impl ChildProcessor {
+    pub fn spawn(config: &ProcessorConfig, dir: &Path) -> ChildProcessor {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let admin = format!("127.0.0.1:{port}");
+        let toml = format!(
+            "admin_listen = {admin:?}\nstate_dir = {:?}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
+             activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\n[processing]\ngap_timeout_ms = {}\n\
+             gap_check_interval_ms = {}\nmax_backoff_ms = {}\n",
+            config.state_dir.display().to_string(),
+            config.kafka.brokers,
+            config.kafka.group_id,
+            config.kafka.raw_topic,
+            config.kafka.activations_topic,
+            config.kafka.dlq_topic,
+            config.kafka.session_timeout_ms,
+            config.processing.gap_timeout_ms,
+            config.processing.gap_check_interval_ms,
+            config.processing.max_backoff_ms,
+        );
+        let path = dir.join("processor.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let log = std::fs::File::create(dir.join(format!("processor-{port}.log"))).expect("log file");
+        let child = Command::new(workspace_bin("hookstream-processor", "processor"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("PROCESSOR_STATE_DIR")
+            .env_remove("PROCESSOR_ADMIN_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn processor");
+        ChildProcessor { child, admin }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcessor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,234 @@
+//! End to end through the real broker: signed webhooks → ingest → raw topic →
+//! processor → policy.activations / DLQ, with shuffled, duplicated and gapped events.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hookstream_processor::decide::activation_id;
+use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::http::{get, post};
+use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+use rdkafka::Message;
+
+/// Send one event through ingest (signed by paymenthub's first secret); expect 200.
+async fn send(addr: &str, event_id: &str, payment: &str, seq: Option<i64>, ty: &str, policy: Option<&str>) {
+    let body = sign::payment_body(event_id, payment, seq, ty, policy);
+    send_body(addr, event_id, body).await;
+}
+
+async fn send_body(addr: &str, event_id: &str, body: Vec<u8>) {
+    let h = sign::sign(
+        scheme_of("paymenthub"),
+        secrets_of("paymenthub")[0],
+        event_id,
+        sign::now(),
+        &body,
+    );
+    let r = post(addr, "/webhooks/paymenthub", &h, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn activations(records: &[rdkafka::message::OwnedMessage]) -> Vec<(String, String, String)> {
+    records
+        .iter()
+        .filter_map(|m| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            PolicyEventKind::Activated(a) => Some((a.policy_id, a.activation_id, a.payment_id)),
+            PolicyEventKind::Cancelled(_) => None,
+        })
+        .collect()
+}
+
+/// A tiny deterministic shuffle (xorshift), so a failure can be reproduced.
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let state = tempfile::tempdir().unwrap();
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let processor = RunningProcessor::start(test_config(broker.bootstrap(), &topics, state.path())).await;
+    let addr = ingest.addr();
+
+    // 12 payments that complete (each with its own policy) and 4 that fail; every event
+    // delivered 1-3 times, all events of all payments shuffled together.
+    let mut deliveries = Vec::new();
+    for i in 0..16 {
+        let pay = format!("pay_ok_{i}");
+        let completes = i < 12;
+        let last = if completes {
+            "payment.completed"
+        } else {
+            "payment.failed"
+        };
+        for (seq, ty) in [(1, "payment.created"), (2, "payment.processing"), (3, last)] {
+            let copies = 1 + (i + seq) % 3;
+            for _ in 0..copies {
+                deliveries.push((
+                    format!("evt_{pay}_{seq}"),
+                    pay.clone(),
+                    Some(seq as i64),
+                    ty,
+                    Some(format!("pol_{i}")),
+                ));
+            }
+        }
+    }
+    shuffle(&mut deliveries, 0x9e37_79b9_7f4a_7c15);
+    for (id, pay, seq, ty, pol) in &deliveries {
+        send(&addr, id, pay, *seq, ty, pol.as_deref()).await;
+    }
+    // A completed payment without a policy; a second payment for an active policy.
+    send(&addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
+    send(
+        &addr,
+        "evt_twice",
+        "pay_twice",
+        None,
+        "payment.completed",
+        Some("pol_0"),
+    )
+    .await;
+    // The same event id with another body.
+    send(&addr, "evt_conflict", "pay_conflict", None, "payment.created", None).await;
+    let mut other = sign::payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
+    other.extend_from_slice(b" ");
+    send_body(&addr, "evt_conflict", other).await;
+    // A gap: 1 and 3 (completed) arrive, 2 never does (until after the timeout).
+    send(
+        &addr,
+        "evt_gap_1",
+        "pay_gap",
+        Some(1),
+        "payment.created",
+        Some("pol_gap"),
+    )
+    .await;
+    send(
+        &addr,
+        "evt_gap_3",
+        "pay_gap",
+        Some(3),
+        "payment.completed",
+        Some("pol_gap"),
+    )
+    .await;
+
+    // 12 + the gapped one.
+    let records = kafka::read_records(broker.bootstrap(), &topics.activations, 13, Duration::from_secs(60)).await;
+    let acts = activations(&records);
+    let mut by_policy: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (pol, id, _) in &acts {
+        by_policy.entry(pol.clone()).or_default().insert(id.clone());
+    }
+    let mut want: BTreeMap<String, BTreeSet<String>> = (0..12)
+        .map(|i| {
+            let pol = format!("pol_{i}");
+            let id = activation_id(&pol, "paymenthub", &format!("evt_pay_ok_{i}_3"));
+            (pol, BTreeSet::from([id]))
+        })
+        .collect();
+    want.insert(
+        "pol_gap".into(),
+        BTreeSet::from([activation_id("pol_gap", "paymenthub", "evt_gap_3")]),
+    );
+    assert_eq!(
+        by_policy, want,
+        "exactly one activation per completed payment with a policy, with the deterministic id"
+    );
+    assert_eq!(acts.len(), 13, "no activation sent twice in a clean run");
+
+    // The late sequence 2 of the gapped payment is now stale.
+    send(
+        &addr,
+        "evt_gap_2",
+        "pay_gap",
+        Some(2),
+        "payment.processing",
+        Some("pol_gap"),
+    )
+    .await;
+    let dlq = kafka::read_records(broker.bootstrap(), &topics.dlq, 5, Duration::from_secs(30)).await;
+    let dead: Vec<DeadLetter> = dlq.iter().map(|m| decode(m.payload().unwrap()).unwrap()).collect();
+    let reasons: BTreeSet<DeadLetterReason> = dead.iter().map(|d| d.reason).collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            DeadLetterReason::NoPolicy,
+            DeadLetterReason::PolicyAlreadyActive,
+            DeadLetterReason::EventIdConflict,
+            DeadLetterReason::SequenceGapTimeout,
+            DeadLetterReason::Stale,
+        ]),
+        "{dead:#?}"
+    );
+    assert_eq!(dead.len(), 5);
+    let gap = dead
+        .iter()
+        .find(|d| d.reason == DeadLetterReason::SequenceGapTimeout)
+        .unwrap();
+    assert_eq!(
+        (gap.payment_id.as_deref(), gap.missing_sequences.clone()),
+        (Some("pay_gap"), vec![2])
+    );
+    for d in &dead {
+        assert_eq!(d.origin_topic, topics.raw);
+        assert!(
+            d.original_value.is_some(),
+            "{:?} keeps the original bytes for re-drive",
+            d.reason
+        );
+    }
+
+    // The admin view agrees.
+    let v = get(&processor.admin, "/payments/pay_ok_3").await.json();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["applied_sequence"], 3);
+    assert_eq!(v["held"], serde_json::json!([]));
+    assert_eq!(
+        v["activation"]["activation_id"],
+        activation_id("pol_3", "paymenthub", "evt_pay_ok_3_3")
+    );
+    let v = get(&processor.admin, "/payments/pay_ok_13").await.json();
+    assert_eq!(
+        (v["status"].clone(), v["activation"].clone()),
+        ("failed".into(), serde_json::Value::Null)
+    );
+    let v = get(&processor.admin, "/payments/pay_gap").await.json();
+    assert_eq!(v["status"], "completed");
+    let outcomes: Vec<String> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        outcomes.contains(&"gap_timeout".to_owned()) && outcomes.contains(&"dead_lettered:stale".to_owned()),
+        "{outcomes:?}"
+    );
+    assert_eq!(v["dead_lettered"].as_array().unwrap().len(), 1);
+    assert_eq!(get(&processor.admin, "/payments/pay_nosuch").await.status, 404);
+    let metrics = String::from_utf8_lossy(&get(&processor.admin, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains("hookstream_processor_activations_total 13"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hookstream_processor_records_total{outcome="duplicate"}"#),
+        "{metrics}"
+    );
+
+    processor.stop().await;
+    ingest.stop().await;
+}
