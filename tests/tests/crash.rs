@@ -1,0 +1,141 @@
+//! Chaos: the processor binary is killed with SIGKILL mid-stream and started again
+//! (with its state, and with its state directory wiped). Every completed payment still
+//! has exactly one activation id, nothing is lost, and any activation sent twice has
+//! the same id.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hookstream_processor::decide::activation_id;
+use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::http::post;
+use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+use rdkafka::Message;
+
+const PAYMENTS: usize = 150;
+
+/// Send every payment's three events in order, five payments at a time, paced so the
+/// stream lasts long enough to kill the processor in the middle of it.
+fn traffic(addr: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for chunk in (0..PAYMENTS).collect::<Vec<_>>().chunks(5) {
+            let mut tasks = Vec::new();
+            for &i in chunk {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    for (seq, ty) in [
+                        (1, "payment.created"),
+                        (2, "payment.processing"),
+                        (3, "payment.completed"),
+                    ] {
+                        let id = format!("evt_c{i}_{seq}");
+                        let body =
+                            sign::payment_body(&id, &format!("pay_c{i}"), Some(seq), ty, Some(&format!("pol_c{i}")));
+                        let h = sign::sign(
+                            scheme_of("paymenthub"),
+                            secrets_of("paymenthub")[0],
+                            &id,
+                            sign::now(),
+                            &body,
+                        );
+                        let r = post(&addr, "/webhooks/paymenthub", &h, body).await;
+                        assert_eq!(r.status, 200);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    })
+}
+
+async fn activations_by_policy(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+) -> (usize, BTreeMap<String, BTreeSet<String>>) {
+    let records = kafka::read_records(bootstrap, topic, at_least, Duration::from_secs(90)).await;
+    let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut n = 0;
+    for m in &records {
+        if let PolicyEventKind::Activated(a) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            by.entry(a.policy_id).or_default().insert(a.activation_id);
+            n += 1;
+        }
+    }
+    (n, by)
+}
+
+async fn run_kill_and_restart(wipe_state: bool) {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = test_config(broker.bootstrap(), &topics, &state);
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let first = ChildProcessor::spawn(&config, dir.path());
+    let sender = traffic(ingest.addr());
+
+    // Kill once a part of the activations is out, while traffic is still flowing.
+    let (n, _) = activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;
+    assert!(n >= 20, "the processor made progress before the kill (saw {n})");
+    first.kill();
+    if wipe_state {
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+    let second = ChildProcessor::spawn(&config, dir.path());
+    sender.await.unwrap();
+
+    let (n, by) = activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
+    let want: BTreeMap<String, BTreeSet<String>> = (0..PAYMENTS)
+        .map(|i| {
+            let pol = format!("pol_c{i}");
+            (
+                pol.clone(),
+                BTreeSet::from([activation_id(&pol, "paymenthub", &format!("evt_c{i}_3"))]),
+            )
+        })
+        .collect();
+    let missing: Vec<_> = want.keys().filter(|k| !by.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "lost activations: {missing:?}");
+    assert_eq!(by, want, "one distinct, deterministic activation id per policy");
+    assert!(n >= PAYMENTS, "{n}");
+    let metrics =
+        String::from_utf8_lossy(&hookstream_tests::http::get(&second.admin, "/metrics").await.body).into_owned();
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let rebuilt = metric("hookstream_processor_rebuilt_records_total");
+    assert!(
+        metric("hookstream_processor_activations_total") > 0,
+        "the kill must land mid-stream: the restarted processor activates the rest"
+    );
+    if wipe_state {
+        assert!(
+            rebuilt > 0,
+            "with its state gone the restarted processor must rebuild from the log:\n{metrics}"
+        );
+    }
+    drop(second);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_keeps_exactly_one_activation_per_policy() {
+    run_kill_and_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_lost_state_dir_rebuilds_from_the_log_without_new_ids() {
+    run_kill_and_restart(true).await;
+}
