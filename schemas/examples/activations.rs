@@ -35,7 +35,9 @@ fn arg(name: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let brokers = arg("--brokers").or_else(|| std::env::var("KAFKA_BROKERS").ok()).unwrap_or("127.0.0.1:9092".into());
+    let brokers = arg("--brokers")
+        .or_else(|| std::env::var("KAFKA_BROKERS").ok())
+        .unwrap_or("127.0.0.1:9092".into());
     let topic = arg("--topic").unwrap_or(topics::ACTIVATIONS_TOPIC.into());
     let group = arg("--group").unwrap_or("activations-example".into());
     let from = arg("--from").unwrap_or("stored".into());
@@ -50,7 +52,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .create()?;
 
     let md = consumer.fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))?;
-    let partitions = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len()) as i32;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()) as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(
