@@ -10,5 +10,6 @@ pub mod broker;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod load;
 pub mod processor;
 pub mod sign;

@@ -1,0 +1,5 @@
+//! The load generator's parts (the `loadgen` binary is a thin CLI over them).
+pub mod baseline;
+pub mod sender;
+pub mod verify;
+pub mod workload;
