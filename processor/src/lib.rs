@@ -62,7 +62,10 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, shutdown.clone()));
     consumer::dispatch(shared.clone(), shutdown).await;
     let _ = admin_task.await;
-    shared.store.flush().await?;
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::ReportableBug(e.to_string()))))??;
     tracing::info!("processor stopped");
     Ok(())
 }

@@ -131,9 +131,9 @@ impl Store {
         Ok(None)
     }
 
-    /// Make everything written so far durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+    /// Make everything written so far durable. Blocking; see [`PartitionStore::persist`].
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
         Ok(())
     }
 }
@@ -215,10 +215,21 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Make everything written so far durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+    /// Apply a batch atomically, make it durable, then forget dedup keys first seen
+    /// before `dedup_cutoff_ms`. Returns how many keys expired.
+    ///
+    /// Blocking (sled does disk I/O and may wait for its own flusher): call it from
+    /// `spawn_blocking`. The flush is the synchronous one on purpose: sled 0.34's
+    /// `flush_async` deadlocks when several tasks await it at once (spacejam/sled#1308,
+    /// fixed only on its unreleased main branch), which is exactly what one worker per
+    /// partition does.
+    pub fn persist(&self, changes: &Changes, dedup_cutoff_ms: Option<i64>) -> Result<usize, StoreError> {
+        self.apply(changes)?;
+        self.db.flush()?;
+        match dedup_cutoff_ms {
+            Some(cutoff) => self.sweep(cutoff),
+            None => Ok(0),
+        }
     }
 
     /// Forget dedup keys first seen before `cutoff_ms` (record time). Returns how many.

@@ -389,14 +389,20 @@ impl Worker {
             retry("emit", &shared, stop, || shared.emitter.send_all(&outputs)).await?;
             self.count_outputs(&outputs);
         }
-        retry("store", &shared, stop, || async { store.apply(&changes) }).await?;
-        retry("store", &shared, stop, || store.flush()).await?;
-        if let Some(max_ts) = changes.max_ts {
-            let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
-            let swept = retry("store", &shared, stop, || async { store.sweep(max_ts - window_ms) }).await?;
-            if swept > 0 {
-                tracing::debug!(partition = self.partition, swept, "expired dedup keys");
+        let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
+        let cutoff = changes.max_ts.map(|ts| ts - window_ms);
+        let changes = Arc::new(changes);
+        let swept = retry("store", &shared, stop, || {
+            let (store, changes) = (store.clone(), changes.clone());
+            async move {
+                tokio::task::spawn_blocking(move || store.persist(&changes, cutoff).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
             }
+        })
+        .await?;
+        if swept > 0 {
+            tracing::debug!(partition = self.partition, swept, "expired dedup keys");
         }
         if live {
             let now = now_ms();
