@@ -96,6 +96,11 @@ pub struct ProcessingConfig {
     pub partition_queue_records: usize,
     /// Longest pause between retries of a transient failure (broker, disk). Default 10000.
     pub max_backoff_ms: u64,
+    /// Commit each partition's offset to the group at most this often (and on revocation
+    /// and shutdown). Default 500.
+    pub commit_interval_ms: u64,
+    /// sled's page cache in bytes (sled's own default is 1 GiB). Default 67108864 (64 MiB).
+    pub sled_cache_bytes: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -107,6 +112,8 @@ impl Default for ProcessingConfig {
             max_batch_records: 500,
             partition_queue_records: 2000,
             max_backoff_ms: 10_000,
+            commit_interval_ms: 500,
+            sled_cache_bytes: 64 << 20,
         }
     }
 }

@@ -158,6 +158,9 @@ pub fn create(cfg: &KafkaConfig, metrics: Metrics, revoke_deadline: Duration) ->
         // Incremental rebalances: partitions that stay put keep processing.
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        // Return a fetch as soon as any record is there instead of waiting up to 500 ms
+        // (the default) for more: end-to-end latency is the point of this consumer.
+        .set("fetch.wait.max.ms", "10")
         // Per-partition lag for /metrics.
         .set("statistics.interval.ms", "5000");
     if let Some(id) = &cfg.group_instance_id {

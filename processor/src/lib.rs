@@ -39,7 +39,8 @@ pub async fn run(
 ) -> Result<(), ProcessorError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::Io(e))))?;
-    let store = store::Store::open(&config.state_dir)?;
+    let store = store::Store::open(&config.state_dir, config.processing.sled_cache_bytes)?;
+    let flusher = store::Flusher::start(&store);
     let metrics = metrics::Metrics::new();
     let emitter = emit::Emitter::new(&config.kafka)?;
     let revoke_deadline = Duration::from_millis(u64::from(config.kafka.session_timeout_ms) / 2);
@@ -54,6 +55,7 @@ pub async fn run(
     let shared = Arc::new(worker::Shared {
         config,
         store,
+        flusher,
         emitter,
         metrics,
         tracer: trace::RecordTracer::default(),

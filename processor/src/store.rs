@@ -81,8 +81,9 @@ impl Store {
     /// Open (or create) the store in `dir`. When sled cannot open it, the directory is
     /// moved aside (`<dir>.broken-<unix secs>`) and a fresh one is created: every
     /// partition then rebuilds from the log.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = match sled::open(dir) {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let open = || sled::Config::new().path(dir).cache_capacity(cache_bytes).open();
+        let db = match open() {
             Ok(db) => db,
             Err(e) => {
                 let secs = std::time::SystemTime::now()
@@ -93,7 +94,7 @@ impl Store {
                 tracing::error!(error = %e, dir = %dir.display(), aside = %aside.display(),
                     "sled state does not open; moving it aside and rebuilding from the log");
                 std::fs::rename(dir, &aside).map_err(|io| StoreError::Sled(sled::Error::Io(io)))?;
-                sled::open(dir)?
+                open()?
             }
         };
         let policies = db.open_tree("policies")?;
@@ -103,10 +104,7 @@ impl Store {
     /// The state of one raw partition.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionStore, StoreError> {
         let tree = self.db.open_tree(format!("raw/{topic}/{partition}"))?;
-        Ok(PartitionStore {
-            tree,
-            db: self.db.clone(),
-        })
+        Ok(PartitionStore { tree })
     }
 
     /// The policy registry.
@@ -153,7 +151,6 @@ pub struct Changes {
 #[derive(Debug, Clone)]
 pub struct PartitionStore {
     tree: sled::Tree,
-    db: sled::Db,
 }
 
 impl PartitionStore {
@@ -215,17 +212,14 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Apply a batch atomically, make it durable, then forget dedup keys first seen
-    /// before `dedup_cutoff_ms`. Returns how many keys expired.
+    /// Apply a batch atomically, then forget dedup keys first seen before
+    /// `dedup_cutoff_ms`. Returns how many keys expired. Not yet durable: the caller
+    /// waits for the [`Flusher`] before it commits offsets.
     ///
     /// Blocking (sled does disk I/O and may wait for its own flusher): call it from
-    /// `spawn_blocking`. The flush is the synchronous one on purpose: sled 0.34's
-    /// `flush_async` deadlocks when several tasks await it at once (spacejam/sled#1308,
-    /// fixed only on its unreleased main branch), which is exactly what one worker per
-    /// partition does.
+    /// `spawn_blocking`.
     pub fn persist(&self, changes: &Changes, dedup_cutoff_ms: Option<i64>) -> Result<usize, StoreError> {
         self.apply(changes)?;
-        self.db.flush()?;
         match dedup_cutoff_ms {
             Some(cutoff) => self.sweep(cutoff),
             None => Ok(0),
@@ -255,6 +249,49 @@ impl PartitionStore {
     pub fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear()?;
         Ok(())
+    }
+}
+
+/// Group commit for the whole store: every partition worker asks for durability, one
+/// task flushes sled once for everyone who asked before that flush began.
+///
+/// One flush per batch per partition would mean a dozen fsyncs where one does, which is
+/// what starved the machine at 5,000 webhooks/s. The flush is sled's synchronous one on
+/// a blocking thread on purpose: sled 0.34's `flush_async` deadlocks when several tasks
+/// await it at once (spacejam/sled#1308, fixed only on its unreleased main branch).
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    tx: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+impl Flusher {
+    /// Start the flush task for `store` (needs a tokio runtime).
+    pub fn start(store: &Store) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
+        let db = store.db.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    waiters.push(w);
+                }
+                let db = db.clone();
+                let r = tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                for w in waiters {
+                    let _ = w.send(r.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Wait until everything written before this call is on disk.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(tx).map_err(|_| "flusher stopped".to_owned())?;
+        rx.await.map_err(|_| "flusher stopped".to_owned())?
     }
 }
 
@@ -309,7 +346,7 @@ mod tests {
     #[test]
     fn batch_is_applied_with_its_offset_and_sweep_expires_by_record_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
         let p = store.partition("raw", 3).unwrap();
         assert_eq!(p.applied_offset().unwrap(), None);
         let mut c = Changes::default();
@@ -338,7 +375,7 @@ mod tests {
     #[test]
     fn policy_claims_are_exclusive_and_idempotent() {
         let dir = tempfile::tempdir().unwrap();
-        let mut reg = Store::open(dir.path()).unwrap().policies();
+        let mut reg = Store::open(dir.path(), 1 << 20).unwrap().policies();
         assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
         assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
         assert_eq!(

@@ -66,6 +66,8 @@ impl Verifier {
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("loadgen-verify-{}", std::process::id()))
             .set("enable.auto.commit", "false")
+            // See an activation as soon as it is readable, not up to 500 ms later.
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let n = md
