@@ -44,6 +44,8 @@ pub struct GroupContext {
     metrics: Metrics,
     workers: Workers,
     revoke_deadline: Duration,
+    /// Newly assigned partitions, for the dispatcher to start their workers at once.
+    assigned: mpsc::UnboundedSender<Vec<i32>>,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -88,6 +90,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions assigned");
+                let _ = self.assigned.send(partitions);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -138,11 +141,17 @@ fn finish_workers(handles: Vec<WorkerHandle>, deadline: Duration) {
 }
 
 /// Create the group consumer.
-pub fn create(cfg: &KafkaConfig, metrics: Metrics, revoke_deadline: Duration) -> KafkaResult<Arc<GroupConsumer>> {
+pub fn create(
+    cfg: &KafkaConfig,
+    metrics: Metrics,
+    revoke_deadline: Duration,
+) -> KafkaResult<(Arc<GroupConsumer>, mpsc::UnboundedReceiver<Vec<i32>>)> {
+    let (assigned, assigned_rx) = mpsc::unbounded_channel();
     let ctx = GroupContext {
         metrics,
         workers: Arc::default(),
         revoke_deadline,
+        assigned,
     };
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
@@ -168,7 +177,7 @@ pub fn create(cfg: &KafkaConfig, metrics: Metrics, revoke_deadline: Duration) ->
         c.set("group.instance.id", id);
     }
     let consumer: GroupConsumer = c.create_with_context(ctx)?;
-    Ok(Arc::new(consumer))
+    Ok((Arc::new(consumer), assigned_rx))
 }
 
 /// A consumed message as the rules see it, with its traceparent header.
@@ -200,14 +209,45 @@ pub fn raw_record<M: Message>(m: &M) -> (RawRecord, Option<String>) {
     (record, traceparent)
 }
 
-/// Read the raw topic and dispatch to partition workers until `shutdown`.
-pub async fn dispatch(shared: Arc<Shared>, shutdown: CancellationToken) {
+/// The sender of `partition`'s worker, starting the worker if it is not running.
+fn worker_for(shared: &Arc<Shared>, workers: &Workers, partition: i32) -> Option<mpsc::Sender<Incoming>> {
+    let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
+    let alive = w.get(&partition).is_some_and(|h| !h.tx.is_closed());
+    if !alive {
+        match Worker::new(shared.clone(), partition) {
+            Ok(worker) => {
+                let (tx, rx) = mpsc::channel(shared.config.processing.partition_queue_records.max(1));
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(worker.run(rx, stop.clone()));
+                w.insert(partition, WorkerHandle { tx, stop, task });
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "cannot open partition state");
+                return None;
+            }
+        }
+    }
+    w.get(&partition).map(|h| h.tx.clone())
+}
+
+/// Read the raw topic and dispatch to partition workers until `shutdown`. Workers start
+/// as soon as their partition is assigned (`assigned`), so they reconcile before traffic.
+pub async fn dispatch(
+    shared: Arc<Shared>,
+    mut assigned: mpsc::UnboundedReceiver<Vec<i32>>,
+    shutdown: CancellationToken,
+) {
     let consumer = shared.consumer.clone();
     let workers = consumer.context().workers.clone();
-    let queue = shared.config.processing.partition_queue_records.max(1);
     loop {
         let m: BorrowedMessage<'_> = tokio::select! {
             () = shutdown.cancelled() => break,
+            Some(partitions) = assigned.recv() => {
+                for p in partitions {
+                    worker_for(&shared, &workers, p);
+                }
+                continue;
+            }
             m = consumer.recv() => match m {
                 Ok(m) => m,
                 Err(e) => {
@@ -220,26 +260,7 @@ pub async fn dispatch(shared: Arc<Shared>, shutdown: CancellationToken) {
         let partition = m.partition();
         let (record, traceparent) = raw_record(&m);
         drop(m);
-        let tx = {
-            let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
-            let alive = w.get(&partition).is_some_and(|h| !h.tx.is_closed());
-            if !alive {
-                match Worker::new(shared.clone(), partition) {
-                    Ok(worker) => {
-                        let (tx, rx) = mpsc::channel(queue);
-                        let stop = CancellationToken::new();
-                        let task = tokio::spawn(worker.run(rx, stop.clone()));
-                        w.insert(partition, WorkerHandle { tx, stop, task });
-                    }
-                    Err(e) => {
-                        tracing::error!(partition, error = %e, "cannot open partition state");
-                        continue;
-                    }
-                }
-            }
-            w.get(&partition).map(|h| h.tx.clone())
-        };
-        if let Some(tx) = tx {
+        if let Some(tx) = worker_for(&shared, &workers, partition) {
             // A full queue blocks here: backpressure instead of unbounded memory.
             if tx.send(Incoming { record, traceparent }).await.is_err() {
                 tracing::warn!(

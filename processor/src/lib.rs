@@ -44,7 +44,7 @@ pub async fn run(
     let metrics = metrics::Metrics::new();
     let emitter = emit::Emitter::new(&config.kafka)?;
     let revoke_deadline = Duration::from_millis(u64::from(config.kafka.session_timeout_ms) / 2);
-    let consumer = consumer::create(&config.kafka, metrics.clone(), revoke_deadline)?;
+    let (consumer, assigned) = consumer::create(&config.kafka, metrics.clone(), revoke_deadline)?;
     consumer.subscribe(&[&config.kafka.raw_topic])?;
     tracing::info!(
         brokers = %config.kafka.brokers, group = %config.kafka.group_id, topic = %config.kafka.raw_topic,
@@ -62,7 +62,7 @@ pub async fn run(
         consumer,
     });
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, shutdown.clone()));
-    consumer::dispatch(shared.clone(), shutdown).await;
+    consumer::dispatch(shared.clone(), assigned, shutdown).await;
     let _ = admin_task.await;
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.flush())

@@ -92,7 +92,6 @@ pub struct Worker {
     policies: SledPolicies,
     gaps: HashMap<String, GapWatch>,
     held_total: i64,
-    reconciled: bool,
     /// Applied offset not yet committed to the group, and when the last commit went out.
     uncommitted: Option<i64>,
     last_commit: Instant,
@@ -175,7 +174,6 @@ impl Worker {
             policies,
             gaps: HashMap::new(),
             held_total: 0,
-            reconciled: false,
             uncommitted: None,
             last_commit: Instant::now(),
         })
@@ -187,7 +185,13 @@ impl Worker {
         let tick_ms = p.gap_check_interval_ms.min(p.commit_interval_ms).max(10);
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         let max = self.shared.config.processing.max_batch_records.max(1);
-        loop {
+        // Reconcile before the first record: on assignment, not when traffic happens to
+        // come, so a quiet partition's held events still get their gap timer.
+        let ready = match self.group_position(&stop).await {
+            Some(first_live) => self.reconcile(first_live, &stop).await,
+            None => false,
+        };
+        while ready {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -200,12 +204,6 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    if !self.reconciled {
-                        if !self.reconcile(batch[0].record.origin.offset, &stop).await {
-                            break;
-                        }
-                        self.reconciled = true;
-                    }
                     match self.process(batch, true, &stop).await {
                         Some(Some(last)) => {
                             self.uncommitted = Some(last);
@@ -217,7 +215,7 @@ impl Worker {
                 }
                 _ = tick.tick() => {
                     self.commit_if_due(false);
-                    if self.reconciled && !self.check_gaps(&stop).await {
+                    if !self.check_gaps(&stop).await {
                         break;
                     }
                 }
@@ -255,6 +253,35 @@ impl Worker {
         }
         self.uncommitted = None;
         self.last_commit = Instant::now();
+    }
+
+    /// Where the group will hand us records from: its committed offset, or the start of
+    /// the retained log for a partition it never committed (`auto.offset.reset=earliest`).
+    async fn group_position(&self, stop: &CancellationToken) -> Option<i64> {
+        let shared = self.shared.clone();
+        let (topic, partition) = (shared.config.kafka.raw_topic.clone(), self.partition);
+        retry("group_position", &shared, stop, || {
+            let (consumer, topic) = (shared.consumer.clone(), topic.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    let committed = consumer
+                        .committed_offsets(tpl, Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Ok(o),
+                        _ => consumer
+                            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                            .map(|(low, _)| low)
+                            .map_err(|e| e.to_string()),
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        })
+        .await
     }
 
     /// Bring sled up to `first_live` (the first offset the group hands us) by replaying

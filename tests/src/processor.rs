@@ -135,7 +135,7 @@ impl ChildProcessor {
             .env_remove("KAFKA_BROKERS")
             .env_remove("PROCESSOR_STATE_DIR")
             .env_remove("PROCESSOR_ADMIN_LISTEN")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .stderr(log)
             .spawn()
             .expect("spawn processor");

@@ -55,21 +55,47 @@ fn traffic(addr: String) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Activations by policy once `policies` distinct policies have one (or the timeout
+/// passed); also the number of activation records (re-sends included).
 async fn activations_by_policy(
     bootstrap: &str,
     topic: &str,
-    at_least: usize,
+    policies: usize,
 ) -> (usize, BTreeMap<String, BTreeSet<String>>) {
-    let records = kafka::read_records(bootstrap, topic, at_least, Duration::from_secs(90)).await;
-    let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut n = 0;
-    for m in &records {
-        if let PolicyEventKind::Activated(a) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-            by.entry(a.policy_id).or_default().insert(a.activation_id);
-            n += 1;
+    let group = |records: &[rdkafka::message::OwnedMessage]| {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut n = 0;
+        for m in records {
+            if let PolicyEventKind::Activated(a) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+                by.entry(a.policy_id).or_default().insert(a.activation_id);
+                n += 1;
+            }
+        }
+        (n, by)
+    };
+    // Re-sent activations (same id) are legitimate after a crash: wait for distinct policies.
+    let records = kafka::read_until(bootstrap, topic, Duration::from_secs(90), |r| {
+        r.len() >= policies && group(r).1.len() >= policies
+    })
+    .await;
+    group(&records)
+}
+
+/// The processors' log lines that tell what happened (for failure messages).
+fn logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("processor-") && name.ends_with(".log") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            out.push_str(&format!("--- {name}\n"));
+            for l in text.lines().filter(|l| !l.contains("record decided")) {
+                out.push_str(l);
+                out.push('\n');
+            }
         }
     }
-    (n, by)
+    out
 }
 
 async fn run_kill_and_restart(wipe_state: bool) {
@@ -103,7 +129,11 @@ async fn run_kill_and_restart(wipe_state: bool) {
         })
         .collect();
     let missing: Vec<_> = want.keys().filter(|k| !by.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "lost activations: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "lost activations: {missing:?}\nprocessor logs:\n{}",
+        logs(dir.path())
+    );
     assert_eq!(by, want, "one distinct, deterministic activation id per policy");
     assert!(n >= PAYMENTS, "{n}");
     let metrics =
