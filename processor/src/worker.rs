@@ -191,32 +191,34 @@ impl Worker {
             Some(first_live) => self.reconcile(first_live, &stop).await,
             None => false,
         };
-        while ready {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                first = rx.recv() => {
-                    let Some(first) = first else { break };
-                    let mut batch = vec![first];
-                    while batch.len() < max {
-                        match rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
+        if ready {
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    first = rx.recv() => {
+                        let Some(first) = first else { break };
+                        let mut batch = vec![first];
+                        while batch.len() < max {
+                            match rx.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        match self.process(batch, true, &stop).await {
+                            Some(Some(last)) => {
+                                self.uncommitted = Some(last);
+                                self.commit_if_due(false);
+                            }
+                            Some(None) => {}
+                            None => break,
                         }
                     }
-                    match self.process(batch, true, &stop).await {
-                        Some(Some(last)) => {
-                            self.uncommitted = Some(last);
-                            self.commit_if_due(false);
+                    _ = tick.tick() => {
+                        self.commit_if_due(false);
+                        if !self.check_gaps(&stop).await {
+                            break;
                         }
-                        Some(None) => {}
-                        None => break,
-                    }
-                }
-                _ = tick.tick() => {
-                    self.commit_if_due(false);
-                    if !self.check_gaps(&stop).await {
-                        break;
                     }
                 }
             }
