@@ -58,6 +58,13 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Consumer `session.timeout.ms`. Default 10000.
     pub session_timeout_ms: u32,
+    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch to gather
+    /// `fetch_min_bytes`. librdkafka's 500 would add up to half a second to every
+    /// activation when traffic is light. Default 25.
+    pub fetch_wait_max_ms: u32,
+    /// Consumer `fetch.min.bytes`: under load, fewer and larger fetches for the broker
+    /// to answer. Default 65536.
+    pub fetch_min_bytes: u32,
     /// Static membership `group.instance.id`, so a restart within the session timeout
     /// keeps its partitions. Default none.
     pub group_instance_id: Option<String>,
@@ -74,6 +81,8 @@ impl Default for KafkaConfig {
             activations_topic: topics::ACTIVATIONS_TOPIC.into(),
             dlq_topic: topics::DLQ_TOPIC.into(),
             session_timeout_ms: 10_000,
+            fetch_wait_max_ms: 25,
+            fetch_min_bytes: 65_536,
             group_instance_id: None,
         }
     }

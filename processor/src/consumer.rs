@@ -167,9 +167,10 @@ pub fn create(
         // Incremental rebalances: partitions that stay put keep processing.
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-        // Return a fetch as soon as any record is there instead of waiting up to 500 ms
-        // (the default) for more: end-to-end latency is the point of this consumer.
-        .set("fetch.wait.max.ms", "10")
+        // Fetch tuning (see the config's doc comments): end-to-end latency vs. the
+        // number of fetch requests the broker must answer under load.
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", cfg.fetch_min_bytes.to_string())
         // Per-partition lag for /metrics.
         .set("statistics.interval.ms", "5000");
     if let Some(id) = &cfg.group_instance_id {

@@ -364,15 +364,18 @@ impl Worker {
             let (record, traceparent) = raw_record(&m);
             batch.push(Incoming { record, traceparent });
             if batch.len() >= max || last + 1 >= until {
-                n += batch.len() as u64;
+                let k = batch.len() as u64;
                 self.process(std::mem::take(&mut batch), false, stop).await?;
+                n += k;
+                self.shared.metrics.rebuilt_records.inc_by(k);
             }
         }
         if !batch.is_empty() {
-            n += batch.len() as u64;
+            let k = batch.len() as u64;
             self.process(batch, false, stop).await?;
+            n += k;
+            self.shared.metrics.rebuilt_records.inc_by(k);
         }
-        self.shared.metrics.rebuilt_records.inc_by(n);
         Some(n)
     }
 

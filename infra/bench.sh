@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The benchmark: one command, one markdown table, every number measured in this run on
+# this machine, each next to a baseline measured the same way in the same run.
+#
+#   infra/bench.sh            (env: BENCH_RATE=5000 BENCH_SECONDS=60 BENCH_MAX_EVENTS=200000
+#                              BENCH_DRAIN_EVENTS=1000000 BENCH_PORT=19600)
+#
+# 1. raw rdkafka producer (acks=all, idempotent, RawWebhook records of ingest's size) vs
+#    ingest's maximum (closed loop, 64 keep-alive connections, signed requests);
+# 2. 5,000 webhooks/s for 60 s through ingest with the processor running: ack latency
+#    from each request's intended send time, errors, end-to-end latency (ingest
+#    received-at → activation readable) and exactly-once verification;
+# 3. processor backlog drain of 1M pre-loaded events vs a consume-only baseline on the
+#    same topic, and the rebuild rate (state deleted, replayed from the log);
+# 4. peak RSS (VmHWM) of ingest and processor.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+RATE=${BENCH_RATE:-5000}
+SECONDS_=${BENCH_SECONDS:-60}
+MAX_EVENTS=${BENCH_MAX_EVENTS:-200000}
+DRAIN=${BENCH_DRAIN_EVENTS:-1000000}
+PORT=${BENCH_PORT:-19600}
+B=127.0.0.1:$PORT
+DIR=.hookstream/bench
+rm -rf "$DIR" && mkdir -p "$DIR"
+export HOOKSTREAM_STATE=$DIR BROKER_PORT=$PORT KAFKA_BROKERS=$B
+export PAYMENTHUB_WEBHOOK_SECRET=bench-secret STANDARD_WEBHOOK_SECRET=whsec_YmVuY2g= \
+  STRIPE_WEBHOOK_SECRET=bench GITHUB_WEBHOOK_SECRET=bench
+T=~/.cache/hookstream/tools/bin/tansu
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; infra/broker.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+say() { printf '==> %s\n' "$*" >&2; }
+hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+metric_sum() { curl -fsS "$1/metrics" 2>/dev/null | awk -v m="$2" 'index($0, m) == 1 {s += $NF} END {printf "%d", s}'; }
+wait_ready() { for _ in $(seq 1 150); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "not ready: $1" >&2; exit 1; }
+now() { date +%s.%N; }
+
+say "build (release)"
+cargo build --release --locked -q -p hookstream-ingest -p hookstream-processor -p hookstream-tests --bins
+LG=target/release/loadgen
+
+say "broker on $B (memory storage) and topics"
+infra/broker.sh install >/dev/null
+infra/broker.sh start >/dev/null
+infra/broker.sh topics >/dev/null
+for t in bench.baseline bench.ingestmax bench.drain bench.drain.activations; do
+  "$T" topic create "$t" --broker "tcp://$B" --partitions 12 >/dev/null
+done
+"$T" topic create bench.drain.dlq --broker "tcp://$B" --partitions 3 >/dev/null
+
+ingest_cfg() { sed "s/^topic = .*/topic = \"$1\"/" infra/config/ingest.toml >"$DIR/ingest-$1.toml"; echo "$DIR/ingest-$1.toml"; }
+
+say "1/4 raw producer baseline: $MAX_EVENTS records"
+$LG produce --brokers $B --topic bench.baseline --events "$MAX_EVENTS" >"$DIR/produce.json"
+
+say "1/4 ingest maximum: $MAX_EVENTS signed requests, closed loop, 64 connections"
+INGEST_LISTEN=127.0.0.1:18700 target/release/ingest --config "$(ingest_cfg bench.ingestmax)" >"$DIR/ingest-max.log" 2>&1 &
+ip=$!; pids+=($ip)
+wait_ready http://127.0.0.1:18700
+$LG send --closed --events "$MAX_EVENTS" --connections 64 --target 127.0.0.1:18700 >"$DIR/closed.json"
+kill "$ip"; wait "$ip" 2>/dev/null || true
+
+say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, processor running, verified"
+PROCESSOR_STATE_DIR=$DIR/state PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
+  target/release/processor run --config infra/config/processor.toml >"$DIR/processor.log" 2>&1 &
+pp=$!; pids+=($pp)
+wait_ready http://127.0.0.1:18790
+INGEST_LISTEN=127.0.0.1:18701 target/release/ingest --config infra/config/ingest.toml >"$DIR/ingest.log" 2>&1 &
+ip=$!; pids+=($ip)
+wait_ready http://127.0.0.1:18701
+sleep 3 # let the group settle
+$LG send --rate "$RATE" --duration "$SECONDS_" --connections 64 --target 127.0.0.1:18701 \
+  --verify --brokers $B --activations-topic policy.activations >"$DIR/open.json" || true
+ingest_rss=$(hwm_mb "$ip")
+kill "$ip" "$pp"; wait "$ip" "$pp" 2>/dev/null || true
+
+say "3/4 preload $DRAIN events into bench.drain"
+$LG produce --brokers $B --topic bench.drain --events "$DRAIN" --in-flight 20000 >"$DIR/preload.json"
+say "3/4 consume-only baseline on bench.drain"
+$LG consume --brokers $B --topic bench.drain >"$DIR/consume.json"
+
+cat >"$DIR/drain.toml" <<TOML
+admin_listen = "127.0.0.1:18791"
+state_dir = "$DIR/drain-state"
+[kafka]
+brokers = "$B"
+group_id = "bench-drain"
+raw_topic = "bench.drain"
+activations_topic = "bench.drain.activations"
+dlq_topic = "bench.drain.dlq"
+TOML
+drain_run() { # metric -> prints "records seconds rss_mb"
+  target/release/processor run --config "$DIR/drain.toml" >>"$DIR/drain.log" 2>&1 &
+  local p=$! t0="" n=0 last=-1 tl
+  pids+=($p)
+  wait_ready http://127.0.0.1:18791
+  while :; do
+    n=$(metric_sum http://127.0.0.1:18791 "$1")
+    if [ -z "$t0" ] && [ "$n" -gt 0 ]; then t0=$(now); fi
+    if [ "$n" != "$last" ]; then last=$n; tl=$(now); fi
+    if [ "$n" -ge "$DRAIN" ]; then break; fi
+    if [ -n "$t0" ] && python3 -c "import sys; sys.exit(0 if $(now) - $tl > 20 else 1)"; then break; fi
+    sleep 0.25
+  done
+  local rss; rss=$(hwm_mb "$p")
+  kill "$p"; wait "$p" 2>/dev/null || true
+  python3 -c "print($n, $tl - $t0, $rss)"
+}
+say "3/4 processor drain of the backlog"
+read -r drained drain_s proc_rss < <(drain_run hookstream_processor_records_total)
+say "3/4 rebuild: state deleted, replayed from the log"
+rm -rf "$DIR/drain-state"
+read -r rebuilt rebuild_s rebuild_rss < <(drain_run hookstream_processor_rebuilt_records_total)
+
+python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" <<'PY'
+import json, os, platform, sys, datetime
+d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs = sys.argv[1:]
+j = lambda n: json.load(open(os.path.join(d, n)))
+prod, closed, opn, cons = j("produce.json"), j("closed.json"), j("open.json"), j("consume.json")
+drain_rate = float(drained) / float(drain_s)
+rebuild_rate = float(rebuilt) / float(rebuild_s)
+lat, v = opn["latency_ms"], opn.get("verify", {})
+e2e = v.get("e2e_ms", {})
+mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+rows = [
+    ("ingest max throughput (closed loop, 64 conns) vs raw rdkafka producer", f"{closed['throughput_rps']:,.0f} req/s", f"{prod['throughput_rps']:,.0f} rec/s", f"{closed['throughput_rps']/prod['throughput_rps']:.2f}", "≥ 0.5"),
+    (f"{rate}/s × {secs} s: sent / non-2xx", f"{opn['sent']:,} / {opn['non_2xx']:,}", "", "", "0 non-2xx"),
+    (f"{rate}/s: achieved rate", f"{opn['throughput_rps']:,.0f} req/s", "", "", ""),
+    (f"{rate}/s: ack latency p50 / p90 / p99 / p99.9 / max", " / ".join(f"{lat[k]:.1f}" for k in ("p50","p90","p99","p999","max")) + " ms", "", "", "p99 ≤ 25 ms"),
+    (f"{rate}/s: end-to-end p50 / p90 / p99 / max (received → activation readable)", " / ".join(str(e2e.get(k, "-")) for k in ("p50","p90","p99","max")) + " ms", "", "", "p99 ≤ 500 ms"),
+    (f"{rate}/s: exactly one activation per completed payment", f"{'PASS' if v.get('passed') else 'FAIL'} ({v.get('activated_policies')}/{v.get('expected_activations')} policies, {v.get('conflicting')} conflicting)", "", "", "pass"),
+    (f"processor drain of {int(float(drained)):,} pre-loaded events vs consume-only", f"{drain_rate:,.0f} ev/s", f"{cons['throughput_rps']:,.0f} rec/s", f"{drain_rate/cons['throughput_rps']:.2f}", "≥ 0.5"),
+    (f"processor rebuild (replay of {int(float(rebuilt)):,} events, state deleted)", f"{rebuild_rate:,.0f} ev/s", "", "", ""),
+    (f"peak RSS ingest ({rate}/s run)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
+    ("peak RSS processor (drain of the backlog / rebuild)", f"{float(proc_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
+]
+print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, tansu 0.6.0 (memory storage) on loopback; `infra/bench.sh`\n")
+print("| measurement | hookstream | baseline (same run) | ratio | target |")
+print("|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+json.dump({"produce": prod, "closed": closed, "open": opn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
+PY
