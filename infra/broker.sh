@@ -52,14 +52,16 @@ running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 start() {
   local storage="memory://tansu/"
-  if [ "${1:-}" = "--sqlite" ]; then storage="sqlite://$STATE/tansu-$PORT.db"; fi
+  # tansu reads the sqlite URL's path relative to its working directory, so it runs
+  # in $STATE with a relative file name.
+  if [ "${1:-}" = "--sqlite" ]; then storage="sqlite://tansu-$PORT.db"; fi
   installed || { say "tansu is not installed: run infra/broker.sh install"; exit 1; }
   if running; then say "already running on $URL (pid $(cat "$PIDFILE"))"; return 0; fi
   if port_open; then say "port $PORT is taken by another process; set BROKER_PORT"; exit 1; fi
   mkdir -p "$STATE"
   say "starting tansu on $URL with $storage (log: $LOG)"
-  nohup "$TANSU" broker --listener-url "$URL" --advertised-listener-url "$URL" \
-    --storage-engine "$storage" >"$LOG" 2>&1 &
+  (cd "$STATE" && exec nohup "$TANSU" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+    --storage-engine "$storage") >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do
     if port_open; then say "ready"; return 0; fi

@@ -326,6 +326,9 @@ impl Worker {
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", format!("{}-rebuild", cfg.group_id))
             .set("enable.auto.commit", "false")
+            // One reader per rebuilding partition: keep each one's pre-fetch small.
+            .set("queued.max.messages.kbytes", "4096")
+            .set("queued.min.messages", "2000")
             .create()
         {
             Ok(c) => c,

@@ -115,7 +115,8 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let storage = match self.storage {
             Storage::Memory => "memory://tansu/".to_owned(),
-            Storage::Sqlite => format!("sqlite://{}", self.dir.path().join("tansu.db").display()),
+            // tansu reads the path relative to its working directory (the broker's dir).
+            Storage::Sqlite => "sqlite://tansu.db".to_owned(),
         };
         let log = self.log_path();
         let mut child = Command::new("sh")
@@ -126,6 +127,7 @@ impl Broker {
             .arg(&storage)
             .arg(&log)
             .stdin(Stdio::piped())
+            .current_dir(self.dir.path())
             .spawn()
             .expect("spawn sh to supervise tansu");
         let stdin = child.stdin.take().expect("piped stdin");

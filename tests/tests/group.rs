@@ -1,0 +1,97 @@
+//! The processor as a real consumer group: three instances (each with its own state
+//! directory) share a 12-partition raw topic while thousands of payments flow; one is
+//! killed with SIGKILL and a new one joins mid-stream. Partitions move, the new owners
+//! rebuild their state from the log, and still every completed payment has exactly one
+//! distinct activation id, and none is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hookstream_processor::decide::activation_id;
+use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::http::post;
+use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+use rdkafka::Message;
+
+const PAYMENTS: usize = 1500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_policy() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = test_config(broker.bootstrap(), &topics, &dir.path().join("unused"));
+    let instance = |name: &str| {
+        let mut c = base.clone();
+        c.state_dir = dir.path().join(name);
+        let d = dir.path().join(format!("{name}-run"));
+        std::fs::create_dir_all(&d).unwrap();
+        ChildProcessor::spawn(&c, &d)
+    };
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let a = instance("a");
+    let b = instance("b");
+    let c = instance("c");
+
+    // Traffic: every payment's three events in order, 20 payments at a time, paced.
+    let addr = ingest.addr();
+    let sender = tokio::spawn(async move {
+        for chunk in (0..PAYMENTS).collect::<Vec<_>>().chunks(20) {
+            let mut tasks = Vec::new();
+            for &i in chunk {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    for (seq, ty) in [(1, "payment.created"), (2, "payment.processing"), (3, "payment.completed")] {
+                        let id = format!("evt_g{i}_{seq}");
+                        let body = sign::payment_body(&id, &format!("pay_g{i}"), Some(seq), ty, Some(&format!("pol_g{i}")));
+                        let h = sign::sign(scheme_of("paymenthub"), secrets_of("paymenthub")[0], &id, sign::now(), &body);
+                        assert_eq!(post(&addr, "/webhooks/paymenthub", &h, body).await.status, 200);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.kill();
+    let d = instance("d");
+    sender.await.unwrap();
+
+    let group = |records: &[rdkafka::message::OwnedMessage]| {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for m in records {
+            if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+                by.entry(x.policy_id).or_default().insert(x.activation_id);
+            }
+        }
+        by
+    };
+    let mut seen = BTreeSet::new();
+    let records = kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(120), |r| {
+        if let Some(m) = r.last() {
+            if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+                seen.insert(x.policy_id);
+            }
+        }
+        seen.len() >= PAYMENTS
+    })
+    .await;
+    let by = group(&records);
+    let missing: Vec<_> = (0..PAYMENTS).map(|i| format!("pol_g{i}")).filter(|p| !by.contains_key(p)).collect();
+    assert!(missing.is_empty(), "lost activations: {} e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    for (pol, ids) in &by {
+        let i = pol.trim_start_matches("pol_g");
+        let want = BTreeSet::from([activation_id(pol, "paymenthub", &format!("evt_g{i}_3"))]);
+        assert_eq!(ids, &want, "{pol}: one distinct, deterministic activation id");
+    }
+    drop((a, c, d));
+    ingest.stop().await;
+}
