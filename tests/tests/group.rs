@@ -45,10 +45,21 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
             for &i in chunk {
                 let addr = addr.clone();
                 tasks.push(tokio::spawn(async move {
-                    for (seq, ty) in [(1, "payment.created"), (2, "payment.processing"), (3, "payment.completed")] {
+                    for (seq, ty) in [
+                        (1, "payment.created"),
+                        (2, "payment.processing"),
+                        (3, "payment.completed"),
+                    ] {
                         let id = format!("evt_g{i}_{seq}");
-                        let body = sign::payment_body(&id, &format!("pay_g{i}"), Some(seq), ty, Some(&format!("pol_g{i}")));
-                        let h = sign::sign(scheme_of("paymenthub"), secrets_of("paymenthub")[0], &id, sign::now(), &body);
+                        let body =
+                            sign::payment_body(&id, &format!("pay_g{i}"), Some(seq), ty, Some(&format!("pol_g{i}")));
+                        let h = sign::sign(
+                            scheme_of("paymenthub"),
+                            secrets_of("paymenthub")[0],
+                            &id,
+                            sign::now(),
+                            &body,
+                        );
                         assert_eq!(post(&addr, "/webhooks/paymenthub", &h, body).await.status, 200);
                     }
                 }));
@@ -85,8 +96,16 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     })
     .await;
     let by = group(&records);
-    let missing: Vec<_> = (0..PAYMENTS).map(|i| format!("pol_g{i}")).filter(|p| !by.contains_key(p)).collect();
-    assert!(missing.is_empty(), "lost activations: {} e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = (0..PAYMENTS)
+        .map(|i| format!("pol_g{i}"))
+        .filter(|p| !by.contains_key(p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost activations: {} e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     for (pol, ids) in &by {
         let i = pol.trim_start_matches("pol_g");
         let want = BTreeSet::from([activation_id(pol, "paymenthub", &format!("evt_g{i}_3"))]);
