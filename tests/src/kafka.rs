@@ -91,24 +91,7 @@ fn reader(bootstrap: &str) -> StreamConsumer {
 /// Read `topic` from the beginning of every partition until `want` records have arrived
 /// or `timeout` passes (then return what arrived: the caller asserts on the count).
 pub async fn read_records(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
-    let consumer = reader(bootstrap);
-    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("add partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < want {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => break,
-        }
-    }
-    out
+    read_until(bootstrap, topic, timeout, |r| r.len() >= want).await
 }
 
 /// Read `topic` from the beginning until `done(records so far)` holds or `timeout`

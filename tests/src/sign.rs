@@ -81,3 +81,46 @@ pub fn payment_body(
     }
     serde_json::to_vec(&v).expect("json")
 }
+
+/// Send `payments` lifecycles (created, processing, completed; each paying for policy
+/// `pol_{prefix}{i}`) through ingest's `paymenthub` source, every payment's events in
+/// order, `parallel` payments at a time with `pause` between groups, so a stream lasts
+/// long enough for a test to break something in the middle of it. Panics on a non-200.
+pub fn paced_lifecycles(
+    addr: String,
+    prefix: &'static str,
+    payments: usize,
+    parallel: usize,
+    pause: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (scheme, secret) = (
+        crate::ingest::scheme_of("paymenthub"),
+        crate::ingest::secrets_of("paymenthub")[0],
+    );
+    tokio::spawn(async move {
+        for chunk in (0..payments).collect::<Vec<_>>().chunks(parallel.max(1)) {
+            let mut tasks = Vec::new();
+            for &i in chunk {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    for (seq, ty) in [
+                        (1, "payment.created"),
+                        (2, "payment.processing"),
+                        (3, "payment.completed"),
+                    ] {
+                        let id = format!("evt_{prefix}{i}_{seq}");
+                        let pol = format!("pol_{prefix}{i}");
+                        let body = payment_body(&id, &format!("pay_{prefix}{i}"), Some(seq), ty, Some(&pol));
+                        let h = sign(scheme, secret, &id, now(), &body);
+                        let r = crate::http::post(&addr, "/webhooks/paymenthub", &h, body).await;
+                        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("sender task");
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}

@@ -10,50 +10,11 @@ use std::time::Duration;
 use hookstream_processor::decide::activation_id;
 use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
-use hookstream_tests::http::post;
-use hookstream_tests::ingest::{scheme_of, secrets_of};
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::Message;
 
 const PAYMENTS: usize = 150;
-
-/// Send every payment's three events in order, five payments at a time, paced so the
-/// stream lasts long enough to kill the processor in the middle of it.
-fn traffic(addr: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        for chunk in (0..PAYMENTS).collect::<Vec<_>>().chunks(5) {
-            let mut tasks = Vec::new();
-            for &i in chunk {
-                let addr = addr.clone();
-                tasks.push(tokio::spawn(async move {
-                    for (seq, ty) in [
-                        (1, "payment.created"),
-                        (2, "payment.processing"),
-                        (3, "payment.completed"),
-                    ] {
-                        let id = format!("evt_c{i}_{seq}");
-                        let body =
-                            sign::payment_body(&id, &format!("pay_c{i}"), Some(seq), ty, Some(&format!("pol_c{i}")));
-                        let h = sign::sign(
-                            scheme_of("paymenthub"),
-                            secrets_of("paymenthub")[0],
-                            &id,
-                            sign::now(),
-                            &body,
-                        );
-                        let r = post(&addr, "/webhooks/paymenthub", &h, body).await;
-                        assert_eq!(r.status, 200);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(60)).await;
-        }
-    })
-}
 
 /// Activations by policy once `policies` distinct policies have one (or the timeout
 /// passed); also the number of activation records (re-sends included).
@@ -106,7 +67,7 @@ async fn run_kill_and_restart(wipe_state: bool) {
     let config = test_config(broker.bootstrap(), &topics, &state);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let first = ChildProcessor::spawn(&config, dir.path());
-    let sender = traffic(ingest.addr());
+    let sender = sign::paced_lifecycles(ingest.addr(), "c", PAYMENTS, 5, Duration::from_millis(60));
 
     // Kill once a part of the activations is out, while traffic is still flowing.
     let (n, _) = activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;

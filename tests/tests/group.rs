@@ -11,8 +11,6 @@ use std::time::Duration;
 use hookstream_processor::decide::activation_id;
 use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
-use hookstream_tests::http::post;
-use hookstream_tests::ingest::{scheme_of, secrets_of};
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::Message;
@@ -38,38 +36,7 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     let c = instance("c");
 
     // Traffic: every payment's three events in order, 20 payments at a time, paced.
-    let addr = ingest.addr();
-    let sender = tokio::spawn(async move {
-        for chunk in (0..PAYMENTS).collect::<Vec<_>>().chunks(20) {
-            let mut tasks = Vec::new();
-            for &i in chunk {
-                let addr = addr.clone();
-                tasks.push(tokio::spawn(async move {
-                    for (seq, ty) in [
-                        (1, "payment.created"),
-                        (2, "payment.processing"),
-                        (3, "payment.completed"),
-                    ] {
-                        let id = format!("evt_g{i}_{seq}");
-                        let body =
-                            sign::payment_body(&id, &format!("pay_g{i}"), Some(seq), ty, Some(&format!("pol_g{i}")));
-                        let h = sign::sign(
-                            scheme_of("paymenthub"),
-                            secrets_of("paymenthub")[0],
-                            &id,
-                            sign::now(),
-                            &body,
-                        );
-                        assert_eq!(post(&addr, "/webhooks/paymenthub", &h, body).await.status, 200);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    });
+    let sender = sign::paced_lifecycles(ingest.addr(), "g", PAYMENTS, 20, Duration::from_millis(40));
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     b.kill();
