@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod decide;
+pub mod dlq;
 pub mod emit;
 pub mod error;
 pub mod input;

@@ -7,8 +7,57 @@ use hookstream_processor::ProcessorConfig;
 use tokio_util::sync::CancellationToken;
 
 fn usage() -> ! {
-    eprintln!("usage: processor run [--config FILE]   (default infra/config/processor.toml)");
+    eprintln!(
+        "usage: processor run [--config FILE]             (default infra/config/processor.toml)\n\
+         \x20      processor dlq list [--reason R] [--since UNIX_MS] [--config FILE]\n\
+         \x20      processor dlq show DEAD_LETTER_ID [--config FILE]\n\
+         \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS] [--dry-run] [--config FILE]"
+    );
     std::process::exit(2)
+}
+
+/// `processor dlq ...`: prints JSON lines (list) or one JSON document (show, redrive).
+async fn dlq(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    use hookstream_processor::dlq;
+    let cmd = args.next().unwrap_or_else(|| usage());
+    let mut path = PathBuf::from("infra/config/processor.toml");
+    let mut filter = dlq::Filter::default();
+    let mut dry_run = false;
+    if cmd == "show" {
+        filter.id = Some(args.next().unwrap_or_else(|| usage()));
+    }
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" => path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--reason" => {
+                let r = args.next().unwrap_or_else(|| usage());
+                filter.reason = Some(hookstream_schemas::DeadLetterReason::parse(&r).context("unknown reason")?);
+            }
+            "--since" => {
+                filter.since_ms = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage())
+                        .parse()
+                        .context("--since UNIX_MS")?,
+                )
+            }
+            "--id" => filter.id = Some(args.next().unwrap_or_else(|| usage())),
+            "--dry-run" => dry_run = true,
+            _ => usage(),
+        }
+    }
+    let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let entries = dlq::read(&config.kafka, &filter).await?;
+    match cmd.as_str() {
+        "list" => entries.iter().for_each(|e| println!("{}", dlq::summary(e))),
+        "show" => match entries.first() {
+            Some(e) => println!("{:#}", dlq::detail(e)),
+            None => anyhow::bail!("no dead letter with that id"),
+        },
+        "redrive" => println!("{:#}", dlq::redrive(&config.kafka, &entries, dry_run).await?),
+        _ => usage(),
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -21,8 +70,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("run") {
-        usage();
+    match args.next().as_deref() {
+        Some("run") => {}
+        Some("dlq") => return dlq(args).await,
+        _ => usage(),
     }
     let mut path = PathBuf::from("infra/config/processor.toml");
     while let Some(a) = args.next() {

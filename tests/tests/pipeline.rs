@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hookstream_processor::decide::activation_id;
+use hookstream_processor::dlq;
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http::{get, post};
@@ -228,6 +229,62 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
         metrics.contains(r#"hookstream_processor_records_total{outcome="duplicate"}"#),
         "{metrics}"
     );
+
+    // Re-drive: the DLQ lists by reason; a dry run publishes nothing; re-driving the
+    // no_policy and policy_already_active letters twice puts the original records back
+    // in their partitions (same key, same event id) and activates nothing twice.
+    let kcfg = test_config(broker.bootstrap(), &topics, state.path()).kafka;
+    let filter = |r| dlq::Filter {
+        reason: Some(r),
+        ..Default::default()
+    };
+    let no_policy = dlq::read(&kcfg, &filter(DeadLetterReason::NoPolicy)).await.unwrap();
+    assert_eq!(no_policy.len(), 1);
+    assert_eq!(dlq::summary(&no_policy[0])["event_id"], "evt_nopol");
+    let dry = dlq::redrive(&kcfg, &no_policy, true).await.unwrap();
+    assert_eq!(
+        (dry["dry_run"].clone(), dry["redriven"].clone()),
+        (true.into(), 1.into())
+    );
+    let twice = dlq::read(&kcfg, &dlq::Filter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.letter.reason,
+                DeadLetterReason::NoPolicy | DeadLetterReason::PolicyAlreadyActive
+            )
+        })
+        .collect::<Vec<_>>();
+    for _ in 0..2 {
+        let report = dlq::redrive(&kcfg, &twice, false).await.unwrap();
+        assert_eq!(report["redriven"], 2, "{report:#}");
+    }
+    // The originals plus two re-drives each, in the payments' own partitions.
+    let count = |r: &[rdkafka::message::OwnedMessage], key: &str| r.iter().filter(|m| kafka::key_str(m) == key).count();
+    let raw = kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(15), |r| {
+        count(r, "pay_nopol") >= 3 && count(r, "pay_twice") >= 3
+    })
+    .await;
+    assert_eq!((count(&raw, "pay_nopol"), count(&raw, "pay_twice")), (3, 3));
+    let partitions: BTreeSet<i32> = raw
+        .iter()
+        .filter(|m| kafka::key_str(m) == "pay_twice")
+        .map(|m| m.partition())
+        .collect();
+    assert_eq!(partitions.len(), 1, "re-driven records land in the payment's partition");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = kafka::read_records(broker.bootstrap(), &topics.activations, 14, Duration::from_secs(3)).await;
+    assert_eq!(activations(&after).len(), 13, "re-driving never activates twice");
+    let v = get(&processor.admin, "/payments/pay_twice").await.json();
+    let dups = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "duplicate")
+        .count();
+    assert_eq!(dups, 2, "both re-drives were recognised as duplicates: {v:#}");
 
     processor.stop().await;
     ingest.stop().await;
