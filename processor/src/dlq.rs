@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, RawWebhook};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -56,7 +56,15 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
         .create()?;
     let topic = cfg.dlq_topic.clone();
     let c = consumer;
+    let brokers = cfg.brokers.clone();
     let (c, ends) = tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
+        // Ends are found by reading (crate::offsets), with a consumer of their own.
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "hookstream-dlq-probe")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()?;
         let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let n = md
             .topics()
@@ -66,7 +74,7 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
         let mut tpl = TopicPartitionList::new();
         let mut ends = Vec::new();
         for p in 0..n {
-            let (low, high) = c.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+            let (low, high) = crate::offsets::bounds(&probe, &topic, p)?;
             if high > low {
                 tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
                 ends.push((p, high));

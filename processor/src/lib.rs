@@ -16,6 +16,8 @@ pub mod error;
 pub mod input;
 pub mod metrics;
 pub mod model;
+pub mod offsets;
+pub mod replay;
 pub mod store;
 pub mod trace;
 pub mod worker;

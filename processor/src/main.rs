@@ -9,11 +9,47 @@ use tokio_util::sync::CancellationToken;
 fn usage() -> ! {
     eprintln!(
         "usage: processor run [--config FILE]             (default infra/config/processor.toml)\n\
+         \x20      processor replay (--from-beginning | --from-offset P:O[,P:O...] | --from-time RFC3339) [--config FILE]\n\
          \x20      processor dlq list [--reason R] [--since UNIX_MS] [--config FILE]\n\
          \x20      processor dlq show DEAD_LETTER_ID [--config FILE]\n\
          \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS] [--dry-run] [--config FILE]"
     );
     std::process::exit(2)
+}
+
+/// `processor replay ...`: moves the stopped group back; prints a JSON report.
+async fn replay(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    use hookstream_processor::replay::{self, ReplayFrom};
+    let mut path = PathBuf::from("infra/config/processor.toml");
+    let mut from = None;
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage());
+        let next = match a.as_str() {
+            "--config" => {
+                path = PathBuf::from(value());
+                continue;
+            }
+            "--from-beginning" => ReplayFrom::Beginning,
+            "--from-offset" => ReplayFrom::parse_offsets(&value())?,
+            "--from-time" => ReplayFrom::parse_time(&value())?,
+            _ => usage(),
+        };
+        if from.replace(next).is_some() {
+            anyhow::bail!("give exactly one of --from-beginning, --from-offset, --from-time");
+        }
+    }
+    let Some(from) = from else { usage() };
+    let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let resets = replay::run(&config.kafka, &from).await?;
+    println!(
+        "{:#}",
+        serde_json::json!({
+            "group": config.kafka.group_id, "topic": config.kafka.raw_topic, "partitions": resets,
+            "next": "start the processors: each rebuilds a moved partition's state up to reset_to, \
+                     then decides the records from there again and re-publishes their outputs with the same ids",
+        })
+    );
+    Ok(())
 }
 
 /// `processor dlq ...`: prints JSON lines (list) or one JSON document (show, redrive).
@@ -73,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     match args.next().as_deref() {
         Some("run") => {}
         Some("dlq") => return dlq(args).await,
+        Some("replay") => return replay(args).await,
         _ => usage(),
     }
     let mut path = PathBuf::from("infra/config/processor.toml");

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     /// GapTimeout control records written.
     pub gap_timeouts: IntCounter,
+    /// Partitions whose state was dropped because the group's offset was moved back.
+    pub replays_detected: IntCounter,
+    /// Times the broker skipped records on a fetch and they were read again.
+    pub skipped_refetched: IntCounter,
 }
 
 impl Metrics {
@@ -66,6 +70,16 @@ impl Metrics {
             )
             .expect("metric"),
             gap_timeouts: IntCounter::new("gap_timeouts_total", "GapTimeout control records written").expect("metric"),
+            replays_detected: IntCounter::new(
+                "replays_detected_total",
+                "Partitions rebuilt because the group's offset was moved back (processor replay)",
+            )
+            .expect("metric"),
+            skipped_refetched: IntCounter::new(
+                "skipped_refetched_total",
+                "Times the broker's fetch skipped records (from inside a batch) and they were read again",
+            )
+            .expect("metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.records.clone()),
@@ -78,6 +92,8 @@ impl Metrics {
             Box::new(m.lag.clone()),
             Box::new(m.processing_seconds.clone()),
             Box::new(m.gap_timeouts.clone()),
+            Box::new(m.replays_detected.clone()),
+            Box::new(m.skipped_refetched.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

@@ -11,6 +11,7 @@
 //! | `g` + payment_id | empty: payments with held events (the gap timer's index) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
 //! | `m:max_ts` | newest record time applied (ms): the sweep's clock, so expiry replays identically |
+//! | `m:committed` | highest offset this instance has committed to the group for the partition |
 //!
 //! A global `policies` tree maps policy_id to the activation holding it, across
 //! partitions (compare-and-swap, idempotent per activation id).
@@ -41,6 +42,7 @@ pub enum StoreError {
 
 const APPLIED: &[u8] = b"m:applied";
 const MAX_TS: &[u8] = b"m:max_ts";
+const COMMITTED: &[u8] = b"m:committed";
 
 fn key(prefix: u8, rest: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -245,6 +247,27 @@ impl PartitionStore {
         Ok(n)
     }
 
+    /// The highest offset this instance has committed for the partition (see
+    /// [`PartitionStore::record_commit`]), `None` when it never committed one.
+    pub fn committed_mark(&self) -> Result<Option<i64>, StoreError> {
+        Ok(read_i64(self.tree.get(COMMITTED)?))
+    }
+
+    /// Remember that the group acknowledged a commit of `offset` from this instance.
+    ///
+    /// The group's committed offset never goes below what any member committed, except
+    /// when `processor replay` moves it back. A committed offset found below this mark
+    /// on assignment is therefore a replay: the worker drops the partition's state and
+    /// rebuilds it up to the new offset. Not flushed on its own: sled's periodic flush
+    /// and the next batch's group commit make it durable.
+    pub fn record_commit(&self, offset: i64) -> Result<(), StoreError> {
+        self.tree.fetch_and_update(COMMITTED, |old| {
+            let old = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map(i64::from_be_bytes);
+            Some(old.map_or(offset, |o| o.max(offset)).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
     /// Remove everything (before a rebuild from the start of the log).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear()?;
@@ -370,6 +393,18 @@ mod tests {
         assert!(p.dedup("a").unwrap().is_none());
         assert!(p.dedup("b").unwrap().is_some());
         assert_eq!(store.find_payment("raw", "pay").unwrap().map(|(n, _)| n), Some(3));
+    }
+
+    #[test]
+    fn commit_mark_only_moves_forward_and_clear_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Store::open(dir.path(), 1 << 20).unwrap().partition("raw", 0).unwrap();
+        assert_eq!(p.committed_mark().unwrap(), None);
+        p.record_commit(10).unwrap();
+        p.record_commit(7).unwrap();
+        assert_eq!(p.committed_mark().unwrap(), Some(10));
+        p.clear().unwrap();
+        assert_eq!(p.committed_mark().unwrap(), None);
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! (a new instance, a wiped or lost state directory), it rebuilds the missing range by
 //! replaying the raw partition with outputs suppressed: those records are below the
 //! committed offset, so their outputs were already acknowledged. When sled is ahead
-//! (a crash after step 3), records it already applied are skipped.
+//! (a crash after step 3), records it already applied are skipped. When the group's
+//! offset is *below* the highest one this instance committed itself, `processor replay`
+//! moved it back: the partition's state is dropped and rebuilt up to the new offset, and
+//! records from there on are decided again with their outputs published again.
 //!
 //! **Gap timeouts.** A payment with held events is watched on the wall clock. When its
 //! gap has been open for `gap_timeout_ms`, the worker writes a `GapTimeout` control
@@ -95,6 +98,63 @@ pub struct Worker {
     /// Applied offset not yet committed to the group, and when the last commit went out.
     uncommitted: Option<i64>,
     last_commit: Instant,
+    /// The offset the next live record should have; a later one means the broker
+    /// skipped records (see [`crate::offsets`]) and they are read first.
+    next_offset: Option<i64>,
+}
+
+/// Run `f` with a probing consumer of the raw topic on a blocking thread.
+async fn with_probe<T: Send + 'static>(
+    shared: Arc<Shared>,
+    f: impl FnOnce(&rdkafka::consumer::BaseConsumer, &str) -> Result<T, rdkafka::error::KafkaError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        let cfg = &shared.config.kafka;
+        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", format!("{}-rebuild", cfg.group_id))
+            .set("enable.auto.commit", "false")
+            // Probes read a record or two: an empty fetch need not wait long.
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(|e| e.to_string())?;
+        f(&probe, &cfg.raw_topic).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// An offset to read `partition` from so that the record at `offset` is delivered.
+async fn aligned_start(shared: Arc<Shared>, partition: i32, offset: i64) -> Result<i64, String> {
+    with_probe(shared, move |c, topic| {
+        crate::offsets::read_from(c, topic, partition, offset).map(|(s, _)| s)
+    })
+    .await
+}
+
+/// See [`crate::offsets::skipped_from`].
+async fn skipped_from(shared: Arc<Shared>, partition: i32, offset: i64) -> Result<Option<i64>, String> {
+    with_probe(shared, move |c, topic| {
+        crate::offsets::skipped_from(c, topic, partition, offset)
+    })
+    .await
+}
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    /// The group's committed offset.
+    Committed(i64),
+    /// No committed offset: the start of the retained log.
+    LogStart(i64),
+}
+
+impl Position {
+    fn offset(self) -> i64 {
+        match self {
+            Position::Committed(o) | Position::LogStart(o) => o,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -176,6 +236,7 @@ impl Worker {
             held_total: 0,
             uncommitted: None,
             last_commit: Instant::now(),
+            next_offset: None,
         })
     }
 
@@ -188,7 +249,7 @@ impl Worker {
         // Reconcile before the first record: on assignment, not when traffic happens to
         // come, so a quiet partition's held events still get their gap timer.
         let ready = match self.group_position(&stop).await {
-            Some(first_live) => self.reconcile(first_live, &stop).await,
+            Some(position) => self.reconcile(position, &stop).await,
             None => false,
         };
         if ready {
@@ -204,6 +265,9 @@ impl Worker {
                                 Ok(m) => batch.push(m),
                                 Err(_) => break,
                             }
+                        }
+                        if !self.fill_skipped(&batch, &stop).await {
+                            break;
                         }
                         match self.process(batch, true, &stop).await {
                             Some(Some(last)) => {
@@ -247,10 +311,22 @@ impl Worker {
             .add_partition_offset(topic, self.partition, Offset::Offset(applied + 1))
             .is_ok()
         {
-            // Async while running: the next commit supersedes a lost one.
-            let mode = if last { CommitMode::Sync } else { CommitMode::Async };
-            if let Err(e) = self.shared.consumer.commit(&tpl, mode) {
-                tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
+            // Synchronous either way, so that an acknowledged commit can be remembered
+            // (the group consumer delivers no commit callbacks); while running it waits
+            // on a blocking thread, and a lost one is superseded by the next.
+            let (consumer, store, partition) = (self.shared.consumer.clone(), self.store.clone(), self.partition);
+            let commit = move || match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    if let Err(e) = store.record_commit(applied + 1) {
+                        tracing::warn!(partition, error = %e, "cannot record the committed offset");
+                    }
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "offset commit failed"),
+            };
+            if last {
+                commit();
+            } else {
+                drop(tokio::task::spawn_blocking(commit));
             }
         }
         self.uncommitted = None;
@@ -259,7 +335,7 @@ impl Worker {
 
     /// Where the group will hand us records from: its committed offset, or the start of
     /// the retained log for a partition it never committed (`auto.offset.reset=earliest`).
-    async fn group_position(&self, stop: &CancellationToken) -> Option<i64> {
+    async fn group_position(&self, stop: &CancellationToken) -> Option<Position> {
         let shared = self.shared.clone();
         let (topic, partition) = (shared.config.kafka.raw_topic.clone(), self.partition);
         retry("group_position", &shared, stop, || {
@@ -272,10 +348,10 @@ impl Worker {
                         .committed_offsets(tpl, Duration::from_secs(5))
                         .map_err(|e| e.to_string())?;
                     match committed.find_partition(&topic, partition).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Ok(o),
+                        Some(Offset::Offset(o)) => Ok(Position::Committed(o)),
                         _ => consumer
                             .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                            .map(|(low, _)| low)
+                            .map(|(low, _)| Position::LogStart(low))
                             .map_err(|e| e.to_string()),
                     }
                 })
@@ -286,22 +362,46 @@ impl Worker {
         .await
     }
 
-    /// Bring sled up to `first_live` (the first offset the group hands us) by replaying
-    /// the partition with outputs suppressed. Returns false when stopped.
-    async fn reconcile(&mut self, first_live: i64, stop: &CancellationToken) -> bool {
+    /// Bring sled up to the first offset the group hands us by replaying the partition
+    /// with outputs suppressed. When the group was moved back behind what this instance
+    /// itself committed (`processor replay`), the partition's state is dropped first and
+    /// rebuilt from the start of the log. Returns false when stopped.
+    async fn reconcile(&mut self, position: Position, stop: &CancellationToken) -> bool {
         let shared = self.shared.clone();
         let store = self.store.clone();
+        let first_live = position.offset();
+        if let Position::Committed(committed) = position {
+            let Some(mark) = retry("store", &shared, stop, || async { store.committed_mark() }).await else {
+                return false;
+            };
+            if let Some(mark) = mark.filter(|m| committed < *m) {
+                tracing::warn!(
+                    partition = self.partition,
+                    committed,
+                    previously_committed = mark,
+                    "the group's offset was moved back (processor replay): rebuilding the partition's state \
+                     from the log; records from the new offset on are decided and their outputs published again"
+                );
+                if retry("store", &shared, stop, || async { store.clear() })
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+                shared.metrics.replays_detected.inc();
+            }
+        }
         let Some(applied) = retry("store", &shared, stop, || async { store.applied_offset() }).await else {
             return false;
         };
         let from = match applied {
             Some(a) if a + 1 >= first_live => None,
-            Some(a) => Some(Offset::Offset(a + 1)),
-            None => Some(Offset::Beginning),
+            Some(a) => Some(a + 1),
+            None => Some(-1),
         };
         if let Some(from) = from {
             let started = Instant::now();
-            let Some(n) = self.rebuild(from, first_live, stop).await else {
+            let Some(n) = self.read_range(from, first_live, false, stop).await else {
                 return false;
             };
             if n > 0 {
@@ -316,12 +416,79 @@ impl Worker {
             self.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
         }
         self.update_held_gauge();
+        let Some(applied) = retry("store", &shared, stop, || async { store.applied_offset() }).await else {
+            return false;
+        };
+        let next = applied.map_or(first_live, |a| (a + 1).max(first_live));
+        self.next_offset = Some(next);
+        // Would the group's fetch from `next` skip records (crate::offsets)? Then read
+        // them here, before the group hands over what follows them.
+        let Some(skipped) = retry("skipped_from", &shared, stop, || {
+            skipped_from(shared.clone(), self.partition, next)
+        })
+        .await
+        else {
+            return false;
+        };
+        if let Some(until) = skipped {
+            tracing::warn!(
+                partition = self.partition,
+                from = next,
+                until,
+                "the broker's fetch from the group's offset would skip records; reading them first"
+            );
+            shared.metrics.skipped_refetched.inc();
+            if self.read_range(next, until, true, stop).await.is_none() {
+                return false;
+            }
+            self.next_offset = Some(until);
+        }
         true
     }
 
-    /// Fold records `[from, until)` with outputs suppressed. Returns how many, or `None` when stopped.
-    async fn rebuild(&mut self, from: Offset, until: i64, stop: &CancellationToken) -> Option<u64> {
+    /// Before a live batch: when its first record is past the next expected offset, the
+    /// broker skipped records (the local broker does when the group's offset is inside a
+    /// batch); read and process them, outputs included, first. Returns false when stopped.
+    async fn fill_skipped(&mut self, batch: &[Incoming], stop: &CancellationToken) -> bool {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return true;
+        };
+        let first = first.record.origin.offset;
+        if let Some(expected) = self.next_offset.filter(|e| first > *e) {
+            tracing::warn!(
+                partition = self.partition,
+                from = expected,
+                until = first,
+                "records were skipped by the broker's fetch; reading them before going on"
+            );
+            self.shared.metrics.skipped_refetched.inc();
+            if self.read_range(expected, first, true, stop).await.is_none() {
+                return false;
+            }
+        }
+        self.next_offset = Some(last.record.origin.offset + 1);
+        true
+    }
+
+    /// Fold records `[from, until)` (`from` -1: the start of the log), with outputs
+    /// suppressed (a rebuild) or published (`live`, refetching skipped records).
+    /// Returns how many, or `None` when stopped.
+    async fn read_range(&mut self, from: i64, until: i64, live: bool, stop: &CancellationToken) -> Option<u64> {
         let cfg = &self.shared.config.kafka;
+        let from = if from < 0 {
+            Offset::Beginning
+        } else {
+            // Start where the broker delivers `from` itself (crate::offsets); records
+            // before it are already applied and skipped by `process`.
+            let shared = self.shared.clone();
+            let partition = self.partition;
+            Offset::Offset(
+                retry("aligned_start", &shared, stop, || {
+                    aligned_start(shared.clone(), partition, from)
+                })
+                .await?,
+            )
+        };
         let reader: StreamConsumer = match ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", format!("{}-rebuild", cfg.group_id))
@@ -367,19 +534,25 @@ impl Worker {
             let (record, traceparent) = raw_record(&m);
             batch.push(Incoming { record, traceparent });
             if batch.len() >= max || last + 1 >= until {
-                let k = batch.len() as u64;
-                self.process(std::mem::take(&mut batch), false, stop).await?;
-                n += k;
-                self.shared.metrics.rebuilt_records.inc_by(k);
+                n += self.fold(std::mem::take(&mut batch), live, stop).await?;
             }
         }
         if !batch.is_empty() {
-            let k = batch.len() as u64;
-            self.process(batch, false, stop).await?;
-            n += k;
-            self.shared.metrics.rebuilt_records.inc_by(k);
+            n += self.fold(batch, live, stop).await?;
         }
         Some(n)
+    }
+
+    /// `process` for [`Self::read_range`]; counts rebuilt records.
+    async fn fold(&mut self, batch: Vec<Incoming>, live: bool, stop: &CancellationToken) -> Option<u64> {
+        let k = batch.len() as u64;
+        let applied = self.process(batch, live, stop).await?;
+        if live {
+            self.uncommitted = applied.or(self.uncommitted);
+        } else {
+            self.shared.metrics.rebuilt_records.inc_by(k);
+        }
+        Some(k)
     }
 
     /// Decide a batch, emit (when `live`), persist. Returns the last applied offset

@@ -82,6 +82,25 @@ pub fn payment_body(
     serde_json::to_vec(&v).expect("json")
 }
 
+/// Send one event through ingest's `paymenthub` source (signed with its first secret);
+/// panics unless the answer is 200.
+pub async fn send_event(addr: &str, event_id: &str, payment: &str, seq: Option<i64>, ty: &str, policy: Option<&str>) {
+    send_body(addr, event_id, payment_body(event_id, payment, seq, ty, policy)).await;
+}
+
+/// Send `body` as event `event_id` through ingest's `paymenthub` source; panics unless 200.
+pub async fn send_body(addr: &str, event_id: &str, body: Vec<u8>) {
+    let h = sign(
+        crate::ingest::scheme_of("paymenthub"),
+        crate::ingest::secrets_of("paymenthub")[0],
+        event_id,
+        now(),
+        &body,
+    );
+    let r = crate::http::post(addr, "/webhooks/paymenthub", &h, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// Send `payments` lifecycles (created, processing, completed; each paying for policy
 /// `pol_{prefix}{i}`) through ingest's `paymenthub` source, every payment's events in
 /// order, `parallel` payments at a time with `pause` between groups, so a stream lasts

@@ -9,28 +9,13 @@ use hookstream_processor::decide::activation_id;
 use hookstream_processor::dlq;
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
-use hookstream_tests::http::{get, post};
-use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::http::get;
 use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::Message;
 
-/// Send one event through ingest (signed by paymenthub's first secret); expect 200.
 async fn send(addr: &str, event_id: &str, payment: &str, seq: Option<i64>, ty: &str, policy: Option<&str>) {
-    let body = sign::payment_body(event_id, payment, seq, ty, policy);
-    send_body(addr, event_id, body).await;
-}
-
-async fn send_body(addr: &str, event_id: &str, body: Vec<u8>) {
-    let h = sign::sign(
-        scheme_of("paymenthub"),
-        secrets_of("paymenthub")[0],
-        event_id,
-        sign::now(),
-        &body,
-    );
-    let r = post(addr, "/webhooks/paymenthub", &h, body).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    sign::send_event(addr, event_id, payment, seq, ty, policy).await;
 }
 
 fn activations(records: &[rdkafka::message::OwnedMessage]) -> Vec<(String, String, String)> {
@@ -105,7 +90,7 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
     send(&addr, "evt_conflict", "pay_conflict", None, "payment.created", None).await;
     let mut other = sign::payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
     other.extend_from_slice(b" ");
-    send_body(&addr, "evt_conflict", other).await;
+    sign::send_body(&addr, "evt_conflict", other).await;
     // A gap: 1 and 3 (completed) arrive, 2 never does (until after the timeout).
     send(
         &addr,

@@ -1,0 +1,266 @@
+//! `processor replay`: move the consumer group back so part of the raw log is processed
+//! again, with the group stopped.
+//!
+//! What it does: sets the group's committed offset of every chosen partition to the
+//! replay point (the start of the retained log, an explicit offset, or the first record
+//! at or after a time). Nothing else is touched here. Each processor instance notices
+//! the move on its next assignment of such a partition (the group is now behind what
+//! the instance committed itself, see [`crate::store::PartitionStore::record_commit`]),
+//! drops the partition's state and rebuilds it from the start of the log up to the
+//! replay point with outputs suppressed, then decides every record from the replay
+//! point on again.
+//!
+//! **What downstream consumers see: the same ids again.** Records from the replay point
+//! on are decided again and their outputs published again: every `activation_id`,
+//! cancellation and `dead_letter_id` is a hash of the policy and the record that caused
+//! it, so an unchanged decision reappears with the same id, which readers of
+//! `policy.activations` de-duplicate (they must anyway: a crash between publishing and
+//! committing re-publishes too). A decision that changed, because the replay runs fixed
+//! code, appears with a new id. Re-publishing rather than silently rebuilding is the
+//! point of a replay: it is how an operator repairs outputs that were wrong or lost.
+//!
+//! Offsets by time and the end of the log are found from the records themselves
+//! ([`crate::offsets`]), not from the broker's offset index, which the local broker
+//! gets wrong.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+use crate::offsets;
+
+/// Broker requests made by the replay command wait this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// The start of every partition's retained log.
+    Beginning,
+    /// These partitions from these offsets; other partitions are left where they are.
+    Offsets(Vec<(i32, i64)>),
+    /// Every partition from its first record at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+impl ReplayFrom {
+    /// Parse `PARTITION:OFFSET[,PARTITION:OFFSET...]`.
+    pub fn parse_offsets(text: &str) -> Result<Self, ReplayError> {
+        let bad = || ReplayError::BadOffsets(text.to_owned());
+        let mut out = Vec::new();
+        for part in text.split(',') {
+            let (p, o) = part.trim().split_once(':').ok_or_else(bad)?;
+            let p: i32 = p.trim().parse().map_err(|_| bad())?;
+            let o: i64 = o.trim().parse().map_err(|_| bad())?;
+            if p < 0 || o < 0 || out.iter().any(|(q, _)| *q == p) {
+                return Err(bad());
+            }
+            out.push((p, o));
+        }
+        Ok(Self::Offsets(out))
+    }
+
+    /// Parse an RFC 3339 time such as `2026-11-22T08:00:00Z` or `2026-11-22T09:00:00+01:00`.
+    pub fn parse_time(text: &str) -> Result<Self, ReplayError> {
+        let t = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339).map_err(
+            |source| ReplayError::BadTime {
+                text: text.to_owned(),
+                source,
+            },
+        )?;
+        Ok(Self::Time((t.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
+}
+
+/// Why a replay was refused or failed. Nothing is committed unless every partition's
+/// target was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(
+        "consumer group {group} is {state} with {} active member(s): {}; stop every processor of the group first",
+        members.len(), members.join(", ")
+    )]
+    GroupActive {
+        group: String,
+        state: String,
+        members: Vec<String>,
+    },
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("partition {partition} does not exist ({topic} has {partitions} partitions)")]
+    UnknownPartition {
+        topic: String,
+        partition: i32,
+        partitions: i32,
+    },
+    #[error("offset {offset} is outside partition {partition}'s retained log [{low}, {high}]")]
+    OffsetOutOfRange {
+        partition: i32,
+        offset: i64,
+        low: i64,
+        high: i64,
+    },
+    #[error("invalid --from-offset {0:?}: expected PARTITION:OFFSET[,PARTITION:OFFSET...], each partition once")]
+    BadOffsets(String),
+    #[error("invalid --from-time {text:?}: expected RFC 3339, e.g. 2026-11-22T08:00:00Z")]
+    BadTime {
+        text: String,
+        #[source]
+        source: time::error::Parse,
+    },
+    #[error("partition {partition}'s records could not be read back to find the time")]
+    ProbeTimeout { partition: i32 },
+    #[error("Kafka")]
+    Kafka(#[from] KafkaError),
+}
+
+/// What the replay did to one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionReset {
+    pub partition: i32,
+    /// First retained offset.
+    pub log_start: i64,
+    /// Offset the next record will get.
+    pub log_end: i64,
+    /// The group's committed offset before the replay (`None`: never committed).
+    pub committed_before: Option<i64>,
+    /// The group's committed offset now: processing restarts here.
+    pub reset_to: i64,
+}
+
+/// Move the group to `from` (see the module docs). Blocking: call it from a blocking
+/// thread. Refuses while the group has members.
+pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset>, ReplayError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        // The group's own id, so the commit below is the group's; this consumer never
+        // subscribes, so it never joins the group.
+        .set("group.id", &cfg.group_id)
+        .set("client.id", format!("{}-replay", cfg.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Probes read one record each: an empty fetch need not wait long.
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    refuse_if_active(&consumer, &cfg.group_id)?;
+    let topic = &cfg.raw_topic;
+    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic.as_str() && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ReplayError::NoTopic(topic.clone()))?;
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(all, REQUEST_TIMEOUT)?;
+    let chosen: Vec<(i32, Option<i64>)> = match from {
+        ReplayFrom::Offsets(list) => {
+            for (p, _) in list {
+                if *p >= partitions {
+                    return Err(ReplayError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *p,
+                        partitions,
+                    });
+                }
+            }
+            list.iter().map(|(p, o)| (*p, Some(*o))).collect()
+        }
+        _ => (0..partitions).map(|p| (p, None)).collect(),
+    };
+    let mut resets = Vec::new();
+    for (partition, offset) in chosen {
+        let (low, high) = offsets::bounds(&consumer, topic, partition)?;
+        let reset_to = match (from, offset) {
+            (ReplayFrom::Offsets(_), Some(o)) if (low..=high).contains(&o) => o,
+            (ReplayFrom::Offsets(_), Some(o)) => {
+                return Err(ReplayError::OffsetOutOfRange {
+                    partition,
+                    offset: o,
+                    low,
+                    high,
+                })
+            }
+            (ReplayFrom::Time(t), _) => offsets::first_at_or_after(&consumer, topic, partition, low, high, *t)?
+                .ok_or(ReplayError::ProbeTimeout { partition })?,
+            _ => low,
+        };
+        let committed_before = match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
+        resets.push(PartitionReset {
+            partition,
+            log_start: low,
+            log_end: high,
+            committed_before,
+            reset_to,
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    for r in &resets {
+        tpl.add_partition_offset(topic, r.partition, Offset::Offset(r.reset_to))?;
+    }
+    // A member that joined since the check makes the broker reject this commit.
+    refuse_if_active(&consumer, &cfg.group_id)?;
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(resets)
+}
+
+/// Async wrapper of [`replay`].
+pub async fn run(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset>, ReplayError> {
+    let (cfg, from) = (cfg.clone(), from.clone());
+    tokio::task::spawn_blocking(move || replay(&cfg, &from))
+        .await
+        .map_err(|_| ReplayError::Kafka(KafkaError::Canceled))?
+}
+
+fn refuse_if_active(consumer: &BaseConsumer, group: &str) -> Result<(), ReplayError> {
+    let list = consumer.fetch_group_list(Some(group), REQUEST_TIMEOUT)?;
+    for g in list.groups().iter().filter(|g| g.name() == group) {
+        if !g.members().is_empty() {
+            return Err(ReplayError::GroupActive {
+                group: group.to_owned(),
+                state: g.state().to_owned(),
+                members: g
+                    .members()
+                    .iter()
+                    .map(|m| format!("{} ({}{})", m.id(), m.client_id(), m.client_host()))
+                    .collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_and_times_parse_or_say_what_is_expected() {
+        assert_eq!(
+            ReplayFrom::parse_offsets("0:10, 3:0").unwrap(),
+            ReplayFrom::Offsets(vec![(0, 10), (3, 0)])
+        );
+        for bad in ["", "0", "0:x", "-1:3", "0:-3", "1:2,1:3"] {
+            let e = ReplayFrom::parse_offsets(bad).unwrap_err();
+            assert!(e.to_string().contains("PARTITION:OFFSET"), "{bad}: {e}");
+        }
+        assert_eq!(
+            ReplayFrom::parse_time("2026-11-22T09:00:00.250+01:00").unwrap(),
+            ReplayFrom::Time(1_795_334_400_250)
+        );
+        let e = ReplayFrom::parse_time("yesterday").unwrap_err();
+        assert!(e.to_string().contains("RFC 3339"), "{e}");
+    }
+}

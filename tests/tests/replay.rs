@@ -1,0 +1,504 @@
+//! `processor replay` against the real broker: the offsets it finds by time and by
+//! partition, the refusal while the group has members, and a replay from the beginning
+//! that reproduces the same activations and dead letters.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hookstream_processor::config::KafkaConfig;
+use hookstream_processor::replay::{self, ReplayError, ReplayFrom};
+use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::http::get;
+use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
+use hookstream_tests::sign::{payment_body, send_body, send_event};
+use hookstream_tests::{ingest, kafka};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+fn kafka_config(brokers: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.to_owned(),
+        group_id: kafka::unique_topic("replay-group"),
+        raw_topic: topic.to_owned(),
+        ..KafkaConfig::default()
+    }
+}
+
+/// The group's committed offset per partition (`None`: nothing committed).
+fn committed(cfg: &KafkaConfig, partitions: i32) -> Vec<Option<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&cfg.raw_topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(&cfg.raw_topic, p).unwrap().offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reset_to(resets: &[replay::PartitionReset]) -> Vec<(i32, i64)> {
+    resets.iter().map(|r| (r.partition, r.reset_to)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_is_active() {
+    let broker = Broker::shared();
+    let topic = kafka::unique_topic("raw");
+    kafka::create_topic(broker.bootstrap(), &topic, 3).await;
+    // Partitions 0 and 1: 100 records one second apart, starting an hour ago; 2 is empty.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    let producer = kafka::producer(broker.bootstrap());
+    let sends = (0..2).flat_map(|p| (0..100).map(move |i| (p, i))).map(|(p, i)| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(p)
+                        .key("k")
+                        .payload("x")
+                        .timestamp(base + i * 1000),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let cfg = kafka_config(broker.bootstrap(), &topic);
+
+    // By time: the first record at or after it, in every partition.
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_500)).await.unwrap();
+    assert_eq!(reset_to(&r), vec![(0, 43), (1, 43), (2, 0)]);
+    assert_eq!((r[0].log_start, r[0].log_end, r[0].committed_before), (0, 100, None));
+    assert_eq!(committed(&cfg, 3), vec![Some(43), Some(43), Some(0)]);
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_000)).await.unwrap();
+    assert_eq!(
+        reset_to(&r),
+        vec![(0, 42), (1, 42), (2, 0)],
+        "a record exactly at the time is included"
+    );
+    assert_eq!(r[0].committed_before, Some(43));
+    let r = replay::run(&cfg, &ReplayFrom::Time(base - 1)).await.unwrap();
+    assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000)).await.unwrap();
+    assert_eq!(
+        reset_to(&r),
+        vec![(0, 100), (1, 100), (2, 0)],
+        "after the last record: nothing to replay"
+    );
+
+    // By partition: only the named ones move; offsets outside the log are refused.
+    let r = replay::run(&cfg, &ReplayFrom::parse_offsets("1:7").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reset_to(&r), vec![(1, 7)]);
+    assert_eq!(committed(&cfg, 3), vec![Some(100), Some(7), Some(0)]);
+    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("1:500").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReplayError::OffsetOutOfRange {
+                partition: 1,
+                offset: 500,
+                low: 0,
+                high: 100
+            }
+        ),
+        "{e}"
+    );
+    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("9:0").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReplayError::UnknownPartition {
+                partition: 9,
+                partitions: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let r = replay::run(&cfg, &ReplayFrom::Beginning).await.unwrap();
+    assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
+
+    // A member in the group: refused, with nothing committed; once it leaves, allowed.
+    let member: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", &cfg.group_id)
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    member.subscribe(&[&topic]).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), member.recv())
+        .await
+        .expect("the member joins and reads")
+        .unwrap();
+    let e = replay::run(&cfg, &ReplayFrom::Time(base + 50_000)).await.unwrap_err();
+    assert!(matches!(e, ReplayError::GroupActive { .. }), "{e}");
+    assert!(e.to_string().contains("stop every processor"), "{e}");
+    assert_eq!(
+        committed(&cfg, 3),
+        vec![Some(0), Some(0), Some(0)],
+        "a refused replay commits nothing"
+    );
+    drop(member);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match replay::run(&cfg, &ReplayFrom::Time(base + 50_000)).await {
+            Ok(r) => break r,
+            Err(ReplayError::GroupActive { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("replay after the member left: {e}"),
+        }
+    };
+    assert_eq!(reset_to(&r), vec![(0, 50), (1, 50), (2, 0)]);
+}
+
+/// The end offset of each partition of `topic` (read, not asked: see `offsets`).
+fn ends(cfg: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", kafka::unique_topic("ends"))
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| hookstream_processor::offsets::bounds(&c, topic, p).unwrap().1)
+        .collect()
+}
+
+/// The records at or after `ends` (per partition): what was written after that point.
+fn after(records: &[OwnedMessage], ends: &[i64]) -> Vec<OwnedMessage> {
+    records
+        .iter()
+        .filter(|m| m.offset() >= ends[m.partition() as usize])
+        .cloned()
+        .collect()
+}
+
+/// Activations in topic order, per policy: (activation_id, payment_id).
+fn activations_by_policy(records: &[OwnedMessage]) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for m in records {
+        match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            PolicyEventKind::Activated(a) => out
+                .entry(a.policy_id)
+                .or_default()
+                .push((a.activation_id, a.payment_id)),
+            PolicyEventKind::Cancelled(c) => out
+                .entry(c.policy_id)
+                .or_default()
+                .push((c.cancellation_id, c.payment_id)),
+        }
+    }
+    out
+}
+
+/// Dead letters as (dead_letter_id, reason, event), sorted.
+fn letters(records: &[OwnedMessage]) -> Vec<(String, String, Option<String>)> {
+    let mut v: Vec<_> = records
+        .iter()
+        .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap())
+        .map(|d| (d.dead_letter_id, d.reason.as_str().to_owned(), d.event_id))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_letters() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+    let processor = RunningProcessor::start(config.clone()).await;
+
+    // 10 payments that complete, each event sent once or twice, some out of order
+    // (completed before processing); one of them refunded later.
+    for i in 0..10 {
+        let (pay, pol) = (format!("pay_r{i}"), format!("pol_r{i}"));
+        let order: &[(i64, &str)] = if i % 3 == 0 {
+            &[
+                (1, "payment.created"),
+                (3, "payment.completed"),
+                (2, "payment.processing"),
+            ]
+        } else {
+            &[
+                (1, "payment.created"),
+                (2, "payment.processing"),
+                (3, "payment.completed"),
+            ]
+        };
+        for &(seq, ty) in order {
+            for _ in 0..1 + (i + seq as usize) % 2 {
+                send_event(&addr, &format!("evt_{pay}_{seq}"), &pay, Some(seq), ty, Some(&pol)).await;
+            }
+        }
+    }
+    send_event(
+        &addr,
+        "evt_pay_r1_4",
+        "pay_r1",
+        Some(4),
+        "payment.refunded",
+        Some("pol_r1"),
+    )
+    .await;
+    // Dead letters: no policy, a second payment for an active policy, an event id reused
+    // with another body, and a gap that times out (then its late event is stale).
+    send_event(&addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
+    send_event(
+        &addr,
+        "evt_twice",
+        "pay_twice",
+        None,
+        "payment.completed",
+        Some("pol_r0"),
+    )
+    .await;
+    send_event(&addr, "evt_conflict", "pay_conflict", None, "payment.created", None).await;
+    let mut other = payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
+    other.push(b' ');
+    send_body(&addr, "evt_conflict", other).await;
+    send_event(
+        &addr,
+        "evt_gap_1",
+        "pay_gap",
+        Some(1),
+        "payment.created",
+        Some("pol_gap"),
+    )
+    .await;
+    send_event(
+        &addr,
+        "evt_gap_3",
+        "pay_gap",
+        Some(3),
+        "payment.completed",
+        Some("pol_gap"),
+    )
+    .await;
+    let wait = Duration::from_secs(60);
+    kafka::read_records(broker.bootstrap(), &topics.activations, 12, wait).await;
+    send_event(
+        &addr,
+        "evt_gap_2",
+        "pay_gap",
+        Some(2),
+        "payment.processing",
+        Some("pol_gap"),
+    )
+    .await;
+    kafka::read_records(broker.bootstrap(), &topics.dlq, 5, wait).await;
+    // Let the last outputs and commits go out, then stop the group.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    processor.stop().await;
+    let (act_ends, dlq_ends) = (
+        ends(&config.kafka, &topics.activations, 3),
+        ends(&config.kafka, &topics.dlq, 1),
+    );
+    let first = kafka::read_records(
+        broker.bootstrap(),
+        &topics.activations,
+        act_ends.iter().sum::<i64>() as usize,
+        wait,
+    )
+    .await;
+    let first_dlq = kafka::read_records(
+        broker.bootstrap(),
+        &topics.dlq,
+        dlq_ends.iter().sum::<i64>() as usize,
+        wait,
+    )
+    .await;
+    let before = activations_by_policy(&first);
+    assert_eq!(before.len(), 11, "10 policies + the gapped one: {before:#?}");
+    assert_eq!(
+        first.len(),
+        12,
+        "11 activations and the refund's cancellation: {before:#?}"
+    );
+    assert_eq!(before["pol_r1"].len(), 2, "activated, then cancelled by the refund");
+    let dead_before = letters(&first_dlq);
+    assert_eq!(dead_before.len(), 5, "{dead_before:#?}");
+
+    let r = replay::run(&config.kafka, &ReplayFrom::Beginning).await.unwrap();
+    assert_eq!(r.len(), 4);
+    let raw_end: i64 = r.iter().map(|p| p.log_end).sum();
+    for p in &r {
+        assert_eq!(p.reset_to, p.log_start);
+        assert_eq!(
+            p.committed_before,
+            Some(p.log_end),
+            "the stopped group had processed everything"
+        );
+    }
+
+    // The same processor (same state directory) comes back: it notices the group moved
+    // back, rebuilds, and decides the whole log again.
+    let processor = RunningProcessor::start(config.clone()).await;
+    kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
+    kafka::read_records(broker.bootstrap(), &topics.dlq, 2 * first_dlq.len(), wait).await;
+    // Anything extra would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = String::from_utf8_lossy(&get(&processor.admin, "/metrics").await.body).into_owned();
+    processor.stop().await;
+    let (act_now, dlq_now) = (
+        ends(&config.kafka, &topics.activations, 3),
+        ends(&config.kafka, &topics.dlq, 1),
+    );
+    assert_eq!(
+        act_now.iter().sum::<i64>(),
+        2 * first.len() as i64,
+        "every output published again, nothing more: {metrics}"
+    );
+    assert_eq!(dlq_now.iter().sum::<i64>(), 2 * first_dlq.len() as i64);
+    let all = kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
+    let all_dlq = kafka::read_records(broker.bootstrap(), &topics.dlq, 2 * first_dlq.len(), wait).await;
+
+    // The replayed outputs are the first run's: same ids, same order per policy.
+    let again: Vec<OwnedMessage> = after(&all, &act_ends);
+    assert_eq!(
+        activations_by_policy(&again),
+        before,
+        "replayed activations differ from the first run's"
+    );
+    assert_eq!(
+        letters(&after(&all_dlq, &dlq_ends)),
+        dead_before,
+        "replayed dead letters differ"
+    );
+    assert!(
+        metrics.contains("hookstream_processor_replays_detected_total 4"),
+        "every partition noticed the replay: {metrics}"
+    );
+    assert!(
+        metrics.contains("hookstream_processor_gap_timeouts_total 0"),
+        "the replay takes the gap timeout from the log, it writes no new one: {metrics}"
+    );
+    assert_eq!(
+        ends(&config.kafka, &topics.raw, 4).iter().sum::<i64>(),
+        raw_end,
+        "the replay added nothing to the raw topic (no new gap timeout)"
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
+    use hookstream_tests::load::{baseline, workload};
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    // 100 payments, 300 events, produced 300 at a time: the producer packs them into a
+    // few large batches.
+    let mix = workload::Mix {
+        failed: 0.0,
+        refunded: 0.0,
+        duplicates: 0.0,
+        out_of_order: 0.0,
+        interleave: 100,
+    };
+    let (events, expected) = workload::plan("mid", 300, &mix, 7);
+    assert_eq!(expected.activations.len(), 100);
+    let (n, _, _) = baseline::produce(broker.bootstrap(), &topics.raw, std::sync::Arc::new(events), 300).await;
+    assert_eq!(n, 300);
+    let processor = RunningProcessor::start(config.clone()).await;
+    let wait = Duration::from_secs(60);
+    assert_eq!(
+        kafka::read_records(broker.bootstrap(), &topics.activations, 100, wait)
+            .await
+            .len(),
+        100
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    processor.stop().await;
+    let act_ends = ends(&config.kafka, &topics.activations, 3);
+    assert_eq!(act_ends.iter().sum::<i64>(), 100);
+
+    // An offset in the middle of a batch: a plain fetch from it is handed a later one.
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", kafka::unique_topic("probe"))
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    let inside = (150..300)
+        .find(|o| {
+            hookstream_processor::offsets::skipped_from(&probe, &topics.raw, 0, *o)
+                .unwrap()
+                .is_some()
+        })
+        .expect("the producer wrote batches of several records");
+    let r = replay::run(&config.kafka, &ReplayFrom::Offsets(vec![(0, inside)]))
+        .await
+        .unwrap();
+    assert_eq!(reset_to(&r), vec![(0, inside)]);
+
+    // Every completion at or after that offset activates again (same id), no other.
+    let raw = kafka::read_records(broker.bootstrap(), &topics.raw, 300, wait).await;
+    let want: std::collections::BTreeSet<String> = raw
+        .iter()
+        .filter(|m| m.offset() >= inside)
+        .map(|m| decode::<hookstream_schemas::RawWebhook>(m.payload().unwrap()).unwrap())
+        .filter(|w| w.event_type.as_deref() == Some("payment.completed"))
+        .map(|w| {
+            let pol = w.payment_id.replace("pay_", "pol_");
+            hookstream_processor::decide::activation_id(&pol, &w.source, &w.event_id)
+        })
+        .collect();
+    assert!(!want.is_empty());
+    let processor = RunningProcessor::start(config.clone()).await;
+    kafka::read_records(broker.bootstrap(), &topics.activations, 100 + want.len(), wait).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = String::from_utf8_lossy(&get(&processor.admin, "/metrics").await.body).into_owned();
+    processor.stop().await;
+    let all = kafka::read_records(
+        broker.bootstrap(),
+        &topics.activations,
+        101 + want.len(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let again: std::collections::BTreeSet<String> = after(&all, &act_ends)
+        .iter()
+        .flat_map(|m| activations_by_policy(std::slice::from_ref(m)).into_values())
+        .flatten()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(all.len(), 100 + want.len(), "{metrics}");
+    assert_eq!(again, want, "the records the broker's fetch skips are processed too");
+    assert!(
+        metrics.contains("hookstream_processor_skipped_refetched_total 1"),
+        "{metrics}"
+    );
+}
