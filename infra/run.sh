@@ -42,7 +42,7 @@ infra/broker.sh topics
 
 echo "==> build (release)"
 cargo build --release --locked -q -p hookstream-ingest -p hookstream-processor -p hookstream-tests --bins
-cargo build --release --locked -q -p hookstream-schemas --example activations
+cargo build --release --locked -q -p hookstream-processor --example activations
 
 wait_ready() { # url name
   for _ in $(seq 1 100); do
@@ -66,7 +66,7 @@ echo "==> demo payments"
 target/release/demo --ingest 127.0.0.1:8080
 
 echo
-echo "==> policy activations (example downstream consumer: schemas/examples/activations.rs); ctrl-c to stop"
+echo "==> policy activations (example downstream consumer: processor/examples/activations.rs); ctrl-c to stop"
 echo "    try: curl -s 127.0.0.1:9090/payments/pay_demo_2 | python3 -m json.tool"
 target/release/examples/activations --brokers "$KAFKA_BROKERS" --group "demo-$$" --from beginning &
 pids+=($!)

@@ -47,7 +47,8 @@ impl Filter {
     }
 }
 
-/// Read the whole DLQ (up to its end when called) and return the letters that match.
+/// Read the whole DLQ (up to its end when called) and return the letters that match,
+/// each dead letter id once.
 pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, KafkaError> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -88,6 +89,7 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
     let next: std::collections::HashMap<i32, i64> = ends.iter().copied().collect();
     let mut out = Vec::new();
     let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     while done.len() < ends.len() {
         let m = match tokio::time::timeout(Duration::from_secs(30), c.recv()).await {
             Ok(m) => m?,
@@ -98,7 +100,8 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
             done.insert(p);
         }
         if let Some(Ok(letter)) = m.payload().map(decode::<DeadLetter>) {
-            if filter.matches(&letter) {
+            // A replay re-publishes letters with the same id: list each once.
+            if filter.matches(&letter) && seen.insert(letter.dead_letter_id.clone()) {
                 out.push(Entry {
                     partition: p,
                     offset: o,

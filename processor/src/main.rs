@@ -10,9 +10,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: processor run [--config FILE]             (default infra/config/processor.toml)\n\
          \x20      processor replay (--from-beginning | --from-offset P:O[,P:O...] | --from-time RFC3339) [--config FILE]\n\
-         \x20      processor dlq list [--reason R] [--since UNIX_MS] [--config FILE]\n\
+         \x20      processor dlq list [--reason R] [--since UNIX_MS|RFC3339] [--config FILE]\n\
          \x20      processor dlq show DEAD_LETTER_ID [--config FILE]\n\
-         \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS] [--dry-run] [--config FILE]"
+         \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS|RFC3339] [--dry-run] [--config FILE]"
     );
     std::process::exit(2)
 }
@@ -70,12 +70,13 @@ async fn dlq(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
                 filter.reason = Some(hookstream_schemas::DeadLetterReason::parse(&r).context("unknown reason")?);
             }
             "--since" => {
-                filter.since_ms = Some(
-                    args.next()
-                        .unwrap_or_else(|| usage())
-                        .parse()
-                        .context("--since UNIX_MS")?,
-                )
+                let v = args.next().unwrap_or_else(|| usage());
+                filter.since_ms = Some(match v.parse::<i64>() {
+                    Ok(ms) => ms,
+                    Err(_) => {
+                        hookstream_processor::replay::parse_rfc3339_ms(&v).context("--since: UNIX_MS or RFC 3339")?
+                    }
+                });
             }
             "--id" => filter.id = Some(args.next().unwrap_or_else(|| usage())),
             "--dry-run" => dry_run = true,

@@ -67,14 +67,20 @@ impl ReplayFrom {
 
     /// Parse an RFC 3339 time such as `2026-11-22T08:00:00Z` or `2026-11-22T09:00:00+01:00`.
     pub fn parse_time(text: &str) -> Result<Self, ReplayError> {
-        let t = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339).map_err(
-            |source| ReplayError::BadTime {
+        parse_rfc3339_ms(text).map(Self::Time)
+    }
+}
+
+/// An RFC 3339 time as milliseconds since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, ReplayError> {
+    let t =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339).map_err(|source| {
+            ReplayError::BadTime {
                 text: text.to_owned(),
                 source,
-            },
-        )?;
-        Ok(Self::Time((t.unix_timestamp_nanos() / 1_000_000) as i64))
-    }
+            }
+        })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// Why a replay was refused or failed. Nothing is committed unless every partition's
@@ -107,7 +113,7 @@ pub enum ReplayError {
     },
     #[error("invalid --from-offset {0:?}: expected PARTITION:OFFSET[,PARTITION:OFFSET...], each partition once")]
     BadOffsets(String),
-    #[error("invalid --from-time {text:?}: expected RFC 3339, e.g. 2026-11-22T08:00:00Z")]
+    #[error("invalid time {text:?}: expected RFC 3339, e.g. 2026-11-22T08:00:00Z")]
     BadTime {
         text: String,
         #[source]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use hookstream_processor::ProcessorConfig;
 use tokio::task::JoinHandle;
@@ -79,21 +79,34 @@ impl RunningProcessor {
 /// Path of a workspace binary, built on first use with the same cargo and profile
 /// (`cargo build -p <package> --bin <bin>`).
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
+    cargo_build(package, "--bin", bin).join(bin)
+}
+
+/// Path of a workspace example, built on first use (`cargo build -p <package> --example <name>`).
+pub fn workspace_example(package: &str, name: &str) -> PathBuf {
+    cargo_build(package, "--example", name).join("examples").join(name)
+}
+
+/// Build one target once per test process; returns the profile's output directory.
+fn cargo_build(package: &str, kind: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    BUILT.get_or_init(|| {
+    let key = format!("{package} {kind} {name}");
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.contains(&key) {
         let status = Command::new(&cargo)
-            .args(["build", "-q", "-p", package, "--bin", bin])
+            .args(["build", "-q", "-p", package, kind, name])
             .current_dir(&root)
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
-    });
+        assert!(status.success(), "cargo build -p {key} failed");
+        built.push(key);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join(bin)
+    target.join("debug")
 }
 
 /// The processor binary as a child process with a config file written from `config`.

@@ -201,6 +201,82 @@ fn after(records: &[OwnedMessage], ends: &[i64]) -> Vec<OwnedMessage> {
         .collect()
 }
 
+/// Now as RFC 3339 (UTC, milliseconds), without a date crate in the tests.
+fn chrono_free_rfc3339_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// Run the example downstream consumer until it printed `want` events (or 60 s passed);
+/// returns the events and how many duplicate deliveries it reported ignoring.
+fn downstream_example(brokers: &str, topic: &str, args: &[&str], want: usize) -> (Vec<serde_json::Value>, usize) {
+    use std::io::{BufRead, BufReader};
+    let bin = hookstream_tests::processor::workspace_example("hookstream-processor", "activations");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--group",
+            &kafka::unique_topic("downstream"),
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example consumer");
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let dups = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("duplicate delivery"))
+            .count()
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lines.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(serde_json::from_str(&l).expect("a JSON line")),
+            Err(_) => break,
+        }
+    }
+    // Anything beyond `want` would show up now.
+    std::thread::sleep(Duration::from_secs(2));
+    lines.extend(rx.try_iter().map(|l| serde_json::from_str(&l).expect("a JSON line")));
+    let _ = child.kill();
+    let _ = child.wait();
+    (lines, dups.join().unwrap())
+}
+
 /// Activations in topic order, per policy: (activation_id, payment_id).
 fn activations_by_policy(records: &[OwnedMessage]) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -364,6 +440,9 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
 
     // The same processor (same state directory) comes back: it notices the group moved
     // back, rebuilds, and decides the whole log again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let replayed_at = chrono_free_rfc3339_now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let processor = RunningProcessor::start(config.clone()).await;
     kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
     kafka::read_records(broker.bootstrap(), &topics.dlq, 2 * first_dlq.len(), wait).await;
@@ -396,6 +475,43 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
         dead_before,
         "replayed dead letters differ"
     );
+
+    // Downstream: the example consumer de-duplicates by id, whether it re-reads
+    // everything or from a time (here: only the replay's re-published events).
+    let (lines, dups) = downstream_example(broker.bootstrap(), &topics.activations, &["--from", "beginning"], 12);
+    assert_eq!((lines.len(), dups), (12, 12), "{lines:#?}");
+    let ids = |lines: &[serde_json::Value]| {
+        let mut v: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                l["cancellation_id"]
+                    .as_str()
+                    .or(l["activation_id"].as_str())
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut first_ids: Vec<String> = before.values().flatten().map(|(id, _)| id.clone()).collect();
+    first_ids.sort();
+    assert_eq!(ids(&lines), first_ids);
+    let (lines, dups) = downstream_example(
+        broker.bootstrap(),
+        &topics.activations,
+        &["--from-time", &replayed_at],
+        12,
+    );
+    assert_eq!((ids(&lines), dups), (first_ids, 0));
+    for l in &lines {
+        let p = l["partition"].as_i64().unwrap() as usize;
+        assert!(
+            l["offset"].as_i64().unwrap() >= act_ends[p],
+            "{l} was written before the replay"
+        );
+    }
+
     assert!(
         metrics.contains("hookstream_processor_replays_detected_total 4"),
         "every partition noticed the replay: {metrics}"

@@ -1,0 +1,158 @@
+//! A downstream consumer of `policy.activations`: the template for teams that act on
+//! policy activations.
+//!
+//! ```sh
+//! cargo run -p hookstream-processor --example activations -- --brokers 127.0.0.1:9092 --group my-team \
+//!     [--from stored|beginning|end|P:OFFSET[,P:OFFSET...]] [--from-time 2026-11-22T08:00:00Z]
+//! ```
+//!
+//! It decodes each record with the Avro contract and prints one JSON line per *new*
+//! event. hookstream delivers at least once: after a processor crash or a `processor
+//! replay` the same event arrives again, always with the same `activation_id` /
+//! `cancellation_id`. A consumer therefore de-duplicates by that id. This one keeps the
+//! ids in memory; a real one keeps them where it keeps its own effects (e.g. a unique
+//! key in its database, written in the same transaction as the effect), so a re-read
+//! from any point repeats no effect.
+//!
+//! **Re-reading.** `--from` starts from the group's committed offsets (the default), the
+//! start of the log, its end, or explicit offsets per partition; `--from-time` from the
+//! first event at or after a time in every partition. On Apache Kafka,
+//! `offsets_for_times` gives that offset; the local broker answers it wrongly and skips
+//! the rest of a batch when a fetch starts inside one, so this example finds offsets
+//! with `hookstream_processor::offsets` (binary search on record timestamps, aligned
+//! starts), which works on both.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use hookstream_processor::offsets;
+use hookstream_processor::replay::{self, ReplayFrom};
+use hookstream_schemas::{decode, topics, PolicyEvent, PolicyEventKind};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == name {
+            return args.next();
+        }
+    }
+    None
+}
+
+/// Exact start offsets per partition, from `--from P:O,...` or `--from-time`, each with
+/// the offset to assign so that the broker hands out that very record (earlier ones are
+/// skipped when they arrive). Blocking.
+fn exact_starts(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    from: &str,
+    time: Option<&str>,
+) -> Result<HashMap<i32, (i64, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "activations-example-probe")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let mut out = HashMap::new();
+    if let Some(t) = time {
+        let ms = replay::parse_rfc3339_ms(t)?;
+        for p in 0..partitions {
+            let (low, high) = offsets::bounds(&probe, topic, p)?;
+            let o = offsets::first_at_or_after(&probe, topic, p, low, high, ms)?.ok_or("cannot read the topic")?;
+            out.insert(p, o);
+        }
+    } else if from.contains(':') {
+        let ReplayFrom::Offsets(list) = ReplayFrom::parse_offsets(from)? else {
+            return Err("--from P:OFFSET".into());
+        };
+        out.extend(list);
+    }
+    let mut starts = HashMap::new();
+    for (p, o) in out {
+        starts.insert(p, (o, offsets::read_from(&probe, topic, p, o)?.0));
+    }
+    Ok(starts)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let brokers = arg("--brokers")
+        .or_else(|| std::env::var("KAFKA_BROKERS").ok())
+        .unwrap_or("127.0.0.1:9092".into());
+    let topic = arg("--topic").unwrap_or(topics::ACTIVATIONS_TOPIC.into());
+    let group = arg("--group").unwrap_or("activations-example".into());
+    let from = arg("--from").unwrap_or("stored".into());
+    let time = arg("--from-time");
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        // Commit only after an event is handled, so nothing is skipped after a crash.
+        .set("enable.auto.commit", "false")
+        // A new group starts at the beginning: no activation is missed.
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+
+    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()) as i32;
+    let exact = {
+        let (b, t, f, tm) = (brokers.clone(), topic.clone(), from.clone(), time.clone());
+        tokio::task::spawn_blocking(move || exact_starts(&b, &t, partitions, &f, tm.as_deref())).await??
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let offset = match (exact.get(&p), from.as_str()) {
+            (Some(&(_, aligned)), _) => Offset::Offset(aligned),
+            (None, "beginning") => Offset::Beginning,
+            (None, "end") => Offset::End,
+            (None, _) => Offset::Stored,
+        };
+        tpl.add_partition_offset(&topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    eprintln!("reading {topic} on {brokers} (group {group}, from {from}, time {time:?}); ctrl-c to stop");
+
+    let mut seen = HashSet::new();
+    loop {
+        let m = tokio::select! {
+            m = consumer.recv() => m?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        if exact.get(&m.partition()).is_some_and(|(start, _)| m.offset() < *start) {
+            continue;
+        }
+        let Some(bytes) = m.payload() else { continue };
+        match decode::<PolicyEvent>(bytes) {
+            Ok(event) => {
+                if seen.insert(event.id().to_owned()) {
+                    let line = match &event.event {
+                        PolicyEventKind::Activated(a) => serde_json::json!({
+                            "event": "PolicyActivated", "policy_id": a.policy_id, "activation_id": a.activation_id,
+                            "payment_id": a.payment_id, "amount": a.amount, "currency": a.currency,
+                            "partition": m.partition(), "offset": m.offset()
+                        }),
+                        PolicyEventKind::Cancelled(c) => serde_json::json!({
+                            "event": "PolicyCancelled", "policy_id": c.policy_id, "activation_id": c.activation_id,
+                            "cancellation_id": c.cancellation_id, "payment_id": c.payment_id,
+                            "partition": m.partition(), "offset": m.offset()
+                        }),
+                    };
+                    println!("{line}");
+                } else {
+                    eprintln!("duplicate delivery of {} ignored", event.id());
+                }
+            }
+            Err(e) => eprintln!("offset {}: not a PolicyEvent: {e}", m.offset()),
+        }
+        consumer.commit_message(&m, CommitMode::Async)?;
+    }
+    Ok(())
+}
