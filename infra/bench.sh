@@ -3,7 +3,8 @@
 # this machine, each next to a baseline measured the same way in the same run.
 #
 #   infra/bench.sh            (env: BENCH_RATE=5000 BENCH_SECONDS=60 BENCH_MAX_EVENTS=200000
-#                              BENCH_DRAIN_EVENTS=1000000 BENCH_PORT=19600)
+#                              BENCH_DRAIN_EVENTS=1000000 BENCH_PORT=19600
+#                              BENCH_PARTITIONS=4 BENCH_PARTITIONS_WIDE=12)
 #
 # 1. raw rdkafka producer (acks=all, idempotent, RawWebhook records of ingest's size) vs
 #    ingest's maximum (closed loop, 64 keep-alive connections, signed requests);
@@ -21,6 +22,11 @@ SECONDS_=${BENCH_SECONDS:-60}
 MAX_EVENTS=${BENCH_MAX_EVENTS:-200000}
 DRAIN=${BENCH_DRAIN_EVENTS:-1000000}
 PORT=${BENCH_PORT:-19600}
+# The spike runs on topics with this many partitions, and again with PARTS_WIDE: the
+# local broker lists every stored batch of a partition on every fetch, so its CPU grows
+# with batches (more partitions, smaller batches) x fetches x time.
+PARTS=${BENCH_PARTITIONS:-4}
+PARTS_WIDE=${BENCH_PARTITIONS_WIDE:-12}
 B=127.0.0.1:$PORT
 DIR=.hookstream/bench
 rm -rf "$DIR" && mkdir -p "$DIR"
@@ -62,19 +68,31 @@ wait_ready http://127.0.0.1:18700
 $LG send --closed --events "$MAX_EVENTS" --connections 64 --target 127.0.0.1:18700 >"$DIR/closed.json"
 kill "$ip"; wait "$ip" 2>/dev/null || true
 
-say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, processor running, verified"
-PROCESSOR_STATE_DIR=$DIR/state PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
-  target/release/processor run --config infra/config/processor.toml >"$DIR/processor.log" 2>&1 &
-pp=$!; pids+=($pp)
-wait_ready http://127.0.0.1:18790
-INGEST_LISTEN=127.0.0.1:18701 target/release/ingest --config infra/config/ingest.toml >"$DIR/ingest.log" 2>&1 &
-ip=$!; pids+=($ip)
-wait_ready http://127.0.0.1:18701
-sleep 3 # let the group settle
-$LG send --rate "$RATE" --duration "$SECONDS_" --connections 64 --target 127.0.0.1:18701 \
-  --verify --brokers $B --activations-topic policy.activations >"$DIR/open.json" || true
-ingest_rss=$(hwm_mb "$ip")
-kill "$ip" "$pp"; wait "$ip" "$pp" 2>/dev/null || true
+spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that many partitions
+  local n=$1 raw=bench.spike$1.raw act=bench.spike$1.activations dlq=bench.spike$1.dlq
+  "$T" topic create $raw --broker "tcp://$B" --partitions "$n" >/dev/null
+  "$T" topic create $act --broker "tcp://$B" --partitions "$n" >/dev/null
+  "$T" topic create $dlq --broker "tcp://$B" --partitions 1 >/dev/null
+  sed "s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
+    infra/config/processor.toml >"$DIR/processor-$n.toml"
+  PROCESSOR_STATE_DIR=$DIR/state-$n PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
+    target/release/processor run --config "$DIR/processor-$n.toml" >"$DIR/processor-$n.log" 2>&1 &
+  local pp=$!; pids+=($pp)
+  wait_ready http://127.0.0.1:18790
+  INGEST_LISTEN=127.0.0.1:18701 target/release/ingest --config "$(ingest_cfg $raw)" >"$DIR/ingest-$n.log" 2>&1 &
+  local ip=$!; pids+=($ip)
+  wait_ready http://127.0.0.1:18701
+  sleep 3 # let the group settle
+  $LG send --rate "$RATE" --duration "$SECONDS_" --connections 64 --target 127.0.0.1:18701 \
+    --verify --brokers $B --activations-topic $act >"$DIR/open-$n.json" || true
+  hwm_mb "$ip" >"$DIR/ingest-rss-$n"
+  kill "$ip" "$pp"; wait "$ip" "$pp" 2>/dev/null || true
+}
+say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, processor running, verified: ${PARTS} partitions"
+spike "$PARTS"
+say "2/4 the same on ${PARTS_WIDE} partitions"
+spike "$PARTS_WIDE"
+ingest_rss=$(cat "$DIR/ingest-rss-$PARTS")
 
 say "3/4 preload $DRAIN events into bench.drain"
 $LG produce --brokers $B --topic bench.drain --events "$DRAIN" --in-flight 20000 >"$DIR/preload.json"
@@ -114,26 +132,31 @@ say "3/4 rebuild: state deleted, replayed from the log"
 rm -rf "$DIR/drain-state"
 read -r rebuilt rebuild_s rebuild_rss < <(drain_run hookstream_processor_rebuilt_records_total)
 
-python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" <<'PY'
+python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" <<'PY'
 import json, os, platform, sys, datetime
-d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs = sys.argv[1:]
+d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs, parts, wide = sys.argv[1:]
 j = lambda n: json.load(open(os.path.join(d, n)))
-prod, closed, opn, cons = j("produce.json"), j("closed.json"), j("open.json"), j("consume.json")
+prod, closed, opn, cons, wopn = j("produce.json"), j("closed.json"), j(f"open-{parts}.json"), j("consume.json"), j(f"open-{wide}.json")
 drain_rate = float(drained) / float(drain_s)
 rebuild_rate = float(rebuilt) / float(rebuild_s)
-lat, v = opn["latency_ms"], opn.get("verify", {})
-e2e = v.get("e2e_ms", {})
+def spike_rows(o, n):
+    lat, v = o["latency_ms"], o.get("verify", {})
+    e2e = v.get("e2e_ms", {})
+    p = f"{rate}/s × {secs} s, {n} partitions"
+    return [
+        (f"{p}: sent / non-2xx (achieved rate)", f"{o['sent']:,} / {o['non_2xx']:,} ({o['throughput_rps']:,.0f} req/s)", "", "", "0 non-2xx"),
+        (f"{p}: ack latency p50 / p90 / p99 / p99.9 / max", " / ".join(f"{lat[k]:.1f}" for k in ("p50","p90","p99","p999","max")) + " ms", "", "", "p99 ≤ 25 ms"),
+        (f"{p}: end-to-end p50 / p90 / p99 / max (received → activation readable)", " / ".join(str(e2e.get(k, "-")) for k in ("p50","p90","p99","max")) + " ms", "", "", "p99 ≤ 500 ms"),
+        (f"{p}: exactly one activation per completed payment", f"{'PASS' if v.get('passed') else 'FAIL'} ({v.get('activated_policies')}/{v.get('expected_activations')} policies, {v.get('conflicting')} conflicting)", "", "", "pass"),
+    ]
 mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 rows = [
     ("ingest max throughput (closed loop, 64 conns) vs raw rdkafka producer", f"{closed['throughput_rps']:,.0f} req/s", f"{prod['throughput_rps']:,.0f} rec/s", f"{closed['throughput_rps']/prod['throughput_rps']:.2f}", "≥ 0.5"),
-    (f"{rate}/s × {secs} s: sent / non-2xx", f"{opn['sent']:,} / {opn['non_2xx']:,}", "", "", "0 non-2xx"),
-    (f"{rate}/s: achieved rate", f"{opn['throughput_rps']:,.0f} req/s", "", "", ""),
-    (f"{rate}/s: ack latency p50 / p90 / p99 / p99.9 / max", " / ".join(f"{lat[k]:.1f}" for k in ("p50","p90","p99","p999","max")) + " ms", "", "", "p99 ≤ 25 ms"),
-    (f"{rate}/s: end-to-end p50 / p90 / p99 / max (received → activation readable)", " / ".join(str(e2e.get(k, "-")) for k in ("p50","p90","p99","max")) + " ms", "", "", "p99 ≤ 500 ms"),
-    (f"{rate}/s: exactly one activation per completed payment", f"{'PASS' if v.get('passed') else 'FAIL'} ({v.get('activated_policies')}/{v.get('expected_activations')} policies, {v.get('conflicting')} conflicting)", "", "", "pass"),
+    *spike_rows(opn, parts),
+    *spike_rows(wopn, wide),
     (f"processor drain of {int(float(drained)):,} pre-loaded events vs consume-only", f"{drain_rate:,.0f} ev/s", f"{cons['throughput_rps']:,.0f} rec/s", f"{drain_rate/cons['throughput_rps']:.2f}", "≥ 0.5"),
     (f"processor rebuild (replay of {int(float(rebuilt)):,} events, state deleted)", f"{rebuild_rate:,.0f} ev/s", "", "", ""),
-    (f"peak RSS ingest ({rate}/s run)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
+    (f"peak RSS ingest ({rate}/s run, {parts} partitions)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
     ("peak RSS processor (drain of the backlog / rebuild)", f"{float(proc_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
 ]
 print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, tansu 0.6.0 (memory storage) on loopback; `infra/bench.sh`\n")
@@ -141,5 +164,5 @@ print("| measurement | hookstream | baseline (same run) | ratio | target |")
 print("|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
-json.dump({"produce": prod, "closed": closed, "open": opn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
+json.dump({"produce": prod, "closed": closed, "open": opn, "open_wide": wopn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
 PY

@@ -56,8 +56,11 @@ pub struct KafkaConfig {
     /// when full, requests are answered 503 at once instead of queueing without bound.
     /// Default 100000.
     pub queue_max_messages: u32,
-    /// How long the producer may wait to batch records (`linger.ms`). Default 2: at a
-    /// spike this fills batches, and it costs at most 2 ms of latency when quiet.
+    /// How long the producer may wait to batch records (`linger.ms`). Default 5: at a
+    /// spike this fills batches, and it costs at most 5 ms of latency when quiet. Fewer,
+    /// larger batches matter on the local broker, which stores each batch as an object
+    /// and lists them all on every fetch: at 5,000/s, 2 ms gave ack p99 163 ms and 5 ms
+    /// 74 ms (30 s runs, 12 partitions).
     pub linger_ms: u32,
 }
 
@@ -69,7 +72,7 @@ impl Default for KafkaConfig {
             client_id: "hookstream-ingest".into(),
             ack_deadline_ms: 5000,
             queue_max_messages: 100_000,
-            linger_ms: 2,
+            linger_ms: 5,
         }
     }
 }

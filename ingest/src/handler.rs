@@ -199,7 +199,10 @@ async fn accept(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(d) => {
-            tracing::info!(
+            // Debug, not info: the raw topic is the record of every accepted webhook and
+            // the metrics count them; a JSON line per request at 5,000/s cost ingest about
+            // 15% of its CPU (14 s → 12 s for 150k requests) and 42 MB of log per 30 s.
+            tracing::debug!(
                 event_id = %fields.event_id, payment_id = %fields.payment_id, source = source_name,
                 outcome = "published", partition = d.partition, offset = d.offset, "webhook accepted"
             );

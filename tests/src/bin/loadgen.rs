@@ -4,7 +4,8 @@
 //! loadgen send     --target 127.0.0.1:8080 [--rate 5000 --duration 60 | --closed --events N]
 //!                  [--connections 64] [--source paymenthub --scheme hmac-sha256 --secret-env PAYMENTHUB_WEBHOOK_SECRET]
 //!                  [--duplicates 0.05 --out-of-order 0.05 --failed 0.1 --refunded 0.05]
-//!                  [--verify --brokers 127.0.0.1:9092 --activations-topic policy.activations --verify-grace 30]
+//!                  [--verify --brokers 127.0.0.1:9092 --activations-topic policy.activations --verify-grace 30
+//!                   --verify-fetch-wait-ms 100]
 //! loadgen produce  --brokers B --topic T --events N [--in-flight 10000]    bare rdkafka producer baseline / preload
 //! loadgen consume  --brokers B --topic T                                    bare consumer baseline
 //! ```
@@ -102,7 +103,11 @@ async fn main() {
             let planned = Arc::new(planned);
             let verifier = if a.flag("verify") {
                 let topic = a.str("activations-topic", "policy.activations");
-                Some(verify::Verifier::start(&brokers, &topic).unwrap_or_else(|e| die(&format!("verify: {e}"))))
+                let fetch_wait_ms: u32 = a.num("verify-fetch-wait-ms", 100);
+                Some(
+                    verify::Verifier::start(&brokers, &topic, fetch_wait_ms)
+                        .unwrap_or_else(|e| die(&format!("verify: {e}"))),
+                )
             } else {
                 None
             };

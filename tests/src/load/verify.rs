@@ -60,14 +60,19 @@ impl Verdict {
 }
 
 impl Verifier {
-    /// Position at the current end of every partition of `topic`.
-    pub fn start(brokers: &str, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
+    /// Position at the current end of every partition of `topic`; fetch every
+    /// `fetch_wait_ms` at most (see below).
+    pub fn start(brokers: &str, topic: &str, fetch_wait_ms: u32) -> Result<Self, rdkafka::error::KafkaError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("loadgen-verify-{}", std::process::id()))
             .set("enable.auto.commit", "false")
-            // See an activation as soon as it is readable, not up to 500 ms later.
-            .set("fetch.wait.max.ms", "10")
+            // See an activation soon after it is readable, not up to 500 ms later; but not
+            // every few ms: the local broker holds every fetch for the full wait and lists
+            // every stored batch of every partition per fetch, so a tight loop here costs
+            // the broker CPU the pipeline under test needs (10 ms: 100 fetches/s). Adds up
+            // to this much to the measured end-to-end latency.
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             .create()?;
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let n = md
