@@ -8,6 +8,10 @@
 # ctrl-c stops everything it started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The services run with glibc malloc limited to 4 arenas: with a thread per partition,
+# rdkafka's and sled's threads, the default (8 per core) kept the processor at 413 MB
+# after draining 1M events; 4 arenas: 290 MB at the same rate (2: 243 MB, 15% slower).
+SERVICE_ENV=(env MALLOC_ARENA_MAX=4)
 
 STATE=.hookstream
 mkdir -p "$STATE"
@@ -53,12 +57,12 @@ wait_ready() { # url name
 }
 
 echo "==> processor (infra/config/processor.toml; admin on 127.0.0.1:9090; log $STATE/processor.log)"
-target/release/processor run --config infra/config/processor.toml >"$STATE/processor.log" 2>&1 &
+"${SERVICE_ENV[@]}" target/release/processor run --config infra/config/processor.toml >"$STATE/processor.log" 2>&1 &
 pids+=($!)
 wait_ready http://127.0.0.1:9090/readyz processor
 
 echo "==> ingest (infra/config/ingest.toml; on 127.0.0.1:8080; log $STATE/ingest.log)"
-target/release/ingest --config infra/config/ingest.toml >"$STATE/ingest.log" 2>&1 &
+"${SERVICE_ENV[@]}" target/release/ingest --config infra/config/ingest.toml >"$STATE/ingest.log" 2>&1 &
 pids+=($!)
 wait_ready http://127.0.0.1:8080/readyz ingest
 
