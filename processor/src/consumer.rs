@@ -95,12 +95,6 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "async offset commit failed (the next one supersedes it)");
-        }
-    }
 }
 
 /// Close the workers' queues so they finish what they hold, commit, and exit; wait up

@@ -201,32 +201,6 @@ fn after(records: &[OwnedMessage], ends: &[i64]) -> Vec<OwnedMessage> {
         .collect()
 }
 
-/// Now as RFC 3339 (UTC, milliseconds), without a date crate in the tests.
-fn chrono_free_rfc3339_now() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
-
 /// Run the example downstream consumer until it printed `want` events (or 60 s passed);
 /// returns the events and how many duplicate deliveries it reported ignoring.
 fn downstream_example(brokers: &str, topic: &str, args: &[&str], want: usize) -> (Vec<serde_json::Value>, usize) {
@@ -441,7 +415,9 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     // The same processor (same state directory) comes back: it notices the group moved
     // back, rebuilds, and decides the whole log again.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let replayed_at = chrono_free_rfc3339_now();
+    let replayed_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let processor = RunningProcessor::start(config.clone()).await;
     kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
