@@ -11,7 +11,7 @@
 //! | `g` + payment_id | empty: payments with held events (the gap timer's index) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
 //! | `m:max_ts` | newest record time applied (ms): the sweep's clock, so expiry replays identically |
-//! | `m:committed` | highest offset this instance has committed to the group for the partition |
+//! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
 //!
 //! A global `policies` tree maps policy_id to the activation holding it, across
 //! partitions (compare-and-swap, idempotent per activation id).

@@ -95,8 +95,10 @@ pub struct Worker {
     policies: SledPolicies,
     gaps: HashMap<String, GapWatch>,
     held_total: i64,
-    /// Applied offset not yet committed to the group, and when the last commit went out.
+    /// Applied offset not yet committed to the group, the last one committed, and when
+    /// the last commit went out.
     uncommitted: Option<i64>,
+    committed: Option<i64>,
     last_commit: Instant,
     /// The offset the next live record should have; a later one means the broker
     /// skipped records (see [`crate::offsets`]) and they are read first.
@@ -235,6 +237,7 @@ impl Worker {
             gaps: HashMap::new(),
             held_total: 0,
             uncommitted: None,
+            committed: None,
             last_commit: Instant::now(),
             next_offset: None,
         })
@@ -300,7 +303,11 @@ impl Worker {
     /// a broker request per partition, so at 5,000 webhooks/s a commit per batch cost
     /// the broker more than the records themselves.
     fn commit_if_due(&mut self, last: bool) {
-        let Some(applied) = self.uncommitted else { return };
+        // The last commit is made even when nothing new was applied: it is the one that
+        // is remembered (see below).
+        let Some(applied) = self.uncommitted.or(self.committed.filter(|_| last)) else {
+            return;
+        };
         let interval = Duration::from_millis(self.shared.config.processing.commit_interval_ms);
         if !last && self.last_commit.elapsed() < interval {
             return;
@@ -311,24 +318,23 @@ impl Worker {
             .add_partition_offset(topic, self.partition, Offset::Offset(applied + 1))
             .is_ok()
         {
-            // Synchronous either way, so that an acknowledged commit can be remembered
-            // (the group consumer delivers no commit callbacks); while running it waits
-            // on a blocking thread, and a lost one is superseded by the next.
-            let (consumer, store, partition) = (self.shared.consumer.clone(), self.store.clone(), self.partition);
-            let commit = move || match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => {
-                    if let Err(e) = store.record_commit(applied + 1) {
-                        tracing::warn!(partition, error = %e, "cannot record the committed offset");
+            // Async while running: the next commit supersedes a lost one. The hand-over
+            // commit (revocation, shutdown) is synchronous, and once acknowledged it is
+            // remembered in sled, so that a later `processor replay` to before it is
+            // recognised (the group consumer delivers no commit callbacks to do this for
+            // the asynchronous ones).
+            let mode = if last { CommitMode::Sync } else { CommitMode::Async };
+            match self.shared.consumer.commit(&tpl, mode) {
+                Err(e) => tracing::warn!(partition = self.partition, error = %e, "offset commit failed"),
+                Ok(()) if last => {
+                    if let Err(e) = self.store.record_commit(applied + 1) {
+                        tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
                     }
                 }
-                Err(e) => tracing::warn!(partition, error = %e, "offset commit failed"),
-            };
-            if last {
-                commit();
-            } else {
-                drop(tokio::task::spawn_blocking(commit));
+                Ok(()) => {}
             }
         }
+        self.committed = Some(applied);
         self.uncommitted = None;
         self.last_commit = Instant::now();
     }
