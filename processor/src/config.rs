@@ -1,6 +1,6 @@
 //! Processor configuration: a TOML file (`processor run --config FILE`) with a default
 //! for every field, then environment overrides (`KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`,
-//! `PROCESSOR_ADMIN_LISTEN`).
+//! `PROCESSOR_ADMIN_LISTEN`, `PROCESSOR_KAFKA_DEBUG`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,11 @@ pub struct KafkaConfig {
     /// Static membership `group.instance.id`, so a restart within the session timeout
     /// keeps its partitions. Default none.
     pub group_instance_id: Option<String>,
+    /// librdkafka `debug` contexts for the group consumer, e.g. `cgrp` to log every
+    /// JoinGroup, SyncGroup, heartbeat error and assignment. The lines are logged at
+    /// target `librdkafka`, so run with `RUST_LOG=info,librdkafka=debug`. Env:
+    /// `PROCESSOR_KAFKA_DEBUG`. Default empty (off).
+    pub debug: String,
 }
 
 impl Default for KafkaConfig {
@@ -85,6 +90,7 @@ impl Default for KafkaConfig {
             fetch_wait_max_ms: 25,
             fetch_min_bytes: 65_536,
             group_instance_id: None,
+            debug: String::new(),
         }
     }
 }
@@ -154,7 +160,8 @@ impl ProcessorConfig {
         Ok(c)
     }
 
-    /// Apply `KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`, `PROCESSOR_ADMIN_LISTEN` from `env`.
+    /// Apply `KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`, `PROCESSOR_ADMIN_LISTEN`,
+    /// `PROCESSOR_KAFKA_DEBUG` from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if let Some(b) = get("KAFKA_BROKERS") {
@@ -162,6 +169,9 @@ impl ProcessorConfig {
         }
         if let Some(d) = get("PROCESSOR_STATE_DIR") {
             self.state_dir = PathBuf::from(d);
+        }
+        if let Some(d) = get("PROCESSOR_KAFKA_DEBUG") {
+            self.kafka.debug = d;
         }
         if let Some(l) = get("PROCESSOR_ADMIN_LISTEN") {
             self.admin_listen = l.parse().map_err(|_| ConfigError::Invalid {
@@ -195,12 +205,18 @@ mod tests {
             "KAFKA_BROKERS" => Some("b:1".into()),
             "PROCESSOR_STATE_DIR" => Some("/tmp/s".into()),
             "PROCESSOR_ADMIN_LISTEN" => Some("127.0.0.1:1".into()),
+            "PROCESSOR_KAFKA_DEBUG" => Some("cgrp".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(
-            (c.kafka.brokers.as_str(), c.state_dir.to_str(), c.admin_listen.port()),
-            ("b:1", Some("/tmp/s"), 1)
+            (
+                c.kafka.brokers.as_str(),
+                c.state_dir.to_str(),
+                c.admin_listen.port(),
+                c.kafka.debug.as_str()
+            ),
+            ("b:1", Some("/tmp/s"), 1, "cgrp")
         );
     }
 }

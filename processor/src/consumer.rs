@@ -174,6 +174,10 @@ pub fn create(
         // Static membership: a restart within the session timeout keeps its partitions.
         c.set("group.instance.id", id);
     }
+    if !cfg.debug.is_empty() {
+        // Opt-in protocol tracing (see the field's doc comment), off by default.
+        c.set("debug", &cfg.debug);
+    }
     let consumer: GroupConsumer = c.create_with_context(ctx)?;
     Ok((Arc::new(consumer), assigned_rx))
 }

@@ -125,7 +125,7 @@ impl ChildProcessor {
         let admin = format!("127.0.0.1:{port}");
         let toml = format!(
             "admin_listen = {admin:?}\nstate_dir = {:?}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
-             activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\n[processing]\ngap_timeout_ms = {}\n\
+             activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\ndebug = {:?}\n[processing]\ngap_timeout_ms = {}\n\
              gap_check_interval_ms = {}\nmax_backoff_ms = {}\n",
             config.state_dir.display().to_string(),
             config.kafka.brokers,
@@ -134,6 +134,7 @@ impl ChildProcessor {
             config.kafka.activations_topic,
             config.kafka.dlq_topic,
             config.kafka.session_timeout_ms,
+            config.kafka.debug,
             config.processing.gap_timeout_ms,
             config.processing.gap_check_interval_ms,
             config.processing.max_backoff_ms,
@@ -141,7 +142,12 @@ impl ChildProcessor {
         let path = dir.join("processor.toml");
         std::fs::write(&path, toml).expect("write config");
         let log = std::fs::File::create(dir.join(format!("processor-{port}.log"))).expect("log file");
-        let child = Command::new(workspace_bin("hookstream-processor", "processor"))
+        let mut cmd = Command::new(workspace_bin("hookstream-processor", "processor"));
+        if !config.kafka.debug.is_empty() {
+            // librdkafka's debug lines are logged at target `librdkafka`.
+            cmd.env("RUST_LOG", "info,librdkafka=debug");
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&path)

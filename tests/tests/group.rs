@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hookstream_processor::decide::activation_id;
-use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
@@ -21,12 +21,20 @@ const PAYMENTS: usize = 1500;
 async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_policy() {
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 12).await;
-    let dir = tempfile::tempdir().unwrap();
-    let base = test_config(broker.bootstrap(), &topics, &dir.path().join("unused"));
+    // Kept on failure (the instances' logs and state are the diagnosis), removed on success.
+    let dir = tempfile::Builder::new()
+        .prefix("hookstream-group-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let mut base = test_config(broker.bootstrap(), &topics, &dir.join("unused"));
+    // Every JoinGroup, SyncGroup and assignment in the instances' logs: when this fails,
+    // the kept directory shows who owned which partition when.
+    base.kafka.debug = "cgrp".into();
     let instance = |name: &str| {
         let mut c = base.clone();
-        c.state_dir = dir.path().join(name);
-        let d = dir.path().join(format!("{name}-run"));
+        c.state_dir = dir.join(name);
+        let d = dir.join(format!("{name}-run"));
         std::fs::create_dir_all(&d).unwrap();
         ChildProcessor::spawn(&c, &d)
     };
@@ -69,9 +77,22 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
         .collect();
     assert!(
         missing.is_empty(),
-        "lost activations: {} e.g. {:?}",
+        "lost activations: {} e.g. {:?}; the instances' logs and state are kept in {}",
         missing.len(),
-        &missing[..missing.len().min(5)]
+        &missing[..missing.len().min(5)],
+        dir.display()
+    );
+    // Every webhook was valid and in order: nothing may have been dead-lettered (a
+    // rebuild that missed records would show up here as sequence-gap timeouts).
+    let dead = kafka::read_records(broker.bootstrap(), &topics.dlq, 1, Duration::from_secs(3)).await;
+    let reasons: Vec<_> = dead
+        .iter()
+        .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap().reason)
+        .collect();
+    assert!(
+        reasons.is_empty(),
+        "dead letters: {reasons:?}; logs kept in {}",
+        dir.display()
     );
     for (pol, ids) in &by {
         let i = pol.trim_start_matches("pol_g");
@@ -80,4 +101,5 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     }
     drop((a, c, d));
     ingest.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
