@@ -117,6 +117,12 @@ pub struct ProcessingConfig {
     pub commit_interval_ms: u64,
     /// sled's page cache in bytes (sled's own default is 1 GiB). Default 67108864 (64 MiB).
     pub sled_cache_bytes: u64,
+    /// Leave and rejoin the group when a raw partition that is not this instance's has
+    /// had records waiting behind an unmoving committed offset for this long: a
+    /// workaround for a coordinator that leaves partitions without an owner (tansu 0.6;
+    /// see [`crate::stall`]). It must exceed the session timeout plus the longest
+    /// rebuild. Default 0 (off); the local broker's config sets 30000.
+    pub stall_repair_after_ms: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -130,6 +136,7 @@ impl Default for ProcessingConfig {
             max_backoff_ms: 10_000,
             commit_interval_ms: 500,
             sled_cache_bytes: 64 << 20,
+            stall_repair_after_ms: 0,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod offsets;
 pub mod replay;
+pub mod stall;
 pub mod store;
 pub mod trace;
 pub mod worker;
@@ -65,8 +66,10 @@ pub async fn run(
         consumer,
     });
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, shutdown.clone()));
+    let guard_task = tokio::spawn(stall::guard(shared.clone(), shutdown.clone()));
     consumer::dispatch(shared.clone(), assigned, shutdown).await;
     let _ = admin_task.await;
+    let _ = guard_task.await;
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.flush())
         .await

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub replays_detected: IntCounter,
     /// Times the broker skipped records on a fetch and they were read again.
     pub skipped_refetched: IntCounter,
+    /// Times this instance left and rejoined the group because raw partitions had no
+    /// working owner ([`crate::stall`]).
+    pub stall_repairs: IntCounter,
 }
 
 impl Metrics {
@@ -80,6 +83,11 @@ impl Metrics {
                 "Times the broker's fetch skipped records (from inside a batch) and they were read again",
             )
             .expect("metric"),
+            stall_repairs: IntCounter::new(
+                "stall_repairs_total",
+                "Times this instance left and rejoined the group because raw partitions had records waiting and no working owner",
+            )
+            .expect("metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.records.clone()),
@@ -94,6 +102,7 @@ impl Metrics {
             Box::new(m.gap_timeouts.clone()),
             Box::new(m.replays_detected.clone()),
             Box::new(m.skipped_refetched.clone()),
+            Box::new(m.stall_repairs.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

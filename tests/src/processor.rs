@@ -126,7 +126,7 @@ impl ChildProcessor {
         let toml = format!(
             "admin_listen = {admin:?}\nstate_dir = {:?}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
              activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\ndebug = {:?}\n[processing]\ngap_timeout_ms = {}\n\
-             gap_check_interval_ms = {}\nmax_backoff_ms = {}\n",
+             gap_check_interval_ms = {}\nmax_backoff_ms = {}\nstall_repair_after_ms = {}\n",
             config.state_dir.display().to_string(),
             config.kafka.brokers,
             config.kafka.group_id,
@@ -138,6 +138,7 @@ impl ChildProcessor {
             config.processing.gap_timeout_ms,
             config.processing.gap_check_interval_ms,
             config.processing.max_backoff_ms,
+            config.processing.stall_repair_after_ms,
         );
         let path = dir.join("processor.toml");
         std::fs::write(&path, toml).expect("write config");
