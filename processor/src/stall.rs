@@ -108,7 +108,8 @@ impl StallWatch {
 fn look(shared: &Shared) -> Result<Vec<PartitionView>, rdkafka::error::KafkaError> {
     let consumer = &shared.consumer;
     let topic = shared.config.kafka.raw_topic.as_str();
-    let timeout = Duration::from_secs(5);
+    // Short: a look that fails is simply skipped, and shutdown waits for a running one.
+    let timeout = Duration::from_secs(2);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
