@@ -97,6 +97,14 @@ async fn dlq(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// jemalloc, not glibc's malloc: the processor allocates and frees small objects on
+/// many threads (a task per partition, rdkafka, sled's copy-on-write nodes), and glibc's
+/// malloc took about a quarter of a backlog drain's CPU. Draining 300k events, the two
+/// builds alternating on one broker (5 runs): jemalloc 19,652-23,048 ev/s, glibc
+/// 15,157-15,990 ev/s, at a similar peak RSS (286-353 vs 314-365 MB).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
