@@ -147,7 +147,13 @@ pub async fn guard(shared: Arc<Shared>, shutdown: CancellationToken) {
     if after_ms == 0 {
         return;
     }
-    let mut watch = StallWatch::new(Duration::from_millis(after_ms));
+    // Up to half again as long, different on every instance: when several see the same
+    // stall, the first repair usually fixes it before the others act too.
+    let jitter_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % (after_ms / 2).max(1))
+        .unwrap_or(0);
+    let mut watch = StallWatch::new(Duration::from_millis(after_ms + jitter_ms));
     let mut tick = tokio::time::interval(Duration::from_millis((after_ms / 4).max(100)));
     loop {
         tokio::select! {
