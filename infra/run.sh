@@ -8,9 +8,11 @@
 # ctrl-c stops everything it started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# The services run with glibc malloc limited to 4 arenas: with a thread per partition,
-# rdkafka's and sled's threads, the default (8 per core) kept the processor at 413 MB
-# after draining 1M events; 4 arenas: 290 MB at the same rate (2: 243 MB, 15% slower).
+# The services run with glibc malloc limited to 4 arenas. With a thread per partition
+# plus rdkafka's and sled's threads, the default (8 per core) kept the processor at
+# 413 MB after draining 1M events; 4 arenas gave 290 MB at the same rate (2: 243 MB,
+# 15% slower). The processor's Rust code now uses jemalloc, but librdkafka's C
+# allocations (and all of ingest's) still go through glibc.
 SERVICE_ENV=(env MALLOC_ARENA_MAX=4)
 
 STATE=.hookstream
