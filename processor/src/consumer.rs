@@ -8,6 +8,7 @@
 //! partition's worker reconciles sled with the committed offset before its first record.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ pub struct GroupContext {
     revoke_deadline: Duration,
     /// Newly assigned partitions, for the dispatcher to start their workers at once.
     assigned: mpsc::UnboundedSender<Vec<i32>>,
+    /// Set when the dispatcher has stopped and finished every worker itself. A revocation
+    /// after that comes from the consumer's close, which may run while the runtime shuts
+    /// down (the last `Arc` dropped by a cancelled task): it must not block on the runtime.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -80,7 +85,13 @@ impl ConsumerContext for GroupContext {
                     let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
                     partitions.iter().filter_map(|p| w.remove(p)).collect()
                 };
-                finish_workers(handles, self.revoke_deadline);
+                if self.closed.load(Ordering::Acquire) {
+                    for h in handles {
+                        h.stop.cancel();
+                    }
+                } else {
+                    finish_workers(handles, self.revoke_deadline);
+                }
                 tracing::info!(
                     ?partitions,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -97,40 +108,61 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Close the workers' queues so they finish what they hold, commit, and exit; wait up
-/// to `deadline`, then stop them (an unfinished batch is simply consumed again).
-fn finish_workers(handles: Vec<WorkerHandle>, deadline: Duration) {
-    if handles.is_empty() {
-        return;
-    }
-    let (stops, tasks): (Vec<_>, Vec<_>) = handles
+/// Close the workers' queues so they finish what they hold, commit, and exit; after
+/// `deadline`, stop them (an unfinished batch is simply consumed again) and wait until
+/// they have exited, so that no worker outlives its partition or the processor.
+async fn finish(handles: Vec<WorkerHandle>, deadline: Duration) {
+    let (stops, mut tasks): (Vec<_>, Vec<_>) = handles
         .into_iter()
         .map(|h| {
             drop(h.tx);
             (h.stop, h.task)
         })
         .unzip();
-    let wait = async move {
-        if tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
-            .await
-            .is_err()
-        {
-            tracing::warn!("workers did not finish within the deadline; stopping them");
-            for s in stops {
-                s.cancel();
-            }
+    if tokio::time::timeout(deadline, futures_util::future::join_all(tasks.iter_mut()))
+        .await
+        .is_err()
+    {
+        tracing::warn!("workers did not finish within the deadline; stopping them");
+        for s in stops {
+            s.cancel();
         }
+        // Only the ones not yet joined: a joined handle must not be polled again.
+        tasks.retain(|t| !t.is_finished());
+        futures_util::future::join_all(tasks).await;
+    }
+}
+
+/// [`finish`] from librdkafka's rebalance callback, which runs inside the runtime (in
+/// the dispatcher's `recv`): the workers finish in a task on the other threads while this
+/// thread waits, bounded, without a tokio timer. If the runtime is shutting down (a
+/// cancelled task dropped the last handle on the consumer, whose close revokes), the
+/// task is dropped at once and the wait ends with it, instead of waiting for timers and
+/// tasks that will never run again.
+fn finish_workers(handles: Vec<WorkerHandle>, deadline: Duration) {
+    if handles.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        for h in handles {
+            h.stop.cancel();
+        }
+        return;
     };
-    // Called from librdkafka's rebalance callback inside the runtime: block this thread
-    // (not the runtime) while the workers finish on the others.
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(wait));
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move {
+        finish(handles, deadline).await;
+        let _ = done.send(());
+    });
+    if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        let bound = deadline * 2 + Duration::from_secs(5);
+        let waited = tokio::task::block_in_place(|| finished.recv_timeout(bound));
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waited {
+            tracing::warn!(
+                bound_ms = bound.as_millis() as u64,
+                "revoked partitions' workers still running; going on (their records are consumed again)"
+            );
         }
-        Ok(h) => {
-            h.spawn(wait);
-        }
-        Err(_) => {}
     }
 }
 
@@ -146,6 +178,7 @@ pub fn create(
         workers: Arc::default(),
         revoke_deadline,
         assigned,
+        closed: AtomicBool::new(false),
     };
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
@@ -277,20 +310,7 @@ pub async fn dispatch(
         w.drain().map(|(_, h)| h).collect()
     };
     let deadline = Duration::from_millis(u64::from(shared.config.kafka.session_timeout_ms) / 2);
-    let (stops, tasks): (Vec<_>, Vec<_>) = handles
-        .into_iter()
-        .map(|h| {
-            drop(h.tx);
-            (h.stop, h.task)
-        })
-        .unzip();
-    if tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
-        .await
-        .is_err()
-    {
-        for s in stops {
-            s.cancel();
-        }
-    }
+    finish(handles, deadline).await;
+    consumer.context().closed.store(true, Ordering::Release);
     consumer.unsubscribe();
 }

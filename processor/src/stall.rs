@@ -170,7 +170,8 @@ pub async fn guard(shared: Arc<Shared>, shutdown: CancellationToken) {
             Err(_) => continue,
         };
         let stalled = watch.observe(Instant::now(), &views);
-        if stalled.is_empty() {
+        // Never subscribe again once the processor is stopping (it unsubscribes last).
+        if stalled.is_empty() || shutdown.is_cancelled() {
             continue;
         }
         tracing::warn!(
