@@ -126,3 +126,20 @@ pub async fn read_until(
 pub fn key_str(m: &OwnedMessage) -> String {
     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
 }
+
+/// Wait until `topic` (policy events) holds an activation of `policy_id`; panics after
+/// `timeout`. Payments on different partitions are processed in no fixed order, so a
+/// test that needs a policy to be active first waits for it rather than for time.
+pub async fn wait_for_activation(bootstrap: &str, topic: &str, policy_id: &str, timeout: Duration) {
+    use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+    let mut found = false;
+    read_until(bootstrap, topic, timeout, |r| {
+        found |= r.last().and_then(|m| m.payload()).is_some_and(|p| {
+            matches!(decode::<PolicyEvent>(p).map(|e| e.event),
+                Ok(PolicyEventKind::Activated(a)) if a.policy_id == policy_id)
+        });
+        found
+    })
+    .await;
+    assert!(found, "{policy_id} was not activated within {timeout:?}");
+}

@@ -75,8 +75,16 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
     for (id, pay, seq, ty, pol) in &deliveries {
         send(&addr, id, pay, *seq, ty, pol.as_deref()).await;
     }
-    // A completed payment without a policy; a second payment for an active policy.
+    // A completed payment without a policy; a second payment for an active policy (once
+    // it is active: payments on other partitions are decided in no fixed order).
     send(&addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
+    kafka::wait_for_activation(
+        broker.bootstrap(),
+        &topics.activations,
+        "pol_0",
+        Duration::from_secs(60),
+    )
+    .await;
     send(
         &addr,
         "evt_twice",

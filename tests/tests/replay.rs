@@ -325,6 +325,14 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     // Dead letters: no policy, a second payment for an active policy, an event id reused
     // with another body, and a gap that times out (then its late event is stale).
     send_event(&addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
+    // Once pol_r0 is active: payments on other partitions are decided in no fixed order.
+    kafka::wait_for_activation(
+        broker.bootstrap(),
+        &topics.activations,
+        "pol_r0",
+        Duration::from_secs(60),
+    )
+    .await;
     send_event(
         &addr,
         "evt_twice",
