@@ -19,6 +19,34 @@ use rdkafka::Message;
 
 const PAYMENTS: usize = 1500;
 
+/// The activation ids per policy in `topic`, read until `policies` distinct policies have
+/// one or `timeout` passes (the caller asserts on what arrived).
+async fn activation_ids(
+    bootstrap: &str,
+    topic: &str,
+    policies: usize,
+    timeout: Duration,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let activated =
+        |m: &rdkafka::message::OwnedMessage| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            PolicyEventKind::Activated(x) => Some((x.policy_id, x.activation_id)),
+            PolicyEventKind::Cancelled(_) => None,
+        };
+    let mut seen = BTreeSet::new();
+    let records = kafka::read_until(bootstrap, topic, timeout, |r| {
+        if let Some((policy, _)) = r.last().and_then(activated) {
+            seen.insert(policy);
+        }
+        seen.len() >= policies
+    })
+    .await;
+    let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (policy, id) in records.iter().filter_map(activated) {
+        by.entry(policy).or_default().insert(id);
+    }
+    by
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_policy() {
     let broker = Broker::shared();
@@ -56,26 +84,13 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     let d = instance("d");
     sender.await.unwrap();
 
-    let group = |records: &[rdkafka::message::OwnedMessage]| {
-        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for m in records {
-            if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-                by.entry(x.policy_id).or_default().insert(x.activation_id);
-            }
-        }
-        by
-    };
-    let mut seen = BTreeSet::new();
-    let records = kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(120), |r| {
-        if let Some(m) = r.last() {
-            if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-                seen.insert(x.policy_id);
-            }
-        }
-        seen.len() >= PAYMENTS
-    })
+    let by = activation_ids(
+        broker.bootstrap(),
+        &topics.activations,
+        PAYMENTS,
+        Duration::from_secs(120),
+    )
     .await;
-    let by = group(&records);
     let missing: Vec<_> = (0..PAYMENTS)
         .map(|i| format!("pol_g{i}"))
         .filter(|p| !by.contains_key(p))
@@ -171,22 +186,7 @@ async fn a_partition_nobody_processes_makes_an_instance_rejoin_and_nothing_is_lo
     stop_idle.cancel();
     idle_task.await.unwrap();
     drop(idle); // closes the consumer: it leaves the group and its partitions move
-    let mut seen = BTreeSet::new();
-    let records = kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(60), |r| {
-        if let Some(m) = r.last() {
-            if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-                seen.insert(x.policy_id);
-            }
-        }
-        seen.len() >= N
-    })
-    .await;
-    let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for m in &records {
-        if let PolicyEventKind::Activated(x) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-            by.entry(x.policy_id).or_default().insert(x.activation_id);
-        }
-    }
+    let by = activation_ids(broker.bootstrap(), &topics.activations, N, Duration::from_secs(60)).await;
     assert_eq!(by.len(), N, "every payment activated once the idle member left");
     assert!(
         by.values().all(|ids| ids.len() == 1),
