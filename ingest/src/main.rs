@@ -11,6 +11,13 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// jemalloc, not glibc's malloc: perf at ingest's maximum showed about 16% of its CPU in
+/// glibc malloc/free, including arena lock waits. Alternating builds, 200k signed requests
+/// closed-loop over 256 connections (3 runs each): CPU per request 23-24 µs vs 27-28 µs,
+/// 39.6-41.8k vs 38.0-40.1k req/s.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
