@@ -8,7 +8,6 @@
 //! partition's worker reconciles sled with the committed offset before its first record.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,10 +46,6 @@ pub struct GroupContext {
     revoke_deadline: Duration,
     /// Newly assigned partitions, for the dispatcher to start their workers at once.
     assigned: mpsc::UnboundedSender<Vec<i32>>,
-    /// Set when the dispatcher has stopped and finished every worker itself. A revocation
-    /// after that comes from the consumer's close, which may run while the runtime shuts
-    /// down (the last `Arc` dropped by a cancelled task): it must not block on the runtime.
-    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -85,13 +80,8 @@ impl ConsumerContext for GroupContext {
                     let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
                     partitions.iter().filter_map(|p| w.remove(p)).collect()
                 };
-                if self.closed.load(Ordering::Acquire) {
-                    for h in handles {
-                        h.stop.cancel();
-                    }
-                } else {
-                    finish_workers(handles, self.revoke_deadline);
-                }
+                // Empty after the dispatcher stopped: it finished every worker itself.
+                finish_workers(handles, self.revoke_deadline);
                 tracing::info!(
                     ?partitions,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -178,7 +168,6 @@ pub fn create(
         workers: Arc::default(),
         revoke_deadline,
         assigned,
-        closed: AtomicBool::new(false),
     };
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
@@ -311,6 +300,5 @@ pub async fn dispatch(
     };
     let deadline = Duration::from_millis(u64::from(shared.config.kafka.session_timeout_ms) / 2);
     finish(handles, deadline).await;
-    consumer.context().closed.store(true, Ordering::Release);
     consumer.unsubscribe();
 }
