@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookstream_tests::load::{baseline, sender, verify, workload};
+use hookstream_tests::load::{baseline, sender, verify, wire, workload};
 
 struct Args(HashMap<String, String>);
 
@@ -94,7 +94,7 @@ async fn main() {
                     .cloned()
                     .or_else(|| std::env::var(&secret_env).ok())
                     .unwrap_or_else(|| die(&format!("set {secret_env} or --secret")));
-            let signer = sender::Signer {
+            let signer = wire::Signer {
                 source: a.str("source", "paymenthub"),
                 scheme: a.str("scheme", "hmac-sha256"),
                 secret: secret.split_whitespace().next().unwrap_or_default().to_owned(),

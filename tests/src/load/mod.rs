@@ -2,4 +2,5 @@
 pub mod baseline;
 pub mod sender;
 pub mod verify;
+pub mod wire;
 pub mod workload;

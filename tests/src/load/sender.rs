@@ -9,23 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 
+use super::wire::{encode, Conn, Signer};
 use super::workload::Planned;
-use crate::sign::{now, sign};
-
-/// How to sign.
-#[derive(Debug, Clone)]
-pub struct Signer {
-    pub source: String,
-    pub scheme: String,
-    pub secret: String,
-}
+use crate::sign::now;
 
 /// What a run measured.
 #[derive(Debug)]
@@ -83,40 +71,17 @@ impl Report {
     }
 }
 
-async fn connect(addr: &str) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(conn);
-    Some(sender)
-}
-
-/// Send one request on `conn` (reconnecting when needed); returns the status (0 on error).
-async fn send_one(conn: &mut Option<SendRequest<Full<Bytes>>>, addr: &str, signer: &Signer, p: &Planned) -> u16 {
+/// Send one request on `conn` (reconnecting when needed); returns the status (0 when no
+/// answer came, after one retry on a fresh connection).
+async fn send_one(conn: &mut Option<Conn>, addr: &str, signer: &Signer, p: &Planned) -> u16 {
+    let request = encode(addr, signer, p, now());
     for _ in 0..2 {
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            *conn = connect(addr).await;
+        if conn.as_ref().is_none_or(Conn::closing) {
+            *conn = Conn::connect(addr).await.ok();
         }
         let Some(c) = conn.as_mut() else { return 0 };
-        if c.ready().await.is_err() {
-            *conn = None;
-            continue;
-        }
-        let mut req = Request::post(format!("/webhooks/{}", signer.source))
-            .header("host", addr)
-            .header("content-type", "application/json");
-        for (k, v) in sign(&signer.scheme, &signer.secret, &p.event_id, now(), &p.body) {
-            req = req.header(k, v);
-        }
-        let Ok(req) = req.body(Full::new(Bytes::from(p.body.clone()))) else {
-            return 0;
-        };
-        match c.send_request(req).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await;
-                return status;
-            }
+        match c.exchange(&request).await {
+            Ok(status) => return status,
             Err(_) => *conn = None,
         }
     }
@@ -132,7 +97,7 @@ pub async fn open_loop(addr: &str, signer: Signer, events: Arc<Vec<Planned>>, ra
         let (addr, signer, events) = (addr.to_owned(), signer.clone(), events.clone());
         tasks.push(tokio::spawn(async move {
             let mut report = Report::new();
-            let mut conn = connect(&addr).await;
+            let mut conn = Conn::connect(&addr).await.ok();
             let mut i = k;
             while i < events.len() {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -166,7 +131,7 @@ pub async fn closed_loop(addr: &str, signer: Signer, events: Arc<Vec<Planned>>, 
         let (addr, signer, events) = (addr.to_owned(), signer.clone(), events.clone());
         tasks.push(tokio::spawn(async move {
             let mut report = Report::new();
-            let mut conn = connect(&addr).await;
+            let mut conn = Conn::connect(&addr).await.ok();
             let mut i = k;
             while i < events.len() {
                 let sent_at = Instant::now();
