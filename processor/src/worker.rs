@@ -472,7 +472,10 @@ impl Worker {
                 return false;
             }
         }
-        self.next_offset = Some(last.record.origin.offset + 1);
+        // Never backwards: records fetched before the partition's queue was split off
+        // can come after newer ones (see crate::consumer); `process` skips them.
+        let next = last.record.origin.offset + 1;
+        self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
         true
     }
 
