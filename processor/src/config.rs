@@ -108,7 +108,9 @@ pub struct ProcessingConfig {
     pub gap_check_interval_ms: u64,
     /// Records decided per sled batch and offset commit at most. Default 500.
     pub max_batch_records: usize,
-    /// Records buffered per partition between the consumer and its worker. Default 2000.
+    /// Records buffered per partition between the consumer and its worker (on top of
+    /// librdkafka's 2 MiB pre-fetch per partition). Default 1000: two batches, enough to
+    /// keep a draining worker busy; 2000 only added memory.
     pub partition_queue_records: usize,
     /// Longest pause between retries of a transient failure (broker, disk). Default 10000.
     pub max_backoff_ms: u64,
@@ -132,7 +134,7 @@ impl Default for ProcessingConfig {
             gap_timeout_ms: 300_000,
             gap_check_interval_ms: 1000,
             max_batch_records: 500,
-            partition_queue_records: 2000,
+            partition_queue_records: 1000,
             max_backoff_ms: 10_000,
             commit_interval_ms: 500,
             sled_cache_bytes: 64 << 20,

@@ -209,11 +209,11 @@ pub fn create(
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", cfg.fetch_min_bytes.to_string())
         // Bound each partition's pre-fetch queue below librdkafka's 64 MiB. The queues
-        // are split per partition (see the module doc), so this is per partition: 1 MiB
-        // is about 2,000 raw records, several batches ahead of the worker. Draining 300k
-        // events, peak RSS was 339 MB with 1 MiB, 457 with 4 and 519 with 8, at 25-29k
-        // events/s each.
-        .set("queued.max.messages.kbytes", "1024")
+        // are split per partition (see the module doc), so this is per partition. 1 MiB
+        // held back fetches during a 5,000/s spike (end-to-end p99 683-712 ms in three
+        // runs against 515 with 2 MiB and 527 with 4); a 1M-event drain peaked at 406 MB
+        // RSS with 2 MiB and 476 with 4, at the same rate.
+        .set("queued.max.messages.kbytes", "2048")
         // Per-partition lag for /metrics.
         .set("statistics.interval.ms", "5000");
     if let Some(id) = &cfg.group_instance_id {
