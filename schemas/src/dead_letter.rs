@@ -32,13 +32,19 @@ pub enum DeadLetterReason {
     PolicyAlreadyActive,
     /// The event is impossible in the payment's state.
     InvalidTransition,
-    /// Any other permanent error.
+    /// Any other permanent error, also an output the broker refused for good.
     ProcessingError,
+    /// The sequence is further ahead of the next expected one than the processor allows.
+    SequenceOutOfRange,
+    /// The payment already holds as many out-of-order events (or bytes) as allowed.
+    HeldLimitExceeded,
+    /// A field copied into outputs breaks its length or character limits.
+    InvalidField,
 }
 
 impl DeadLetterReason {
     /// Every reason, in schema symbol order.
-    pub const ALL: [DeadLetterReason; 9] = [
+    pub const ALL: [DeadLetterReason; 12] = [
         Self::Undecodable,
         Self::MissingField,
         Self::EventIdConflict,
@@ -48,6 +54,9 @@ impl DeadLetterReason {
         Self::PolicyAlreadyActive,
         Self::InvalidTransition,
         Self::ProcessingError,
+        Self::SequenceOutOfRange,
+        Self::HeldLimitExceeded,
+        Self::InvalidField,
     ];
 
     /// The Avro symbol, also used as the metric label.
@@ -62,6 +71,9 @@ impl DeadLetterReason {
             Self::PolicyAlreadyActive => "policy_already_active",
             Self::InvalidTransition => "invalid_transition",
             Self::ProcessingError => "processing_error",
+            Self::SequenceOutOfRange => "sequence_out_of_range",
+            Self::HeldLimitExceeded => "held_limit_exceeded",
+            Self::InvalidField => "invalid_field",
         }
     }
 
@@ -88,6 +100,26 @@ pub struct KafkaHeader {
     pub value: Option<Vec<u8>>,
 }
 
+/// An inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+/// At most this many sequence numbers are listed one by one in a record
+/// (`missing_sequences`); ranges name the rest.
+pub const MAX_LISTED_SEQUENCES: usize = 100;
+
+/// The first [`MAX_LISTED_SEQUENCES`] numbers of `ranges`, one by one.
+pub fn list_sequences(ranges: &[SequenceRange]) -> Vec<i64> {
+    ranges
+        .iter()
+        .flat_map(|r| (r.first..=r.last).take(MAX_LISTED_SEQUENCES))
+        .take(MAX_LISTED_SEQUENCES)
+        .collect()
+}
+
 /// A dead letter; see the `.avsc` file for each field's meaning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -103,6 +135,7 @@ pub struct DeadLetter {
     pub event_id: Option<String>,
     pub payment_id: Option<String>,
     pub missing_sequences: Vec<i64>,
+    pub missing_ranges: Vec<SequenceRange>,
     pub original_key: Option<Vec<u8>>,
     pub original_value: Option<Vec<u8>>,
     pub original_headers: Vec<KafkaHeader>,
@@ -142,6 +175,15 @@ impl AvroRecord for DeadLetter {
                 "missing_sequences",
                 Value::Array(self.missing_sequences.iter().map(|n| Value::Long(*n)).collect()),
             ),
+            (
+                "missing_ranges",
+                Value::Array(
+                    self.missing_ranges
+                        .iter()
+                        .map(|r| record(vec![("first", Value::Long(r.first)), ("last", Value::Long(r.last))]))
+                        .collect(),
+                ),
+            ),
             ("original_key", opt_bytes(&self.original_key)),
             ("original_value", opt_bytes(&self.original_value)),
             ("original_headers", Value::Array(headers)),
@@ -162,6 +204,17 @@ impl AvroRecord for DeadLetter {
             .map(|v| match v {
                 Value::Long(n) => Ok(n),
                 other => Err(format!("DeadLetter.missing_sequences: expected long, got {other:?}")),
+            })
+            .collect::<Result<_, String>>()?;
+        let missing_ranges = f
+            .array("missing_ranges")?
+            .into_iter()
+            .map(|r| {
+                let mut r = Fields::new("SequenceRange", r)?;
+                Ok(SequenceRange {
+                    first: r.long("first")?,
+                    last: r.long("last")?,
+                })
             })
             .collect::<Result<_, String>>()?;
         let original_headers = f
@@ -187,6 +240,7 @@ impl AvroRecord for DeadLetter {
             event_id: f.opt_string("event_id")?,
             payment_id: f.opt_string("payment_id")?,
             missing_sequences,
+            missing_ranges,
             original_key: f.opt_bytes("original_key")?,
             original_value: f.opt_bytes("original_value")?,
             original_headers,

@@ -21,7 +21,7 @@ pub mod topics;
 mod value;
 
 pub use codec::{decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER};
-pub use dead_letter::{DeadLetter, DeadLetterReason, KafkaHeader};
+pub use dead_letter::{list_sequences, DeadLetter, DeadLetterReason, KafkaHeader, SequenceRange, MAX_LISTED_SEQUENCES};
 pub use gap_timeout::{GapTimeout, GAP_TIMEOUT_CONTROL};
 pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind};
 pub use raw_webhook::{HttpHeader, RawWebhook};

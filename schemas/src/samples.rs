@@ -3,7 +3,7 @@
 
 use crate::{
     DeadLetter, DeadLetterReason, GapTimeout, HttpHeader, KafkaHeader, PolicyActivated, PolicyCancelled, PolicyEvent,
-    PolicyEventKind, RawWebhook,
+    PolicyEventKind, RawWebhook, SequenceRange,
 };
 
 const BODY: &str = r#"{"id":"evt_1001","payment_id":"pay_7Hq2","sequence":3,"type":"payment.completed","amount":5000,"currency":"KES","occurred_at":"2026-02-12T10:00:00Z","metadata":{"policy_id":"pol_88x"}}"#;
@@ -88,6 +88,7 @@ pub fn dead_letter() -> DeadLetter {
         event_id: None,
         payment_id: Some("pay_7Hq2".into()),
         missing_sequences: vec![2, 3],
+        missing_ranges: vec![SequenceRange { first: 2, last: 3 }],
         original_key: Some(b"pay_7Hq2".to_vec()),
         original_value: Some(vec![0xC3, 0x01, 0x00, 0xFF, 0x10, 0x80]),
         original_headers: vec![

@@ -162,3 +162,37 @@ fn foreign_bytes_are_rejected_with_a_clear_error() {
     let err = decode::<RawWebhook>(&bytes[..bytes.len() - 5]).unwrap_err();
     assert!(matches!(err, CodecError::Datum { .. }), "{err:?}");
 }
+
+/// A reader that still has the previous DeadLetter schema (before the reasons
+/// sequence_out_of_range, held_limit_exceeded, invalid_field and the field
+/// missing_ranges) decodes a new letter, reading an unknown reason as processing_error.
+#[test]
+fn a_reader_with_the_previous_dead_letter_schema_still_decodes_new_letters() {
+    let previous = Schema::parse_str(include_str!("../testdata/DeadLetter-previous.avsc")).unwrap();
+    for reason in [
+        hookstream_schemas::DeadLetterReason::InvalidField,
+        hookstream_schemas::DeadLetterReason::HeldLimitExceeded,
+        hookstream_schemas::DeadLetterReason::SequenceOutOfRange,
+    ] {
+        let mut dl = samples::dead_letter();
+        dl.reason = reason;
+        let bytes = encode(&dl).unwrap();
+        let mut datum = &bytes[HEADER_LEN..];
+        let writer = schema_file("DeadLetter");
+        let reader = GenericDatumReader::builder(&writer)
+            .reader_schema(&previous)
+            .build()
+            .unwrap();
+        let value = reader.read_value(&mut datum).unwrap();
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("a record")
+        };
+        let reason = fields.iter().find(|(n, _)| n == "reason").map(|(_, v)| v.clone());
+        assert_eq!(
+            reason,
+            Some(apache_avro::types::Value::Enum(8, "processing_error".into())),
+            "{reason:?}"
+        );
+        assert!(!fields.iter().any(|(n, _)| n == "missing_ranges"));
+    }
+}
