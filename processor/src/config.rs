@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::input::BodyFields;
+use crate::limits::Limits;
 
 /// The whole processor configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +126,16 @@ pub struct ProcessingConfig {
     /// see [`crate::stall`]). It must exceed the session timeout plus the longest
     /// rebuild. Default 0 (off); the local broker's config sets 30000.
     pub stall_repair_after_ms: u64,
+    /// How far ahead of a payment's next expected sequence an event may be; a later one
+    /// is dead-lettered `sequence_out_of_range`. Bounds the gaps a provider can open.
+    /// Default 1000.
+    pub max_sequence_ahead: i64,
+    /// Out-of-order events held per payment; one more is dead-lettered
+    /// `held_limit_exceeded`. Default 100.
+    pub max_held_events: usize,
+    /// Raw bytes (record key and value) held per payment; beyond it an event is
+    /// dead-lettered `held_limit_exceeded`. Default 2097152 (2 MiB).
+    pub max_held_bytes: usize,
 }
 
 impl Default for ProcessingConfig {
@@ -139,6 +150,9 @@ impl Default for ProcessingConfig {
             commit_interval_ms: 500,
             sled_cache_bytes: 64 << 20,
             stall_repair_after_ms: 0,
+            max_sequence_ahead: Limits::default().max_sequence_ahead,
+            max_held_events: Limits::default().max_held_events,
+            max_held_bytes: Limits::default().max_held_bytes,
         }
     }
 }
@@ -146,6 +160,15 @@ impl Default for ProcessingConfig {
 impl ProcessingConfig {
     pub fn gap_timeout(&self) -> Duration {
         Duration::from_millis(self.gap_timeout_ms)
+    }
+
+    /// The per-payment bounds `decide` enforces.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_sequence_ahead: self.max_sequence_ahead.max(1),
+            max_held_events: self.max_held_events,
+            max_held_bytes: self.max_held_bytes,
+        }
     }
 }
 

@@ -19,10 +19,12 @@
 //!    transition is `invalid_transition`.
 
 use hookstream_schemas::{
-    DeadLetter, DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
+    list_sequences, DeadLetter, DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent,
+    PolicyEventKind, SequenceRange,
 };
 
 use crate::input::{sha256_hex, Input};
+use crate::limits::{self, held_size, missing_ranges, Limits};
 use crate::model::{
     Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord, WebhookEvent,
 };
@@ -122,7 +124,7 @@ pub fn dead_letter(
     detail: String,
     event: Option<(&str, &str)>,
     payment_id: Option<&str>,
-    missing_sequences: Vec<i64>,
+    missing: Vec<SequenceRange>,
 ) -> Output {
     let o = &record.origin;
     let id = sha256_hex(&[
@@ -145,7 +147,8 @@ pub fn dead_letter(
         source: event.map(|e| e.0.to_owned()),
         event_id: event.map(|e| e.1.to_owned()),
         payment_id: payment_id.map(str::to_owned),
-        missing_sequences,
+        missing_sequences: list_sequences(&missing),
+        missing_ranges: missing,
         original_key: record.key.clone(),
         original_value: record.value.clone(),
         original_headers: record.headers.clone(),
@@ -155,6 +158,7 @@ pub fn dead_letter(
 struct Ctx<'a> {
     outputs: Vec<Output>,
     policies: &'a mut dyn PolicyRegistry,
+    limits: &'a Limits,
 }
 
 fn entry(record: &RawRecord, ev: Option<&WebhookEvent>, outcome: impl Into<String>) -> HistoryEntry {
@@ -286,7 +290,7 @@ impl Ctx<'_> {
     fn release_held(&mut self, st: &mut PaymentState) -> Result<(), RegistryError> {
         while let Some(h) = st.held.remove(&st.next_sequence) {
             self.apply(st, &h.event, &h.record)?;
-            st.next_sequence += 1;
+            st.next_sequence = st.next_sequence.saturating_add(1);
         }
         Ok(())
     }
@@ -303,10 +307,12 @@ pub fn decide(
     payment: Option<PaymentState>,
     seen: Option<&DedupEntry>,
     policies: &mut dyn PolicyRegistry,
+    limits: &Limits,
 ) -> Result<Decision, RegistryError> {
     let mut cx = Ctx {
         outputs: Vec::new(),
         policies,
+        limits,
     };
     let (payment, dedup, outcome) = match input {
         Input::Invalid {
@@ -341,7 +347,10 @@ pub fn decide(
         }
         Input::Webhook(ev) => {
             let mut st = payment.unwrap_or_else(|| PaymentState::new(&ev.payment_id));
-            let (outcome, accepted) = webhook(&mut cx, &mut st, record, ev.clone(), seen)?;
+            let outcome = webhook(&mut cx, &mut st, record, ev.clone(), seen)?;
+            // Only an event that entered the payment's flow is remembered: a rejected
+            // one (stale, out of range, invalid) can be retried or re-driven.
+            let accepted = !matches!(outcome, Outcome::Duplicate | Outcome::DeadLettered);
             let dedup = accepted.then(|| {
                 let entry = DedupEntry {
                     first_seen_ms: record.origin.timestamp_ms,
@@ -368,19 +377,20 @@ fn gap_timeout(
     record: &RawRecord,
     g: &GapTimeout,
 ) -> Result<Outcome, RegistryError> {
-    let last = match st.held.keys().next_back() {
-        Some(&last) if st.next_sequence == g.next_expected_sequence => last,
-        _ => {
-            st.log(entry(record, None, "gap_timeout_ignored"));
-            return Ok(Outcome::Ignored);
-        }
-    };
-    let missing: Vec<i64> = (st.next_sequence..last).filter(|s| !st.held.contains_key(s)).collect();
+    if st.held.is_empty() || st.next_sequence != g.next_expected_sequence {
+        st.log(entry(record, None, "gap_timeout_ignored"));
+        return Ok(Outcome::Ignored);
+    }
+    let missing = missing_ranges(st.next_sequence, &st.held);
     let held: Vec<i64> = st.held.keys().copied().collect();
     let detail = format!(
-        "sequence gap timed out: missing {missing:?}; applying held {held:?} in order \
+        "sequence gap timed out: missing {}; applying {} held {:?} in order \
          (gap opened at {} ms, decided at {} ms)",
-        g.gap_opened_at, g.decided_at
+        limits::describe(&missing),
+        held.len(),
+        &held[..held.len().min(10)],
+        g.gap_opened_at,
+        g.decided_at
     );
     cx.outputs.push(dead_letter(
         record,
@@ -394,72 +404,95 @@ fn gap_timeout(
     while let Some((seq, h)) = st.held.pop_first() {
         st.next_sequence = seq;
         cx.apply(st, &h.event, &h.record)?;
-        st.next_sequence = seq + 1;
+        st.next_sequence = seq.saturating_add(1);
     }
     Ok(Outcome::GapReleased)
 }
 
-/// A webhook: dedup, then order, then apply. Returns the outcome and whether the event
-/// was accepted into the payment's flow (and so into the dedup store).
+/// A webhook: dedup, then order, then apply.
 fn webhook(
     cx: &mut Ctx<'_>,
     st: &mut PaymentState,
     record: &RawRecord,
     ev: WebhookEvent,
     seen: Option<&DedupEntry>,
-) -> Result<(Outcome, bool), RegistryError> {
+) -> Result<Outcome, RegistryError> {
     if let Some(seen) = seen {
         if seen.body_hash == ev.body_hash {
             st.log(entry(record, Some(&ev), "duplicate"));
-            return Ok((Outcome::Duplicate, false));
+            return Ok(Outcome::Duplicate);
         }
         let detail = format!(
             "event id {} was first seen at offset {} with a different body",
             ev.event_id, seen.offset
         );
         cx.reject(st, &ev, record, DeadLetterReason::EventIdConflict, detail);
-        return Ok((Outcome::DeadLettered, false));
+        return Ok(Outcome::DeadLettered);
     }
-    Ok(match ev.sequence {
-        Some(s) if s < st.next_sequence => {
-            let detail = format!(
-                "sequence {s} arrived after it was applied or skipped (next expected {})",
-                st.next_sequence
-            );
-            cx.reject(st, &ev, record, DeadLetterReason::Stale, detail);
-            (Outcome::DeadLettered, false)
+    let Some(s) = ev.sequence else {
+        return rank_order(cx, st, record, ev);
+    };
+    let next = st.next_sequence;
+    let ahead = s.saturating_sub(next);
+    if s < next {
+        let detail = format!("sequence {s} arrived after it was applied or skipped (next expected {next})");
+        cx.reject(st, &ev, record, DeadLetterReason::Stale, detail);
+        return Ok(Outcome::DeadLettered);
+    }
+    if ahead > cx.limits.max_sequence_ahead {
+        let detail = format!(
+            "sequence {s} is {ahead} ahead of the next expected {next}; at most {} ahead is held",
+            cx.limits.max_sequence_ahead
+        );
+        cx.reject(st, &ev, record, DeadLetterReason::SequenceOutOfRange, detail);
+        return Ok(Outcome::DeadLettered);
+    }
+    if let Some(other) = st.held.get(&s).map(|h| h.event.event_id.clone()) {
+        let detail = format!("sequence {s} is already held for event {other}");
+        cx.reject(st, &ev, record, DeadLetterReason::InvalidTransition, detail);
+        return Ok(Outcome::DeadLettered);
+    }
+    if s == next {
+        let o = cx.apply(st, &ev, record)?;
+        st.next_sequence = next.saturating_add(1);
+        cx.release_held(st)?;
+        return Ok(o);
+    }
+    let held = HeldEvent {
+        event: ev,
+        record: record.clone(),
+    };
+    let bytes: usize = st.held.values().map(held_size).sum::<usize>() + held_size(&held);
+    if st.held.len() >= cx.limits.max_held_events || bytes > cx.limits.max_held_bytes {
+        let detail = format!(
+            "payment holds {} out-of-order events; with this one {bytes} bytes (at most {} events, {} bytes)",
+            st.held.len(),
+            cx.limits.max_held_events,
+            cx.limits.max_held_bytes
+        );
+        cx.reject(st, &held.event, record, DeadLetterReason::HeldLimitExceeded, detail);
+        return Ok(Outcome::DeadLettered);
+    }
+    st.log(entry(record, Some(&held.event), "held"));
+    st.held.insert(s, held);
+    Ok(Outcome::Held)
+}
+
+/// Without a sequence the lifecycle rank orders events: one ranked at or below the
+/// payment's current state is superseded (a late copy of an earlier step).
+fn rank_order(
+    cx: &mut Ctx<'_>,
+    st: &mut PaymentState,
+    record: &RawRecord,
+    ev: WebhookEvent,
+) -> Result<Outcome, RegistryError> {
+    match st.status {
+        Some(cur) if ev.event_type.rank() <= cur.rank() => {
+            st.log(entry(record, Some(&ev), "superseded"));
+            Ok(Outcome::Superseded)
         }
-        Some(s) if st.held.contains_key(&s) => {
-            let other = st.held.get(&s).map(|h| h.event.event_id.clone()).unwrap_or_default();
-            let detail = format!("sequence {s} is already held for event {other}");
-            cx.reject(st, &ev, record, DeadLetterReason::InvalidTransition, detail);
-            (Outcome::DeadLettered, false)
-        }
-        Some(s) if s > st.next_sequence => {
-            st.log(entry(record, Some(&ev), "held"));
-            st.held.insert(
-                s,
-                HeldEvent {
-                    event: ev,
-                    record: record.clone(),
-                },
-            );
-            (Outcome::Held, true)
-        }
-        Some(_) => {
-            let o = cx.apply(st, &ev, record)?;
-            st.next_sequence += 1;
-            cx.release_held(st)?;
-            (o, true)
-        }
-        None => match st.status {
-            Some(cur) if ev.event_type.rank() < cur.rank() || ev.event_type == cur => {
-                st.log(entry(record, Some(&ev), "superseded"));
-                (Outcome::Superseded, true)
-            }
-            _ => (cx.apply(st, &ev, record)?, true),
-        },
-    })
+        _ => cx.apply(st, &ev, record),
+    }
 }
 
 #[cfg(test)]

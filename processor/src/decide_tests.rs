@@ -4,6 +4,7 @@ use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
 use proptest::prelude::*;
 
 use super::*;
+use crate::limits::Limits;
 use crate::model::Origin;
 
 /// An in-memory fold of records through `decide`: the edges, without Kafka or sled.
@@ -14,6 +15,7 @@ struct Sim {
     policies: HashMap<String, (String, String)>,
     outputs: Vec<Output>,
     offset: i64,
+    limits: Limits,
 }
 
 impl PolicyRegistry for HashMap<String, (String, String)> {
@@ -75,7 +77,7 @@ impl Sim {
             _ => None,
         };
         let payment = pid.as_ref().and_then(|p| self.payments.get(p).cloned());
-        let d = decide(&rec, input, payment, seen.as_ref(), &mut self.policies).unwrap();
+        let d = decide(&rec, input, payment, seen.as_ref(), &mut self.policies, &self.limits).unwrap();
         if let Some(p) = d.payment {
             self.payments.insert(p.payment_id.clone(), p);
         }
@@ -220,8 +222,9 @@ fn rank_mode_supersedes_lower_ranked_events() {
     assert_eq!(s.event(ev("p", "e2", None, Processing, None)), Outcome::Superseded);
     assert_eq!(s.activations().len(), 1);
     assert!(s.dead_reasons().is_empty(), "superseded events are not dead letters");
-    assert_eq!(s.event(ev("p", "e5", None, Failed, None)), Outcome::DeadLettered);
-    assert_eq!(s.dead_reasons(), vec![DeadLetterReason::InvalidTransition]);
+    // A failure after the completion is a late copy of an earlier, failed attempt.
+    assert_eq!(s.event(ev("p", "e5", None, Failed, None)), Outcome::Superseded);
+    assert!(s.dead_reasons().is_empty());
 }
 
 #[test]
@@ -238,11 +241,110 @@ fn completed_without_policy_and_second_payment_for_a_policy_are_dead_lettered() 
 }
 
 #[test]
-fn refund_without_completion_is_an_invalid_transition() {
+fn a_refund_before_its_completion_ends_the_payment_and_is_remembered() {
     let mut s = Sim::default();
     s.event(ev("p", "e1", None, Created, None));
-    assert_eq!(s.event(ev("p", "e9", None, Refunded, None)), Outcome::DeadLettered);
-    assert_eq!(s.dead_reasons(), vec![DeadLetterReason::InvalidTransition]);
+    assert_eq!(s.event(ev("p", "e9", None, Refunded, None)), Outcome::Applied);
+    assert_eq!(
+        s.event(ev("p", "e3", None, Completed, Some("pol"))),
+        Outcome::Superseded
+    );
+    assert!(s.activations().is_empty(), "a refunded payment activates nothing");
+    assert_eq!(s.event(ev("p", "e9", None, Refunded, None)), Outcome::Duplicate);
+    assert!(s.dead_reasons().is_empty());
+}
+
+#[test]
+fn a_failed_attempt_retried_to_success_activates_in_both_modes() {
+    for sequenced in [false, true] {
+        let seq = |n| sequenced.then_some(n);
+        let mut s = Sim::default();
+        s.event(ev("p", "e1", seq(1), Created, None));
+        s.event(ev("p", "e2", seq(2), Failed, None));
+        s.event(ev("p", "e3", seq(3), Processing, None));
+        assert_eq!(s.event(ev("p", "e4", seq(4), Completed, Some("pol"))), Outcome::Applied);
+        assert_eq!(s.activations().len(), 1, "sequenced: {sequenced}");
+        assert!(
+            s.dead_reasons().is_empty(),
+            "sequenced: {sequenced}: {:?}",
+            s.dead_reasons()
+        );
+    }
+}
+
+#[test]
+fn a_sequence_far_ahead_is_dead_lettered_not_held_and_can_come_again() {
+    let mut s = Sim::default();
+    for far in [1_000_000_000_000, i64::MAX, 1 + 1001] {
+        assert_eq!(
+            s.event(ev("p", &format!("far{far}"), Some(far), Completed, Some("pol"))),
+            Outcome::DeadLettered
+        );
+    }
+    assert_eq!(s.dead_reasons(), vec![DeadLetterReason::SequenceOutOfRange; 3]);
+    assert!(s.payments["p"].held.is_empty());
+    assert!(s.dedup.is_empty(), "a rejected event is not remembered as seen");
+    // 1 + 1000 is the farthest that is held; once the payment moves on, the rejected
+    // event's retry is held like any other.
+    assert_eq!(s.event(ev("p", "e1001", Some(1001), Processing, None)), Outcome::Held);
+    s.event(ev("p", "e1", Some(1), Created, None));
+    assert_eq!(
+        s.event(ev("p", "far1002", Some(1002), Completed, Some("pol"))),
+        Outcome::Held
+    );
+}
+
+#[test]
+fn held_events_are_capped_by_count_and_by_bytes() {
+    let mut s = Sim {
+        limits: Limits {
+            max_sequence_ahead: 1000,
+            max_held_events: 3,
+            max_held_bytes: 1 << 20,
+        },
+        ..Sim::default()
+    };
+    for n in 2..=4 {
+        assert_eq!(
+            s.event(ev("p", &format!("e{n}"), Some(n), Processing, None)),
+            Outcome::Held
+        );
+    }
+    assert_eq!(s.event(ev("p", "e5", Some(5), Processing, None)), Outcome::DeadLettered);
+    assert_eq!(s.dead_reasons(), vec![DeadLetterReason::HeldLimitExceeded]);
+    assert_eq!(s.payments["p"].held.len(), 3);
+    // Every record in this simulation is two bytes (key and value): four bytes hold two.
+    let mut s = Sim {
+        limits: Limits {
+            max_held_bytes: 4,
+            ..Limits::default()
+        },
+        ..Sim::default()
+    };
+    assert_eq!(s.event(ev("q", "e2", Some(2), Processing, None)), Outcome::Held);
+    assert_eq!(s.event(ev("q", "e3", Some(3), Processing, None)), Outcome::Held);
+    assert_eq!(s.event(ev("q", "e4", Some(4), Processing, None)), Outcome::DeadLettered);
+}
+
+#[test]
+fn a_gap_timeout_names_the_missing_as_ranges() {
+    let mut s = Sim::default();
+    s.event(ev("p", "e2", Some(2), Processing, None));
+    s.event(ev("p", "e900", Some(900), Completed, Some("pol")));
+    s.gap_timeout("p");
+    let d = s
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Dead(d) if d.reason == DeadLetterReason::SequenceGapTimeout => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let ranges: Vec<(i64, i64)> = d.missing_ranges.iter().map(|r| (r.first, r.last)).collect();
+    assert_eq!(ranges, vec![(1, 1), (3, 899)]);
+    assert_eq!(d.missing_sequences.len(), 100);
+    assert!(d.detail.len() < 400, "{}", d.detail);
+    assert_eq!(s.activations().len(), 1, "held events are applied in order");
 }
 
 #[test]
@@ -260,6 +362,20 @@ fn replaying_the_same_records_gives_the_same_outputs() {
     script(&mut b);
     assert_eq!(a.outputs, b.outputs);
     assert_eq!(a.payments, b.payments);
+}
+
+/// Policies whose last event is an activation: (policy, activation id).
+fn active(sim: &Sim) -> Vec<(String, String)> {
+    let mut active: Vec<(String, String)> = Vec::new();
+    for o in &sim.outputs {
+        if let Output::Policy(p) = o {
+            match &p.event {
+                PolicyEventKind::Activated(a) => active.push((a.policy_id.clone(), a.activation_id.clone())),
+                PolicyEventKind::Cancelled(c) => active.retain(|(_, id)| *id != c.activation_id),
+            }
+        }
+    }
+    active
 }
 
 /// A payment's events: created, processing, then completed (with a policy) or failed.
@@ -321,6 +437,56 @@ proptest! {
         prop_assert!(acts.len() <= 1);
         for (_, id) in acts {
             prop_assert_eq!(id, activation_id("pol-p", "src", "p-e3"));
+        }
+    }
+
+    /// A completed and refunded payment ends not active whatever the arrival order and
+    /// duplication: no activation, or an activation and then its cancellation.
+    #[test]
+    fn completed_and_refunded_end_not_active_in_any_order(
+        sequenced in any::<bool>(),
+        failed_first in any::<bool>(),
+        copies in proptest::collection::vec(1usize..=2, 5),
+        order in Just(()).prop_perturb(|_, mut rng| { let mut v: Vec<usize> = (0..10).collect(); v.sort_by_key(|_| rng.next_u32()); v }),
+    ) {
+        let mut types = vec![Created, Processing];
+        if failed_first { types.push(Failed); }
+        types.extend([Completed, Refunded]);
+        let events: Vec<WebhookEvent> = types.iter().enumerate().map(|(i, t)| {
+            ev("p", &format!("e{}", i + 1), sequenced.then_some(i as i64 + 1), *t, Some("pol"))
+        }).collect();
+        let mut deliveries = Vec::new();
+        for (e, n) in events.iter().zip(&copies) {
+            for _ in 0..*n { deliveries.push(e.clone()); }
+        }
+        let mut sim = Sim::default();
+        for i in order.iter().filter(|&&i| i < deliveries.len()) {
+            sim.event(deliveries[*i].clone());
+        }
+        sim.gap_timeout("p");
+        prop_assert!(active(&sim).is_empty(), "still active: {:?}", sim.outputs);
+        prop_assert!(sim.activations().len() <= 1);
+    }
+
+    /// Sequences anywhere in i64, far ahead included: no panic, never more held than the
+    /// bound, at most one activation, and the dead letters name ranges, not numbers.
+    #[test]
+    fn any_sequences_are_bounded(
+        seqs in proptest::collection::vec(prop_oneof![1i64..20, 1i64..2000, 1i64..=i64::MAX], 1..40),
+        fire in proptest::collection::vec(any::<bool>(), 40),
+    ) {
+        let mut sim = Sim { limits: Limits { max_held_events: 8, ..Limits::default() }, ..Sim::default() };
+        for (i, (s, f)) in seqs.iter().zip(&fire).enumerate() {
+            let t = if i % 3 == 2 { Completed } else { Processing };
+            sim.event(ev("p", &format!("e{i}"), Some(*s), t, Some("pol")));
+            prop_assert!(sim.payments["p"].held.len() <= 8);
+            if *f { sim.gap_timeout("p"); }
+        }
+        prop_assert!(sim.activations().len() <= 1);
+        for o in &sim.outputs {
+            if let Output::Dead(d) = o {
+                prop_assert!(d.missing_ranges.len() <= 9 && d.missing_sequences.len() <= 100);
+            }
         }
     }
 }

@@ -122,6 +122,7 @@ pub fn summary(e: &Entry) -> Value {
         "origin": { "topic": d.origin_topic, "partition": d.origin_partition, "offset": d.origin_offset,
                     "timestamp_ms": d.origin_timestamp },
         "missing_sequences": d.missing_sequences,
+        "missing_ranges": d.missing_ranges.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
         "dlq": { "partition": e.partition, "offset": e.offset },
     })
 }

@@ -14,14 +14,40 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::config::KafkaConfig;
 use crate::model::Output;
 
-/// An output was not acknowledged. Always transient: the batch is retried with the
-/// same records (same deterministic ids), never skipped.
+/// An output was not acknowledged. A transient failure (broker away, timeout) is
+/// retried with the same records (same deterministic ids); a permanent one (the broker
+/// refuses this record for good) is replaced by a smaller dead letter, see
+/// [`crate::fallback`], so one record can never halt its partition.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
     #[error("output does not encode")]
     Encode(#[from] hookstream_schemas::CodecError),
     #[error("broker did not acknowledge an output")]
     Kafka(#[source] KafkaError),
+}
+
+impl EmitError {
+    /// Whether sending the same record again may succeed. Permanent: the record does not
+    /// encode, is too large, is invalid, or the client is not authorised to write it.
+    pub fn is_transient(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match self {
+            EmitError::Encode(_) => false,
+            EmitError::Kafka(e) => !matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    C::MessageSizeTooLarge
+                        | C::InvalidMessageSize
+                        | C::InvalidMessage
+                        | C::InvalidRecord
+                        | C::InvalidRequiredAcks
+                        | C::TopicAuthorizationFailed
+                        | C::ClusterAuthorizationFailed
+                        | C::InvalidTopic
+                )
+            ),
+        }
+    }
 }
 
 /// The output producer.
@@ -61,30 +87,35 @@ impl Emitter {
         })
     }
 
-    /// Send every output and wait until all are acknowledged. `traceparent` is the trace
-    /// context of the record that caused each output.
-    pub async fn send_all(&self, outputs: &[(Output, Option<String>)]) -> Result<(), EmitError> {
+    /// Send every output and wait until all are acknowledged (or failed). `traceparent`
+    /// is the trace context of the record that caused each output. One result per
+    /// output, in order.
+    pub async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), EmitError>> {
+        let mut results: Vec<Result<(), EmitError>> = Vec::with_capacity(outputs.len());
         let mut encoded = Vec::with_capacity(outputs.len());
-        for (o, tp) in outputs {
-            let (topic, key, id, value) = match o {
-                Output::Policy(p) => (
-                    &self.activations_topic,
-                    p.policy_id.clone(),
-                    p.id().to_owned(),
-                    encode(p)?,
-                ),
+        for (i, (o, tp)) in outputs.iter().enumerate() {
+            let e = match o {
+                Output::Policy(p) => {
+                    encode(p).map(|v| (&self.activations_topic, p.policy_id.clone(), p.id().to_owned(), v))
+                }
                 Output::Dead(d) => {
                     let key = d
                         .payment_id
                         .clone()
                         .or_else(|| d.original_key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()))
                         .unwrap_or_default();
-                    (&self.dlq_topic, key, d.dead_letter_id.clone(), encode(d)?)
+                    encode(d).map(|v| (&self.dlq_topic, key, d.dead_letter_id.clone(), v))
                 }
             };
-            encoded.push((topic, key, id, value, tp));
+            match e {
+                Ok((topic, key, id, value)) => {
+                    results.push(Ok(()));
+                    encoded.push((i, topic, key, id, value, *tp));
+                }
+                Err(e) => results.push(Err(EmitError::Encode(e))),
+            }
         }
-        let sends = encoded.iter().map(|(topic, key, id, value, tp)| {
+        let sends = encoded.iter().map(|(_, topic, key, id, value, tp)| {
             let mut h = OwnedHeaders::new().insert(Header {
                 key: headers::EVENT_ID,
                 value: Some(id),
@@ -92,7 +123,7 @@ impl Emitter {
             if let Some(tp) = tp {
                 h = h.insert(Header {
                     key: headers::TRACEPARENT,
-                    value: Some(tp),
+                    value: Some(*tp),
                 });
             }
             self.producer.send(
@@ -100,10 +131,12 @@ impl Emitter {
                 Duration::from_secs(0),
             )
         });
-        for r in join_all(sends).await {
-            r.map_err(|(e, _)| EmitError::Kafka(e))?;
+        for ((i, ..), r) in encoded.iter().zip(join_all(sends).await) {
+            if let Err((e, _)) = r {
+                results[*i] = Err(EmitError::Kafka(e));
+            }
         }
-        Ok(())
+        results
     }
 
     /// Write a GapTimeout control record into `partition` of the raw topic (the

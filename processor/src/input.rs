@@ -118,7 +118,7 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
         Err(e) => return known(DeadLetterReason::Undecodable, format!("body is not JSON: {e}")),
     };
     let text = |ptr: &str| body.pointer(ptr).and_then(Value::as_str).map(str::to_owned);
-    Input::Webhook(WebhookEvent {
+    let ev = WebhookEvent {
         body_hash: sha256_hex(&[&raw.body]),
         policy_id: text(&fields.policy_id).filter(|p| !p.is_empty()),
         amount: body.pointer(&fields.amount).and_then(Value::as_i64),
@@ -130,5 +130,74 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
         sequence: raw.sequence,
         event_type,
         received_at: raw.received_at,
-    })
+    };
+    match check_fields(&ev) {
+        Ok(()) => Input::Webhook(ev),
+        Err(detail) => Input::Invalid {
+            reason: DeadLetterReason::InvalidField,
+            detail,
+            source: Some(truncate(&ev.source)),
+            event_id: Some(truncate(&ev.event_id)),
+            payment_id: Some(truncate(&ev.payment_id)),
+        },
+    }
+}
+
+/// Longest id (source, event id, payment id, policy id) the processor keys state by or
+/// copies into an output; ingest rejects longer ones with 400.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `occurred_at` copied into an output.
+pub const MAX_TIME_BYTES: usize = 64;
+
+/// At most [`MAX_ID_BYTES`] of `s` (on a char boundary), for a dead letter's fields.
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(MAX_ID_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Whether the fields copied into state keys and outputs are within their limits: ids
+/// non-empty, at most [`MAX_ID_BYTES`], without control characters; a policy id also
+/// printable ASCII without spaces; a currency three ASCII letters; `occurred_at`
+/// printable ASCII of at most [`MAX_TIME_BYTES`].
+pub fn check_fields(ev: &WebhookEvent) -> Result<(), String> {
+    let id = |name: &str, v: &str| {
+        if v.is_empty() || v.len() > MAX_ID_BYTES || v.chars().any(char::is_control) {
+            Err(format!(
+                "{name} must be 1 to {MAX_ID_BYTES} bytes without control characters (has {} bytes)",
+                v.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    id("source", &ev.source)?;
+    id("event_id", &ev.event_id)?;
+    id("payment_id", &ev.payment_id)?;
+    let graphic = |v: &str| v.bytes().all(|b| b.is_ascii_graphic());
+    if let Some(p) = &ev.policy_id {
+        id("policy_id", p)?;
+        if !graphic(p) {
+            return Err("policy_id must be printable ASCII without spaces".into());
+        }
+    }
+    if let Some(c) = &ev.currency {
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(format!(
+                "currency must be a three-letter ISO 4217 code (has {} bytes)",
+                c.len()
+            ));
+        }
+    }
+    if let Some(t) = &ev.occurred_at {
+        if t.len() > MAX_TIME_BYTES || !graphic(t) {
+            return Err(format!(
+                "occurred_at must be printable ASCII of at most {MAX_TIME_BYTES} bytes (has {} bytes)",
+                t.len()
+            ));
+        }
+    }
+    Ok(())
 }

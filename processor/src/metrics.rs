@@ -35,6 +35,10 @@ pub struct Metrics {
     /// Times this instance left and rejoined the group because raw partitions had no
     /// working owner ([`crate::stall`]).
     pub stall_repairs: IntCounter,
+    /// Outputs the broker refused for good, replaced by a smaller dead letter.
+    pub outputs_refused: IntCounter,
+    /// Partitions rebuilt from the log because their stored state did not read back.
+    pub corrupt_rebuilds: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +92,16 @@ impl Metrics {
                 "Times this instance left and rejoined the group because raw partitions had records waiting and no working owner",
             )
             .expect("metric"),
+            outputs_refused: IntCounter::new(
+                "outputs_refused_total",
+                "Outputs the broker refused for good (too large, invalid, unauthorised), replaced by a smaller dead letter",
+            )
+            .expect("metric"),
+            corrupt_rebuilds: IntCounter::new(
+                "corrupt_rebuilds_total",
+                "Partitions whose stored state did not read back and was rebuilt from the log",
+            )
+            .expect("metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.records.clone()),
@@ -103,6 +117,8 @@ impl Metrics {
             Box::new(m.replays_detected.clone()),
             Box::new(m.skipped_refetched.clone()),
             Box::new(m.stall_repairs.clone()),
+            Box::new(m.outputs_refused.clone()),
+            Box::new(m.corrupt_rebuilds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

@@ -32,24 +32,35 @@ impl EventType {
         })
     }
 
-    /// Lifecycle rank: created < processing < completed | failed < refunded.
+    /// Lifecycle rank: created < processing < failed < completed < refunded.
+    ///
+    /// A failed attempt can be retried and then succeed (Stripe's
+    /// `payment_intent.payment_failed` then `payment_intent.succeeded`), so a completion
+    /// outranks a failure, and a failure that arrives after the completion is a late
+    /// copy of an earlier attempt. A refund outranks everything: once a payment is
+    /// refunded, a completion that arrives late must not activate its policy.
     pub fn rank(self) -> u8 {
         match self {
             Self::Created => 0,
             Self::Processing => 1,
-            Self::Completed | Self::Failed => 2,
-            Self::Refunded => 3,
+            Self::Failed => 2,
+            Self::Completed => 3,
+            Self::Refunded => 4,
         }
     }
 
-    /// Whether a payment in state `from` may move to `self`.
+    /// Whether a payment in state `from` may move to `self` (in sequence order).
     pub fn may_follow(self, from: Option<EventType>) -> bool {
         use EventType::*;
         match self {
             Created => from.is_none(),
-            Processing => matches!(from, None | Some(Created) | Some(Processing)),
-            Completed | Failed => matches!(from, None | Some(Created) | Some(Processing)),
-            Refunded => from == Some(Completed),
+            // A failed attempt may be retried: processing and completion follow it.
+            Processing => matches!(from, None | Some(Created) | Some(Processing) | Some(Failed)),
+            Completed => matches!(from, None | Some(Created) | Some(Processing) | Some(Failed)),
+            Failed => matches!(from, None | Some(Created) | Some(Processing)),
+            // A refund whose completion is missing (late, or never sent) still ends the
+            // payment: nothing is activated for it afterwards.
+            Refunded => from != Some(Refunded),
         }
     }
 }

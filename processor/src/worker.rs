@@ -9,6 +9,12 @@
 //!    batch, and flush it to disk;
 //! 4. commit the offset after the batch to the consumer group.
 //!
+//! Records are decided in increasing offset order, each once: a delivered batch is
+//! sorted, what was already decided is dropped, and a hole is read from the log first
+//! ([`crate::order`]). An output the broker refuses for good is replaced by a smaller
+//! dead letter ([`crate::fallback`]); stored state that does not read back is rebuilt
+//! from the log. Neither halts the partition.
+//!
 //! A crash between any two steps loses nothing: the records are consumed again from
 //! the committed offset, decided again against the state, and any output is sent
 //! again with the same deterministic id. Transient failures (broker, disk) pause the
@@ -31,11 +37,9 @@
 //! consumed like any other record, so a replay of the partition reproduces exactly the
 //! same decisions, in the same place in the log.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -43,14 +47,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{raw_record, GroupConsumer};
-use crate::decide::{decide, dedup_key};
 use crate::emit::Emitter;
-use crate::input::{classify, Input};
+use crate::gaps::Gaps;
 use crate::metrics::Metrics;
-use crate::model::{Output, RawRecord};
-use crate::store::{Changes, PartitionStore, SledPolicies, Store};
+use crate::model::RawRecord;
+use crate::order::{self, Step};
+use crate::store::{PartitionStore, SledPolicies, Store};
 use crate::trace::RecordTracer;
 use crate::ProcessorConfig;
+
+#[path = "worker_batch.rs"]
+mod batch;
+#[path = "worker_gaps.rs"]
+mod gap_timer;
 
 /// What every worker shares.
 pub struct Shared {
@@ -72,6 +81,19 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+impl Shared {
+    /// Retry `f` with backoff until it succeeds or `stop` fires (see [`crate::retry`]).
+    async fn retry<T, E, F, Fut>(&self, what: &'static str, stop: &CancellationToken, f: F) -> Option<T>
+    where
+        E: std::fmt::Display + Sync,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let max = Duration::from_millis(self.config.processing.max_backoff_ms);
+        crate::retry::retry(what, &self.metrics, max, stop, f).await
+    }
+}
+
 /// A record handed to a worker.
 #[derive(Debug)]
 pub struct Incoming {
@@ -79,11 +101,16 @@ pub struct Incoming {
     pub traceparent: Option<String>,
 }
 
-struct GapWatch {
-    opened: SystemTime,
-    next_expected: i64,
-    held: i64,
-    requested: Option<Instant>,
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processed {
+    /// Decided and durable; the highest offset the partition's state now covers
+    /// (`None`: the batch was empty).
+    Done(Option<i64>),
+    /// `stop` fired: nothing of the batch was committed.
+    Stopped,
+    /// The stored state did not read back: rebuild the partition, then decide again.
+    Corrupt,
 }
 
 /// The worker of one partition.
@@ -93,15 +120,15 @@ pub struct Worker {
     partition: i32,
     store: PartitionStore,
     policies: SledPolicies,
-    gaps: HashMap<String, GapWatch>,
+    gaps: Gaps,
     held_total: i64,
     /// Applied offset not yet committed to the group, the last one committed, and when
     /// the last commit went out.
     uncommitted: Option<i64>,
     committed: Option<i64>,
     last_commit: Instant,
-    /// The offset the next live record should have; a later one means the broker
-    /// skipped records (see [`crate::offsets`]) and they are read first.
+    /// The next offset to decide: everything below it is decided, so a record below it
+    /// is dropped and a later one means a hole that is read from the log first.
     next_offset: Option<i64>,
 }
 
@@ -159,72 +186,6 @@ impl Position {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Exponential backoff with jitter for transient failures: the partition waits, it
-/// never skips.
-struct Backoff<'a> {
-    shared: &'a Shared,
-    what: &'static str,
-    next: Duration,
-}
-
-impl<'a> Backoff<'a> {
-    fn new(shared: &'a Shared, what: &'static str) -> Self {
-        Self {
-            shared,
-            what,
-            next: Duration::from_millis(50),
-        }
-    }
-
-    /// Log and count `err`, then sleep. False when `stop` fired meanwhile.
-    async fn pause(&mut self, err: &(dyn std::fmt::Display + Sync), stop: &CancellationToken) -> bool {
-        self.shared.metrics.retries.with_label_values(&[self.what]).inc();
-        // Jitter of up to half the delay, from the clock's sub-second noise.
-        let noise = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = self.next.mul_f64(f64::from(noise % 1000) / 2000.0);
-        tracing::warn!(what = self.what, error = %err, backoff_ms = self.next.as_millis() as u64,
-            "transient failure; partition paused");
-        let max = Duration::from_millis(self.shared.config.processing.max_backoff_ms.max(1));
-        let delay = self.next + jitter;
-        self.next = (self.next * 2).min(max);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => true,
-            () = stop.cancelled() => false,
-        }
-    }
-}
-
-/// Retry `f` until it succeeds; `None` when `stop` fires first (the caller then exits
-/// without committing, which loses nothing).
-async fn retry<T, E, F, Fut>(what: &'static str, shared: &Shared, stop: &CancellationToken, mut f: F) -> Option<T>
-where
-    E: std::fmt::Display + Sync,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(shared, what);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                if !backoff.pause(&e, stop).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 impl Worker {
     pub fn new(shared: Arc<Shared>, partition: i32) -> Result<Self, crate::store::StoreError> {
         let store = shared.store.partition(&shared.config.kafka.raw_topic, partition)?;
@@ -234,7 +195,7 @@ impl Worker {
             partition,
             store,
             policies,
-            gaps: HashMap::new(),
+            gaps: Gaps::default(),
             held_total: 0,
             uncommitted: None,
             committed: None,
@@ -269,16 +230,8 @@ impl Worker {
                                 Err(_) => break,
                             }
                         }
-                        if !self.fill_skipped(&batch, &stop).await {
+                        if !self.live(batch, &stop).await {
                             break;
-                        }
-                        match self.process(batch, true, &stop).await {
-                            Some(Some(last)) => {
-                                self.uncommitted = Some(last);
-                                self.commit_if_due(false);
-                            }
-                            Some(None) => {}
-                            None => break,
                         }
                     }
                     _ = tick.tick() => {
@@ -294,6 +247,77 @@ impl Worker {
         self.commit_if_due(true);
         self.shared.metrics.held_events.sub(self.held_total);
         tracing::info!(partition = self.partition, "partition worker stopped");
+    }
+
+    /// Fold a live batch in offset order (see [`crate::order`]). False when stopped.
+    async fn live(&mut self, batch: Vec<Incoming>, stop: &CancellationToken) -> bool {
+        let batch = order::arrange(batch, self.next_offset, |m| m.record.origin.offset);
+        let offsets: Vec<i64> = batch.iter().map(|m| m.record.origin.offset).collect();
+        for step in order::plan(self.next_offset, &offsets) {
+            match step {
+                Step::Refetch { from, until } => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        from,
+                        until,
+                        "records were skipped by the broker's fetch; reading them before going on"
+                    );
+                    self.shared.metrics.skipped_refetched.inc();
+                    if self.read_range(from, until, true, stop).await.is_none() {
+                        return false;
+                    }
+                }
+                Step::Decide(range) => {
+                    let run = &batch[range];
+                    loop {
+                        match self.process(run, true, stop).await {
+                            Processed::Done(applied) => {
+                                self.uncommitted = applied.or(self.uncommitted);
+                                self.commit_if_due(false);
+                                break;
+                            }
+                            Processed::Stopped => return false,
+                            Processed::Corrupt => {
+                                let first = run.first().map_or(0, |m| m.record.origin.offset);
+                                if !self.rebuild_corrupt(first, stop).await {
+                                    return false;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(last) = batch.last() {
+                let next = last.record.origin.offset + 1;
+                self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
+            }
+        }
+        true
+    }
+
+    /// The partition's stored state does not read back: drop it and rebuild it from the
+    /// start of the log up to `until` (outputs suppressed: they were sent). False when
+    /// stopped.
+    async fn rebuild_corrupt(&mut self, until: i64, stop: &CancellationToken) -> bool {
+        tracing::error!(
+            partition = self.partition,
+            until,
+            "stored state of the partition does not read back; rebuilding it from the log"
+        );
+        self.shared.metrics.corrupt_rebuilds.inc();
+        let store = self.store.clone();
+        if self
+            .shared
+            .retry("store", stop, || async { store.clear() })
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        if self.read_range(-1, until, false, stop).await.is_none() {
+            return false;
+        }
+        self.watch_stored_gaps(stop).await
     }
 
     /// Commit the applied offset to the group at most every `commit_interval_ms` (or now,
@@ -344,60 +368,70 @@ impl Worker {
     async fn group_position(&self, stop: &CancellationToken) -> Option<Position> {
         let shared = self.shared.clone();
         let (topic, partition) = (shared.config.kafka.raw_topic.clone(), self.partition);
-        retry("group_position", &shared, stop, || {
-            let (consumer, topic) = (shared.consumer.clone(), topic.clone());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&topic, partition);
-                    let committed = consumer
-                        .committed_offsets(tpl, Duration::from_secs(5))
-                        .map_err(|e| e.to_string())?;
-                    match committed.find_partition(&topic, partition).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Ok(Position::Committed(o)),
-                        _ => consumer
-                            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                            .map(|(low, _)| Position::LogStart(low))
-                            .map_err(|e| e.to_string()),
-                    }
-                })
-                .await
-                .map_err(|e| e.to_string())?
+        shared
+            .retry("group_position", stop, || {
+                let (consumer, topic) = (shared.consumer.clone(), topic.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&topic, partition);
+                        let committed = consumer
+                            .committed_offsets(tpl, Duration::from_secs(5))
+                            .map_err(|e| e.to_string())?;
+                        match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => Ok(Position::Committed(o)),
+                            _ => consumer
+                                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                                .map(|(low, _)| Position::LogStart(low))
+                                .map_err(|e| e.to_string()),
+                        }
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                }
+            })
+            .await
+    }
+
+    /// When the group was moved back behind what this instance itself committed
+    /// (`processor replay`), drop the partition's state. False when stopped.
+    async fn drop_if_replayed(&mut self, committed: i64, stop: &CancellationToken) -> bool {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let Some(mark) = shared.retry("store", stop, || async { store.committed_mark() }).await else {
+            return false;
+        };
+        if let Some(mark) = mark.filter(|m| committed < *m) {
+            tracing::warn!(
+                partition = self.partition,
+                committed,
+                previously_committed = mark,
+                "the group's offset was moved back (processor replay): rebuilding the partition's state \
+                 from the log; records from the new offset on are decided and their outputs published again"
+            );
+            if shared.retry("store", stop, || async { store.clear() }).await.is_none() {
+                return false;
             }
-        })
-        .await
+            shared.metrics.replays_detected.inc();
+        }
+        true
     }
 
     /// Bring sled up to the first offset the group hands us by replaying the partition
-    /// with outputs suppressed. When the group was moved back behind what this instance
-    /// itself committed (`processor replay`), the partition's state is dropped first and
-    /// rebuilt from the start of the log. Returns false when stopped.
+    /// with outputs suppressed (dropping it first after a replay). When sled is already
+    /// ahead of the group (a crash between persisting and committing), the group's
+    /// offset is moved up to it, so a quiet partition does not stay behind. Returns false
+    /// when stopped.
     async fn reconcile(&mut self, position: Position, stop: &CancellationToken) -> bool {
         let shared = self.shared.clone();
         let store = self.store.clone();
         let first_live = position.offset();
         if let Position::Committed(committed) = position {
-            let Some(mark) = retry("store", &shared, stop, || async { store.committed_mark() }).await else {
+            if !self.drop_if_replayed(committed, stop).await {
                 return false;
-            };
-            if let Some(mark) = mark.filter(|m| committed < *m) {
-                tracing::warn!(
-                    partition = self.partition,
-                    committed,
-                    previously_committed = mark,
-                    "the group's offset was moved back (processor replay): rebuilding the partition's state \
-                     from the log; records from the new offset on are decided and their outputs published again"
-                );
-                if retry("store", &shared, stop, || async { store.clear() })
-                    .await
-                    .is_none()
-                {
-                    return false;
-                }
-                shared.metrics.replays_detected.inc();
             }
         }
-        let Some(applied) = retry("store", &shared, stop, || async { store.applied_offset() }).await else {
+        let Some(applied) = shared.retry("store", stop, || async { store.applied_offset() }).await else {
             return false;
         };
         let from = match applied {
@@ -415,30 +449,53 @@ impl Worker {
                     elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt partition state from the log");
             }
         }
-        let Some(gapped) = retry("store", &shared, stop, || async { store.payments_with_gaps() }).await else {
+        if !self.watch_stored_gaps(stop).await {
+            return false;
+        }
+        let Some(applied) = shared.retry("store", stop, || async { store.applied_offset() }).await else {
+            return false;
+        };
+        if let Some(a) = applied.filter(|a| *a >= first_live) {
+            // sled is ahead of the group: commit what it already covers.
+            self.uncommitted = Some(a);
+            self.commit_if_due(false);
+        }
+        let next = applied.map_or(first_live, |a| (a + 1).max(first_live));
+        self.next_offset = Some(next);
+        self.read_skipped(next, stop).await
+    }
+
+    /// Watch the gaps of every stored payment that holds events. False when stopped.
+    async fn watch_stored_gaps(&mut self, stop: &CancellationToken) -> bool {
+        let store = self.store.clone();
+        let Some(gapped) = self
+            .shared
+            .retry("store", stop, || async { store.payments_with_gaps() })
+            .await
+        else {
             return false;
         };
         for st in gapped {
-            self.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
+            self.gaps.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
         }
         self.update_held_gauge();
-        let Some(applied) = retry("store", &shared, stop, || async { store.applied_offset() }).await else {
-            return false;
-        };
-        let next = applied.map_or(first_live, |a| (a + 1).max(first_live));
-        self.next_offset = Some(next);
-        // Would the group's fetch from `next` skip records (crate::offsets)? Then read
-        // them here, before the group hands over what follows them.
-        let Some(skipped) = retry("skipped_from", &shared, stop, || {
-            skipped_from(shared.clone(), self.partition, next)
-        })
-        .await
+        true
+    }
+
+    /// Would the group's fetch from `next` skip records (crate::offsets)? Then read them
+    /// here, before the group hands over what follows them. False when stopped.
+    async fn read_skipped(&mut self, next: i64, stop: &CancellationToken) -> bool {
+        let shared = self.shared.clone();
+        let partition = self.partition;
+        let Some(skipped) = shared
+            .retry("skipped_from", stop, || skipped_from(shared.clone(), partition, next))
+            .await
         else {
             return false;
         };
         if let Some(until) = skipped {
             tracing::warn!(
-                partition = self.partition,
+                partition,
                 from = next,
                 until,
                 "the broker's fetch from the group's offset would skip records; reading them first"
@@ -449,33 +506,6 @@ impl Worker {
             }
             self.next_offset = Some(until);
         }
-        true
-    }
-
-    /// Before a live batch: when its first record is past the next expected offset, the
-    /// broker skipped records (the local broker does when the group's offset is inside a
-    /// batch); read and process them, outputs included, first. Returns false when stopped.
-    async fn fill_skipped(&mut self, batch: &[Incoming], stop: &CancellationToken) -> bool {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            return true;
-        };
-        let first = first.record.origin.offset;
-        if let Some(expected) = self.next_offset.filter(|e| first > *e) {
-            tracing::warn!(
-                partition = self.partition,
-                from = expected,
-                until = first,
-                "records were skipped by the broker's fetch; reading them before going on"
-            );
-            self.shared.metrics.skipped_refetched.inc();
-            if self.read_range(expected, first, true, stop).await.is_none() {
-                return false;
-            }
-        }
-        // Never backwards: records fetched before the partition's queue was split off
-        // can come after newer ones (see crate::consumer); `process` skips them.
-        let next = last.record.origin.offset + 1;
-        self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
         true
     }
 
@@ -492,10 +522,9 @@ impl Worker {
             let shared = self.shared.clone();
             let partition = self.partition;
             Offset::Offset(
-                retry("aligned_start", &shared, stop, || {
-                    aligned_start(shared.clone(), partition, from)
-                })
-                .await?,
+                shared
+                    .retry("aligned_start", stop, || aligned_start(shared.clone(), partition, from))
+                    .await?,
             )
         };
         let reader: StreamConsumer = match ClientConfig::new()
@@ -555,226 +584,30 @@ impl Worker {
     /// `process` for [`Self::read_range`]; counts rebuilt records.
     async fn fold(&mut self, batch: Vec<Incoming>, live: bool, stop: &CancellationToken) -> Option<u64> {
         let k = batch.len() as u64;
-        let applied = self.process(batch, live, stop).await?;
-        if live {
-            self.uncommitted = applied.or(self.uncommitted);
-        } else {
-            self.shared.metrics.rebuilt_records.inc_by(k);
-        }
-        Some(k)
-    }
-
-    /// Decide a batch, emit (when `live`), persist. Returns the last applied offset
-    /// (`Some(None)` when every record was already applied), or `None` when stopped.
-    async fn process(&mut self, batch: Vec<Incoming>, live: bool, stop: &CancellationToken) -> Option<Option<i64>> {
-        let shared = self.shared.clone();
-        let store = self.store.clone();
-        let applied = retry("store", &shared, stop, || async { store.applied_offset() }).await?;
-        let mut changes = Changes::default();
-        let mut outputs: Vec<(Output, Option<String>)> = Vec::new();
-        let mut timestamps = Vec::new();
-        for inc in batch {
-            let rec = inc.record;
-            if applied.is_some_and(|a| rec.origin.offset <= a) {
-                continue;
-            }
-            let input = classify(&rec, &shared.config.fields);
-            let (payment_id, dkey) = match &input {
-                Input::Webhook(e) => (Some(e.payment_id.clone()), Some(dedup_key(&e.source, &e.event_id))),
-                Input::GapTimeout(g) => (Some(g.payment_id.clone()), None),
-                Input::Invalid { payment_id, .. } => (payment_id.clone(), None),
-            };
-            let mut backoff = Backoff::new(&shared, "store");
-            let decision = loop {
-                match self.decide_one(&rec, &input, payment_id.as_deref(), dkey.as_deref(), &changes) {
-                    Ok(d) => break d,
-                    Err(e) => {
-                        if !backoff.pause(&e, stop).await {
-                            return None;
-                        }
+        loop {
+            match self.process(&batch, live, stop).await {
+                Processed::Done(applied) => {
+                    if live {
+                        self.uncommitted = applied.or(self.uncommitted);
+                    } else {
+                        self.shared.metrics.rebuilt_records.inc_by(k);
+                    }
+                    return Some(k);
+                }
+                Processed::Stopped => return None,
+                Processed::Corrupt => {
+                    let first = batch.first().map_or(0, |m| m.record.origin.offset);
+                    if !Box::pin(self.rebuild_corrupt(first, stop)).await {
+                        return None;
                     }
                 }
-            };
-            shared
-                .metrics
-                .records
-                .with_label_values(&[decision.outcome.as_str()])
-                .inc();
-            let traceparent = if live {
-                shared.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
-                    tracing::debug!(
-                        trace_id,
-                        partition = self.partition,
-                        offset = rec.origin.offset,
-                        outcome = decision.outcome.as_str(),
-                        "record decided"
-                    );
-                    tp
-                })
-            } else {
-                None
-            };
-            if let Some(p) = decision.payment {
-                if live {
-                    self.watch(&p.payment_id, p.next_sequence, p.held.len() as i64);
-                }
-                changes.payments.insert(p.payment_id.clone(), p);
-            }
-            if let Some((k, e)) = decision.dedup {
-                changes.dedup.insert(k, e);
-            }
-            outputs.extend(decision.outputs.into_iter().map(|o| (o, traceparent.clone())));
-            changes.applied = Some(rec.origin.offset);
-            changes.max_ts = Some(changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
-            timestamps.push(rec.origin.timestamp_ms);
-        }
-        let Some(last) = changes.applied else { return Some(None) };
-        if live && !outputs.is_empty() {
-            retry("emit", &shared, stop, || shared.emitter.send_all(&outputs)).await?;
-            self.count_outputs(&outputs);
-        }
-        let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
-        let cutoff = changes.max_ts.map(|ts| ts - window_ms);
-        let changes = Arc::new(changes);
-        let swept = retry("store", &shared, stop, || {
-            let (store, changes) = (store.clone(), changes.clone());
-            async move {
-                tokio::task::spawn_blocking(move || store.persist(&changes, cutoff).map_err(|e| e.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }
-        })
-        .await?;
-        if swept > 0 {
-            tracing::debug!(partition = self.partition, swept, "expired dedup keys");
-        }
-        retry("store", &shared, stop, || shared.flusher.flush()).await?;
-        if live {
-            let now = now_ms();
-            for ts in timestamps {
-                shared
-                    .metrics
-                    .processing_seconds
-                    .observe((now - ts).max(0) as f64 / 1000.0);
-            }
-            self.update_held_gauge();
-        }
-        Some(Some(last))
-    }
-
-    /// Decide one record against sled overlaid with the batch's own changes.
-    fn decide_one(
-        &mut self,
-        rec: &RawRecord,
-        input: &Input,
-        payment_id: Option<&str>,
-        dkey: Option<&str>,
-        changes: &Changes,
-    ) -> Result<crate::decide::Decision, String> {
-        let payment = match payment_id {
-            Some(p) => match changes.payments.get(p) {
-                Some(st) => Some(st.clone()),
-                None => self.store.payment(p).map_err(|e| e.to_string())?,
-            },
-            None => None,
-        };
-        let seen = match dkey {
-            Some(k) => match changes.dedup.get(k) {
-                Some(e) => Some(e.clone()),
-                None => self.store.dedup(k).map_err(|e| e.to_string())?,
-            },
-            None => None,
-        };
-        decide(rec, input.clone(), payment, seen.as_ref(), &mut self.policies).map_err(|e| e.to_string())
-    }
-
-    fn count_outputs(&self, outputs: &[(Output, Option<String>)]) {
-        let m = &self.shared.metrics;
-        for (o, _) in outputs {
-            match o {
-                Output::Policy(p) => match p.event {
-                    PolicyEventKind::Activated(_) => m.activations.inc(),
-                    PolicyEventKind::Cancelled(_) => m.cancellations.inc(),
-                },
-                Output::Dead(d) => m.dead_letters.with_label_values(&[d.reason.as_str()]).inc(),
             }
         }
-    }
-
-    /// Track (or stop tracking) a payment's open gap on the wall clock.
-    fn watch(&mut self, payment_id: &str, next_expected: i64, held: i64) {
-        if held == 0 {
-            self.gaps.remove(payment_id);
-            return;
-        }
-        let w = self.gaps.entry(payment_id.to_owned()).or_insert(GapWatch {
-            opened: SystemTime::now(),
-            next_expected,
-            held,
-            requested: None,
-        });
-        if w.next_expected != next_expected {
-            // Part of the gap filled: what is still missing is a new gap.
-            *w = GapWatch {
-                opened: SystemTime::now(),
-                next_expected,
-                held,
-                requested: None,
-            };
-        }
-        w.held = held;
     }
 
     fn update_held_gauge(&mut self) {
-        let total: i64 = self.gaps.values().map(|w| w.held).sum();
+        let total = self.gaps.held_total();
         self.shared.metrics.held_events.add(total - self.held_total);
         self.held_total = total;
-    }
-
-    /// Write a GapTimeout for every gap open past the timeout. Returns false when stopped.
-    async fn check_gaps(&mut self, stop: &CancellationToken) -> bool {
-        let timeout = self.shared.config.processing.gap_timeout();
-        let now = SystemTime::now();
-        let due: Vec<(String, i64, SystemTime)> = self
-            .gaps
-            .iter()
-            .filter(|(_, w)| now.duration_since(w.opened).unwrap_or_default() >= timeout)
-            .filter(|(_, w)| w.requested.is_none_or(|r| r.elapsed() >= timeout))
-            .map(|(p, w)| (p.clone(), w.next_expected, w.opened))
-            .collect();
-        let shared = self.shared.clone();
-        for (payment_id, next_expected, opened) in due {
-            let missing = match self.store.payment(&payment_id) {
-                Ok(Some(st)) => match st.held.keys().next_back() {
-                    Some(&last) => (st.next_sequence..last).filter(|s| !st.held.contains_key(s)).collect(),
-                    None => Vec::new(),
-                },
-                _ => Vec::new(),
-            };
-            let g = GapTimeout {
-                payment_id: payment_id.clone(),
-                next_expected_sequence: next_expected,
-                missing_sequences: missing,
-                gap_opened_at: opened
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
-                decided_at: now_ms(),
-            };
-            let partition = self.partition;
-            if retry("emit", &shared, stop, || shared.emitter.send_gap_timeout(partition, &g))
-                .await
-                .is_none()
-            {
-                return false;
-            }
-            shared.metrics.gap_timeouts.inc();
-            tracing::info!(payment_id, partition, next_expected, missing = ?g.missing_sequences,
-                reason = DeadLetterReason::SequenceGapTimeout.as_str(), "gap timed out; control record written");
-            if let Some(w) = self.gaps.get_mut(&payment_id) {
-                w.requested = Some(Instant::now());
-            }
-        }
-        true
     }
 }

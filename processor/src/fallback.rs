@@ -1,0 +1,139 @@
+//! What replaces an output the broker refused for good (a pure function).
+//!
+//! A permanent refusal (too large, invalid, not authorised) must not halt the partition
+//! by being retried forever. The output is replaced by a dead letter that is smaller
+//! each time: first a `processing_error` letter carrying the raw record that caused the
+//! output (so it can be re-driven once the cause is fixed), then a letter with the
+//! original's coordinates only (topic, partition, offset), which an operator can read
+//! the record back from. Each substitute is a function of the output and its cause, so
+//! a replay that meets the same refusal writes the same letter with the same id.
+
+use hookstream_schemas::{DeadLetter, DeadLetterReason};
+
+use crate::decide::dead_letter;
+use crate::input::MAX_ID_BYTES;
+use crate::model::{Output, RawRecord};
+
+/// Longest `detail` in a coordinates-only letter.
+const MAX_DETAIL_BYTES: usize = 1024;
+
+/// At most `max` bytes of `s`, on a char boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether `d` already is a coordinates-only letter: nothing left to leave out.
+fn is_minimal(d: &DeadLetter) -> bool {
+    d.original_value.is_none() && d.original_headers.is_empty() && d.detail.len() <= MAX_DETAIL_BYTES + 200
+}
+
+/// The letter that replaces `output`, refused for good with `error`; `None` when it is
+/// already as small as a letter gets (then the DLQ itself refuses it: an operator's
+/// problem, and the caller pauses the partition instead).
+pub fn substitute(output: &Output, cause: &RawRecord, error: &str) -> Option<Output> {
+    match output {
+        Output::Policy(p) => {
+            let detail = format!(
+                "the broker refused the {} output for policy {:?} for good ({}); the record that caused it is \
+                 dead-lettered instead",
+                if matches!(p.event, hookstream_schemas::PolicyEventKind::Activated(_)) {
+                    "activation"
+                } else {
+                    "cancellation"
+                },
+                cut(&p.policy_id, 64),
+                cut(error, 256)
+            );
+            let Output::Dead(mut d) = dead_letter(cause, DeadLetterReason::ProcessingError, detail, None, None, vec![])
+            else {
+                return None;
+            };
+            d.payment_id = cause
+                .key
+                .as_deref()
+                .map(|k| cut(&String::from_utf8_lossy(k), MAX_ID_BYTES).to_owned());
+            Some(Output::Dead(d))
+        }
+        Output::Dead(d) if is_minimal(d) => None,
+        Output::Dead(d) => {
+            let mut d = d.clone();
+            d.detail = format!(
+                "{} (the letter was refused for good: {}; its original key, value and headers are left out: \
+                 read them at {}/{}/{})",
+                cut(&d.detail, MAX_DETAIL_BYTES / 2),
+                cut(error, 200),
+                d.origin_topic,
+                d.origin_partition,
+                d.origin_offset
+            );
+            let id = |v: &Option<String>| v.as_deref().map(|s| cut(s, MAX_ID_BYTES).to_owned());
+            d.source = id(&d.source);
+            d.event_id = id(&d.event_id);
+            d.payment_id = id(&d.payment_id);
+            d.original_key = d.original_key.filter(|k| k.len() <= MAX_ID_BYTES);
+            d.original_value = None;
+            d.original_headers.clear();
+            d.missing_ranges.truncate(100);
+            Some(Output::Dead(d))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Origin;
+    use hookstream_schemas::{encode, PolicyActivated, PolicyEvent, PolicyEventKind};
+
+    fn cause(value_len: usize) -> RawRecord {
+        RawRecord {
+            origin: Origin {
+                topic: "raw".into(),
+                partition: 2,
+                offset: 40,
+                timestamp_ms: 7,
+            },
+            key: Some(b"pay_1".to_vec()),
+            value: Some(vec![1; value_len]),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn a_refused_activation_becomes_a_letter_then_coordinates_then_nothing() {
+        let huge = "p".repeat(500_000);
+        let act = Output::Policy(PolicyEvent {
+            policy_id: huge.clone(),
+            event: PolicyEventKind::Activated(PolicyActivated {
+                activation_id: "a".into(),
+                policy_id: huge,
+                payment_id: "pay_1".into(),
+                source: "s".into(),
+                payment_event_id: "e".into(),
+                amount: None,
+                currency: None,
+                occurred_at: None,
+                activated_at: 0,
+            }),
+        });
+        let Some(Output::Dead(first)) = substitute(&act, &cause(900_000), "message too large") else {
+            panic!("a letter")
+        };
+        assert_eq!(first.reason, DeadLetterReason::ProcessingError);
+        assert_eq!(first.original_value.as_ref().map(Vec::len), Some(900_000));
+        assert!(first.detail.len() < 1024, "{}", first.detail.len());
+        let second = substitute(&Output::Dead(first.clone()), &cause(900_000), "too large").unwrap();
+        let Output::Dead(d) = &second else { panic!("a letter") };
+        assert_eq!((d.origin_partition, d.origin_offset), (2, 40));
+        assert_eq!(
+            d.dead_letter_id, first.dead_letter_id,
+            "same record, same reason, same id"
+        );
+        assert!(encode(d).unwrap().len() < 4096);
+        assert!(substitute(&second, &cause(900_000), "too large").is_none());
+    }
+}

@@ -1,0 +1,274 @@
+//! Deciding one batch of a partition: decide every record against sled overlaid with
+//! the batch's own changes, send the outputs (replacing any the broker refuses for
+//! good), persist the changes atomically and wait until they are on disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookstream_schemas::PolicyEventKind;
+use tokio_util::sync::CancellationToken;
+
+use super::{Incoming, Processed, Worker};
+use crate::decide::{decide, dedup_key, Decision};
+use crate::emit::EmitError;
+use crate::input::{classify, Input};
+use crate::limits::Limits;
+use crate::model::{Output, RawRecord};
+use crate::retry::{now_ms, Backoff};
+use crate::store::{Changes, StoreError};
+
+/// An output on its way out, with the trace context and the record that caused it.
+struct Emitted {
+    output: Output,
+    traceparent: Option<String>,
+    cause: Arc<RawRecord>,
+}
+
+/// Why a record could not be decided now.
+#[derive(Debug, thiserror::Error)]
+enum DecideError {
+    /// Disk or registry trouble: transient, decide again after a pause.
+    #[error("state store: {0}")]
+    Transient(String),
+    /// A stored value does not read back: permanent until the state is rebuilt.
+    #[error("state store")]
+    Corrupt(#[source] StoreError),
+}
+
+impl From<StoreError> for DecideError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => DecideError::Corrupt(e),
+            other => DecideError::Transient(other.to_string()),
+        }
+    }
+}
+
+/// `e` and its sources, for a log line or a dead letter's detail.
+fn error_chain(e: &EmitError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Worker {
+    fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.shared.config.processing.max_backoff_ms)
+    }
+
+    /// Decide a batch, emit (when `live`), persist. Records at or below sled's applied
+    /// offset are skipped. `Done` carries the highest offset the state now covers.
+    pub(super) async fn process(&mut self, batch: &[Incoming], live: bool, stop: &CancellationToken) -> Processed {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let Some(applied) = shared.retry("store", stop, || async { store.applied_offset() }).await else {
+            return Processed::Stopped;
+        };
+        let limits = shared.config.processing.limits();
+        let mut changes = Changes::default();
+        let mut outputs: Vec<Emitted> = Vec::new();
+        let mut timestamps = Vec::new();
+        for inc in batch {
+            let offset = inc.record.origin.offset;
+            if applied.is_some_and(|a| offset <= a) || changes.applied.is_some_and(|a| offset <= a) {
+                continue;
+            }
+            let rec = Arc::new(inc.record.clone());
+            let input = classify(&rec, &shared.config.fields);
+            let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "store");
+            let decision = loop {
+                match self.decide_one(&rec, &input, &changes, &limits) {
+                    Ok(d) => break d,
+                    Err(DecideError::Corrupt(e)) => {
+                        tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
+                        return Processed::Corrupt;
+                    }
+                    Err(e) => {
+                        if !backoff.pause(&e, stop).await {
+                            return Processed::Stopped;
+                        }
+                    }
+                }
+            };
+            shared
+                .metrics
+                .records
+                .with_label_values(&[decision.outcome.as_str()])
+                .inc();
+            let traceparent = if live {
+                shared.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
+                    tracing::debug!(
+                        trace_id,
+                        partition = self.partition,
+                        offset,
+                        outcome = decision.outcome.as_str(),
+                        "record decided"
+                    );
+                    tp
+                })
+            } else {
+                None
+            };
+            if let Some(p) = decision.payment {
+                if live {
+                    self.gaps.watch(&p.payment_id, p.next_sequence, p.held.len() as i64);
+                }
+                changes.payments.insert(p.payment_id.clone(), p);
+            }
+            if let Some((k, e)) = decision.dedup {
+                changes.dedup.insert(k, e);
+            }
+            outputs.extend(decision.outputs.into_iter().map(|output| Emitted {
+                output,
+                traceparent: traceparent.clone(),
+                cause: rec.clone(),
+            }));
+            changes.applied = Some(offset);
+            changes.max_ts = Some(changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
+            timestamps.push(rec.origin.timestamp_ms);
+        }
+        // Nothing new: sled already covers the batch, and its offset may be committed.
+        let Some(last) = changes.applied else {
+            return Processed::Done(applied);
+        };
+        if live && !outputs.is_empty() {
+            if self.emit(&mut outputs, stop).await.is_none() {
+                return Processed::Stopped;
+            }
+            self.count_outputs(&outputs);
+        }
+        let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
+        let cutoff = changes.max_ts.map(|ts| ts - window_ms);
+        let changes = Arc::new(changes);
+        let swept = shared
+            .retry("store", stop, || {
+                let (store, changes) = (store.clone(), changes.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || store.persist(&changes, cutoff).map_err(|e| e.to_string()))
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+            })
+            .await;
+        let Some(swept) = swept else { return Processed::Stopped };
+        if swept > 0 {
+            tracing::debug!(partition = self.partition, swept, "expired dedup keys");
+        }
+        if shared.retry("store", stop, || shared.flusher.flush()).await.is_none() {
+            return Processed::Stopped;
+        }
+        if live {
+            let now = now_ms();
+            for ts in timestamps {
+                shared
+                    .metrics
+                    .processing_seconds
+                    .observe((now - ts).max(0) as f64 / 1000.0);
+            }
+            self.update_held_gauge();
+        }
+        Processed::Done(Some(last))
+    }
+
+    /// Decide one record against sled overlaid with the batch's own changes.
+    fn decide_one(
+        &mut self,
+        rec: &RawRecord,
+        input: &Input,
+        changes: &Changes,
+        limits: &Limits,
+    ) -> Result<Decision, DecideError> {
+        let (payment_id, dkey) = match input {
+            Input::Webhook(e) => (Some(e.payment_id.as_str()), Some(dedup_key(&e.source, &e.event_id))),
+            Input::GapTimeout(g) => (Some(g.payment_id.as_str()), None),
+            Input::Invalid { payment_id, .. } => (payment_id.as_deref(), None),
+        };
+        let payment = match payment_id {
+            Some(p) => match changes.payments.get(p) {
+                Some(st) => Some(st.clone()),
+                None => self.store.payment(p)?,
+            },
+            None => None,
+        };
+        let seen = match &dkey {
+            Some(k) => match changes.dedup.get(k) {
+                Some(e) => Some(e.clone()),
+                None => self.store.dedup(k)?,
+            },
+            None => None,
+        };
+        decide(rec, input.clone(), payment, seen.as_ref(), &mut self.policies, limits)
+            .map_err(|e| DecideError::Transient(e.to_string()))
+    }
+
+    /// Send every output until each is acknowledged. A transient failure pauses and
+    /// sends the unacknowledged ones again (same ids); a permanent one replaces the
+    /// output by a smaller dead letter ([`crate::fallback`]) and sends that. `None`
+    /// when stopped.
+    async fn emit(&self, outputs: &mut [Emitted], stop: &CancellationToken) -> Option<()> {
+        let shared = &self.shared;
+        let mut pending: Vec<usize> = (0..outputs.len()).collect();
+        let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "emit");
+        loop {
+            let results = {
+                let batch: Vec<(&Output, Option<&str>)> = pending
+                    .iter()
+                    .map(|&i| (&outputs[i].output, outputs[i].traceparent.as_deref()))
+                    .collect();
+                shared.emitter.send_each(&batch).await
+            };
+            let mut failed = Vec::new();
+            let mut transient: Option<String> = None;
+            for (i, r) in pending.iter().copied().zip(results) {
+                let Err(e) = r else { continue };
+                let error = error_chain(&e);
+                failed.push(i);
+                if e.is_transient() {
+                    transient = Some(error);
+                    continue;
+                }
+                let out = &mut outputs[i];
+                match crate::fallback::substitute(&out.output, &out.cause, &error) {
+                    Some(sub) => {
+                        tracing::warn!(
+                            partition = self.partition,
+                            offset = out.cause.origin.offset,
+                            error,
+                            "output refused for good; a smaller dead letter replaces it"
+                        );
+                        shared.metrics.outputs_refused.inc();
+                        out.output = sub;
+                    }
+                    None => transient = Some(format!("the DLQ refuses even a coordinates-only letter: {error}")),
+                }
+            }
+            if failed.is_empty() {
+                return Some(());
+            }
+            pending = failed;
+            if let Some(e) = transient {
+                if !backoff.pause(&e, stop).await {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn count_outputs(&self, outputs: &[Emitted]) {
+        let m = &self.shared.metrics;
+        for o in outputs {
+            match &o.output {
+                Output::Policy(p) => match p.event {
+                    PolicyEventKind::Activated(_) => m.activations.inc(),
+                    PolicyEventKind::Cancelled(_) => m.cancellations.inc(),
+                },
+                Output::Dead(d) => m.dead_letters.with_label_values(&[d.reason.as_str()]).inc(),
+            }
+        }
+    }
+}

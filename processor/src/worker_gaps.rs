@@ -1,0 +1,58 @@
+//! The gap timer: a payment whose sequence gap stays open past the gap timeout gets a
+//! `GapTimeout` control record written into its own partition of the raw topic. The
+//! decision takes effect when the record is read back (`decide`), so a replay makes it
+//! in the same place in the log.
+
+use std::time::UNIX_EPOCH;
+
+use hookstream_schemas::{list_sequences, DeadLetterReason, GapTimeout};
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use crate::limits::{describe, missing_ranges};
+use crate::retry::now_ms;
+
+impl Worker {
+    /// Write a GapTimeout for every gap open past the timeout. Returns false when stopped.
+    pub(super) async fn check_gaps(&mut self, stop: &CancellationToken) -> bool {
+        let timeout = self.shared.config.processing.gap_timeout();
+        let shared = self.shared.clone();
+        for due in self.gaps.due(timeout) {
+            // Ranges, not numbers: a gap can span a thousand sequence numbers.
+            let missing = match self.store.payment(&due.payment_id) {
+                Ok(Some(st)) => missing_ranges(st.next_sequence, &st.held),
+                _ => Vec::new(),
+            };
+            let g = GapTimeout {
+                payment_id: due.payment_id.clone(),
+                next_expected_sequence: due.next_expected,
+                missing_sequences: list_sequences(&missing),
+                gap_opened_at: due
+                    .opened
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                decided_at: now_ms(),
+            };
+            let partition = self.partition;
+            if shared
+                .retry("emit", stop, || shared.emitter.send_gap_timeout(partition, &g))
+                .await
+                .is_none()
+            {
+                return false;
+            }
+            shared.metrics.gap_timeouts.inc();
+            tracing::info!(
+                payment_id = due.payment_id,
+                partition,
+                next_expected = due.next_expected,
+                missing = describe(&missing),
+                reason = DeadLetterReason::SequenceGapTimeout.as_str(),
+                "gap timed out; control record written"
+            );
+            self.gaps.requested(&due.payment_id);
+        }
+        true
+    }
+}
