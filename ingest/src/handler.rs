@@ -41,6 +41,23 @@ fn reject_response(app: &App, r: &Reject) -> Resp {
     resp
 }
 
+/// Counts a request in the in-flight gauge until dropped: also when hyper drops the
+/// request's future because the client hung up.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Answer one request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
@@ -78,10 +95,8 @@ async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Resp {
         (Some(source), _) => match app.in_flight.clone().try_acquire_owned() {
             Err(_) => Err(Reject::Overloaded),
             Ok(_permit) => {
-                app.metrics.in_flight.inc();
-                let r = accept(app, source_name, source, req, span.traceparent()).await;
-                app.metrics.in_flight.dec();
-                r
+                let _counted = InFlight::enter(&app.metrics.in_flight);
+                accept(app, source_name, source, req, span.traceparent()).await
             }
         },
     };

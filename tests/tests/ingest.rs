@@ -449,3 +449,45 @@ async fn shutdown_finishes_in_flight_requests() {
     let records = kafka::read_records(broker.bootstrap(), &topic, ok, Duration::from_secs(20)).await;
     assert_eq!(records.len(), ok, "every 200 is in Kafka");
 }
+
+/// The `in_flight_requests` gauge as ingest reports it.
+async fn in_flight(addr: &str) -> i64 {
+    let m = String::from_utf8_lossy(&get(addr, "/metrics").await.body).into_owned();
+    m.lines()
+        .find_map(|l| l.strip_prefix("hookstream_ingest_in_flight_requests "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is reported")
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_leaves_no_request_in_flight() {
+    use tokio::io::AsyncWriteExt;
+    // A broker that never answers: the request waits for its acknowledgement.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let brokers = silent.local_addr().unwrap().to_string();
+    let ingest = start(&brokers, "raw", |c| c.kafka.ack_deadline_ms = 3000).await;
+    let body = sign::payment_body("evt_hang", "pay_hang", None, "payment.created", None);
+    let mut head = format!(
+        "POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in signed("paymenthub", 0, "evt_hang", sign::now(), &body) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    // One client hangs up while its request waits for the broker, one in the middle of its body.
+    let mut waiting = tokio::net::TcpStream::connect(ingest.addr()).await.unwrap();
+    waiting.write_all(head.as_bytes()).await.unwrap();
+    waiting.write_all(&body).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(ingest.addr()).await.unwrap();
+    partial.write_all(head.as_bytes()).await.unwrap();
+    partial.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(in_flight(&ingest.addr()).await, 2, "both requests are in flight");
+    drop(waiting);
+    drop(partial);
+    // Past the ack deadline every request has ended, answered or not.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(in_flight(&ingest.addr()).await, 0);
+    ingest.stop().await;
+}
