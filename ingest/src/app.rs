@@ -80,6 +80,7 @@ pub fn load_sources(
 impl App {
     /// Build the state: load secrets (from the process environment) and create the producer.
     pub fn new(config: &IngestConfig) -> Result<Self, IngestError> {
+        config.validate()?;
         let sources = load_sources(config, |k| std::env::var(k).ok())?;
         let publisher = Publisher::new(&config.kafka).map_err(IngestError::Producer)?;
         Ok(Self {

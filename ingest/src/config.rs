@@ -62,7 +62,21 @@ pub struct KafkaConfig {
     /// and lists them all on every fetch: at 5,000/s, 2 ms gave ack p99 163 ms and 5 ms
     /// 74 ms (30 s runs, 12 partitions); `infra/config/ingest.toml` sets 8 for it.
     pub linger_ms: u32,
+    /// The producer's `message.max.bytes`: the largest record it sends, which must not
+    /// exceed the raw topic's `max.message.bytes` (Kafka's default 1048588). Every
+    /// source's `max_body_bytes` must leave [`RECORD_RESERVE_BYTES`] under it for the
+    /// record envelope and the dead letter that may carry the record later. Default
+    /// 1000000 (librdkafka's).
+    pub max_message_bytes: u32,
 }
+
+/// Room kept under `max_message_bytes` beside a body: the `RawWebhook` envelope (ids,
+/// signed headers) and a dead letter's own fields around the raw record.
+pub const RECORD_RESERVE_BYTES: usize = 64 * 1024;
+
+/// Room a raw record must leave under `max_message_bytes` for the dead letter that may
+/// carry it (reason, detail, origin, ids, the record's Kafka headers).
+pub const DEAD_LETTER_RESERVE_BYTES: usize = 16 * 1024;
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -73,6 +87,7 @@ impl Default for KafkaConfig {
             ack_deadline_ms: 5000,
             queue_max_messages: 100_000,
             linger_ms: 5,
+            max_message_bytes: 1_000_000,
         }
     }
 }
@@ -134,7 +149,8 @@ pub struct SourceConfig {
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
     /// Largest accepted body in bytes; larger requests get 413 and are cut off unread.
-    /// Default 1048576 (1 MiB).
+    /// At most `kafka.max_message_bytes` minus [`RECORD_RESERVE_BYTES`]. Default 921600
+    /// (900 KiB: a body of 1 MiB would not fit Kafka's default message size).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Where the fields are in the JSON body.
@@ -146,7 +162,7 @@ fn default_tolerance_secs() -> u64 {
     300
 }
 fn default_max_body_bytes() -> usize {
-    1 << 20
+    900 * 1024
 }
 
 /// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
@@ -189,6 +205,25 @@ impl IngestConfig {
         Ok(config)
     }
 
+    /// Check what serde cannot: every source's body limit fits the message size budget.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let max = self.kafka.max_message_bytes as usize;
+        for (name, s) in &self.sources {
+            if s.max_body_bytes + RECORD_RESERVE_BYTES > max {
+                return Err(ConfigError::Invalid {
+                    field: format!("sources.{name}.max_body_bytes"),
+                    detail: format!(
+                        "{} bytes leaves less than {RECORD_RESERVE_BYTES} bytes for the record envelope and a \
+                         dead letter under kafka.max_message_bytes ({max}); at most {}",
+                        s.max_body_bytes,
+                        max.saturating_sub(RECORD_RESERVE_BYTES)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Parse a TOML document (no environment overrides).
     pub fn from_toml_str(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
@@ -226,8 +261,22 @@ mod tests {
         assert_eq!(names, ["github", "paymenthub", "standard", "stripe"]);
         assert_eq!(c.sources["standard"].scheme, Scheme::StandardWebhooks);
         assert_eq!(c.sources["paymenthub"].tolerance_secs, 300);
-        assert_eq!(c.sources["paymenthub"].max_body_bytes, 1 << 20);
+        assert_eq!(c.sources["paymenthub"].max_body_bytes, 900 * 1024);
+        c.validate().unwrap();
         assert_eq!(c.sources["paymenthub"].fields.payment_id, "/payment_id");
+    }
+
+    #[test]
+    fn a_body_limit_that_leaves_no_room_under_the_message_size_is_refused() {
+        let text = "[sources.p]\nsecrets_env = \"S\"\nmax_body_bytes = 1048576\n";
+        let c = IngestConfig::from_toml_str(text).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("sources.p.max_body_bytes") && e.contains("at most 934464"),
+            "{e}"
+        );
+        let ok = IngestConfig::from_toml_str("[sources.p]\nsecrets_env = \"S\"\n").unwrap();
+        ok.validate().unwrap();
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::json;
 use hookstream_schemas::{encode, topics::headers as kh, HttpHeader, RawWebhook};
 
 use crate::app::{App, Source};
+use crate::config::DEAD_LETTER_RESERVE_BYTES;
 use crate::error::Reject;
 use crate::extract::extract;
 use crate::publish::{Delivered, PublishError};
@@ -192,6 +193,16 @@ async fn accept(
         tracing::error!(error = %e, "RawWebhook does not encode");
         Reject::BrokerUnavailable
     })?;
+    // The record and, later, a dead letter carrying it must fit the topic's message size:
+    // a record the broker would refuse for its size is the sender's problem (413), not a
+    // retriable 503.
+    let budget = app
+        .publisher
+        .max_message_bytes()
+        .saturating_sub(DEAD_LETTER_RESERVE_BYTES);
+    if value.len() + fields.payment_id.len() > budget {
+        return Err(Reject::PayloadTooLarge { limit_bytes: limit });
+    }
     let headers = OwnedHeaders::new_with_capacity(3)
         .insert(Header {
             key: kh::EVENT_ID,
@@ -229,6 +240,7 @@ async fn accept(
                 outcome = "not_durable", error = %e, "webhook not acknowledged by the broker"
             );
             Err(match e {
+                PublishError::TooLarge(_) => Reject::PayloadTooLarge { limit_bytes: limit },
                 PublishError::QueueFull => Reject::QueueFull,
                 PublishError::Timeout(_) | PublishError::Broker(_) => Reject::BrokerUnavailable,
             })

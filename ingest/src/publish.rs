@@ -1,6 +1,7 @@
 //! The one long-lived Kafka producer and what "published" means: the broker acknowledged
 //! the record with `acks=all` from an idempotent producer, within the ack deadline.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -30,14 +31,29 @@ pub enum PublishError {
     /// The broker or client reported a delivery failure.
     #[error("delivery failed")]
     Broker(#[source] KafkaError),
+    /// The record is larger than the producer or the broker takes: permanent.
+    #[error("record too large for the topic")]
+    TooLarge(#[source] KafkaError),
 }
 
-/// The shared producer.
+/// A delivery error, with a refusal for size told apart (retrying cannot help it).
+fn classify(e: KafkaError) -> PublishError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => PublishError::TooLarge(e),
+        _ => PublishError::Broker(e),
+    }
+}
+
+/// The shared producer. An idempotent producer that hits a fatal error (e.g. the broker
+/// lost its sequence state) refuses every later record, so it is replaced by a new one
+/// on the first request that sees the error; `/readyz` says not ready meanwhile.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    config: KafkaConfig,
     topic: String,
     ack_deadline: Duration,
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -52,7 +68,17 @@ impl Publisher {
     /// Create the producer. Fails only on an invalid client configuration; an absent
     /// broker shows up later as 503s and in `/readyz`.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
+        Ok(Self {
+            producer: Arc::new(RwLock::new(Self::producer(cfg)?)),
+            config: cfg.clone(),
+            topic: cfg.topic.clone(),
+            ack_deadline: cfg.ack_deadline(),
+            max_message_bytes: cfg.max_message_bytes as usize,
+        })
+    }
+
+    fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+        ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("client.id", &cfg.client_id)
             // Principle 2, "2xx means durable": wait for every in-sync replica...
@@ -69,12 +95,37 @@ impl Publisher {
             .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
             // Batch under load; costs at most this much latency when quiet.
             .set("linger.ms", cfg.linger_ms.to_string())
-            .create()?;
-        Ok(Self {
-            producer,
-            topic: cfg.topic.clone(),
-            ack_deadline: cfg.ack_deadline(),
-        })
+            // The record size budget (see KafkaConfig::max_message_bytes).
+            .set("message.max.bytes", cfg.max_message_bytes.to_string())
+            .create()
+    }
+
+    /// The producer in use.
+    fn current(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When `failed` hit a fatal error and is still the one in use, replace it.
+    fn recover(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut guard = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if guard.client().fatal_error().is_none() {
+            return; // another request replaced it already
+        }
+        match Self::producer(&self.config) {
+            Ok(p) => {
+                tracing::error!(error = ?code, reason, "the producer hit a fatal error; replaced it with a new one");
+                *guard = p;
+            }
+            Err(e) => tracing::error!(error = %e, "the producer hit a fatal error and a new one cannot be created"),
+        }
+    }
+
+    /// The largest record the producer sends.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// The topic records go to.
@@ -84,13 +135,28 @@ impl Publisher {
 
     /// Publish and wait for the broker's acknowledgement.
     pub async fn publish(&self, key: &str, value: &[u8], headers: OwnedHeaders) -> Result<Delivered, PublishError> {
+        let producer = self.current();
+        let result = self.send(&producer, key, value, headers).await;
+        if result.is_err() {
+            self.recover(&producer);
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        producer: &FutureProducer,
+        key: &str,
+        value: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivered, PublishError> {
         let record = FutureRecord::to(&self.topic).key(key).payload(value).headers(headers);
-        let delivery = match self.producer.send_result(record) {
+        let delivery = match producer.send_result(record) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 return Err(PublishError::QueueFull)
             }
-            Err((e, _)) => return Err(PublishError::Broker(e)),
+            Err((e, _)) => return Err(classify(e)),
         };
         // librdkafka's own message.timeout.ms fires first; this outer bound only guards
         // against a delivery report that never comes.
@@ -100,7 +166,7 @@ impl Publisher {
             Ok(Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)))) => {
                 Err(PublishError::Timeout(self.ack_deadline))
             }
-            Ok(Ok(Err((e, _)))) => Err(PublishError::Broker(e)),
+            Ok(Ok(Err((e, _)))) => Err(classify(e)),
             Ok(Ok(Ok(d))) => Ok(Delivered {
                 partition: d.partition,
                 offset: d.offset,
@@ -110,12 +176,17 @@ impl Publisher {
 
     /// Records queued or in flight in the producer.
     pub fn queue_depth(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().in_flight_count()
     }
 
     /// Whether the broker answers and knows the topic (for `/readyz`).
     pub async fn ready(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = self.current();
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            return Err(format!(
+                "the producer hit a fatal error ({code:?}: {reason}); it is replaced on the next request"
+            ));
+        }
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let md = producer
@@ -133,6 +204,6 @@ impl Publisher {
 
     /// Wait up to `timeout` for queued records to be delivered (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.current().flush(timeout)
     }
 }

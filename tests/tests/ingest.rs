@@ -491,3 +491,26 @@ async fn a_client_that_hangs_up_mid_request_leaves_no_request_in_flight() {
     assert_eq!(in_flight(&ingest.addr()).await, 0);
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn a_record_the_broker_would_refuse_for_its_size_is_413_not_503() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        if let Some(s) = c.sources.get_mut("stripe") {
+            s.max_body_bytes = 900 * 1024;
+        }
+    })
+    .await;
+    // A valid body under the body limit, signed, with a Stripe-Signature header padded
+    // by 200 KB of other v1 signatures (the scheme allows several): the record that
+    // carries both is larger than the broker takes.
+    let mut body = sign::payment_body("evt_big", "pay_big", None, "payment.created", None);
+    body.pop();
+    body.extend_from_slice(format!(",\"pad\":\"{}\"}}", "x".repeat(850_000)).as_bytes());
+    let mut h = signed("stripe", 0, "evt_big", sign::now(), &body);
+    h[0].1.push_str(&",v1=00".repeat(200_000 / 6));
+    let reply = post(&ingest.addr(), "/webhooks/stripe", &h, body).await;
+    assert_eq!(reply.status, 413, "{}", String::from_utf8_lossy(&reply.body));
+    ingest.stop().await;
+}
