@@ -60,7 +60,9 @@ start() {
   if port_open; then say "port $PORT is taken by another process; set BROKER_PORT"; exit 1; fi
   mkdir -p "$STATE"
   say "starting tansu on $URL with $storage (log: $LOG)"
-  (cd "$STATE" && exec nohup "$TANSU" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+  # A session of its own: ctrl-c in the terminal that started it must not stop the
+  # broker before the services that still need it (infra/run.sh stops them first).
+  (cd "$STATE" && exec setsid nohup "$TANSU" broker --listener-url "$URL" --advertised-listener-url "$URL" \
     --storage-engine "$storage") >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do

@@ -25,11 +25,20 @@ export STANDARD_WEBHOOK_SECRET=${STANDARD_WEBHOOK_SECRET:-whsec_ZGVtby1zdGFuZGFy
 export STRIPE_WEBHOOK_SECRET=${STRIPE_WEBHOOK_SECRET:-whsec_demo_stripe_secret}
 export GITHUB_WEBHOOK_SECRET=${GITHUB_WEBHOOK_SECRET:-demo-github-secret}
 
+# Every service runs in a session of its own (setsid), so ctrl-c reaches only this
+# script: it stops the consumer, ingest and the processor first (each gets SIGTERM and
+# up to 20 s, the processor's grace period being 15 s), and the broker last, leaving no
+# process behind.
 pids=()
 cleanup() {
   echo
   echo "==> stopping"
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[$i]}
+    kill -TERM "$p" 2>/dev/null || continue
+    for _ in $(seq 1 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   if [ "${started_broker:-0}" = 1 ]; then infra/broker.sh stop; fi
 }
@@ -60,12 +69,12 @@ wait_ready() { # url name
 }
 
 echo "==> processor (infra/config/processor.toml; admin on 127.0.0.1:9090; log $STATE/processor.log)"
-"${SERVICE_ENV[@]}" target/release/processor run --config infra/config/processor.toml >"$STATE/processor.log" 2>&1 &
+setsid "${SERVICE_ENV[@]}" target/release/processor run --config infra/config/processor.toml >"$STATE/processor.log" 2>&1 &
 pids+=($!)
 wait_ready http://127.0.0.1:9090/readyz processor
 
 echo "==> ingest (infra/config/ingest.toml; on 127.0.0.1:8080; log $STATE/ingest.log)"
-"${SERVICE_ENV[@]}" target/release/ingest --config infra/config/ingest.toml >"$STATE/ingest.log" 2>&1 &
+setsid "${SERVICE_ENV[@]}" target/release/ingest --config infra/config/ingest.toml >"$STATE/ingest.log" 2>&1 &
 pids+=($!)
 wait_ready http://127.0.0.1:8080/readyz ingest
 
@@ -75,6 +84,6 @@ target/release/demo --ingest 127.0.0.1:8080
 echo
 echo "==> policy activations (example downstream consumer: processor/examples/activations.rs); ctrl-c to stop"
 echo "    try: curl -s 127.0.0.1:9090/payments/pay_demo_2 | python3 -m json.tool"
-target/release/examples/activations --brokers "$KAFKA_BROKERS" --group "demo-$$" --from beginning &
+setsid target/release/examples/activations --brokers "$KAFKA_BROKERS" --group "demo-$$" --from beginning &
 pids+=($!)
 wait

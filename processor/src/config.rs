@@ -1,6 +1,6 @@
 //! Processor configuration: a TOML file (`processor run --config FILE`) with a default
 //! for every field, then environment overrides (`KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`,
-//! `PROCESSOR_ADMIN_LISTEN`, `PROCESSOR_KAFKA_DEBUG`).
+//! `PROCESSOR_ADMIN_LISTEN`, `PROCESSOR_KAFKA_DEBUG`, `PROCESSOR_SHUTDOWN_GRACE_MS`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,11 @@ pub struct ProcessorConfig {
     pub processing: ProcessingConfig,
     /// Where the processor finds policy and amount in webhook bodies.
     pub fields: BodyFields,
+    /// After SIGTERM or ctrl-c, how long the processor may take to hand its partitions
+    /// over before it exits anyway (whatever the broker does: what it could not commit
+    /// is read again next time); a second signal exits at once. Env:
+    /// `PROCESSOR_SHUTDOWN_GRACE_MS`. Default 15000.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -37,6 +42,7 @@ impl Default for ProcessorConfig {
             kafka: KafkaConfig::default(),
             processing: ProcessingConfig::default(),
             fields: BodyFields::default(),
+            shutdown_grace_ms: 15_000,
         }
     }
 }
@@ -204,6 +210,12 @@ impl ProcessorConfig {
         }
         if let Some(d) = get("PROCESSOR_KAFKA_DEBUG") {
             self.kafka.debug = d;
+        }
+        if let Some(g) = get("PROCESSOR_SHUTDOWN_GRACE_MS") {
+            self.shutdown_grace_ms = g.parse().map_err(|_| ConfigError::Invalid {
+                field: "PROCESSOR_SHUTDOWN_GRACE_MS".into(),
+                detail: format!("{g:?} is not a number of milliseconds"),
+            })?;
         }
         if let Some(l) = get("PROCESSOR_ADMIN_LISTEN") {
             self.admin_listen = l.parse().map_err(|_| ConfigError::Invalid {

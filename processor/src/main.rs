@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 fn usage() -> ! {
     eprintln!(
         "usage: processor run [--config FILE]             (default infra/config/processor.toml)\n\
-         \x20      processor replay (--from-beginning | --from-offset P:O[,P:O...] | --from-time RFC3339) [--config FILE]\n\
+         \x20      processor replay (--from-beginning | --from-offset P:O[,P:O...] | --from-time RFC3339) [--force] [--config FILE]\n\
          \x20      processor dlq list [--reason R] [--since UNIX_MS|RFC3339] [--config FILE]\n\
          \x20      processor dlq show DEAD_LETTER_ID [--config FILE]\n\
          \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS|RFC3339] [--dry-run] [--config FILE]"
@@ -22,11 +22,16 @@ async fn replay(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     use hookstream_processor::replay::{self, ReplayFrom};
     let mut path = PathBuf::from("infra/config/processor.toml");
     let mut from = None;
+    let mut force = false;
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
         let next = match a.as_str() {
             "--config" => {
                 path = PathBuf::from(value());
+                continue;
+            }
+            "--force" => {
+                force = true;
                 continue;
             }
             "--from-beginning" => ReplayFrom::Beginning,
@@ -40,7 +45,7 @@ async fn replay(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     }
     let Some(from) = from else { usage() };
     let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let resets = replay::run(&config.kafka, &from).await?;
+    let resets = replay::run(&config.kafka, &from, force).await?;
     println!(
         "{:#}",
         serde_json::json!({
@@ -134,10 +139,22 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.admin_listen))?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received, shutting down");
+        tracing::info!(grace_ms = grace.as_millis() as u64, "signal received, shutting down");
         token.cancel();
+        // Handing partitions over needs the broker; without one, librdkafka's commits and
+        // close would wait forever. The grace period bounds that on a plain thread (the
+        // runtime may be blocked in a close), and a second signal ends it at once.
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            tracing::warn!("shutdown grace period over; exiting without waiting further for the broker");
+            std::process::exit(1);
+        });
+        wait_for_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(130);
     });
     hookstream_processor::run(config, admin, shutdown).await?;
     Ok(())

@@ -121,6 +121,13 @@ pub enum ReplayError {
     },
     #[error("partition {partition}'s records could not be read back to find the time")]
     ProbeTimeout { partition: i32 },
+    #[error(
+        "replay would move partition(s) forward past their committed offset, so the records in between would be \
+         recorded as decided without their outputs ever being sent: {}; choose an earlier point, or pass --force \
+         to skip them on purpose",
+        .0.iter().map(|(p, c, t)| format!("partition {p} committed {} -> {t}", c.map_or("nothing".to_owned(), |c| c.to_string()))).collect::<Vec<_>>().join(", ")
+    )]
+    Forward(Vec<(i32, Option<i64>, i64)>),
     #[error("Kafka")]
     Kafka(#[from] KafkaError),
 }
@@ -140,8 +147,9 @@ pub struct PartitionReset {
 }
 
 /// Move the group to `from` (see the module docs). Blocking: call it from a blocking
-/// thread. Refuses while the group has members.
-pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset>, ReplayError> {
+/// thread. Refuses while the group has members, and refuses to move a partition past
+/// its committed offset (or past the log start when it never committed) unless `force`.
+pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         // The group's own id, so the commit below is the group's; this consumer never
@@ -212,6 +220,14 @@ pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset
             reset_to,
         });
     }
+    let forward: Vec<(i32, Option<i64>, i64)> = resets
+        .iter()
+        .filter(|r| r.reset_to > r.committed_before.unwrap_or(r.log_start))
+        .map(|r| (r.partition, r.committed_before, r.reset_to))
+        .collect();
+    if !forward.is_empty() && !force {
+        return Err(ReplayError::Forward(forward));
+    }
     let mut tpl = TopicPartitionList::new();
     for r in &resets {
         tpl.add_partition_offset(topic, r.partition, Offset::Offset(r.reset_to))?;
@@ -223,9 +239,9 @@ pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset
 }
 
 /// Async wrapper of [`replay`].
-pub async fn run(cfg: &KafkaConfig, from: &ReplayFrom) -> Result<Vec<PartitionReset>, ReplayError> {
+pub async fn run(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
     let (cfg, from) = (cfg.clone(), from.clone());
-    tokio::task::spawn_blocking(move || replay(&cfg, &from))
+    tokio::task::spawn_blocking(move || replay(&cfg, &from, force))
         .await
         .map_err(|_| ReplayError::Kafka(KafkaError::Canceled))?
 }

@@ -124,10 +124,12 @@ impl ChildProcessor {
             .port();
         let admin = format!("127.0.0.1:{port}");
         let toml = format!(
-            "admin_listen = {admin:?}\nstate_dir = {:?}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
+            "admin_listen = {admin:?}\nstate_dir = {:?}\nshutdown_grace_ms = {}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
              activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\ndebug = {:?}\n[processing]\ngap_timeout_ms = {}\n\
-             gap_check_interval_ms = {}\nmax_backoff_ms = {}\nstall_repair_after_ms = {}\n",
+             gap_check_interval_ms = {}\nmax_backoff_ms = {}\nstall_repair_after_ms = {}\ncommit_interval_ms = {}\n\
+             max_sequence_ahead = {}\nmax_held_events = {}\n",
             config.state_dir.display().to_string(),
+            config.shutdown_grace_ms,
             config.kafka.brokers,
             config.kafka.group_id,
             config.kafka.raw_topic,
@@ -139,6 +141,9 @@ impl ChildProcessor {
             config.processing.gap_check_interval_ms,
             config.processing.max_backoff_ms,
             config.processing.stall_repair_after_ms,
+            config.processing.commit_interval_ms,
+            config.processing.max_sequence_ahead,
+            config.processing.max_held_events,
         );
         let path = dir.join("processor.toml");
         std::fs::write(&path, toml).expect("write config");
@@ -160,6 +165,30 @@ impl ChildProcessor {
             .spawn()
             .expect("spawn processor");
         ChildProcessor { child, admin }
+    }
+
+    /// Send `signal` (e.g. `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Wait up to `timeout` for the process to exit; its status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: no graceful anything.

@@ -85,21 +85,40 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
     futures_util::future::join_all(sends).await;
     let cfg = kafka_config(broker.bootstrap(), &topic);
 
-    // By time: the first record at or after it, in every partition.
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_500)).await.unwrap();
+    // Forward past the committed offset (here: a group that never committed, so past
+    // the log start) is refused, naming the partitions, and commits nothing...
+    let e = replay::run(&cfg, &ReplayFrom::Time(base + 42_500), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ReplayError::Forward(p) if *p == vec![(0, None, 43), (1, None, 43)]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert_eq!(committed(&cfg, 3), vec![None, None, None]);
+    // ...unless forced. By time: the first record at or after it, in every partition.
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_500), true).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 43), (1, 43), (2, 0)]);
     assert_eq!((r[0].log_start, r[0].log_end, r[0].committed_before), (0, 100, None));
     assert_eq!(committed(&cfg, 3), vec![Some(43), Some(43), Some(0)]);
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_000)).await.unwrap();
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_000), false)
+        .await
+        .unwrap();
     assert_eq!(
         reset_to(&r),
         vec![(0, 42), (1, 42), (2, 0)],
         "a record exactly at the time is included"
     );
     assert_eq!(r[0].committed_before, Some(43));
-    let r = replay::run(&cfg, &ReplayFrom::Time(base - 1)).await.unwrap();
+    let r = replay::run(&cfg, &ReplayFrom::Time(base - 1), false).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000)).await.unwrap();
+    let e = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, ReplayError::Forward(p) if p.len() == 2), "{e}");
+    let r = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000), true)
+        .await
+        .unwrap();
     assert_eq!(
         reset_to(&r),
         vec![(0, 100), (1, 100), (2, 0)],
@@ -107,12 +126,12 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
     );
 
     // By partition: only the named ones move; offsets outside the log are refused.
-    let r = replay::run(&cfg, &ReplayFrom::parse_offsets("1:7").unwrap())
+    let r = replay::run(&cfg, &ReplayFrom::parse_offsets("1:7").unwrap(), false)
         .await
         .unwrap();
     assert_eq!(reset_to(&r), vec![(1, 7)]);
     assert_eq!(committed(&cfg, 3), vec![Some(100), Some(7), Some(0)]);
-    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("1:500").unwrap())
+    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("1:500").unwrap(), true)
         .await
         .unwrap_err();
     assert!(
@@ -127,7 +146,7 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         ),
         "{e}"
     );
-    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("9:0").unwrap())
+    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("9:0").unwrap(), false)
         .await
         .unwrap_err();
     assert!(
@@ -141,7 +160,7 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         ),
         "{e}"
     );
-    let r = replay::run(&cfg, &ReplayFrom::Beginning).await.unwrap();
+    let r = replay::run(&cfg, &ReplayFrom::Beginning, false).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
 
     // A member in the group: refused, with nothing committed; once it leaves, allowed.
@@ -157,7 +176,9 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         .await
         .expect("the member joins and reads")
         .unwrap();
-    let e = replay::run(&cfg, &ReplayFrom::Time(base + 50_000)).await.unwrap_err();
+    let e = replay::run(&cfg, &ReplayFrom::Time(base + 50_000), true)
+        .await
+        .unwrap_err();
     assert!(matches!(e, ReplayError::GroupActive { .. }), "{e}");
     assert!(e.to_string().contains("stop every processor"), "{e}");
     assert_eq!(
@@ -168,7 +189,7 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
     drop(member);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let r = loop {
-        match replay::run(&cfg, &ReplayFrom::Time(base + 50_000)).await {
+        match replay::run(&cfg, &ReplayFrom::Time(base + 50_000), true).await {
             Ok(r) => break r,
             Err(ReplayError::GroupActive { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -408,7 +429,7 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     let dead_before = letters(&first_dlq);
     assert_eq!(dead_before.len(), 5, "{dead_before:#?}");
 
-    let r = replay::run(&config.kafka, &ReplayFrom::Beginning).await.unwrap();
+    let r = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
     assert_eq!(r.len(), 4);
     let raw_end: i64 = r.iter().map(|p| p.log_end).sum();
     for p in &r {
@@ -559,7 +580,7 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
                 .is_some()
         })
         .expect("the producer wrote batches of several records");
-    let r = replay::run(&config.kafka, &ReplayFrom::Offsets(vec![(0, inside)]))
+    let r = replay::run(&config.kafka, &ReplayFrom::Offsets(vec![(0, inside)]), false)
         .await
         .unwrap();
     assert_eq!(reset_to(&r), vec![(0, inside)]);

@@ -1,0 +1,178 @@
+//! Hostile and unlucky input against the real broker, through ingest and the processor
+//! binary: sequence numbers far out of range, a flood of out-of-order events, a policy
+//! id of 400 KB, a refund before its completion, a failed attempt retried to success,
+//! and a raw record whose dead letter would be too large. Afterwards the processor is
+//! the same live process and ordinary payments on every partition are activated.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
+use hookstream_tests::{http, ingest, kafka, sign};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+
+const ORDINARY: usize = 40;
+
+fn activated(records: &[rdkafka::message::OwnedMessage]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|m| match decode::<PolicyEvent>(m.payload()?).ok()?.event {
+            PolicyEventKind::Activated(a) => Some(a.policy_id),
+            PolicyEventKind::Cancelled(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    config.processing.max_held_events = 5;
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |c| {
+        if let Some(s) = c.sources.get_mut("paymenthub") {
+            s.max_body_bytes = 900 * 1024;
+        }
+    })
+    .await;
+    let mut processor = ChildProcessor::spawn(&config, dir.path());
+    let addr = ingest.addr();
+    let send = |id: &'static str, pay: &'static str, seq: Option<i64>, ty: &'static str, pol: Option<&'static str>| {
+        let addr = addr.clone();
+        async move { sign::send_event(&addr, id, pay, seq, ty, pol).await }
+    };
+
+    // Sequences a provider with a global counter might send: far ahead, and the end of i64.
+    send(
+        "evt_far",
+        "pay_far",
+        Some(1_000_000_000_000),
+        "payment.completed",
+        Some("pol_far"),
+    )
+    .await;
+    send(
+        "evt_max",
+        "pay_max",
+        Some(i64::MAX),
+        "payment.completed",
+        Some("pol_max"),
+    )
+    .await;
+    // Out-of-order events beyond the held bound (5): the sixth is dead-lettered, the
+    // five held are released by the gap timeout and complete the payment.
+    for seq in 2..=7 {
+        let ty = if seq == 7 {
+            "payment.failed"
+        } else {
+            "payment.processing"
+        };
+        let id: &'static str = Box::leak(format!("evt_flood_{seq}").into_boxed_str());
+        send(id, "pay_flood", Some(seq), ty, None).await;
+    }
+    send(
+        "evt_flood_c",
+        "pay_flood2",
+        Some(3),
+        "payment.completed",
+        Some("pol_flood"),
+    )
+    .await;
+    // A policy id of 400 KB: its activation would be larger than the broker takes.
+    let huge = "p".repeat(400_000);
+    let body = sign::payment_body("evt_huge", "pay_huge", None, "payment.completed", Some(&huge));
+    sign::send_body(&addr, "evt_huge", body).await;
+    // A refund that arrives before its completion; a failure retried to success.
+    send("evt_r1", "pay_refund", None, "payment.refunded", Some("pol_refund")).await;
+    send("evt_r2", "pay_refund", None, "payment.completed", Some("pol_refund")).await;
+    send("evt_f1", "pay_retry", None, "payment.failed", Some("pol_retry")).await;
+    send("evt_f2", "pay_retry", None, "payment.completed", Some("pol_retry")).await;
+    // A raw record (not through ingest) whose dead letter, with the original bytes,
+    // would be larger than the producer's 1,000,000-byte message limit.
+    let producer = kafka::producer(broker.bootstrap());
+    let big = producer
+        .send(
+            FutureRecord::to(&topics.raw)
+                .key("pay_big")
+                .payload(&vec![7u8; 990_000]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the raw topic takes the record");
+
+    // Ordinary payments on every partition afterwards.
+    let sender = sign::paced_lifecycles(ingest.addr(), "ok", ORDINARY, 10, Duration::from_millis(10));
+    sender.await.unwrap();
+    let want: BTreeSet<String> = (0..ORDINARY)
+        .map(|i| format!("pol_ok{i}"))
+        .chain(["pol_retry".to_owned()])
+        .collect();
+    let records = kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(90), |r| {
+        activated(r).is_superset(&want)
+    })
+    .await;
+    let got = activated(&records);
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(missing.is_empty(), "not activated: {missing:?}");
+    assert!(
+        processor.wait_exit(Duration::ZERO).is_none(),
+        "the processor is the same live process"
+    );
+    assert_eq!(http::get(&processor.admin, "/healthz").await.status, 200);
+    for never in ["pol_far", "pol_max", "pol_refund"] {
+        assert!(!got.contains(never), "{never} must not be activated");
+    }
+    assert!(
+        !got.iter().any(|p| p.len() > 256),
+        "the 400 KB policy id is not activated"
+    );
+
+    // Each hostile record is a dead letter with its own reason.
+    let letters = |r: &[rdkafka::message::OwnedMessage]| -> Vec<DeadLetter> {
+        r.iter()
+            .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap())
+            .collect()
+    };
+    let dlq = kafka::read_until(broker.bootstrap(), &topics.dlq, Duration::from_secs(60), |r| {
+        let l = letters(r);
+        l.iter()
+            .any(|d| d.origin_offset == big.offset && d.origin_partition == big.partition)
+            && l.iter().any(|d| d.reason == DeadLetterReason::SequenceGapTimeout)
+    })
+    .await;
+    let dlq = letters(&dlq);
+    let reasons = |pay: &str| -> Vec<DeadLetterReason> {
+        dlq.iter()
+            .filter(|d| d.payment_id.as_deref() == Some(pay))
+            .map(|d| d.reason)
+            .collect()
+    };
+    assert_eq!(reasons("pay_far"), vec![DeadLetterReason::SequenceOutOfRange]);
+    assert_eq!(reasons("pay_max"), vec![DeadLetterReason::SequenceOutOfRange]);
+    assert!(
+        reasons("pay_flood").contains(&DeadLetterReason::HeldLimitExceeded),
+        "{dlq:?}"
+    );
+    assert_eq!(reasons("pay_huge"), vec![DeadLetterReason::InvalidField]);
+    let gap = dlq
+        .iter()
+        .find(|d| d.reason == DeadLetterReason::SequenceGapTimeout && d.payment_id.as_deref() == Some("pay_flood"))
+        .expect("the flood's gap timed out");
+    assert_eq!(
+        gap.missing_ranges.iter().map(|r| (r.first, r.last)).collect::<Vec<_>>(),
+        vec![(1, 1)]
+    );
+    let shrunk = dlq
+        .iter()
+        .find(|d| d.origin_partition == big.partition && d.origin_offset == big.offset)
+        .expect("a letter for the oversized record");
+    assert_eq!(shrunk.reason, DeadLetterReason::Undecodable);
+    assert!(shrunk.original_value.is_none(), "the letter leaves the payload out");
+    assert!(shrunk.detail.contains("left out"), "{}", shrunk.detail);
+    ingest.stop().await;
+}
