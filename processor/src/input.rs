@@ -99,12 +99,15 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
         Ok(r) => r,
         Err(e) => return invalid(DeadLetterReason::Undecodable, format!("not a RawWebhook: {e}")),
     };
+    // Ids too long to key state by (not written by ingest) are left out of the letter's
+    // fields; the original record still carries them.
+    let bounded = |v: &str| (v.len() <= MAX_ID_BYTES).then(|| v.to_owned());
     let known = |reason, detail: String| Input::Invalid {
         reason,
         detail,
-        source: Some(raw.source.clone()),
-        event_id: Some(raw.event_id.clone()),
-        payment_id: Some(raw.payment_id.clone()),
+        source: bounded(&raw.source),
+        event_id: bounded(&raw.event_id),
+        payment_id: bounded(&raw.payment_id),
     };
     let event_type = match raw.event_type.as_deref() {
         None => return known(DeadLetterReason::MissingField, "webhook has no event type".into()),
@@ -138,7 +141,7 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
             detail,
             source: Some(truncate(&ev.source)),
             event_id: Some(truncate(&ev.event_id)),
-            payment_id: Some(truncate(&ev.payment_id)),
+            payment_id: (ev.payment_id.len() <= MAX_ID_BYTES).then(|| ev.payment_id.clone()),
         },
     }
 }

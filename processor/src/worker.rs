@@ -287,10 +287,10 @@ impl Worker {
                     }
                 }
             }
-            if let Some(last) = batch.last() {
-                let next = last.record.origin.offset + 1;
-                self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
-            }
+        }
+        if let Some(last) = batch.last() {
+            let next = last.record.origin.offset + 1;
+            self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
         }
         true
     }

@@ -99,7 +99,7 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
         .send(
             FutureRecord::to(&topics.raw)
                 .key("pay_big")
-                .payload(&vec![7u8; 990_000]),
+                .payload(&vec![7u8; 999_700]),
             Duration::from_secs(10),
         )
         .await
