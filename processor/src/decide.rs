@@ -159,6 +159,9 @@ struct Ctx<'a> {
     outputs: Vec<Output>,
     policies: &'a mut dyn PolicyRegistry,
     limits: &'a Limits,
+    /// Set when an event was refused without entering the payment's flow (as opposed
+    /// to an applied event whose effect failed: `no_policy`, `policy_already_active`).
+    rejected: bool,
 }
 
 fn entry(record: &RawRecord, ev: Option<&WebhookEvent>, outcome: impl Into<String>) -> HistoryEntry {
@@ -172,7 +175,21 @@ fn entry(record: &RawRecord, ev: Option<&WebhookEvent>, outcome: impl Into<Strin
 }
 
 impl Ctx<'_> {
+    /// Dead-letter an event that is refused: it does not enter the payment's flow.
     fn reject(
+        &mut self,
+        st: &mut PaymentState,
+        ev: &WebhookEvent,
+        rec: &RawRecord,
+        reason: DeadLetterReason,
+        detail: String,
+    ) {
+        self.rejected = true;
+        self.effect_failed(st, ev, rec, reason, detail);
+    }
+
+    /// Dead-letter an applied event whose effect cannot happen.
+    fn effect_failed(
         &mut self,
         st: &mut PaymentState,
         ev: &WebhookEvent,
@@ -218,7 +235,7 @@ impl Ctx<'_> {
         rec: &RawRecord,
     ) -> Result<Outcome, RegistryError> {
         let Some(policy_id) = ev.policy_id.clone() else {
-            self.reject(
+            self.effect_failed(
                 st,
                 ev,
                 rec,
@@ -231,7 +248,7 @@ impl Ctx<'_> {
         Ok(match self.policies.claim(&policy_id, &id, &ev.payment_id)? {
             Claim::HeldBy { payment_id, .. } => {
                 let detail = format!("policy {policy_id} is already active through payment {payment_id}");
-                self.reject(st, ev, rec, DeadLetterReason::PolicyAlreadyActive, detail);
+                self.effect_failed(st, ev, rec, DeadLetterReason::PolicyAlreadyActive, detail);
                 Outcome::DeadLettered
             }
             Claim::Granted => {
@@ -313,6 +330,7 @@ pub fn decide(
         outputs: Vec::new(),
         policies,
         limits,
+        rejected: false,
     };
     let (payment, dedup, outcome) = match input {
         Input::Invalid {
@@ -348,9 +366,9 @@ pub fn decide(
         Input::Webhook(ev) => {
             let mut st = payment.unwrap_or_else(|| PaymentState::new(&ev.payment_id));
             let outcome = webhook(&mut cx, &mut st, record, ev.clone(), seen)?;
-            // Only an event that entered the payment's flow is remembered: a rejected
+            // Only an event that entered the payment's flow is remembered: a refused
             // one (stale, out of range, invalid) can be retried or re-driven.
-            let accepted = !matches!(outcome, Outcome::Duplicate | Outcome::DeadLettered);
+            let accepted = outcome != Outcome::Duplicate && !cx.rejected;
             let dedup = accepted.then(|| {
                 let entry = DedupEntry {
                     first_seen_ms: record.origin.timestamp_ms,
@@ -454,8 +472,11 @@ fn webhook(
     }
     if s == next {
         let o = cx.apply(st, &ev, record)?;
+        let rejected = cx.rejected;
         st.next_sequence = next.saturating_add(1);
         cx.release_held(st)?;
+        // Whether *this* event was refused, not one of the held ones released after it.
+        cx.rejected = rejected;
         return Ok(o);
     }
     let held = HeldEvent {

@@ -255,6 +255,22 @@ fn a_refund_before_its_completion_ends_the_payment_and_is_remembered() {
 }
 
 #[test]
+fn an_applied_event_whose_effect_failed_is_remembered_a_refused_one_is_not() {
+    let mut s = Sim::default();
+    // Completed without a policy: applied (the payment is completed), so a re-drive is a duplicate.
+    assert_eq!(s.event(ev("p", "c", None, Completed, None)), Outcome::DeadLettered);
+    assert_eq!(s.event(ev("p", "c", None, Completed, None)), Outcome::Duplicate);
+    // A failure after a completion in sequence order: refused, so its retry is decided again.
+    s.event(ev("q", "q1", Some(1), Completed, Some("pol")));
+    assert_eq!(s.event(ev("q", "q2", Some(2), Failed, None)), Outcome::DeadLettered);
+    assert!(!s.dedup.contains_key(&dedup_key("src", "q2")));
+    assert_eq!(
+        s.dead_reasons(),
+        vec![DeadLetterReason::NoPolicy, DeadLetterReason::InvalidTransition]
+    );
+}
+
+#[test]
 fn a_failed_attempt_retried_to_success_activates_in_both_modes() {
     for sequenced in [false, true] {
         let seq = |n| sequenced.then_some(n);
