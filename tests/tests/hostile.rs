@@ -105,6 +105,8 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
         .await
         .expect("the raw topic takes the record");
 
+    // Give the gap timer (1.5 s) and any retry loop time to do harm first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     // Ordinary payments on every partition afterwards.
     let sender = sign::paced_lifecycles(ingest.addr(), "ok", ORDINARY, 10, Duration::from_millis(10));
     sender.await.unwrap();

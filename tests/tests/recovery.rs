@@ -173,15 +173,13 @@ async fn processor_without_broker(grace_ms: u64) -> (ChildProcessor, tempfile::T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_without_a_broker_exits_within_the_grace_period() {
-    let (mut processor, _dir) = processor_without_broker(3000).await;
-    let started = std::time::Instant::now();
+    let (mut processor, _dir) = processor_without_broker(1000).await;
     processor.signal("TERM");
-    let status = processor.wait_exit(Duration::from_secs(10));
+    let status = processor.wait_exit(Duration::from_secs(3));
     assert!(
         status.is_some(),
-        "still running 10 s after SIGTERM with a 3 s grace period"
+        "still running 3 s after SIGTERM with a 1 s grace period"
     );
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
