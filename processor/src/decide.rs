@@ -19,11 +19,12 @@
 //!    transition is `invalid_transition`.
 
 use hookstream_schemas::{
-    list_sequences, DeadLetter, DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent,
-    PolicyEventKind, SequenceRange,
+    DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
 };
 
-use crate::input::{sha256_hex, Input};
+use crate::ids::cancellation_id;
+pub use crate::ids::{activation_id, dead_letter, dedup_key};
+use crate::input::Input;
 use crate::limits::{self, held_size, missing_ranges, Limits};
 use crate::model::{
     Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord, WebhookEvent,
@@ -86,73 +87,6 @@ pub struct Decision {
     pub dedup: Option<(String, DedupEntry)>,
     pub outputs: Vec<Output>,
     pub outcome: Outcome,
-}
-
-/// The dedup key of an event.
-pub fn dedup_key(source: &str, event_id: &str) -> String {
-    format!("{source}\u{0}{event_id}")
-}
-
-/// Deterministic activation id: the same completed event for the same policy always
-/// gives the same id.
-pub fn activation_id(policy_id: &str, source: &str, event_id: &str) -> String {
-    sha256_hex(&[
-        b"activation\n",
-        policy_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
-}
-
-fn cancellation_id(policy_id: &str, source: &str, event_id: &str) -> String {
-    sha256_hex(&[
-        b"cancellation\n",
-        policy_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
-}
-
-/// A dead letter for `record`, with a deterministic id from its origin and reason.
-pub fn dead_letter(
-    record: &RawRecord,
-    reason: DeadLetterReason,
-    detail: String,
-    event: Option<(&str, &str)>,
-    payment_id: Option<&str>,
-    missing: Vec<SequenceRange>,
-) -> Output {
-    let o = &record.origin;
-    let id = sha256_hex(&[
-        o.topic.as_bytes(),
-        b"/",
-        o.partition.to_string().as_bytes(),
-        b"/",
-        o.offset.to_string().as_bytes(),
-        b"/",
-        reason.as_str().as_bytes(),
-    ]);
-    Output::Dead(DeadLetter {
-        dead_letter_id: id,
-        reason,
-        detail,
-        origin_topic: o.topic.clone(),
-        origin_partition: o.partition,
-        origin_offset: o.offset,
-        origin_timestamp: o.timestamp_ms,
-        source: event.map(|e| e.0.to_owned()),
-        event_id: event.map(|e| e.1.to_owned()),
-        payment_id: payment_id.map(str::to_owned),
-        missing_sequences: list_sequences(&missing),
-        missing_ranges: missing,
-        original_key: record.key.clone(),
-        original_value: record.value.clone(),
-        original_headers: record.headers.clone(),
-    })
 }
 
 struct Ctx<'a> {

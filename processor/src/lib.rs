@@ -15,6 +15,7 @@ pub mod emit;
 pub mod error;
 pub mod fallback;
 pub mod gaps;
+pub mod ids;
 pub mod input;
 pub mod limits;
 pub mod metrics;
