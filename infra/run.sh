@@ -31,19 +31,23 @@ export GITHUB_WEBHOOK_SECRET=${GITHUB_WEBHOOK_SECRET:-demo-github-secret}
 # process behind.
 pids=()
 cleanup() {
-  echo
-  echo "==> stopping"
+  # Nothing may interrupt the stopping: not a second ctrl-c, nor a closed terminal or
+  # pipe (with `infra/run.sh | tee`, ctrl-c ends tee first, and an echo to it would end
+  # this script before it stopped anything).
+  trap '' INT TERM HUP PIPE
+  set +e
+  { echo; echo "==> stopping"; } 2>/dev/null
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     p=${pids[$i]}
     kill -TERM "$p" 2>/dev/null || continue
     for _ in $(seq 1 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null
   done
-  wait 2>/dev/null || true
-  if [ "${started_broker:-0}" = 1 ]; then infra/broker.sh stop; fi
+  wait 2>/dev/null
+  if [ "${started_broker:-0}" = 1 ]; then infra/broker.sh stop >/dev/null 2>&1; fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 echo "==> broker"
 started_broker=0
