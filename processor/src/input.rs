@@ -204,3 +204,50 @@ pub fn check_fields(ev: &WebhookEvent) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventType;
+
+    fn ev() -> WebhookEvent {
+        WebhookEvent {
+            source: "paymenthub".into(),
+            event_id: "evt_1".into(),
+            payment_id: "pay_1".into(),
+            sequence: None,
+            event_type: EventType::Completed,
+            policy_id: Some("pol_1".into()),
+            amount: Some(5000),
+            currency: Some("KES".into()),
+            occurred_at: Some("2026-02-12T10:00:00Z".into()),
+            received_at: 0,
+            body_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn fields_copied_into_outputs_have_length_and_charset_limits() {
+        assert_eq!(check_fields(&ev()), Ok(()));
+        let bad: Vec<(&str, fn(&mut WebhookEvent))> = vec![
+            ("policy_id", |e| e.policy_id = Some("p".repeat(MAX_ID_BYTES + 1))),
+            ("policy_id", |e| e.policy_id = Some("pol 1".into())),
+            ("policy_id", |e| e.policy_id = Some("pol\u{0}".into())),
+            ("payment_id", |e| e.payment_id = "x".repeat(MAX_ID_BYTES + 1)),
+            ("currency", |e| e.currency = Some("KESX".into())),
+            ("currency", |e| e.currency = Some("K€".into())),
+            ("occurred_at", |e| e.occurred_at = Some("9".repeat(MAX_TIME_BYTES + 1))),
+            ("occurred_at", |e| e.occurred_at = Some("2026-02-12 10:00".into())),
+        ];
+        for (field, spoil) in bad {
+            let mut e = ev();
+            spoil(&mut e);
+            let err = check_fields(&e).unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+            assert!(err.len() < 200, "the reason is short: {err}");
+        }
+        let mut lower = ev();
+        lower.currency = Some("kes".into());
+        assert_eq!(check_fields(&lower), Ok(()), "Stripe writes currencies in lower case");
+    }
+}
