@@ -229,7 +229,8 @@ mod tests {
     #[test]
     fn fields_copied_into_outputs_have_length_and_charset_limits() {
         assert_eq!(check_fields(&ev()), Ok(()));
-        let bad: Vec<(&str, fn(&mut WebhookEvent))> = vec![
+        type Spoil = fn(&mut WebhookEvent);
+        let bad: Vec<(&str, Spoil)> = vec![
             ("policy_id", |e| e.policy_id = Some("p".repeat(MAX_ID_BYTES + 1))),
             ("policy_id", |e| e.policy_id = Some("pol 1".into())),
             ("policy_id", |e| e.policy_id = Some("pol\u{0}".into())),
