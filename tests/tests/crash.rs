@@ -67,7 +67,7 @@ async fn run_kill_and_restart(wipe_state: bool) {
     let config = test_config(broker.bootstrap(), &topics, &state);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let first = ChildProcessor::spawn(&config, dir.path());
-    let sender = sign::paced_lifecycles(ingest.addr(), "c", PAYMENTS, 5, Duration::from_millis(60));
+    let sender = sign::paced_lifecycles(ingest.addr(), "c", PAYMENTS, 5, Duration::from_millis(150));
 
     // Kill once a part of the activations is out, while traffic is still flowing.
     let (n, _) = activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;
