@@ -50,7 +50,12 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 export HOOKSTREAM_STATE=$DIR BROKER_PORT=$PORT KAFKA_BROKERS=$B
 export PAYMENTHUB_WEBHOOK_SECRET=bench-secret STANDARD_WEBHOOK_SECRET=whsec_YmVuY2g= \
   STRIPE_WEBHOOK_SECRET=bench GITHUB_WEBHOOK_SECRET=bench
-T=~/.cache/hookstream/tools/bin/tansu
+# The broker binary: nisshi from the tool cache, or BENCH_BROKER_BIN (e.g. tansu 0.6.0
+# for a side-by-side comparison; both take the same command line).
+T=${BENCH_BROKER_BIN:-$HOME/.cache/hookstream/tools/bin/nisshi}
+export HOOKSTREAM_BROKER_BIN=$T
+BROKER_NAME=$("$T" --version 2>/dev/null | head -1)
+export BROKER_NAME
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; infra/broker.sh stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -202,7 +207,7 @@ rows = [
     (f"peak RSS ingest ({rate}/s run, {parts} partitions)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
     ("peak RSS processor (drain of the backlog / rebuild)", f"{float(proc_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
 ]
-print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, tansu 0.6.0 (memory storage) on loopback; `infra/bench.sh`\n")
+print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, {os.environ.get('BROKER_NAME', 'broker')} (memory storage) on loopback; `infra/bench.sh`\n")
 print("| measurement | hookstream | baseline (same run) | ratio | target |")
 print("|---|---|---|---|---|")
 for r in rows:

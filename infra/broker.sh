@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local Kafka-protocol broker for hookstream: tansu 0.6.0 on loopback.
+# The local Kafka-protocol broker for hookstream: nisshi 0.8.1 (tansu's successor) on loopback.
 #
-#   infra/broker.sh install          build tansu into the tool cache if it is missing (~11 min once)
+#   infra/broker.sh install          build nisshi into the tool cache if it is missing (~18 min once)
 #   infra/broker.sh start [--sqlite] start it (memory storage; --sqlite keeps data across restarts)
 #   infra/broker.sh topics           create hookstream's topics if they do not exist
 #   infra/broker.sh up [--sqlite]    install + start + topics
@@ -12,6 +12,7 @@
 #
 # Environment (all optional):
 #   HOOKSTREAM_TOOLS  tool cache, outside the repository   (default $HOME/.cache/hookstream/tools)
+#   HOOKSTREAM_BROKER_BIN  another broker binary with the same command line (e.g. tansu)
 #   BROKER_PORT       loopback port                        (default 9092)
 #   HOOKSTREAM_STATE  pid file, log and sqlite database    (default <repo>/.hookstream)
 #   RAW_PARTITIONS / ACTIVATIONS_PARTITIONS / DLQ_PARTITIONS  partition counts (12 / 12 / 3)
@@ -19,8 +20,12 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${HOOKSTREAM_TOOLS:-$HOME/.cache/hookstream/tools}
-TANSU=$TOOLS/bin/tansu
-TANSU_VERSION=0.6.0
+# HOOKSTREAM_BROKER_BIN runs another binary with the same command line instead (e.g.
+# tansu 0.6.0, for a side-by-side comparison); install then only checks it exists.
+BROKER=${HOOKSTREAM_BROKER_BIN:-$TOOLS/bin/nisshi}
+BROKER_VERSION=0.8.1
+# nisshi 0.8.1 needs rustc >= 1.96.
+MIN_RUSTC_MINOR=96
 PORT=${BROKER_PORT:-9092}
 STATE=${HOOKSTREAM_STATE:-$REPO/.hookstream}
 PIDFILE=$STATE/broker-$PORT.pid
@@ -32,7 +37,22 @@ RETENTION_MS=$((30 * 24 * 3600 * 1000))
 
 say() { echo "broker: $*" >&2; }
 
-installed() { [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; }
+installed() {
+  if [ -n "${HOOKSTREAM_BROKER_BIN:-}" ]; then [ -x "$BROKER" ]; return; fi
+  [ -x "$BROKER" ] && "$BROKER" --version 2>/dev/null | grep -q "$BROKER_VERSION"
+}
+
+# The installed toolchain with the newest rustc that is new enough: stable when it is,
+# else a nightly (or any other installed toolchain). Prints its name, or nothing.
+toolchain() {
+  local best="" best_minor=0 tc minor
+  for tc in stable $(rustup toolchain list 2>/dev/null | awk '{print $1}'); do
+    minor=$(rustc "+$tc" --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p')
+    [ -n "$minor" ] || continue
+    if [ "$minor" -ge "$MIN_RUSTC_MINOR" ] && [ "$minor" -gt "$best_minor" ]; then best=$tc best_minor=$minor; fi
+  done
+  echo "$best"
+}
 
 install() {
   if installed; then return 0; fi
@@ -41,9 +61,17 @@ install() {
   exec 9>"$TOOLS/.install.lock"
   flock 9
   if installed; then return 0; fi
-  say "installing tansu $TANSU_VERSION into $TOOLS (about 11 minutes on 2 cores, once)"
-  cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql --root "$TOOLS"
-  installed || { say "tansu install finished but $TANSU --version is not $TANSU_VERSION"; exit 1; }
+  local tc; tc=$(toolchain)
+  if [ -z "$tc" ]; then
+    say "nisshi $BROKER_VERSION needs rustc >= 1.$MIN_RUSTC_MINOR and no installed toolchain has it"
+    say "(installed: $(rustup toolchain list 2>/dev/null | tr '\n' ' ')); install one, e.g. rustup toolchain install nightly"
+    exit 1
+  fi
+  say "installing nisshi $BROKER_VERSION into $TOOLS with toolchain $tc (about 18 minutes on 2 cores, once)"
+  # Only the storage engines hookstream uses: memory (dynostore) and sqlite (libsql).
+  cargo "+$tc" install "nisshi@$BROKER_VERSION" --locked --no-default-features --features dynostore,libsql \
+    --root "$TOOLS"
+  installed || { say "nisshi install finished but $BROKER --version is not $BROKER_VERSION"; exit 1; }
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
@@ -51,26 +79,26 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 start() {
-  local storage="memory://tansu/"
-  # tansu reads the sqlite URL's path relative to its working directory, so it runs
-  # in $STATE with a relative file name.
-  if [ "${1:-}" = "--sqlite" ]; then storage="sqlite://tansu-$PORT.db"; fi
-  installed || { say "tansu is not installed: run infra/broker.sh install"; exit 1; }
+  local storage="memory://nisshi/"
+  # The broker reads the sqlite URL's path relative to its working directory, so it
+  # runs in $STATE with a relative file name.
+  if [ "${1:-}" = "--sqlite" ]; then storage="sqlite://nisshi-$PORT.db"; fi
+  installed || { say "nisshi is not installed: run infra/broker.sh install"; exit 1; }
   if running; then say "already running on $URL (pid $(cat "$PIDFILE"))"; return 0; fi
   if port_open; then say "port $PORT is taken by another process; set BROKER_PORT"; exit 1; fi
   mkdir -p "$STATE"
-  say "starting tansu on $URL with $storage (log: $LOG)"
+  say "starting nisshi on $URL with $storage (log: $LOG)"
   # A session of its own: ctrl-c in the terminal that started it must not stop the
   # broker before the services that still need it (infra/run.sh stops them first).
-  (cd "$STATE" && exec setsid nohup "$TANSU" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+  (cd "$STATE" && exec setsid nohup "$BROKER" broker --listener-url "$URL" --advertised-listener-url "$URL" \
     --storage-engine "$storage") >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do
     if port_open; then say "ready"; return 0; fi
-    running || { say "tansu exited; last lines of $LOG:"; tail -20 "$LOG" >&2; exit 1; }
+    running || { say "nisshi exited; last lines of $LOG:"; tail -20 "$LOG" >&2; exit 1; }
     sleep 0.1
   done
-  say "tansu did not open $URL within 10 s"; exit 1
+  say "nisshi did not open $URL within 10 s"; exit 1
 }
 
 stop() {
@@ -84,10 +112,10 @@ stop() {
 }
 
 create_topic() { # name partitions
-  if "$TANSU" topic list --broker "$URL" 2>/dev/null | grep -qF -- "\"name\":\"$1\""; then
+  if "$BROKER" topic list --broker "$URL" 2>/dev/null | grep -qF -- "\"name\":\"$1\""; then
     say "topic $1 exists"; return 0
   fi
-  "$TANSU" topic create "$1" --broker "$URL" --partitions "$2" --config "retention.ms=$RETENTION_MS" >/dev/null
+  "$BROKER" topic create "$1" --broker "$URL" --partitions "$2" --config "retention.ms=$RETENTION_MS" >/dev/null
   say "created topic $1 ($2 partitions)"
 }
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, then runs every check and test.
 #
-# - tansu (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~11 min);
+# - nisshi (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~18 min);
 # - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
-#   their own tansu on a free loopback port), and the fastavro check of the golden samples.
+#   their own broker on a free loopback port), and the fastavro check of the golden samples.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,7 +13,7 @@ VENV=$CACHE/venv
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "broker: tansu"
+step "broker: nisshi"
 infra/broker.sh install
 
 step "independent Avro decoder: fastavro"

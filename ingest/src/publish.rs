@@ -95,6 +95,9 @@ impl Publisher {
             .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
             // Batch under load; costs at most this much latency when quiet.
             .set("linger.ms", cfg.linger_ms.to_string())
+            // A missing topic is an operator's error that /readyz reports, not something
+            // to create with the broker's defaults (librdkafka's producer asks for that).
+            .set("allow.auto.create.topics", "false")
             // The record size budget (see KafkaConfig::max_message_bytes).
             .set("message.max.bytes", cfg.max_message_bytes.to_string())
             .create()

@@ -76,6 +76,9 @@ impl Emitter {
             .set("enable.idempotence", "true")
             // Java-compatible partitioning for policy_id / payment_id keys (DESIGN.md, "Topics").
             .set("partitioner", "murmur2_random")
+            // A missing output topic pauses the partition until an operator creates it
+            // with its real settings, instead of the broker creating it with defaults.
+            .set("allow.auto.create.topics", "false")
             // Batch the outputs of a record batch together; costs at most 2 ms.
             .set("linger.ms", "2")
             .create()?;

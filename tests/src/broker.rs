@@ -1,8 +1,8 @@
-//! A tansu broker owned by the test process.
+//! A local broker (nisshi, tansu's successor) owned by the test process.
 //!
 //! The broker runs under a tiny `sh` supervisor that waits on its stdin: when the test
 //! process exits for any reason (even a panic or a kill), the pipe closes, the
-//! supervisor's `read` returns, and it stops tansu. So no test leaves a broker behind,
+//! supervisor's `read` returns, and it stops the broker. So no test leaves a broker behind,
 //! without any unsafe `pre_exec` tricks.
 
 use std::io::Write;
@@ -18,20 +18,21 @@ read sig
 kill -"${sig:-TERM}" "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null"#;
 
-/// Where the tansu binary is looked for, in order: `TANSU_BIN`, then
-/// `$HOOKSTREAM_TOOLS/bin/tansu`, then `$HOME/.cache/hookstream/tools/bin/tansu`
+/// Where the broker binary is looked for, in order: `HOOKSTREAM_BROKER_BIN` (any
+/// tansu-compatible binary, e.g. tansu 0.6.0 for a comparison), then
+/// `$HOOKSTREAM_TOOLS/bin/nisshi`, then `$HOME/.cache/hookstream/tools/bin/nisshi`
 /// (where `infra/broker.sh install` puts it).
-pub fn tansu_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
+pub fn broker_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOOKSTREAM_BROKER_BIN") {
         return PathBuf::from(p);
     }
     let tools = std::env::var_os("HOOKSTREAM_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hookstream/tools"));
-    tools.join("bin/tansu")
+    tools.join("bin/nisshi")
 }
 
-/// A running broker: either a tansu child process or an external one from `KAFKA_BROKERS`.
+/// A running broker: either a spawned child process or an external one from `KAFKA_BROKERS`.
 #[derive(Debug)]
 pub struct Broker {
     bootstrap: String,
@@ -58,7 +59,7 @@ pub enum Storage {
 
 impl Broker {
     /// The broker shared by every test in this test binary: `KAFKA_BROKERS` when set,
-    /// else one tansu started on first use. Tests isolate themselves with unique topics.
+    /// else one broker started on first use. Tests isolate themselves with unique topics.
     pub fn shared() -> &'static Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var("KAFKA_BROKERS") {
@@ -73,7 +74,7 @@ impl Broker {
         })
     }
 
-    /// A broker of this test's own, always a spawned tansu (tests that stop or restart it).
+    /// A broker of this test's own, always a spawned broker (tests that stop or restart it).
     pub fn dedicated(storage: Storage) -> Broker {
         Broker::spawn(storage)
     }
@@ -84,13 +85,13 @@ impl Broker {
     }
 
     fn spawn(storage: Storage) -> Broker {
-        let tansu = tansu_path();
+        let bin = broker_path();
         assert!(
-            tansu.is_file(),
-            "tansu broker not found at {}. Integration tests need a real Kafka-protocol broker: \
+            bin.is_file(),
+            "broker not found at {}. Integration tests need a real Kafka-protocol broker: \
              install it with `infra/broker.sh install` (or run the README's test command, `infra/test.sh`), \
-             or point TANSU_BIN at a tansu 0.6.0 binary, or KAFKA_BROKERS at a running broker.",
-            tansu.display()
+             or point HOOKSTREAM_BROKER_BIN at a broker binary, or KAFKA_BROKERS at a running broker.",
+            bin.display()
         );
         let dir = tempfile::tempdir().expect("tempdir for the broker");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -108,40 +109,40 @@ impl Broker {
         broker
     }
 
-    /// Start (or restart) the spawned tansu and wait until it accepts connections.
+    /// Start (or restart) the spawned broker and wait until it accepts connections.
     pub fn start(&self) {
         let mut guard = self.proc.lock().unwrap_or_else(|p| p.into_inner());
         assert!(guard.is_none(), "broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let storage = match self.storage {
-            Storage::Memory => "memory://tansu/".to_owned(),
-            // tansu reads the path relative to its working directory (the broker's dir).
-            Storage::Sqlite => "sqlite://tansu.db".to_owned(),
+            Storage::Memory => "memory://hookstream/".to_owned(),
+            // The broker reads the path relative to its working directory (the broker's dir).
+            Storage::Sqlite => "sqlite://broker.db".to_owned(),
         };
         let log = self.log_path();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(SUPERVISOR)
-            .arg(tansu_path())
+            .arg(broker_path())
             .arg(&url)
             .arg(&storage)
             .arg(&log)
             .stdin(Stdio::piped())
             .current_dir(self.dir.path())
             .spawn()
-            .expect("spawn sh to supervise tansu");
+            .expect("spawn sh to supervise the broker");
         let stdin = child.stdin.take().expect("piped stdin");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
-                    "tansu exited ({status}) before listening on {url}; its log:\n{}",
+                    "the broker exited ({status}) before listening on {url}; its log:\n{}",
                     self.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "tansu did not listen on {url} within 20 s; its log:\n{}",
+                "the broker did not listen on {url} within 20 s; its log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -149,7 +150,7 @@ impl Broker {
         *guard = Some(Supervised { child, stdin });
     }
 
-    /// Stop the spawned tansu: `graceful` sends SIGTERM, else SIGKILL (a crash).
+    /// Stop the spawned broker: `graceful` sends SIGTERM, else SIGKILL (a crash).
     /// Returns once the port refuses connections.
     pub fn stop(&self, graceful: bool) {
         let mut guard = self.proc.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,7 +167,7 @@ impl Broker {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
+        self.dir.path().join("broker.log")
     }
 
     /// The broker's log so far (for failure messages).

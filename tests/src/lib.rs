@@ -1,9 +1,9 @@
-//! Support for hookstream's integration tests: a real tansu broker started on a free
+//! Support for hookstream's integration tests: a real local broker (nisshi) started on a free
 //! loopback port (or the one `KAFKA_BROKERS` names), uniquely named topics, small
 //! Kafka and HTTP helpers, an independent request signer, and in-process services.
 //! Nothing here mocks Kafka.
 //!
-//! When the tansu binary is missing, starting a broker panics with the command that
+//! When the broker binary is missing, starting a broker panics with the command that
 //! installs it: an integration test never skips silently.
 
 pub mod broker;
