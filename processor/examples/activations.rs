@@ -16,11 +16,8 @@
 //!
 //! **Re-reading.** `--from` starts from the group's committed offsets (the default), the
 //! start of the log, its end, or explicit offsets per partition; `--from-time` from the
-//! first event at or after a time in every partition. On Apache Kafka,
-//! `offsets_for_times` gives that offset; the local broker answers it wrongly and skips
-//! the rest of a batch when a fetch starts inside one, so this example finds offsets
-//! with `hookstream_processor::offsets` (binary search on record timestamps, aligned
-//! starts), which works on both.
+//! first event at or after a time in every partition (the broker's `offsets_for_times`,
+//! through `hookstream_processor::offsets`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -43,8 +40,8 @@ fn arg(name: &str) -> Option<String> {
 }
 
 /// Exact start offsets per partition, from `--from P:O,...` or `--from-time`, each with
-/// the offset to assign so that the broker hands out that very record (earlier ones are
-/// skipped when they arrive). Blocking.
+/// the offset to assign (the same one: a fetch from any offset starts at that record;
+/// records before the wanted one are skipped should they arrive). Blocking.
 fn exact_starts(
     brokers: &str,
     topic: &str,
@@ -73,7 +70,7 @@ fn exact_starts(
     }
     let mut starts = HashMap::new();
     for (p, o) in out {
-        starts.insert(p, (o, offsets::read_from(&probe, topic, p, o)?.0));
+        starts.insert(p, (o, o));
     }
     Ok(starts)
 }

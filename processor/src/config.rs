@@ -126,12 +126,6 @@ pub struct ProcessingConfig {
     pub commit_interval_ms: u64,
     /// sled's page cache in bytes (sled's own default is 1 GiB). Default 67108864 (64 MiB).
     pub sled_cache_bytes: u64,
-    /// Leave and rejoin the group when a raw partition that is not this instance's has
-    /// had records waiting behind an unmoving committed offset for this long: a
-    /// workaround for a coordinator that leaves partitions without an owner (tansu 0.6;
-    /// see [`crate::stall`]). It must exceed the session timeout plus the longest
-    /// rebuild. Default 0 (off); the local broker's config sets 30000.
-    pub stall_repair_after_ms: u64,
     /// How far ahead of a payment's next expected sequence an event may be; a later one
     /// is dead-lettered `sequence_out_of_range`. Bounds the gaps a provider can open.
     /// Default 1000.
@@ -155,7 +149,6 @@ impl Default for ProcessingConfig {
             max_backoff_ms: 10_000,
             commit_interval_ms: 500,
             sled_cache_bytes: 64 << 20,
-            stall_repair_after_ms: 0,
             max_sequence_ahead: Limits::default().max_sequence_ahead,
             max_held_events: Limits::default().max_held_events,
             max_held_bytes: Limits::default().max_held_bytes,

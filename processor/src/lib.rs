@@ -24,7 +24,6 @@ pub mod offsets;
 pub mod order;
 pub mod replay;
 pub mod retry;
-pub mod stall;
 pub mod store;
 pub mod trace;
 pub mod worker;
@@ -72,10 +71,8 @@ pub async fn run(
         consumer,
     });
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, shutdown.clone()));
-    let guard_task = tokio::spawn(stall::guard(shared.clone(), shutdown.clone()));
     consumer::dispatch(shared.clone(), assigned, shutdown).await;
     let _ = admin_task.await;
-    let _ = guard_task.await;
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.flush())
         .await

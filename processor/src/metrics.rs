@@ -30,11 +30,9 @@ pub struct Metrics {
     pub gap_timeouts: IntCounter,
     /// Partitions whose state was dropped because the group's offset was moved back.
     pub replays_detected: IntCounter,
-    /// Times the broker skipped records on a fetch and they were read again.
+    /// Holes in a delivered batch (records fetched before a partition's queue was split
+    /// off arrive late) read from the log first.
     pub skipped_refetched: IntCounter,
-    /// Times this instance left and rejoined the group because raw partitions had no
-    /// working owner ([`crate::stall`]).
-    pub stall_repairs: IntCounter,
     /// Outputs the broker refused for good, replaced by a smaller dead letter.
     pub outputs_refused: IntCounter,
     /// Partitions rebuilt from the log because their stored state did not read back.
@@ -84,12 +82,7 @@ impl Metrics {
             .expect("metric"),
             skipped_refetched: IntCounter::new(
                 "skipped_refetched_total",
-                "Times the broker's fetch skipped records (from inside a batch) and they were read again",
-            )
-            .expect("metric"),
-            stall_repairs: IntCounter::new(
-                "stall_repairs_total",
-                "Times this instance left and rejoined the group because raw partitions had records waiting and no working owner",
+                "Holes in a delivered batch (records that arrive out of order after an assignment) read from the log first",
             )
             .expect("metric"),
             outputs_refused: IntCounter::new(
@@ -116,7 +109,6 @@ impl Metrics {
             Box::new(m.gap_timeouts.clone()),
             Box::new(m.replays_detected.clone()),
             Box::new(m.skipped_refetched.clone()),
-            Box::new(m.stall_repairs.clone()),
             Box::new(m.outputs_refused.clone()),
             Box::new(m.corrupt_rebuilds.clone()),
         ];

@@ -1,11 +1,11 @@
 //! Offset order for one partition's worker (pure): every offset is decided once, in
 //! increasing order, and none is skipped.
 //!
-//! Records can reach a worker out of offset order (records fetched through the group
-//! consumer before the partition's own queue was split off come after newer ones) or
-//! with holes (the local broker's fetch from inside a batch skips the rest of it). The
-//! worker sorts what it received, drops what it already decided, and reads a hole
-//! from the log before the records after it.
+//! Records can reach a worker out of offset order: records fetched through the group
+//! consumer before the partition's own queue was split off come after newer ones, so a
+//! delivered batch can start past the next undecided offset. The worker sorts what it
+//! received, drops what it already decided, and reads a hole from the log before the
+//! records after it.
 
 /// One step of folding a delivered batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

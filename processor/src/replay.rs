@@ -19,9 +19,8 @@
 //! code, appears with a new id. Re-publishing rather than silently rebuilding is the
 //! point of a replay: it is how an operator repairs outputs that were wrong or lost.
 //!
-//! Offsets by time and the end of the log are found from the records themselves
-//! ([`crate::offsets`]), not from the broker's offset index, which the local broker
-//! gets wrong.
+//! Offsets by time and the ends of the log come from the broker's offset index
+//! ([`crate::offsets`]).
 
 use std::time::Duration;
 

@@ -207,7 +207,7 @@ impl Worker {
                         partition = self.partition,
                         from,
                         until,
-                        "records were skipped by the broker's fetch; reading them before going on"
+                        "records before this delivery have not arrived yet; reading them from the log first"
                     );
                     self.shared.metrics.skipped_refetched.inc();
                     if self.read_range(from, until, true, stop).await.is_none() {

@@ -2,7 +2,6 @@
 //! bringing sled up to that point (rebuild, replay detection, sled ahead of the group),
 //! and folding a range of the raw partition read on its own.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -10,45 +9,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{Incoming, Processed, Shared, Worker};
+use super::{Incoming, Processed, Worker};
 use crate::consumer::raw_record;
-
-/// Run `f` with a probing consumer of the raw topic on a blocking thread.
-async fn with_probe<T: Send + 'static>(
-    shared: Arc<Shared>,
-    f: impl FnOnce(&rdkafka::consumer::BaseConsumer, &str) -> Result<T, rdkafka::error::KafkaError> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(move || {
-        let cfg = &shared.config.kafka;
-        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", format!("{}-rebuild", cfg.group_id))
-            .set("enable.auto.commit", "false")
-            // Probes read a record or two: an empty fetch need not wait long.
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .map_err(|e| e.to_string())?;
-        f(&probe, &cfg.raw_topic).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-/// An offset to read `partition` from so that the record at `offset` is delivered.
-async fn aligned_start(shared: Arc<Shared>, partition: i32, offset: i64) -> Result<i64, String> {
-    with_probe(shared, move |c, topic| {
-        crate::offsets::read_from(c, topic, partition, offset).map(|(s, _)| s)
-    })
-    .await
-}
-
-/// See [`crate::offsets::skipped_from`].
-async fn skipped_from(shared: Arc<Shared>, partition: i32, offset: i64) -> Result<Option<i64>, String> {
-    with_probe(shared, move |c, topic| {
-        crate::offsets::skipped_from(c, topic, partition, offset)
-    })
-    .await
-}
 
 /// Where a newly assigned partition starts.
 #[derive(Debug, Clone, Copy)]
@@ -165,9 +127,8 @@ impl Worker {
             self.uncommitted = Some(a);
             self.commit_if_due(false);
         }
-        let next = applied.map_or(first_live, |a| (a + 1).max(first_live));
-        self.next_offset = Some(next);
-        self.read_skipped(next, stop).await
+        self.next_offset = Some(applied.map_or(first_live, |a| (a + 1).max(first_live)));
+        true
     }
 
     /// Watch the gaps of every stored payment that holds events. False when stopped.
@@ -187,35 +148,8 @@ impl Worker {
         true
     }
 
-    /// Would the group's fetch from `next` skip records (crate::offsets)? Then read them
-    /// here, before the group hands over what follows them. False when stopped.
-    async fn read_skipped(&mut self, next: i64, stop: &CancellationToken) -> bool {
-        let shared = self.shared.clone();
-        let partition = self.partition;
-        let Some(skipped) = shared
-            .retry("skipped_from", stop, || skipped_from(shared.clone(), partition, next))
-            .await
-        else {
-            return false;
-        };
-        if let Some(until) = skipped {
-            tracing::warn!(
-                partition,
-                from = next,
-                until,
-                "the broker's fetch from the group's offset would skip records; reading them first"
-            );
-            shared.metrics.skipped_refetched.inc();
-            if self.read_range(next, until, true, stop).await.is_none() {
-                return false;
-            }
-            self.next_offset = Some(until);
-        }
-        true
-    }
-
     /// Fold records `[from, until)` (`from` -1: the start of the log), with outputs
-    /// suppressed (a rebuild) or published (`live`, refetching skipped records).
+    /// suppressed (a rebuild) or published (`live`, reading a hole in a delivery).
     /// Returns how many, or `None` when stopped.
     pub(super) async fn read_range(
         &mut self,
@@ -228,15 +162,7 @@ impl Worker {
         let from = if from < 0 {
             Offset::Beginning
         } else {
-            // Start where the broker delivers `from` itself (crate::offsets); records
-            // before it are already applied and skipped by `process`.
-            let shared = self.shared.clone();
-            let partition = self.partition;
-            Offset::Offset(
-                shared
-                    .retry("aligned_start", stop, || aligned_start(shared.clone(), partition, from))
-                    .await?,
-            )
+            Offset::Offset(from)
         };
         let reader: StreamConsumer = match ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)

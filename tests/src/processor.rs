@@ -126,7 +126,7 @@ impl ChildProcessor {
         let toml = format!(
             "admin_listen = {admin:?}\nstate_dir = {:?}\nshutdown_grace_ms = {}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
              activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\ndebug = {:?}\n[processing]\ngap_timeout_ms = {}\n\
-             gap_check_interval_ms = {}\nmax_backoff_ms = {}\nstall_repair_after_ms = {}\ncommit_interval_ms = {}\n\
+             gap_check_interval_ms = {}\nmax_backoff_ms = {}\ncommit_interval_ms = {}\n\
              max_sequence_ahead = {}\nmax_held_events = {}\n",
             config.state_dir.display().to_string(),
             config.shutdown_grace_ms,
@@ -140,7 +140,6 @@ impl ChildProcessor {
             config.processing.gap_timeout_ms,
             config.processing.gap_check_interval_ms,
             config.processing.max_backoff_ms,
-            config.processing.stall_repair_after_ms,
             config.processing.commit_interval_ms,
             config.processing.max_sequence_ahead,
             config.processing.max_held_events,

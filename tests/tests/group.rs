@@ -11,10 +11,8 @@ use std::time::Duration;
 use hookstream_processor::decide::activation_id;
 use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
-use hookstream_tests::processor::{test_config, ChildProcessor, RunningProcessor, Topics};
+use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
 const PAYMENTS: usize = 1500;
@@ -61,9 +59,6 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     // Every JoinGroup, SyncGroup and assignment in the instances' logs: when this fails,
     // the kept directory shows who owned which partition when.
     base.kafka.debug = "cgrp".into();
-    // The local broker's coordinator can leave a dead member's partitions without an
-    // owner (README > Local broker); the stall guard makes the group assign them again.
-    base.processing.stall_repair_after_ms = 15_000;
     let instance = |name: &str| {
         let mut c = base.clone();
         c.state_dir = dir.join(name);
@@ -122,76 +117,4 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     drop((a, c, d));
     ingest.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A member that holds partitions and never processes them looks, from outside, like a
-/// partition without an owner: the stall guard makes the instance leave and rejoin the
-/// group, its own partitions keep being processed through that, and once the idle member
-/// is gone every payment is activated exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_nobody_processes_makes_an_instance_rejoin_and_nothing_is_lost() {
-    const N: usize = 40;
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(broker.bootstrap(), &topics, dir.path());
-    config.processing.stall_repair_after_ms = 2_000;
-    let idle: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", &config.kafka.group_id)
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    idle.subscribe(&[&topics.raw]).unwrap();
-    let idle = std::sync::Arc::new(idle);
-    let stop_idle = tokio_util::sync::CancellationToken::new();
-    let idle_task = {
-        let (idle, stop) = (idle.clone(), stop_idle.clone());
-        // Receives (so it takes part in rebalances) and throws everything away.
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = idle.recv() => {}
-                }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
-    let processor = RunningProcessor::start(config).await;
-    sign::paced_lifecycles(ingest.addr(), "s", N, 10, Duration::from_millis(10))
-        .await
-        .unwrap();
-
-    let repairs = || async {
-        let m =
-            String::from_utf8_lossy(&hookstream_tests::http::get(&processor.admin, "/metrics").await.body).into_owned();
-        m.lines()
-            .find_map(|l| l.strip_prefix("hookstream_processor_stall_repairs_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while repairs().await == 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        repairs().await >= 1,
-        "the idle member's lagging partitions must trigger a repair"
-    );
-
-    stop_idle.cancel();
-    idle_task.await.unwrap();
-    drop(idle); // closes the consumer: it leaves the group and its partitions move
-    let by = activation_ids(broker.bootstrap(), &topics.activations, N, Duration::from_secs(60)).await;
-    assert_eq!(by.len(), N, "every payment activated once the idle member left");
-    assert!(
-        by.values().all(|ids| ids.len() == 1),
-        "one distinct activation id per policy"
-    );
-    processor.stop().await;
-    ingest.stop().await;
 }

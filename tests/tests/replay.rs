@@ -200,7 +200,7 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
     assert_eq!(reset_to(&r), vec![(0, 50), (1, 50), (2, 0)]);
 }
 
-/// The end offset of each partition of `topic` (read, not asked: see `offsets`).
+/// The end offset of each partition of `topic`.
 fn ends(cfg: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -566,20 +566,26 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
     let act_ends = ends(&config.kafka, &topics.activations, 3);
     assert_eq!(act_ends.iter().sum::<i64>(), 100);
 
-    // An offset in the middle of a batch: a plain fetch from it is handed a later one.
+    // An offset in the middle of the producer's batches: a plain fetch from it is handed
+    // that very record first (tansu 0.6 handed the first record of the next batch and
+    // silently skipped the rest of this one; the broker must not).
+    let inside = 157;
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", kafka::unique_topic("probe"))
         .set("fetch.wait.max.ms", "50")
         .create()
         .unwrap();
-    let inside = (150..300)
-        .find(|o| {
-            hookstream_processor::offsets::skipped_from(&probe, &topics.raw, 0, *o)
-                .unwrap()
-                .is_some()
-        })
-        .expect("the producer wrote batches of several records");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topics.raw, 0, Offset::Offset(inside))
+        .unwrap();
+    probe.assign(&tpl).unwrap();
+    let first = match probe.poll(Duration::from_secs(10)) {
+        Some(Ok(m)) => m.offset(),
+        Some(Err(e)) => panic!("fetch from {inside}: {e}"),
+        None => panic!("nothing fetched from {inside}"),
+    };
+    assert_eq!(first, inside, "a fetch from inside a batch starts at that record");
     let r = replay::run(&config.kafka, &ReplayFrom::Offsets(vec![(0, inside)]), false)
         .await
         .unwrap();
