@@ -34,9 +34,8 @@ MAX_EVENTS=${BENCH_MAX_EVENTS:-200000}
 ROUNDS=${BENCH_ROUNDS:-3}
 DRAIN=${BENCH_DRAIN_EVENTS:-1000000}
 PORT=${BENCH_PORT:-19600}
-# The spike runs on topics with this many partitions, and again with PARTS_WIDE: the
-# local broker lists every stored batch of a partition on every fetch, so its CPU grows
-# with batches (more partitions, smaller batches) x fetches x time.
+# The spike runs on topics with this many partitions, and again with PARTS_WIDE (more
+# partitions: smaller batches, more fetches for the broker to answer).
 PARTS=${BENCH_PARTITIONS:-4}
 PARTS_WIDE=${BENCH_PARTITIONS_WIDE:-12}
 # Keep-alive connections the spike is sent over. A provider's spike is as concurrent as

@@ -57,10 +57,8 @@ pub struct KafkaConfig {
     /// Default 100000.
     pub queue_max_messages: u32,
     /// How long the producer may wait to batch records (`linger.ms`). Default 5: at a
-    /// spike this fills batches, and it costs at most 5 ms of latency when quiet. Fewer,
-    /// larger batches matter on the local broker, which stores each batch as an object
-    /// and lists them all on every fetch: at 5,000/s, 2 ms gave ack p99 163 ms and 5 ms
-    /// 74 ms (30 s runs, 12 partitions); `infra/config/ingest.toml` sets 8 for it.
+    /// spike this fills batches, and it costs at most 5 ms of latency when quiet;
+    /// `infra/config/ingest.toml` sets 8 (see its comment).
     pub linger_ms: u32,
     /// The producer's `message.max.bytes`: the largest record it sends, which must not
     /// exceed the raw topic's `max.message.bytes` (Kafka's default 1048588). Every

@@ -5,9 +5,51 @@
 use std::time::Duration;
 
 use hookstream_schemas::{decode, encode, samples, topics::headers, RawWebhook};
-use hookstream_tests::{broker::Broker, kafka};
+use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::kafka;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+
+/// The durable engine (`infra/broker.sh up --sqlite`): every record the broker
+/// acknowledged (acks=all) is still there after the broker is killed with SIGKILL.
+#[tokio::test]
+async fn acknowledged_records_survive_a_sigkill_of_the_sqlite_broker() {
+    let broker = Broker::dedicated(Storage::Sqlite);
+    let topic = kafka::unique_topic("durable");
+    kafka::create_topic(broker.bootstrap(), &topic, 3).await;
+    let producer = kafka::producer(broker.bootstrap());
+    let sends = (0..1000).map(|i| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&format!("pay_{i}"))
+                        .payload(&format!("record {i}")),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    let acked = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(acked, 1000, "the broker acknowledged every record");
+    drop(producer);
+    broker.stop(false);
+    broker.start();
+    let records = kafka::read_records(broker.bootstrap(), &topic, 1000, Duration::from_secs(60)).await;
+    let mut payloads: Vec<String> = records
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(payloads.len(), 1000, "every acknowledged record survived the SIGKILL");
+}
 
 #[tokio::test]
 async fn raw_webhook_round_trips_through_the_broker() {
