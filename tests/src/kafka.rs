@@ -143,3 +143,32 @@ pub async fn wait_for_activation(bootstrap: &str, topic: &str, policy_id: &str, 
     .await;
     assert!(found, "{policy_id} was not activated within {timeout:?}");
 }
+
+/// `group`'s committed offset of each of `topic`'s first `partitions` partitions (`None`
+/// where it never committed) and each partition's end. Blocking.
+pub fn committed_and_ends(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<(Option<i64>, i64)> {
+    let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| {
+            let committed = match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let (_, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (committed, high)
+        })
+        .collect()
+}

@@ -42,28 +42,6 @@ async fn activations_by_policy(
     group(&records)
 }
 
-/// The sum of the group's committed offsets on `topic`'s 4 partitions (0 before any commit).
-fn committed_total(bootstrap: &str, group: &str, topic: &str) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-        .sum()
-}
-
 /// The processors' log lines that tell what happened (for failure messages).
 fn logs(dir: &std::path::Path) -> String {
     let mut out = String::new();
@@ -98,7 +76,8 @@ async fn run_kill_and_restart(wipe_state: bool) {
     let (n, _) = activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;
     assert!(n >= 20, "the processor made progress before the kill (saw {n})");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while committed_total(broker.bootstrap(), &config.kafka.group_id, &topics.raw) == 0 {
+    let committed = || kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 4);
+    while committed().iter().all(|(c, _)| c.unwrap_or(0) == 0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no offset committed within 30 s"

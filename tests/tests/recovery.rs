@@ -9,33 +9,6 @@ use std::time::Duration;
 use hookstream_tests::broker::{Broker, Storage};
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
-
-/// The group's committed offset and the log end of every raw partition.
-fn committed_and_ends(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(Option<i64>, i64)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    (0..partitions)
-        .map(|p| {
-            let committed = match got.find_partition(topic, p).unwrap().offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-            (committed, high)
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_before_the_commit_a_quiet_partition_is_committed_up_to_what_sled_applied() {
@@ -61,7 +34,7 @@ async fn after_a_crash_before_the_commit_a_quiet_partition_is_committed_up_to_wh
         .await;
     }
     first.kill();
-    let before = committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 2);
+    let before = kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 2);
     assert!(
         before.iter().all(|(c, _)| c.is_none()),
         "nothing committed before the crash: {before:?}"
@@ -72,7 +45,7 @@ async fn after_a_crash_before_the_commit_a_quiet_partition_is_committed_up_to_wh
     let _second = ChildProcessor::spawn(&config, dir.path());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let now = committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 2);
+        let now = kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 2);
         if now.iter().all(|(c, end)| *c == Some(*end)) {
             break;
         }
