@@ -1,8 +1,9 @@
 //! The one long-lived Kafka producer and what "published" means: the broker acknowledged
 //! the record with `acks=all` from an idempotent producer, within the ack deadline.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -44,12 +45,31 @@ fn classify(e: KafkaError) -> PublishError {
     }
 }
 
-/// The shared producer. An idempotent producer that hits a fatal error (e.g. the broker
-/// lost its sequence state) refuses every later record, so it is replaced by a new one
-/// on the first request that sees the error; `/readyz` says not ready meanwhile.
+/// Deliveries that fail in a row before the producer counts as stuck and is replaced.
+const STUCK_AFTER: u32 = 3;
+/// A stuck producer is replaced at most this often (a broker that is simply away fails
+/// every delivery too, and a new producer does not help it).
+const REPLACE_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
+/// The producer in use, with a generation that tells a replaced one apart.
+struct Current {
+    generation: u64,
+    producer: FutureProducer,
+    since: Instant,
+}
+
+/// The shared producer. An idempotent producer can get stuck for good: after a fatal
+/// error it refuses every record, and a broker that no longer knows its producer id
+/// (a broker that lost its state; an expired id) answers UNKNOWN_PRODUCER_ID to every
+/// epoch librdkafka bumps to, so every delivery times out. Either way the producer is
+/// replaced by a new one (which asks the broker for a new id): on a fatal error at
+/// once, else after [`STUCK_AFTER`] failed deliveries in a row. `/readyz` says not ready
+/// meanwhile.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<Current>>,
+    /// Deliveries of the current producer that failed in a row.
+    failures: Arc<AtomicU32>,
     config: KafkaConfig,
     topic: String,
     ack_deadline: Duration,
@@ -69,7 +89,12 @@ impl Publisher {
     /// broker shows up later as 503s and in `/readyz`.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: Arc::new(RwLock::new(Self::producer(cfg)?)),
+            producer: Arc::new(RwLock::new(Current {
+                generation: 0,
+                producer: Self::producer(cfg)?,
+                since: Instant::now(),
+            })),
+            failures: Arc::new(AtomicU32::new(0)),
             config: cfg.clone(),
             topic: cfg.topic.clone(),
             ack_deadline: cfg.ack_deadline(),
@@ -103,26 +128,49 @@ impl Publisher {
             .create()
     }
 
-    /// The producer in use.
-    fn current(&self) -> FutureProducer {
-        self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The producer in use and its generation.
+    fn current(&self) -> (u64, FutureProducer) {
+        let c = self.producer.read().unwrap_or_else(|p| p.into_inner());
+        (c.generation, c.producer.clone())
     }
 
-    /// When `failed` hit a fatal error and is still the one in use, replace it.
-    fn recover(&self, failed: &FutureProducer) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
+    /// Count a delivery of generation `generation`'s producer, and replace that producer
+    /// when it is stuck (see [`Publisher`]).
+    fn after_delivery(&self, generation: u64, producer: &FutureProducer, result: &Result<Delivered, PublishError>) {
+        let failed = match result {
+            Ok(_) => false,
+            Err(PublishError::Timeout(_) | PublishError::Broker(_)) => true,
+            // A full queue or a record too large says nothing about the producer.
+            Err(PublishError::QueueFull | PublishError::TooLarge(_)) => return,
         };
-        let mut guard = self.producer.write().unwrap_or_else(|p| p.into_inner());
-        if guard.client().fatal_error().is_none() {
-            return; // another request replaced it already
+        if generation != self.current().0 {
+            return; // a delivery of a producer already replaced
+        }
+        if !failed {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let in_a_row = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let fatal = producer.client().fatal_error();
+        if fatal.is_none() && in_a_row < STUCK_AFTER {
+            return;
+        }
+        let mut c = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if c.generation != generation || (fatal.is_none() && c.since.elapsed() < REPLACE_AT_MOST_EVERY) {
+            return;
         }
         match Self::producer(&self.config) {
             Ok(p) => {
-                tracing::error!(error = ?code, reason, "the producer hit a fatal error; replaced it with a new one");
-                *guard = p;
+                tracing::error!(fatal = ?fatal, failed_in_a_row = in_a_row,
+                    "the producer is stuck; replaced it with a new one");
+                *c = Current {
+                    generation: generation + 1,
+                    producer: p,
+                    since: Instant::now(),
+                };
+                self.failures.store(0, Ordering::Relaxed);
             }
-            Err(e) => tracing::error!(error = %e, "the producer hit a fatal error and a new one cannot be created"),
+            Err(e) => tracing::error!(error = %e, "the producer is stuck and a new one cannot be created"),
         }
     }
 
@@ -138,11 +186,9 @@ impl Publisher {
 
     /// Publish and wait for the broker's acknowledgement.
     pub async fn publish(&self, key: &str, value: &[u8], headers: OwnedHeaders) -> Result<Delivered, PublishError> {
-        let producer = self.current();
+        let (generation, producer) = self.current();
         let result = self.send(&producer, key, value, headers).await;
-        if result.is_err() {
-            self.recover(&producer);
-        }
+        self.after_delivery(generation, &producer, &result);
         result
     }
 
@@ -179,15 +225,21 @@ impl Publisher {
 
     /// Records queued or in flight in the producer.
     pub fn queue_depth(&self) -> i32 {
-        self.current().in_flight_count()
+        self.current().1.in_flight_count()
     }
 
     /// Whether the broker answers and knows the topic (for `/readyz`).
     pub async fn ready(&self) -> Result<(), String> {
-        let producer = self.current();
+        let (_, producer) = self.current();
         if let Some((code, reason)) = producer.client().fatal_error() {
             return Err(format!(
                 "the producer hit a fatal error ({code:?}: {reason}); it is replaced on the next request"
+            ));
+        }
+        let failed = self.failures.load(Ordering::Relaxed);
+        if failed >= STUCK_AFTER {
+            return Err(format!(
+                "the last {failed} deliveries failed; the producer is being replaced"
             ));
         }
         let topic = self.topic.clone();
@@ -207,6 +259,6 @@ impl Publisher {
 
     /// Wait up to `timeout` for queued records to be delivered (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current().flush(timeout)
+        self.current().1.flush(timeout)
     }
 }

@@ -514,3 +514,48 @@ async fn a_record_the_broker_would_refuse_for_its_size_is_413_not_503() {
     assert_eq!(reply.status, 413, "{}", String::from_utf8_lossy(&reply.body));
     ingest.stop().await;
 }
+
+/// A broker that lost its state (a memory broker restarted; on Kafka, an expired
+/// producer id) answers every produce of the old producer id with UNKNOWN_PRODUCER_ID,
+/// and librdkafka's own epoch bump keeps that id: ingest must not answer 503 forever
+/// while `/readyz` says ready. It replaces the stuck producer, and webhooks are
+/// accepted again.
+#[tokio::test]
+async fn a_producer_the_broker_no_longer_knows_is_replaced_and_ingest_recovers() {
+    let broker = Broker::dedicated(Storage::Memory);
+    let topic = raw_topic(&broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 2000).await;
+    let send = |i: usize| {
+        let addr = ingest.addr();
+        async move {
+            let id = format!("evt_lost_{i}");
+            let body = sign::payment_body(&id, "pay_lost", None, "payment.created", None);
+            post(
+                &addr,
+                "/webhooks/paymenthub",
+                &signed("paymenthub", 0, &id, sign::now(), &body),
+                body,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(send(0).await, 200);
+    broker.stop(false);
+    broker.start();
+    kafka::create_topic(broker.bootstrap(), &topic, 4).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut statuses = Vec::new();
+    for i in 1.. {
+        let status = send(i).await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not accepted 40 s after the broker came back: {statuses:?}"
+        );
+    }
+    ingest.stop().await;
+}
