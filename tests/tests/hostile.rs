@@ -42,9 +42,10 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
     .await;
     let mut processor = ChildProcessor::spawn(&config, dir.path());
     let addr = ingest.addr();
-    let send = |id: &'static str, pay: &'static str, seq: Option<i64>, ty: &'static str, pol: Option<&'static str>| {
-        let addr = addr.clone();
-        async move { sign::send_event(&addr, id, pay, seq, ty, pol).await }
+    let send = |id: &str, pay: &str, seq: Option<i64>, ty: &str, pol: Option<&str>| {
+        let (addr, id, pay, ty) = (addr.clone(), id.to_owned(), pay.to_owned(), ty.to_owned());
+        let pol = pol.map(str::to_owned);
+        async move { sign::send_event(&addr, &id, &pay, seq, &ty, pol.as_deref()).await }
     };
 
     // Sequences a provider with a global counter might send: far ahead, and the end of i64.
@@ -72,8 +73,7 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
         } else {
             "payment.processing"
         };
-        let id: &'static str = Box::leak(format!("evt_flood_{seq}").into_boxed_str());
-        send(id, "pay_flood", Some(seq), ty, None).await;
+        send(&format!("evt_flood_{seq}"), "pay_flood", Some(seq), ty, None).await;
     }
     send(
         "evt_flood_c",
