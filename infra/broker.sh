@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local Kafka-protocol broker for hookstream: nisshi 0.8.1 (tansu's successor) on loopback.
 #
-#   infra/broker.sh install          build nisshi into the tool cache if it is missing (~18 min once)
+#   infra/broker.sh install          build nisshi into the tool cache if it is missing (~10 min once)
 #   infra/broker.sh start [--sqlite] start it (memory storage; --sqlite keeps data across restarts)
 #   infra/broker.sh topics           create hookstream's topics if they do not exist
 #   infra/broker.sh up [--sqlite]    install + start + topics
@@ -67,7 +67,7 @@ install() {
     say "(installed: $(rustup toolchain list 2>/dev/null | tr '\n' ' ')); install one, e.g. rustup toolchain install nightly"
     exit 1
   fi
-  say "installing nisshi $BROKER_VERSION into $TOOLS with toolchain $tc (about 18 minutes on 2 cores, once)"
+  say "installing nisshi $BROKER_VERSION into $TOOLS with toolchain $tc (about 10 minutes on 2 cores, once)"
   # Only the storage engines hookstream uses: memory (dynostore) and sqlite (libsql).
   cargo "+$tc" install "nisshi@$BROKER_VERSION" --locked --no-default-features --features dynostore,libsql \
     --root "$TOOLS"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, then runs every check and test.
 #
-# - nisshi (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~18 min);
+# - nisshi (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~10 min);
 # - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
 #   their own broker on a free loopback port), and the fastavro check of the golden samples.

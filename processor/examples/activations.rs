@@ -107,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let offset = match (exact.get(&p), from.as_str()) {
-            (Some(&(_, aligned)), _) => Offset::Offset(aligned),
+            (Some(&(_, start)), _) => Offset::Offset(start),
             (None, "beginning") => Offset::Beginning,
             (None, "end") => Offset::End,
             (None, _) => Offset::Stored,

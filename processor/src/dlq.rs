@@ -59,7 +59,7 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
     let c = consumer;
     let brokers = cfg.brokers.clone();
     let (c, ends) = tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
-        // Ends are found by reading (crate::offsets), with a consumer of their own.
+        // The ends from the broker (crate::offsets), with a consumer of its own.
         let probe: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", "hookstream-dlq-probe")

@@ -26,7 +26,8 @@
 //! (a new instance, a wiped or lost state directory), it rebuilds the missing range by
 //! replaying the raw partition with outputs suppressed: those records are below the
 //! committed offset, so their outputs were already acknowledged. When sled is ahead
-//! (a crash after step 3), records it already applied are skipped. When the group's
+//! (a crash after step 3), records it already applied are skipped and the group's offset
+//! is moved up to what sled covers, so a quiet partition does not stay behind. When the group's
 //! offset is *below* the highest one this instance committed itself, `processor replay`
 //! moved it back: the partition's state is dropped and rebuilt up to the new offset, and
 //! records from there on are decided again with their outputs published again.
