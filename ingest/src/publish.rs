@@ -143,7 +143,7 @@ impl Publisher {
             // A full queue or a record too large says nothing about the producer.
             Err(PublishError::QueueFull | PublishError::TooLarge(_)) => return,
         };
-        if generation != self.current().0 {
+        if generation != self.producer.read().unwrap_or_else(|p| p.into_inner()).generation {
             return; // a delivery of a producer already replaced
         }
         if !failed {

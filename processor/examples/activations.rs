@@ -39,16 +39,15 @@ fn arg(name: &str) -> Option<String> {
     None
 }
 
-/// Exact start offsets per partition, from `--from P:O,...` or `--from-time`, each with
-/// the offset to assign (the same one: a fetch from any offset starts at that record;
-/// records before the wanted one are skipped should they arrive). Blocking.
+/// Exact start offsets per partition, from `--from P:O,...` or `--from-time` (a fetch
+/// from an offset starts at that record). Blocking.
 fn exact_starts(
     brokers: &str,
     topic: &str,
     partitions: i32,
     from: &str,
     time: Option<&str>,
-) -> Result<HashMap<i32, (i64, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<HashMap<i32, i64>, Box<dyn std::error::Error + Send + Sync>> {
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "activations-example-probe")
@@ -68,11 +67,7 @@ fn exact_starts(
         };
         out.extend(list);
     }
-    let mut starts = HashMap::new();
-    for (p, o) in out {
-        starts.insert(p, (o, o));
-    }
-    Ok(starts)
+    Ok(out)
 }
 
 #[tokio::main]
@@ -107,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let offset = match (exact.get(&p), from.as_str()) {
-            (Some(&(_, start)), _) => Offset::Offset(start),
+            (Some(&start), _) => Offset::Offset(start),
             (None, "beginning") => Offset::Beginning,
             (None, "end") => Offset::End,
             (None, _) => Offset::Stored,
@@ -123,9 +118,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             m = consumer.recv() => m?,
             _ = tokio::signal::ctrl_c() => break,
         };
-        if exact.get(&m.partition()).is_some_and(|(start, _)| m.offset() < *start) {
-            continue;
-        }
         let Some(bytes) = m.payload() else { continue };
         match decode::<PolicyEvent>(bytes) {
             Ok(event) => {

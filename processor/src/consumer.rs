@@ -304,6 +304,7 @@ async fn feed(queue: StreamPartitionQueue<GroupContext>, tx: mpsc::Sender<Incomi
                 continue;
             }
         };
+        let record = std::sync::Arc::new(record);
         if tx.send(Incoming { record, traceparent }).await.is_err() {
             return;
         }
@@ -342,6 +343,7 @@ pub async fn dispatch(
         drop(m);
         if let Some(tx) = worker_for(&shared, &workers, partition) {
             // A full queue blocks here: backpressure instead of unbounded memory.
+            let record = Arc::new(record);
             if tx.send(Incoming { record, traceparent }).await.is_err() {
                 tracing::warn!(
                     partition,

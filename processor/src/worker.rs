@@ -99,7 +99,8 @@ impl Shared {
 /// A record handed to a worker.
 #[derive(Debug)]
 pub struct Incoming {
-    pub record: RawRecord,
+    /// Shared, not copied, with the outputs it causes (a record can be up to ~1 MB).
+    pub record: Arc<RawRecord>,
     pub traceparent: Option<String>,
 }
 

@@ -78,7 +78,7 @@ impl Worker {
             if applied.is_some_and(|a| offset <= a) || changes.applied.is_some_and(|a| offset <= a) {
                 continue;
             }
-            let rec = Arc::new(inc.record.clone());
+            let rec = inc.record.clone();
             let input = classify(&rec, &shared.config.fields);
             let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "store");
             let decision = loop {

@@ -207,7 +207,10 @@ impl Worker {
                 break;
             }
             let (record, traceparent) = raw_record(&m);
-            batch.push(Incoming { record, traceparent });
+            batch.push(Incoming {
+                record: std::sync::Arc::new(record),
+                traceparent,
+            });
             if batch.len() >= max || last + 1 >= until {
                 n += self.fold(std::mem::take(&mut batch), live, stop).await?;
             }

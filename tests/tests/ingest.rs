@@ -19,6 +19,18 @@ async fn raw_topic(broker: &Broker) -> String {
     topic
 }
 
+/// A signed `payment.created` for `pay_1` with event id `id` through `paymenthub`.
+async fn send_created(addr: String, id: String) -> hookstream_tests::http::Reply {
+    let body = sign::payment_body(&id, "pay_1", None, "payment.created", None);
+    post(
+        &addr,
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 0, &id, sign::now(), &body),
+        body,
+    )
+    .await
+}
+
 /// Headers for a valid request from `source`, signed with its `secret_index`-th secret.
 fn signed(source: &str, secret_index: usize, event_id: &str, ts: i64, body: &[u8]) -> Vec<(String, String)> {
     sign::sign(scheme_of(source), secrets_of(source)[secret_index], event_id, ts, body)
@@ -353,20 +365,7 @@ async fn broker_stopped_means_503_with_retry_after_never_200() {
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 1500).await;
     let addr = ingest.addr();
-    let send = |i: usize| {
-        let addr = addr.clone();
-        async move {
-            let id = format!("evt_down_{i}");
-            let body = sign::payment_body(&id, "pay_down", None, "payment.created", None);
-            post(
-                &addr,
-                "/webhooks/paymenthub",
-                &signed("paymenthub", 0, &id, sign::now(), &body),
-                body,
-            )
-            .await
-        }
-    };
+    let send = |i: usize| send_created(addr.clone(), format!("evt_down_{i}"));
     assert_eq!(send(0).await.status, 200, "healthy broker first");
     broker.stop(false);
     for i in 1..=3 {
@@ -525,20 +524,10 @@ async fn a_producer_the_broker_no_longer_knows_is_replaced_and_ingest_recovers()
     let broker = Broker::dedicated(Storage::Memory);
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 2000).await;
+    let addr = ingest.addr();
     let send = |i: usize| {
-        let addr = ingest.addr();
-        async move {
-            let id = format!("evt_lost_{i}");
-            let body = sign::payment_body(&id, "pay_lost", None, "payment.created", None);
-            post(
-                &addr,
-                "/webhooks/paymenthub",
-                &signed("paymenthub", 0, &id, sign::now(), &body),
-                body,
-            )
-            .await
-            .status
-        }
+        let addr = addr.clone();
+        async move { send_created(addr, format!("evt_lost_{i}")).await.status }
     };
     assert_eq!(send(0).await, 200);
     broker.stop(false);
