@@ -17,13 +17,13 @@
 //! **Re-reading.** `--from` starts from the group's committed offsets (the default), the
 //! start of the log, its end, or explicit offsets per partition; `--from-time` from the
 //! first event at or after a time in every partition (the broker's `offsets_for_times`,
-//! through `hookstream_processor::offsets`).
+//! through `hookstream_processor::kafka::offsets`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hookstream_processor::offsets;
-use hookstream_processor::replay::{self, ReplayFrom};
+use hookstream_processor::cli::replay::{self, ReplayFrom};
+use hookstream_processor::kafka::offsets;
 use hookstream_schemas::{decode, topics, PolicyEvent, PolicyEventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};

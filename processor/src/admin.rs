@@ -15,7 +15,20 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Shared;
+use crate::group::consumer::GroupConsumer;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the admin API reads: the state, the metrics, and the group consumer (for
+/// readiness).
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // handles
+pub struct View {
+    pub store: Store,
+    pub raw_topic: String,
+    pub metrics: Metrics,
+    pub consumer: Arc<GroupConsumer>,
+}
 
 fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -27,8 +40,8 @@ fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
 
 /// The JSON view of a payment: state, applied sequence, held events, activation, and the
 /// events that went to the DLQ.
-fn payment_view(shared: &Shared, payment_id: &str) -> Response<Full<Bytes>> {
-    match shared.store.find_payment(&shared.config.kafka.raw_topic, payment_id) {
+fn payment_view(shared: &View, payment_id: &str) -> Response<Full<Bytes>> {
+    match shared.store.find_payment(&shared.raw_topic, payment_id) {
         Err(e) => reply(503, &json!({ "error": "state_unavailable", "detail": e.to_string() })),
         Ok(None) => reply(404, &json!({ "error": "unknown_payment", "payment_id": payment_id })),
         Ok(Some((partition, st))) => {
@@ -40,12 +53,12 @@ fn payment_view(shared: &Shared, payment_id: &str) -> Response<Full<Bytes>> {
                     "event_type": h.event.event_type, "offset": h.record.origin.offset })
                 })
                 .collect();
-            let dead: Vec<&crate::model::HistoryEntry> = st
+            let dead: Vec<&crate::rules::model::HistoryEntry> = st
                 .history
                 .iter()
                 .filter(|e| e.outcome.starts_with("dead_lettered:"))
                 .collect();
-            let applied: Vec<&crate::model::HistoryEntry> =
+            let applied: Vec<&crate::rules::model::HistoryEntry> =
                 st.history.iter().filter(|e| e.outcome == "applied").collect();
             reply(
                 200,
@@ -66,7 +79,7 @@ fn payment_view(shared: &Shared, payment_id: &str) -> Response<Full<Bytes>> {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if req.method() != Method::GET {
         return reply(405, &json!({ "error": "method_not_allowed" }));
@@ -75,7 +88,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         "/healthz" => reply(200, &json!({ "status": "ok" })),
         "/readyz" => {
             let consumer = shared.consumer.clone();
-            let topic = shared.config.kafka.raw_topic.clone();
+            let topic = shared.raw_topic.clone();
             let check = tokio::task::spawn_blocking(move || {
                 let md = consumer
                     .fetch_metadata(Some(&topic), Duration::from_secs(2))
@@ -108,7 +121,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
 }
 
 /// Serve the admin API until `shutdown`.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(shared: View, listener: TcpListener, shutdown: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {

@@ -1,37 +1,47 @@
 //! Processor configuration: a TOML file (`processor run --config FILE`) with a default
-//! for every field, then environment overrides (`KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`,
-//! `PROCESSOR_ADMIN_LISTEN`, `PROCESSOR_KAFKA_DEBUG`, `PROCESSOR_SHUTDOWN_GRACE_MS`).
+//! for every field, then the environment: every field `a.b` is overridden by
+//! `PROCESSOR_A_B` (`PROCESSOR_KAFKA_FETCH_WAIT_MAX_MS`, `PROCESSOR_STATE_DIR`, ...),
+//! librdkafka properties by `PROCESSOR_LIBRDKAFKA_<PROPERTY>` (or `..._FILE` for a
+//! secret kept in a file), and `KAFKA_BROKERS` sets the brokers of every binary at once
+//! (see [`hookstream_schemas::config`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use hookstream_schemas::config::{apply_env, millis, secs};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
-use crate::input::BodyFields;
-use crate::limits::Limits;
+use crate::rules::input::BodyFields;
+use crate::rules::limits::Limits;
+
+/// The environment prefix.
+pub const ENV_PREFIX: &str = "PROCESSOR";
+/// Free-form tables (any key) in the environment convention.
+const MAPS: &[&str] = &["kafka.librdkafka"];
 
 /// The whole processor configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
     /// Admin HTTP address (`/payments/{id}`, `/healthz`, `/readyz`, `/metrics`).
-    /// Env: `PROCESSOR_ADMIN_LISTEN`. Default `127.0.0.1:9090`.
+    /// Default `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
-    /// The sled directory. Env: `PROCESSOR_STATE_DIR`. Default `.hookstream/processor-state`.
+    /// The sled directory. Default `.hookstream/processor-state`.
     pub state_dir: PathBuf,
+    /// After SIGTERM or ctrl-c, how long the processor may take to hand its partitions
+    /// over before it exits anyway (whatever the broker does: what it could not commit
+    /// is read again next time); a second signal exits at once. Default 15 s.
+    #[serde(rename = "shutdown_grace_ms", with = "millis")]
+    pub shutdown_grace: Duration,
     /// Kafka settings.
     pub kafka: KafkaConfig,
     /// Processing rules.
     pub processing: ProcessingConfig,
     /// Where the processor finds policy and amount in webhook bodies.
     pub fields: BodyFields,
-    /// After SIGTERM or ctrl-c, how long the processor may take to hand its partitions
-    /// over before it exits anyway (whatever the broker does: what it could not commit
-    /// is read again next time); a second signal exits at once. Env:
-    /// `PROCESSOR_SHUTDOWN_GRACE_MS`. Default 15000.
-    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -39,23 +49,23 @@ impl Default for ProcessorConfig {
         Self {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             state_dir: PathBuf::from(".hookstream/processor-state"),
+            shutdown_grace: Duration::from_secs(15),
             kafka: KafkaConfig::default(),
             processing: ProcessingConfig::default(),
             fields: BodyFields::default(),
-            shutdown_grace_ms: 15_000,
         }
     }
 }
 
 /// Topics, group and client settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`. Env: `KAFKA_BROKERS`. Default `127.0.0.1:9092`.
+    /// `bootstrap.servers`. Also `KAFKA_BROKERS`. Default `127.0.0.1:9092`.
     pub brokers: String,
     /// Consumer group. Default `hookstream-processor`.
     pub group_id: String,
-    /// Kafka `client.id`. Default `hookstream-processor`.
+    /// Kafka `client.id` (each client adds its role). Default `hookstream-processor`.
     pub client_id: String,
     /// Input topic. Default `payments.webhooks.raw`.
     pub raw_topic: String,
@@ -63,24 +73,31 @@ pub struct KafkaConfig {
     pub activations_topic: String,
     /// Dead-letter topic. Default `payments.webhooks.dlq`.
     pub dlq_topic: String,
-    /// Consumer `session.timeout.ms`. Default 10000.
-    pub session_timeout_ms: u32,
+    /// Consumer `session.timeout.ms`; revoked workers get half of it to hand over.
+    /// Default 10 s.
+    #[serde(rename = "session_timeout_ms", with = "millis")]
+    pub session_timeout: Duration,
     /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch to gather
     /// `fetch_min_bytes`. librdkafka's 500 would add up to half a second to every
-    /// activation when traffic is light. Default 25 (`infra/config/processor.toml` sets 200
-    /// for the local broker, measured).
-    pub fetch_wait_max_ms: u32,
+    /// activation when traffic is light. Default 25 ms (`infra/config/processor.toml` sets
+    /// 200 for the local broker, measured).
+    #[serde(rename = "fetch_wait_max_ms", with = "millis")]
+    pub fetch_wait_max: Duration,
     /// Consumer `fetch.min.bytes`: under load, fewer and larger fetches for the broker
     /// to answer. Default 65536.
     pub fetch_min_bytes: u32,
     /// Static membership `group.instance.id`, so a restart within the session timeout
-    /// keeps its partitions. Default none.
-    pub group_instance_id: Option<String>,
+    /// keeps its partitions. Default empty (dynamic membership).
+    pub group_instance_id: String,
     /// librdkafka `debug` contexts for the group consumer, e.g. `cgrp` to log every
     /// JoinGroup, SyncGroup, heartbeat error and assignment. The lines are logged at
-    /// target `librdkafka`, so run with `RUST_LOG=info,librdkafka=debug`. Env:
-    /// `PROCESSOR_KAFKA_DEBUG`. Default empty (off).
+    /// target `librdkafka`, so run with `RUST_LOG=info,librdkafka=debug`. Default empty.
     pub debug: String,
+    /// Any librdkafka property for every client, e.g. `security.protocol = "SASL_SSL"`
+    /// (README > Production). Secrets belong in `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD` or
+    /// `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD_FILE`, not here. Settings the processor needs
+    /// for correctness (commits, acks, idempotence) cannot be overridden. Default empty.
+    pub librdkafka: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -93,37 +110,43 @@ impl Default for KafkaConfig {
             raw_topic: topics::RAW_TOPIC.into(),
             activations_topic: topics::ACTIVATIONS_TOPIC.into(),
             dlq_topic: topics::DLQ_TOPIC.into(),
-            session_timeout_ms: 10_000,
-            fetch_wait_max_ms: 25,
+            session_timeout: Duration::from_secs(10),
+            fetch_wait_max: Duration::from_millis(25),
             fetch_min_bytes: 65_536,
-            group_instance_id: None,
+            group_instance_id: String::new(),
             debug: String::new(),
+            librdkafka: BTreeMap::new(),
         }
     }
 }
 
 /// Rule parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessingConfig {
-    /// How long (record time) an event id is remembered for dedup. Default 604800 (7 days).
-    pub dedup_window_secs: u64,
+    /// How long (record time) an event id is remembered for dedup. Default 7 days.
+    #[serde(rename = "dedup_window_secs", with = "secs")]
+    pub dedup_window: Duration,
     /// A sequence gap open longer than this (wall clock) is resolved by a GapTimeout
-    /// control record. Default 300000 (5 minutes).
-    pub gap_timeout_ms: u64,
-    /// How often the gap timer looks for expired gaps. Default 1000.
-    pub gap_check_interval_ms: u64,
+    /// control record. Default 5 minutes.
+    #[serde(rename = "gap_timeout_ms", with = "millis")]
+    pub gap_timeout: Duration,
+    /// How often the gap timer looks for expired gaps. Default 1 s.
+    #[serde(rename = "gap_check_interval_ms", with = "millis")]
+    pub gap_check_interval: Duration,
     /// Records decided per sled batch and offset commit at most. Default 500.
     pub max_batch_records: usize,
     /// Records buffered per partition between the consumer and its worker (on top of
     /// librdkafka's 2 MiB pre-fetch per partition). Default 1000: two batches, enough to
     /// keep a draining worker busy; 2000 only added memory.
     pub partition_queue_records: usize,
-    /// Longest pause between retries of a transient failure (broker, disk). Default 10000.
-    pub max_backoff_ms: u64,
+    /// Longest pause between retries of a transient failure (broker, disk). Default 10 s.
+    #[serde(rename = "max_backoff_ms", with = "millis")]
+    pub max_backoff: Duration,
     /// Commit each partition's offset to the group at most this often (and on revocation
-    /// and shutdown). Default 500.
-    pub commit_interval_ms: u64,
+    /// and shutdown). Default 500 ms.
+    #[serde(rename = "commit_interval_ms", with = "millis")]
+    pub commit_interval: Duration,
     /// sled's page cache in bytes (sled's own default is 1 GiB). Default 67108864 (64 MiB).
     pub sled_cache_bytes: u64,
     /// How far ahead of a payment's next expected sequence an event may be; a later one
@@ -141,13 +164,13 @@ pub struct ProcessingConfig {
 impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {
-            dedup_window_secs: 7 * 24 * 3600,
-            gap_timeout_ms: 300_000,
-            gap_check_interval_ms: 1000,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            gap_timeout: Duration::from_secs(300),
+            gap_check_interval: Duration::from_secs(1),
             max_batch_records: 500,
             partition_queue_records: 1000,
-            max_backoff_ms: 10_000,
-            commit_interval_ms: 500,
+            max_backoff: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(500),
             sled_cache_bytes: 64 << 20,
             max_sequence_ahead: Limits::default().max_sequence_ahead,
             max_held_events: Limits::default().max_held_events,
@@ -157,10 +180,6 @@ impl Default for ProcessingConfig {
 }
 
 impl ProcessingConfig {
-    pub fn gap_timeout(&self) -> Duration {
-        Duration::from_millis(self.gap_timeout_ms)
-    }
-
     /// The per-payment bounds `decide` enforces.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -177,46 +196,45 @@ impl ProcessorConfig {
         toml::from_str(text)
     }
 
-    /// Read the file, then apply environment overrides.
+    /// Read the file, then apply the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut c = Self::from_toml_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        c.apply_env(|k| std::env::var(k).ok())?;
-        Ok(c)
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml_with_env(&text, &vars).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
     }
 
-    /// Apply `KAFKA_BROKERS`, `PROCESSOR_STATE_DIR`, `PROCESSOR_ADMIN_LISTEN`,
-    /// `PROCESSOR_KAFKA_DEBUG` from `env`.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        if let Some(b) = get("KAFKA_BROKERS") {
-            self.kafka.brokers = b;
+    /// Parse `text`, then apply the environment `vars` (see the module doc).
+    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let parse = |source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        };
+        let mut doc: toml::Table = toml::from_str(text).map_err(parse)?;
+        let defaults = toml::Table::try_from(Self::default()).map_err(|e| ConfigError::Invalid {
+            field: "defaults".into(),
+            detail: e.to_string(),
+        })?;
+        let mut vars = vars.to_vec();
+        // The one name shared by every binary, below the specific one.
+        if let Some((_, b)) = vars.iter().find(|(k, _)| k == "KAFKA_BROKERS").cloned() {
+            if !vars
+                .iter()
+                .any(|(k, v)| k == "PROCESSOR_KAFKA_BROKERS" && !v.trim().is_empty())
+            {
+                vars.push(("PROCESSOR_KAFKA_BROKERS".into(), b));
+            }
         }
-        if let Some(d) = get("PROCESSOR_STATE_DIR") {
-            self.state_dir = PathBuf::from(d);
-        }
-        if let Some(d) = get("PROCESSOR_KAFKA_DEBUG") {
-            self.kafka.debug = d;
-        }
-        if let Some(g) = get("PROCESSOR_SHUTDOWN_GRACE_MS") {
-            self.shutdown_grace_ms = g.parse().map_err(|_| ConfigError::Invalid {
-                field: "PROCESSOR_SHUTDOWN_GRACE_MS".into(),
-                detail: format!("{g:?} is not a number of milliseconds"),
-            })?;
-        }
-        if let Some(l) = get("PROCESSOR_ADMIN_LISTEN") {
-            self.admin_listen = l.parse().map_err(|_| ConfigError::Invalid {
-                field: "PROCESSOR_ADMIN_LISTEN".into(),
-                detail: format!("{l:?} is not an address like 127.0.0.1:9090"),
-            })?;
-        }
-        Ok(())
+        apply_env(&mut doc, &defaults, ENV_PREFIX, MAPS, &vars)?;
+        doc.try_into().map_err(parse)
     }
 }
 
@@ -224,36 +242,59 @@ impl ProcessorConfig {
 mod tests {
     use super::*;
 
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
     #[test]
     fn shipped_config_parses_with_the_documented_defaults() {
         let c = ProcessorConfig::from_toml_str(include_str!("../../infra/config/processor.toml")).unwrap();
         let d = ProcessorConfig::default();
         assert_eq!(c.admin_listen, d.admin_listen);
         assert_eq!(c.kafka.group_id, d.kafka.group_id);
-        assert_eq!(c.processing.gap_timeout_ms, d.processing.gap_timeout_ms);
-        assert_eq!(c.processing.dedup_window_secs, d.processing.dedup_window_secs);
+        assert_eq!(c.processing.gap_timeout, d.processing.gap_timeout);
+        assert_eq!(c.processing.dedup_window, d.processing.dedup_window);
+        assert_eq!(c.shutdown_grace, d.shutdown_grace);
         assert_eq!(c.fields.policy_id, "/metadata/policy_id");
     }
 
     #[test]
     fn env_overrides_the_file() {
-        let mut c = ProcessorConfig::default();
-        c.apply_env(|k| match k {
-            "KAFKA_BROKERS" => Some("b:1".into()),
-            "PROCESSOR_STATE_DIR" => Some("/tmp/s".into()),
-            "PROCESSOR_ADMIN_LISTEN" => Some("127.0.0.1:1".into()),
-            "PROCESSOR_KAFKA_DEBUG" => Some("cgrp".into()),
-            _ => None,
-        })
+        let file = "state_dir = \"/from/file\"\n[kafka]\nbrokers = \"file:1\"\n";
+        let c = ProcessorConfig::from_toml_with_env(
+            file,
+            &vars(&[
+                ("KAFKA_BROKERS", "b:1"),
+                ("PROCESSOR_STATE_DIR", "/tmp/s"),
+                ("PROCESSOR_ADMIN_LISTEN", "127.0.0.1:1"),
+                ("PROCESSOR_KAFKA_DEBUG", "cgrp"),
+                ("PROCESSOR_PROCESSING_GAP_TIMEOUT_MS", "1500"),
+                ("PROCESSOR_KAFKA_GROUP_INSTANCE_ID", "p-0"),
+                ("PROCESSOR_LIBRDKAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ]),
+        )
         .unwrap();
-        assert_eq!(
-            (
-                c.kafka.brokers.as_str(),
-                c.state_dir.to_str(),
-                c.admin_listen.port(),
-                c.kafka.debug.as_str()
-            ),
-            ("b:1", Some("/tmp/s"), 1, "cgrp")
-        );
+        assert_eq!(c.kafka.brokers, "b:1");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(c.admin_listen.port(), 1);
+        assert_eq!(c.kafka.debug, "cgrp");
+        assert_eq!(c.processing.gap_timeout, Duration::from_millis(1500));
+        assert_eq!(c.kafka.group_instance_id, "p-0");
+        assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
+        let specific = vars(&[("KAFKA_BROKERS", "b:1"), ("PROCESSOR_KAFKA_BROKERS", "p:2")]);
+        let c = ProcessorConfig::from_toml_with_env("", &specific).unwrap();
+        assert_eq!(c.kafka.brokers, "p:2");
+        let bad = ProcessorConfig::from_toml_with_env("", &vars(&[("PROCESSOR_SHUTDOWN_GRACE_MS", "soon")]));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn every_field_has_a_distinct_environment_name() {
+        let defaults = toml::Table::try_from(ProcessorConfig::default()).unwrap();
+        let names = hookstream_schemas::config::env_names(&defaults, ENV_PREFIX, MAPS);
+        let unique: std::collections::HashSet<&String> = names.iter().map(|(n, ..)| n).collect();
+        assert_eq!(unique.len(), names.len());
+        // Every field of the shipped file is reachable (the file sets most of them).
+        assert!(names.len() >= 27, "{}", names.len());
     }
 }

@@ -19,6 +19,8 @@ pub enum ConfigError {
     },
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
+    #[error("environment override")]
+    Env(#[from] hookstream_schemas::config::EnvError),
 }
 
 /// The processor could not start or stopped with an error.
@@ -26,6 +28,8 @@ pub enum ConfigError {
 pub enum ProcessorError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot create the state directory")]
+    StateDir(#[source] std::io::Error),
     #[error("cannot open the state store")]
     Store(#[from] crate::store::StoreError),
     #[error("Kafka client")]

@@ -2,37 +2,36 @@
 //! activations, exactly once per policy.
 //!
 //! Its state is a projection of `payments.webhooks.raw` kept in sled ([`store`]): a
-//! deterministic fold of each partition through the pure rules in [`decide`], so it can
-//! be thrown away and rebuilt by replaying the log. Kafka and sled stay at the edges
-//! ([`worker`], [`consumer`], [`emit`]). [`run`] is the testable entry point.
+//! deterministic fold of each partition through the pure [`rules`], so it can be thrown
+//! away and rebuilt by replaying the log. The layers, each importing only those below:
+//!
+//! - [`cli`]: the `replay` and `dlq` commands (and [`run`], here, for `processor run`);
+//! - [`group`]: membership, assignment and hand-over of the raw partitions;
+//! - [`kafka`]: the broker side of the partition loop's ports, one client per role;
+//! - [`partition`]: one partition's loop, over the ports in [`partition::io`];
+//! - [`store`]: the sled layout and its group flusher;
+//! - [`rules`]: pure functions of the log (no rdkafka, no sled, no clock).
+//!
+//! Beside them: [`admin`] (HTTP), [`config`], [`metrics`], [`trace`], [`error`].
+//! README > Architecture walks one webhook through these files.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
-pub mod consumer;
-pub mod decide;
-pub mod dlq;
-pub mod emit;
 pub mod error;
-pub mod fallback;
-pub mod gaps;
-pub mod ids;
-pub mod input;
-pub mod limits;
+pub mod group;
+pub mod kafka;
 pub mod metrics;
-pub mod model;
-pub mod offsets;
-pub mod order;
-pub mod replay;
-pub mod retry;
+pub mod partition;
+pub mod rules;
 pub mod store;
 pub mod trace;
-pub mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProcessorConfig;
@@ -46,14 +45,16 @@ pub async fn run(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ProcessorError> {
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::Io(e))))?;
+    std::fs::create_dir_all(&config.state_dir).map_err(ProcessorError::StateDir)?;
     let store = store::Store::open(&config.state_dir, config.processing.sled_cache_bytes)?;
-    let flusher = store::Flusher::start(&store);
     let metrics = metrics::Metrics::new();
-    let emitter = emit::Emitter::new(&config.kafka)?;
-    let revoke_deadline = Duration::from_millis(u64::from(config.kafka.session_timeout_ms) / 2);
-    let (consumer, assigned) = consumer::create(&config.kafka, metrics.clone(), revoke_deadline)?;
+    let emitter = kafka::emit::Emitter::new(&config.kafka)?;
+    let (membership_tx, membership) = mpsc::unbounded_channel();
+    // The callback's own bound: the coordinator's deadline, then time to stop workers.
+    let revoke_bound = group::hand_over_deadline(config.kafka.session_timeout) * 2 + std::time::Duration::from_secs(5);
+    let context = group::consumer::GroupContext::new(metrics.clone(), membership_tx, revoke_bound);
+    let consumer: Arc<group::consumer::GroupConsumer> =
+        Arc::new(kafka::client::group_consumer(&config.kafka).create_with_context(context)?);
     consumer.subscribe(&[&config.kafka.raw_topic])?;
     tracing::info!(
         brokers = %config.kafka.brokers, group = %config.kafka.group_id, topic = %config.kafka.raw_topic,
@@ -61,19 +62,24 @@ pub async fn run(
         admin = %admin.local_addr().map_err(ProcessorError::Listener)?,
         "processor started"
     );
-    let shared = Arc::new(worker::Shared {
-        config,
-        store,
-        flusher,
-        emitter,
-        metrics,
+    let backend = kafka::backend::KafkaBackend::new(config.kafka.clone(), emitter, consumer.clone());
+    let cx = Arc::new(partition::Context {
+        settings: partition::Settings::from(&config),
+        flusher: store::Flusher::start(&store),
+        store: store.clone(),
+        backend,
+        metrics: metrics.clone(),
         tracer: trace::RecordTracer::default(),
-        consumer,
     });
-    let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, shutdown.clone()));
-    consumer::dispatch(shared.clone(), assigned, shutdown).await;
+    let view = admin::View {
+        store: store.clone(),
+        raw_topic: config.kafka.raw_topic.clone(),
+        metrics,
+        consumer: consumer.clone(),
+    };
+    let admin_task = tokio::spawn(admin::serve(view, admin, shutdown.clone()));
+    group::run(cx, consumer, membership, shutdown).await;
     let _ = admin_task.await;
-    let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::ReportableBug(e.to_string()))))??;

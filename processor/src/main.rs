@@ -1,51 +1,105 @@
-//! `processor run --config FILE`: consume, decide, activate; stop on SIGTERM or ctrl-c.
+//! The `processor` command: `run` the pipeline's processor, `replay` part of the raw
+//! log, or read and re-drive the `dlq`. A thin shell over the library.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use hookstream_processor::cli::{dlq, replay};
 use hookstream_processor::ProcessorConfig;
 use tokio_util::sync::CancellationToken;
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: processor run [--config FILE]             (default infra/config/processor.toml)\n\
-         \x20      processor replay (--from-beginning | --from-offset P:O[,P:O...] | --from-time RFC3339) [--force] [--config FILE]\n\
-         \x20      processor dlq list [--reason R] [--since UNIX_MS|RFC3339] [--config FILE]\n\
-         \x20      processor dlq show DEAD_LETTER_ID [--config FILE]\n\
-         \x20      processor dlq redrive [--reason R | --id DEAD_LETTER_ID] [--since UNIX_MS|RFC3339] [--dry-run] [--config FILE]"
-    );
-    std::process::exit(2)
+/// hookstream's processor: dedup, per-payment order, policy activation, dead letters.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The TOML configuration (every field has a default; PROCESSOR_* environment
+    /// variables override it, see infra/config/processor.toml).
+    #[arg(long, global = true, default_value = "infra/config/processor.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// `processor replay ...`: moves the stopped group back; prints a JSON report.
-async fn replay(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    use hookstream_processor::replay::{self, ReplayFrom};
-    let mut path = PathBuf::from("infra/config/processor.toml");
-    let mut from = None;
-    let mut force = false;
-    while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage());
-        let next = match a.as_str() {
-            "--config" => {
-                path = PathBuf::from(value());
-                continue;
-            }
-            "--force" => {
-                force = true;
-                continue;
-            }
-            "--from-beginning" => ReplayFrom::Beginning,
-            "--from-offset" => ReplayFrom::parse_offsets(&value())?,
-            "--from-time" => ReplayFrom::parse_time(&value())?,
-            _ => usage(),
-        };
-        if from.replace(next).is_some() {
-            anyhow::bail!("give exactly one of --from-beginning, --from-offset, --from-time");
-        }
-    }
-    let Some(from) = from else { usage() };
-    let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let resets = replay::run(&config.kafka, &from, force).await?;
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume, decide, activate; stop on SIGTERM or ctrl-c (a second signal exits at once).
+    Run,
+    /// Move the stopped group back so records from there are decided again; prints a
+    /// JSON report. Outputs are re-published with the same ids.
+    Replay(ReplayArgs),
+    /// Dead letters: list, show or re-drive them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ReplayFromArgs {
+    /// From the start of every partition's retained log.
+    #[arg(long)]
+    from_beginning: bool,
+    /// From these offsets: PARTITION:OFFSET[,PARTITION:OFFSET...]; other partitions stay.
+    #[arg(long, value_name = "P:O[,P:O...]")]
+    from_offset: Option<String>,
+    /// From each partition's first record at or after this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339")]
+    from_time: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    from: ReplayFromArgs,
+    /// Also move a partition forward (past its committed offset), skipping records.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct Select {
+    /// Only letters with this reason (e.g. no_policy, stale).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only letters whose original record is at or after this time (UNIX ms or RFC 3339).
+    #[arg(long, value_name = "UNIX_MS|RFC3339")]
+    since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One JSON line per dead letter.
+    List(Select),
+    /// One dead letter in full, with its original record.
+    Show {
+        /// The dead letter's id.
+        dead_letter_id: String,
+    },
+    /// Publish the original records back to the raw topic, through dedup again.
+    Redrive {
+        #[command(flatten)]
+        select: Select,
+        /// Only this dead letter.
+        #[arg(long, value_name = "DEAD_LETTER_ID")]
+        id: Option<String>,
+        /// Report what would be re-driven without publishing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<ProcessorConfig> {
+    ProcessorConfig::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+async fn replay(config: ProcessorConfig, args: ReplayArgs) -> anyhow::Result<()> {
+    let from = match (args.from.from_beginning, args.from.from_offset, args.from.from_time) {
+        (true, _, _) => replay::ReplayFrom::Beginning,
+        (_, Some(o), _) => replay::ReplayFrom::parse_offsets(&o)?,
+        (_, _, Some(t)) => replay::ReplayFrom::parse_time(&t)?,
+        _ => anyhow::bail!("give one of --from-beginning, --from-offset, --from-time"),
+    };
+    let resets = replay::run(&config.kafka, &from, args.force).await?;
     println!(
         "{:#}",
         serde_json::json!({
@@ -57,56 +111,47 @@ async fn replay(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `processor dlq ...`: prints JSON lines (list) or one JSON document (show, redrive).
-async fn dlq(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    use hookstream_processor::dlq;
-    let cmd = args.next().unwrap_or_else(|| usage());
-    let mut path = PathBuf::from("infra/config/processor.toml");
-    let mut filter = dlq::Filter::default();
-    let mut dry_run = false;
-    if cmd == "show" {
-        filter.id = Some(args.next().unwrap_or_else(|| usage()));
-    }
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" => path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
-            "--reason" => {
-                let r = args.next().unwrap_or_else(|| usage());
-                filter.reason = Some(hookstream_schemas::DeadLetterReason::parse(&r).context("unknown reason")?);
-            }
-            "--since" => {
-                let v = args.next().unwrap_or_else(|| usage());
-                filter.since_ms = Some(match v.parse::<i64>() {
-                    Ok(ms) => ms,
-                    Err(_) => {
-                        hookstream_processor::replay::parse_rfc3339_ms(&v).context("--since: UNIX_MS or RFC 3339")?
-                    }
-                });
-            }
-            "--id" => filter.id = Some(args.next().unwrap_or_else(|| usage())),
-            "--dry-run" => dry_run = true,
-            _ => usage(),
+fn filter(select: Select, id: Option<String>) -> anyhow::Result<dlq::Filter> {
+    let reason = match select.reason {
+        Some(r) => Some(hookstream_schemas::DeadLetterReason::parse(&r).context("unknown reason")?),
+        None => None,
+    };
+    let since_ms = match select.since {
+        Some(v) => Some(match v.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => replay::parse_rfc3339_ms(&v).context("--since: UNIX_MS or RFC 3339")?,
+        }),
+        None => None,
+    };
+    Ok(dlq::Filter { reason, since_ms, id })
+}
+
+async fn dead_letters(config: ProcessorConfig, cmd: DlqCommand) -> anyhow::Result<()> {
+    match cmd {
+        DlqCommand::List(select) => {
+            let entries = dlq::read(&config.kafka, &filter(select, None)?).await?;
+            entries.iter().for_each(|e| println!("{}", dlq::summary(e)));
         }
-    }
-    let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let entries = dlq::read(&config.kafka, &filter).await?;
-    match cmd.as_str() {
-        "list" => entries.iter().for_each(|e| println!("{}", dlq::summary(e))),
-        "show" => match entries.first() {
-            Some(e) => println!("{:#}", dlq::detail(e)),
-            None => anyhow::bail!("no dead letter with that id"),
-        },
-        "redrive" => println!("{:#}", dlq::redrive(&config.kafka, &entries, dry_run).await?),
-        _ => usage(),
+        DlqCommand::Show { dead_letter_id } => {
+            let all = Select {
+                reason: None,
+                since: None,
+            };
+            let entries = dlq::read(&config.kafka, &filter(all, Some(dead_letter_id))?).await?;
+            let e = entries.first().context("no dead letter with that id")?;
+            println!("{:#}", dlq::detail(e));
+        }
+        DlqCommand::Redrive { select, id, dry_run } => {
+            let entries = dlq::read(&config.kafka, &filter(select, id)?).await?;
+            println!("{:#}", dlq::redrive(&config.kafka, &entries, dry_run).await?);
+        }
     }
     Ok(())
 }
 
 /// jemalloc, not glibc's malloc: the processor allocates and frees small objects on
 /// many threads (a task per partition, rdkafka, sled's copy-on-write nodes), and glibc's
-/// malloc took about a quarter of a backlog drain's CPU. Draining 300k events, the two
-/// builds alternating on one broker (5 runs): jemalloc 19,652-23,048 ev/s, glibc
-/// 15,157-15,990 ev/s, at a similar peak RSS (286-353 vs 314-365 MB).
+/// malloc took about a quarter of a backlog drain's CPU (README > Benchmarks).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -119,27 +164,22 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
         )
         .init();
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("run") => {}
-        Some("dlq") => return dlq(args).await,
-        Some("replay") => return replay(args).await,
-        _ => usage(),
+    let cli = Cli::parse();
+    let config = load(&cli.config)?;
+    match cli.command {
+        Command::Run => run(config).await,
+        Command::Replay(args) => replay(config, args).await,
+        Command::Dlq(cmd) => dead_letters(config, cmd).await,
     }
-    let mut path = PathBuf::from("infra/config/processor.toml");
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" => path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
-            _ => usage(),
-        }
-    }
-    let config = ProcessorConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+}
+
+async fn run(config: ProcessorConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.admin_listen))?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+    let grace = config.shutdown_grace;
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "signal received, shutting down");

@@ -11,6 +11,7 @@
 
 pub mod avro_json;
 mod codec;
+pub mod config;
 mod dead_letter;
 pub mod fingerprint;
 mod gap_timeout;

@@ -20,3 +20,20 @@ pub mod headers {
     /// the raw topic; every reader of the raw topic uses it to tell them from webhooks.
     pub const CONTROL: &str = "hookstream-control";
 }
+
+/// Producer settings every writer of a hookstream topic uses (ingest, the processor's
+/// outputs, DLQ re-drive), as librdkafka property/value pairs. They are part of the
+/// contract: a record is durable before it is acknowledged, is never duplicated or
+/// reordered by librdkafka's retries, and lands in the same partition whichever client
+/// (Java or librdkafka) writes its key.
+pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
+    // Durable on every in-sync replica before the write is acknowledged.
+    ("acks", "all"),
+    // librdkafka's retries never write a record twice or out of order.
+    ("enable.idempotence", "true"),
+    // Java-compatible partitioning of the payment_id / policy_id keys (DESIGN.md, "Topics").
+    ("partitioner", "murmur2_random"),
+    // A missing topic is an error until an operator creates it with its real settings,
+    // instead of the broker creating it with its defaults.
+    ("allow.auto.create.topics", "false"),
+];

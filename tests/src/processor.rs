@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hookstream_processor::ProcessorConfig;
 use tokio::task::JoinHandle;
@@ -40,10 +41,10 @@ pub fn test_config(brokers: &str, topics: &Topics, state_dir: &Path) -> Processo
     c.kafka.raw_topic = topics.raw.clone();
     c.kafka.activations_topic = topics.activations.clone();
     c.kafka.dlq_topic = topics.dlq.clone();
-    c.kafka.session_timeout_ms = 6000;
-    c.processing.gap_timeout_ms = 1500;
-    c.processing.gap_check_interval_ms = 100;
-    c.processing.max_backoff_ms = 1000;
+    c.kafka.session_timeout = Duration::from_secs(6);
+    c.processing.gap_timeout = Duration::from_millis(1500);
+    c.processing.gap_check_interval = Duration::from_millis(100);
+    c.processing.max_backoff = Duration::from_secs(1);
     c.state_dir = state_dir.to_owned();
     c
 }
@@ -123,27 +124,9 @@ impl ChildProcessor {
             .expect("port")
             .port();
         let admin = format!("127.0.0.1:{port}");
-        let toml = format!(
-            "admin_listen = {admin:?}\nstate_dir = {:?}\nshutdown_grace_ms = {}\n[kafka]\nbrokers = {:?}\ngroup_id = {:?}\nraw_topic = {:?}\n\
-             activations_topic = {:?}\ndlq_topic = {:?}\nsession_timeout_ms = {}\ndebug = {:?}\n[processing]\ngap_timeout_ms = {}\n\
-             gap_check_interval_ms = {}\nmax_backoff_ms = {}\ncommit_interval_ms = {}\n\
-             max_sequence_ahead = {}\nmax_held_events = {}\n",
-            config.state_dir.display().to_string(),
-            config.shutdown_grace_ms,
-            config.kafka.brokers,
-            config.kafka.group_id,
-            config.kafka.raw_topic,
-            config.kafka.activations_topic,
-            config.kafka.dlq_topic,
-            config.kafka.session_timeout_ms,
-            config.kafka.debug,
-            config.processing.gap_timeout_ms,
-            config.processing.gap_check_interval_ms,
-            config.processing.max_backoff_ms,
-            config.processing.commit_interval_ms,
-            config.processing.max_sequence_ahead,
-            config.processing.max_held_events,
-        );
+        let mut config = config.clone();
+        config.admin_listen = admin.parse().expect("admin address");
+        let toml = toml::to_string(&config).expect("config serialises");
         let path = dir.join("processor.toml");
         std::fs::write(&path, toml).expect("write config");
         let log = std::fs::File::create(dir.join(format!("processor-{port}.log"))).expect("log file");

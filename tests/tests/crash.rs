@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hookstream_processor::decide::activation_id;
+use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};

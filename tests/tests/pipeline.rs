@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hookstream_processor::decide::activation_id;
-use hookstream_processor::dlq;
+use hookstream_processor::cli::dlq;
+use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http::get;

@@ -17,7 +17,7 @@ async fn after_a_crash_before_the_commit_a_quiet_partition_is_committed_up_to_wh
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
     // No periodic commit before the crash: sled is then ahead of the group.
-    config.processing.commit_interval_ms = 600_000;
+    config.processing.commit_interval = Duration::from_secs(600);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let first = ChildProcessor::spawn(&config, dir.path());
     for i in 0..6 {
@@ -41,7 +41,7 @@ async fn after_a_crash_before_the_commit_a_quiet_partition_is_committed_up_to_wh
     );
 
     // Restarted with its state and no new traffic: the group's offsets reach the ends.
-    config.processing.commit_interval_ms = 200;
+    config.processing.commit_interval = Duration::from_millis(200);
     let _second = ChildProcessor::spawn(&config, dir.path());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -119,7 +119,7 @@ async fn processor_without_broker(grace_ms: u64) -> (ChildProcessor, tempfile::T
     let topics = Topics::create(broker.bootstrap(), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
-    config.shutdown_grace_ms = grace_ms;
+    config.shutdown_grace = Duration::from_millis(grace_ms);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let processor = ChildProcessor::spawn(&config, dir.path());
     sign::send_event(

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hookstream_processor::cli::replay::{self, ReplayError, ReplayFrom};
 use hookstream_processor::config::KafkaConfig;
-use hookstream_processor::replay::{self, ReplayError, ReplayFrom};
 use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http::get;
@@ -209,7 +209,7 @@ fn ends(cfg: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
         .create()
         .unwrap();
     (0..partitions)
-        .map(|p| hookstream_processor::offsets::bounds(&c, topic, p).unwrap().1)
+        .map(|p| hookstream_processor::kafka::offsets::bounds(&c, topic, p).unwrap().1)
         .collect()
 }
 
@@ -600,7 +600,7 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
         .filter(|w| w.event_type.as_deref() == Some("payment.completed"))
         .map(|w| {
             let pol = w.payment_id.replace("pay_", "pol_");
-            hookstream_processor::decide::activation_id(&pol, &w.source, &w.event_id)
+            hookstream_processor::rules::decide::activation_id(&pol, &w.source, &w.event_id)
         })
         .collect();
     assert!(!want.is_empty());

@@ -8,13 +8,14 @@ use std::time::Duration;
 use hookstream_schemas::PolicyEventKind;
 use tokio_util::sync::CancellationToken;
 
-use super::{Incoming, Processed, Worker};
-use crate::decide::{decide, dedup_key, Decision};
-use crate::emit::EmitError;
-use crate::input::{classify, Input};
-use crate::limits::Limits;
-use crate::model::{Output, RawRecord};
-use crate::retry::{now_ms, Backoff};
+use super::io::{Backend, Incoming, SendError};
+use super::retry::{now_ms, Backoff};
+use super::worker::{Folded, Mode, Worker};
+use super::Stopped;
+use crate::rules::decide::{decide, dedup_key, Decision};
+use crate::rules::input::{classify, Input};
+use crate::rules::limits::Limits;
+use crate::rules::model::{Output, RawRecord};
 use crate::store::{Changes, StoreError};
 
 /// An output on its way out, with the trace context and the record that caused it.
@@ -45,7 +46,7 @@ impl From<StoreError> for DecideError {
 }
 
 /// `e` and its sources, for a log line or a dead letter's detail.
-fn error_chain(e: &EmitError) -> String {
+fn error_chain(e: &SendError) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -56,20 +57,24 @@ fn error_chain(e: &EmitError) -> String {
     text
 }
 
-impl Worker {
+impl<B: Backend> Worker<B> {
     fn max_backoff(&self) -> Duration {
-        Duration::from_millis(self.shared.config.processing.max_backoff_ms)
+        self.cx.settings.processing.max_backoff
     }
 
-    /// Decide a batch, emit (when `live`), persist. Records at or below sled's applied
+    /// Decide a batch, emit (when live), persist. Records at or below sled's applied
     /// offset are skipped. `Done` carries the highest offset the state now covers.
-    pub(super) async fn process(&mut self, batch: &[Incoming], live: bool, stop: &CancellationToken) -> Processed {
-        let shared = self.shared.clone();
+    pub(super) async fn process(
+        &mut self,
+        batch: &[Incoming],
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<Folded, Stopped> {
+        let live = mode == Mode::Live;
+        let shared = self.cx.clone();
         let store = self.store.clone();
-        let Some(applied) = shared.retry("store", stop, || async { store.applied_offset() }).await else {
-            return Processed::Stopped;
-        };
-        let limits = shared.config.processing.limits();
+        let applied = shared.retry("store", stop, || async { store.applied_offset() }).await?;
+        let limits = shared.settings.processing.limits();
         let mut changes = Changes::default();
         let mut outputs: Vec<Emitted> = Vec::new();
         let mut timestamps = Vec::new();
@@ -79,20 +84,16 @@ impl Worker {
                 continue;
             }
             let rec = inc.record.clone();
-            let input = classify(&rec, &shared.config.fields);
+            let input = classify(&rec, &shared.settings.fields);
             let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "store");
             let decision = loop {
                 match self.decide_one(&rec, &input, &changes, &limits) {
                     Ok(d) => break d,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
-                        return Processed::Corrupt;
+                        return Ok(Folded::Corrupt);
                     }
-                    Err(e) => {
-                        if !backoff.pause(&e, stop).await {
-                            return Processed::Stopped;
-                        }
-                    }
+                    Err(e) => backoff.pause(&e, stop).await?,
                 }
             };
             shared
@@ -134,15 +135,13 @@ impl Worker {
         }
         // Nothing new: sled already covers the batch, and its offset may be committed.
         let Some(last) = changes.applied else {
-            return Processed::Done(applied);
+            return Ok(Folded::Done(applied));
         };
         if live && !outputs.is_empty() {
-            if self.emit(&mut outputs, stop).await.is_none() {
-                return Processed::Stopped;
-            }
+            self.emit(&mut outputs, stop).await?;
             self.count_outputs(&outputs);
         }
-        let window_ms = (shared.config.processing.dedup_window_secs * 1000) as i64;
+        let window_ms = i64::try_from(shared.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let cutoff = changes.max_ts.map(|ts| ts - window_ms);
         let changes = Arc::new(changes);
         let swept = shared
@@ -154,14 +153,11 @@ impl Worker {
                         .map_err(|e| e.to_string())?
                 }
             })
-            .await;
-        let Some(swept) = swept else { return Processed::Stopped };
+            .await?;
         if swept > 0 {
             tracing::debug!(partition = self.partition, swept, "expired dedup keys");
         }
-        if shared.retry("store", stop, || shared.flusher.flush()).await.is_none() {
-            return Processed::Stopped;
-        }
+        shared.retry("store", stop, || shared.flusher.flush()).await?;
         if live {
             let now = now_ms();
             for ts in timestamps {
@@ -172,7 +168,7 @@ impl Worker {
             }
             self.update_held_gauge();
         }
-        Processed::Done(Some(last))
+        Ok(Folded::Done(Some(last)))
     }
 
     /// Decide one record against sled overlaid with the batch's own changes.
@@ -208,10 +204,9 @@ impl Worker {
 
     /// Send every output until each is acknowledged. A transient failure pauses and
     /// sends the unacknowledged ones again (same ids); a permanent one replaces the
-    /// output by a smaller dead letter ([`crate::fallback`]) and sends that. `None`
-    /// when stopped.
-    async fn emit(&self, outputs: &mut [Emitted], stop: &CancellationToken) -> Option<()> {
-        let shared = &self.shared;
+    /// output by a smaller dead letter ([`crate::rules::fallback`]) and sends that.
+    async fn emit(&self, outputs: &mut [Emitted], stop: &CancellationToken) -> Result<(), Stopped> {
+        let shared = &self.cx;
         let mut pending: Vec<usize> = (0..outputs.len()).collect();
         let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "emit");
         loop {
@@ -220,7 +215,7 @@ impl Worker {
                     .iter()
                     .map(|&i| (&outputs[i].output, outputs[i].traceparent.as_deref()))
                     .collect();
-                shared.emitter.send_each(&batch).await
+                shared.backend.send_each(&batch).await
             };
             let mut failed = Vec::new();
             let mut transient: Option<String> = None;
@@ -233,7 +228,7 @@ impl Worker {
                     continue;
                 }
                 let out = &mut outputs[i];
-                match crate::fallback::substitute(&out.output, &out.cause, &error) {
+                match crate::rules::fallback::substitute(&out.output, &out.cause, &error) {
                     Some(sub) => {
                         tracing::warn!(
                             partition = self.partition,
@@ -248,19 +243,17 @@ impl Worker {
                 }
             }
             if failed.is_empty() {
-                return Some(());
+                return Ok(());
             }
             pending = failed;
             if let Some(e) = transient {
-                if !backoff.pause(&e, stop).await {
-                    return None;
-                }
+                backoff.pause(&e, stop).await?;
             }
         }
     }
 
     fn count_outputs(&self, outputs: &[Emitted]) {
-        let m = &self.shared.metrics;
+        let m = &self.cx.metrics;
         for o in outputs {
             match &o.output {
                 Output::Policy(p) => match p.event {

@@ -1,52 +1,41 @@
 //! Writing the processor's outputs: policy events, dead letters and control records,
 //! through one idempotent producer, each acknowledged with `acks=all` before the input
-//! offsets that caused them are committed (DESIGN.md, principle 4).
+//! offsets that caused them are committed (DESIGN.md, principle 4). This is the broker
+//! side of [`crate::partition::io::Outputs`].
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use hookstream_schemas::{encode, topics::headers, GapTimeout, GAP_TIMEOUT_CONTROL};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
-use crate::model::Output;
+use crate::partition::io::{Outputs, SendError};
+use crate::rules::model::Output;
 
-/// An output was not acknowledged. A transient failure (broker away, timeout) is
-/// retried with the same records (same deterministic ids); a permanent one (the broker
-/// refuses this record for good) is replaced by a smaller dead letter, see
-/// [`crate::fallback`], so one record can never halt its partition.
-#[derive(Debug, thiserror::Error)]
-pub enum EmitError {
-    #[error("output does not encode")]
-    Encode(#[from] hookstream_schemas::CodecError),
-    #[error("broker did not acknowledge an output")]
-    Kafka(#[source] KafkaError),
-}
-
-impl EmitError {
-    /// Whether sending the same record again may succeed. Permanent: the record does not
-    /// encode, is too large, is invalid, or the client is not authorised to write it.
-    pub fn is_transient(&self) -> bool {
-        use rdkafka::types::RDKafkaErrorCode as C;
-        match self {
-            EmitError::Encode(_) => false,
-            EmitError::Kafka(e) => !matches!(
-                e.rdkafka_error_code(),
-                Some(
-                    C::MessageSizeTooLarge
-                        | C::InvalidMessageSize
-                        | C::InvalidMessage
-                        | C::InvalidRecord
-                        | C::InvalidRequiredAcks
-                        | C::TopicAuthorizationFailed
-                        | C::ClusterAuthorizationFailed
-                        | C::InvalidTopic
-                )
-            ),
-        }
+/// Classify a producer error: permanent when the record itself is refused (too large,
+/// invalid) or the client may not write it; anything else may pass on a retry.
+pub fn classify(e: KafkaError) -> SendError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::InvalidRequiredAcks
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidTopic
+        )
+    );
+    if permanent {
+        SendError::Refused(Box::new(e))
+    } else {
+        SendError::Unavailable(Box::new(e))
     }
 }
 
@@ -67,21 +56,7 @@ impl std::fmt::Debug for Emitter {
 
 impl Emitter {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("client.id", format!("{}-emitter", cfg.client_id))
-            // Outputs must be durable before input offsets are committed.
-            .set("acks", "all")
-            // Retries inside librdkafka never duplicate or reorder an output.
-            .set("enable.idempotence", "true")
-            // Java-compatible partitioning for policy_id / payment_id keys (DESIGN.md, "Topics").
-            .set("partitioner", "murmur2_random")
-            // A missing output topic pauses the partition until an operator creates it
-            // with its real settings, instead of the broker creating it with defaults.
-            .set("allow.auto.create.topics", "false")
-            // Batch the outputs of a record batch together; costs at most 2 ms.
-            .set("linger.ms", "2")
-            .create()?;
+        let producer = super::client::producer(cfg, "-emitter").create()?;
         Ok(Self {
             producer,
             activations_topic: cfg.activations_topic.clone(),
@@ -93,8 +68,8 @@ impl Emitter {
     /// Send every output and wait until all are acknowledged (or failed). `traceparent`
     /// is the trace context of the record that caused each output. One result per
     /// output, in order.
-    pub async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), EmitError>> {
-        let mut results: Vec<Result<(), EmitError>> = Vec::with_capacity(outputs.len());
+    async fn send_all(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
+        let mut results: Vec<Result<(), SendError>> = Vec::with_capacity(outputs.len());
         let mut encoded = Vec::with_capacity(outputs.len());
         for (i, (o, tp)) in outputs.iter().enumerate() {
             let e = match o {
@@ -115,7 +90,7 @@ impl Emitter {
                     results.push(Ok(()));
                     encoded.push((i, topic, key, id, value, *tp));
                 }
-                Err(e) => results.push(Err(EmitError::Encode(e))),
+                Err(e) => results.push(Err(SendError::Encode(e))),
             }
         }
         let sends = encoded.iter().map(|(_, topic, key, id, value, tp)| {
@@ -136,7 +111,7 @@ impl Emitter {
         });
         for ((i, ..), r) in encoded.iter().zip(join_all(sends).await) {
             if let Err((e, _)) = r {
-                results[*i] = Err(EmitError::Kafka(e));
+                results[*i] = Err(classify(e));
             }
         }
         results
@@ -144,8 +119,8 @@ impl Emitter {
 
     /// Write a GapTimeout control record into `partition` of the raw topic (the
     /// payment's own partition), marked with the control header.
-    pub async fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> Result<(), EmitError> {
-        let value = encode(g)?;
+    async fn send_control(&self, partition: i32, g: &GapTimeout) -> Result<(), SendError> {
+        let value = encode(g).map_err(SendError::Encode)?;
         let h = OwnedHeaders::new()
             .insert(Header {
                 key: headers::CONTROL,
@@ -165,7 +140,17 @@ impl Emitter {
                 Duration::from_secs(0),
             )
             .await
-            .map_err(|(e, _)| EmitError::Kafka(e))?;
+            .map_err(|(e, _)| classify(e))?;
         Ok(())
+    }
+}
+
+impl Outputs for Emitter {
+    async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
+        self.send_all(outputs).await
+    }
+
+    async fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> Result<(), SendError> {
+        self.send_control(partition, g).await
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use hookstream_schemas::SequenceRange;
 
-use crate::model::HeldEvent;
+use crate::rules::model::HeldEvent;
 
 /// The per-payment bounds `decide` enforces; beyond them a webhook is dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn describe(ranges: &[SequenceRange]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventType, Origin, RawRecord, WebhookEvent};
+    use crate::rules::model::{EventType, Origin, RawRecord, WebhookEvent};
 
     fn held(seqs: &[i64]) -> BTreeMap<i64, HeldEvent> {
         seqs.iter()

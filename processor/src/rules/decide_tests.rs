@@ -4,8 +4,8 @@ use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
 use proptest::prelude::*;
 
 use super::*;
-use crate::limits::Limits;
-use crate::model::Origin;
+use crate::rules::limits::Limits;
+use crate::rules::model::Origin;
 
 /// An in-memory fold of records through `decide`: the edges, without Kafka or sled.
 #[derive(Default)]

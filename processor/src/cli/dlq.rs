@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, RawWebhook};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,6 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 use crate::config::KafkaConfig;
+use crate::kafka::{client, offsets};
 
 /// A dead letter and where it is in the DLQ.
 #[derive(Debug, Clone)]
@@ -50,22 +50,14 @@ impl Filter {
 /// Read the whole DLQ (up to its end when called) and return the letters that match,
 /// each dead letter id once.
 pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", format!("{}-dlq-reader", cfg.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: StreamConsumer =
+        client::tool_consumer(cfg, &format!("{}-dlq-reader", cfg.group_id), "-dlq").create()?;
     let topic = cfg.dlq_topic.clone();
     let c = consumer;
-    let brokers = cfg.brokers.clone();
+    let probe_cfg = client::tool_consumer(cfg, "hookstream-dlq-probe", "-dlq-probe");
     let (c, ends) = tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
-        // The ends from the broker (crate::offsets), with a consumer of its own.
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "hookstream-dlq-probe")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()?;
+        // The ends from the broker (crate::kafka::offsets), with a consumer of its own.
+        let probe: BaseConsumer = probe_cfg.create()?;
         let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let n = md
             .topics()
@@ -75,7 +67,7 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
         let mut tpl = TopicPartitionList::new();
         let mut ends = Vec::new();
         for p in 0..n {
-            let (low, high) = crate::offsets::bounds(&probe, &topic, p)?;
+            let (low, high) = offsets::bounds(&probe, &topic, p)?;
             if high > low {
                 tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
                 ends.push((p, high));
@@ -147,14 +139,9 @@ pub fn detail(e: &Entry) -> Value {
 /// Publish the original records of `entries` back to their origin topics. Returns a
 /// report: what was (or, with `dry_run`, would be) re-driven and what was skipped.
 pub async fn redrive(cfg: &KafkaConfig, entries: &[Entry], dry_run: bool) -> Result<Value, KafkaError> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        // Same guarantees as ingest: durable, no producer-side duplicates, and the
-        // Java-compatible partitioner so the record lands in the payment's partition.
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    // The contract's producer settings, as ingest: the record lands in the payment's
+    // partition.
+    let producer: FutureProducer = client::producer(cfg, "-redrive").create()?;
     let (mut redriven, mut skipped) = (Vec::new(), Vec::new());
     for e in entries {
         let d = &e.letter;

@@ -20,18 +20,17 @@
 //! point of a replay: it is how an operator repairs outputs that were wrong or lost.
 //!
 //! Offsets by time and the ends of the log come from the broker's offset index
-//! ([`crate::offsets`]).
+//! ([`crate::kafka::offsets`]).
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
-use crate::offsets;
+use crate::kafka::{client, offsets};
 
 /// Broker requests made by the replay command wait this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,17 +148,9 @@ pub struct PartitionReset {
 /// thread. Refuses while the group has members, and refuses to move a partition past
 /// its committed offset (or past the log start when it never committed) unless `force`.
 pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        // The group's own id, so the commit below is the group's; this consumer never
-        // subscribes, so it never joins the group.
-        .set("group.id", &cfg.group_id)
-        .set("client.id", format!("{}-replay", cfg.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // Probes read one record each: an empty fetch need not wait long.
-        .set("fetch.wait.max.ms", "50")
-        .create()?;
+    // The group's own id, so the commit below is the group's; this consumer never
+    // subscribes, so it never joins the group.
+    let consumer: BaseConsumer = client::tool_consumer(cfg, &cfg.group_id, "-replay").create()?;
     refuse_if_active(&consumer, &cfg.group_id)?;
     let topic = &cfg.raw_topic;
     let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;

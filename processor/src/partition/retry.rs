@@ -1,5 +1,6 @@
 //! Transient failures (broker, disk) pause a partition and retry with exponential
-//! backoff and jitter: the partition waits, it never skips.
+//! backoff and jitter: the partition waits, it never skips. Waiting ends early only
+//! when the worker is told to stop, which [`Stopped`] carries up the loop.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,11 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The worker was told to stop (revocation past its deadline, shutdown) while it
+/// waited: it returns without committing what it was doing, which loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
 
 /// Exponential backoff with jitter.
 #[allow(missing_debug_implementations)] // a borrowed metrics handle and two durations
@@ -36,8 +42,12 @@ impl<'a> Backoff<'a> {
         }
     }
 
-    /// Log and count `err`, then sleep. False when `stop` fired meanwhile.
-    pub async fn pause(&mut self, err: &(dyn std::fmt::Display + Sync), stop: &CancellationToken) -> bool {
+    /// Log and count `err`, then sleep, unless `stop` fires meanwhile.
+    pub async fn pause(
+        &mut self,
+        err: &(dyn std::fmt::Display + Sync),
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
         self.metrics.retries.with_label_values(&[self.what]).inc();
         // Jitter of up to half the delay, from the clock's sub-second noise.
         let noise = SystemTime::now()
@@ -50,21 +60,20 @@ impl<'a> Backoff<'a> {
         let delay = self.next + jitter;
         self.next = (self.next * 2).min(self.max);
         tokio::select! {
-            () = tokio::time::sleep(delay) => true,
-            () = stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = stop.cancelled() => Err(Stopped),
         }
     }
 }
 
-/// Retry `f` until it succeeds; `None` when `stop` fires first (the caller then exits
-/// without committing, which loses nothing).
+/// Retry `f` until it succeeds or `stop` fires.
 pub async fn retry<T, E, F, Fut>(
     what: &'static str,
     metrics: &Metrics,
     max: Duration,
     stop: &CancellationToken,
     mut f: F,
-) -> Option<T>
+) -> Result<T, Stopped>
 where
     E: std::fmt::Display + Sync,
     F: FnMut() -> Fut,
@@ -73,12 +82,8 @@ where
     let mut backoff = Backoff::new(metrics, max, what);
     loop {
         match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                if !backoff.pause(&e, stop).await {
-                    return None;
-                }
-            }
+            Ok(v) => return Ok(v),
+            Err(e) => backoff.pause(&e, stop).await?,
         }
     }
 }

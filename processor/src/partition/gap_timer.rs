@@ -8,15 +8,17 @@ use std::time::UNIX_EPOCH;
 use hookstream_schemas::{list_sequences, DeadLetterReason, GapTimeout};
 use tokio_util::sync::CancellationToken;
 
-use super::Worker;
-use crate::limits::{describe, missing_ranges};
-use crate::retry::now_ms;
+use super::io::Backend;
+use super::retry::now_ms;
+use super::worker::Worker;
+use super::Stopped;
+use crate::rules::limits::{describe, missing_ranges};
 
-impl Worker {
-    /// Write a GapTimeout for every gap open past the timeout. Returns false when stopped.
-    pub(super) async fn check_gaps(&mut self, stop: &CancellationToken) -> bool {
-        let timeout = self.shared.config.processing.gap_timeout();
-        let shared = self.shared.clone();
+impl<B: Backend> Worker<B> {
+    /// Write a GapTimeout for every gap open past the timeout.
+    pub(super) async fn check_gaps(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let timeout = self.cx.settings.processing.gap_timeout;
+        let shared = self.cx.clone();
         for due in self.gaps.due(timeout) {
             // Ranges, not numbers: a gap can span a thousand sequence numbers.
             let missing = match self.store.payment(&due.payment_id) {
@@ -35,13 +37,9 @@ impl Worker {
                 decided_at: now_ms(),
             };
             let partition = self.partition;
-            if shared
-                .retry("emit", stop, || shared.emitter.send_gap_timeout(partition, &g))
-                .await
-                .is_none()
-            {
-                return false;
-            }
+            shared
+                .retry("emit", stop, || shared.backend.send_gap_timeout(partition, &g))
+                .await?;
             shared.metrics.gap_timeouts.inc();
             tracing::info!(
                 payment_id = due.payment_id,
@@ -53,6 +51,6 @@ impl Worker {
             );
             self.gaps.requested(&due.payment_id);
         }
-        true
+        Ok(())
     }
 }

@@ -22,11 +22,11 @@ use hookstream_schemas::{
     DeadLetterReason, GapTimeout, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
 };
 
-use crate::ids::cancellation_id;
-pub use crate::ids::{activation_id, dead_letter, dedup_key};
-use crate::input::Input;
-use crate::limits::{self, held_size, missing_ranges, Limits};
-use crate::model::{
+use crate::rules::ids::cancellation_id;
+pub use crate::rules::ids::{activation_id, dead_letter, dedup_key};
+use crate::rules::input::Input;
+use crate::rules::limits::{self, held_size, missing_ranges, Limits};
+use crate::rules::model::{
     Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord, WebhookEvent,
 };
 

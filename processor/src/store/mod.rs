@@ -21,10 +21,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
-use crate::decide::{Claim, PolicyRegistry, RegistryError};
-use crate::model::{DedupEntry, PaymentState};
+use crate::rules::model::{DedupEntry, PaymentState};
+
+mod flusher;
+mod policies;
+
+pub use flusher::Flusher;
+pub use policies::SledPolicies;
 
 /// sled failed or holds something unreadable. Disk errors are transient for the caller:
 /// it pauses the partition and retries.
@@ -111,7 +116,16 @@ impl Store {
 
     /// The policy registry.
     pub fn policies(&self) -> SledPolicies {
-        SledPolicies(self.policies.clone())
+        SledPolicies::new(self.policies.clone())
+    }
+
+    /// A store that lives in memory only and is gone when dropped: sled itself, for
+    /// tests of the partition loop.
+    #[cfg(test)]
+    pub fn temporary() -> Result<Self, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let policies = db.open_tree("policies")?;
+        Ok(Self { db, policies })
     }
 
     /// Find a payment in any partition of `topic`.
@@ -275,91 +289,9 @@ impl PartitionStore {
     }
 }
 
-/// Group commit for the whole store: every partition worker asks for durability, one
-/// task flushes sled once for everyone who asked before that flush began.
-///
-/// One flush per batch per partition would mean a dozen fsyncs where one does, which is
-/// what starved the machine at 5,000 webhooks/s. The flush is sled's synchronous one on
-/// a blocking thread on purpose: sled 0.34's `flush_async` deadlocks when several tasks
-/// await it at once (spacejam/sled#1308, fixed only on its unreleased main branch).
-#[derive(Debug, Clone)]
-pub struct Flusher {
-    tx: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Result<(), String>>>,
-}
-
-impl Flusher {
-    /// Start the flush task for `store` (needs a tokio runtime).
-    pub fn start(store: &Store) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
-        let db = store.db.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
-                }
-                let db = db.clone();
-                let r = tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(|e| e.to_string()))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                for w in waiters {
-                    let _ = w.send(r.clone());
-                }
-            }
-        });
-        Self { tx }
-    }
-
-    /// Wait until everything written before this call is on disk.
-    pub async fn flush(&self) -> Result<(), String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(tx).map_err(|_| "flusher stopped".to_owned())?;
-        rx.await.map_err(|_| "flusher stopped".to_owned())?
-    }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Serialising plain structs with string keys cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
-}
-
-#[derive(Serialize, Deserialize)]
-struct Holder {
-    activation_id: String,
-    payment_id: String,
-}
-
-/// The policy registry in sled: insert-if-absent by compare-and-swap.
-#[derive(Debug, Clone)]
-pub struct SledPolicies(sled::Tree);
-
-impl PolicyRegistry for SledPolicies {
-    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError> {
-        let mine = to_json(&Holder {
-            activation_id: activation_id.into(),
-            payment_id: payment_id.into(),
-        });
-        let cas = self
-            .0
-            .compare_and_swap(policy_id.as_bytes(), None as Option<&[u8]>, Some(mine))
-            .map_err(|e| RegistryError(e.to_string()))?;
-        let current = match cas {
-            Ok(()) => return Ok(Claim::Granted),
-            Err(e) => e.current,
-        };
-        let holder: Holder = current
-            .as_deref()
-            .and_then(|v| serde_json::from_slice(v).ok())
-            .ok_or_else(|| RegistryError(format!("unreadable holder of policy {policy_id}")))?;
-        if holder.activation_id == activation_id {
-            Ok(Claim::Granted)
-        } else {
-            Ok(Claim::HeldBy {
-                payment_id: holder.payment_id,
-                activation_id: holder.activation_id,
-            })
-        }
-    }
 }
 
 #[cfg(test)]
@@ -405,20 +337,5 @@ mod tests {
         assert_eq!(p.committed_mark().unwrap(), Some(10));
         p.clear().unwrap();
         assert_eq!(p.committed_mark().unwrap(), None);
-    }
-
-    #[test]
-    fn policy_claims_are_exclusive_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut reg = Store::open(dir.path(), 1 << 20).unwrap().policies();
-        assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
-        assert_eq!(reg.claim("pol", "act1", "pay1").unwrap(), Claim::Granted);
-        assert_eq!(
-            reg.claim("pol", "act2", "pay2").unwrap(),
-            Claim::HeldBy {
-                payment_id: "pay1".into(),
-                activation_id: "act1".into()
-            }
-        );
     }
 }

@@ -4,8 +4,8 @@
 
 use hookstream_schemas::{list_sequences, DeadLetter, DeadLetterReason, SequenceRange};
 
-use crate::input::sha256_hex;
-use crate::model::{Output, RawRecord};
+use crate::rules::input::sha256_hex;
+use crate::rules::model::{Output, RawRecord};
 
 /// The dedup key of an event.
 pub fn dedup_key(source: &str, event_id: &str) -> String {

@@ -10,9 +10,9 @@
 
 use hookstream_schemas::{DeadLetter, DeadLetterReason};
 
-use crate::decide::dead_letter;
-use crate::input::MAX_ID_BYTES;
-use crate::model::{Output, RawRecord};
+use crate::rules::decide::dead_letter;
+use crate::rules::input::MAX_ID_BYTES;
+use crate::rules::model::{Output, RawRecord};
 
 /// Longest `detail` in a coordinates-only letter.
 const MAX_DETAIL_BYTES: usize = 1024;
@@ -86,7 +86,7 @@ pub fn substitute(output: &Output, cause: &RawRecord, error: &str) -> Option<Out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Origin;
+    use crate::rules::model::Origin;
     use hookstream_schemas::{encode, PolicyActivated, PolicyEvent, PolicyEventKind};
 
     fn cause(value_len: usize) -> RawRecord {

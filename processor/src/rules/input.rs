@@ -2,14 +2,14 @@
 //! control record, or a reason why it cannot be processed.
 
 use hookstream_schemas::{decode, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::model::{EventType, RawRecord, WebhookEvent};
+use crate::rules::model::{EventType, RawRecord, WebhookEvent};
 
 /// JSON pointers to the body fields the processor reads (ingest extracted the rest).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BodyFields {
     /// The policy a payment pays for. Default `/metadata/policy_id`.
@@ -208,7 +208,7 @@ pub fn check_fields(ev: &WebhookEvent) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EventType;
+    use crate::rules::model::EventType;
 
     fn ev() -> WebhookEvent {
         WebhookEvent {

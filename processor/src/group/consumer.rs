@@ -1,0 +1,160 @@
+//! The group consumer: its rebalance callbacks, the poll loop, and the per-partition
+//! feeds.
+//!
+//! Each assigned partition's records come from its own librdkafka queue, split off the
+//! consumer's, through a feed task into its worker's bounded queue. A worker that is
+//! behind then holds up only its own partition. With one shared queue, the dispatcher
+//! waited on the first full worker queue while the other workers sat idle: in a backlog
+//! drain it was blocked 95% of the time. The group consumer's own queue still has to be
+//! polled, for rebalances; the records it yields (fetched before a split) go to the
+//! coordinator.
+//!
+//! Rebalances use the cooperative-sticky assignor, so only moved partitions stop. The
+//! callbacks only send [`Membership`] messages to the coordinator. A revocation waits,
+//! bounded, for the coordinator's answer before it returns to librdkafka, because the
+//! revoked workers' final commits must reach the broker before the rebalance completes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::statistics::Statistics;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::coordinator::Membership;
+use crate::kafka::record::incoming;
+use crate::metrics::Metrics;
+use crate::partition::io::Incoming;
+
+/// The group consumer's type.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Rebalance callbacks and statistics for the group consumer.
+pub struct GroupContext {
+    metrics: Metrics,
+    membership: mpsc::UnboundedSender<Membership>,
+    /// How long a revocation waits for the coordinator's answer.
+    revoke_bound: Duration,
+}
+
+impl GroupContext {
+    pub fn new(metrics: Metrics, membership: mpsc::UnboundedSender<Membership>, revoke_bound: Duration) -> Self {
+        Self {
+            metrics,
+            membership,
+            revoke_bound,
+        }
+    }
+
+    /// Tell the coordinator and wait for its answer: the callback runs inside the
+    /// runtime (in the poll loop's `recv`), so the wait is `block_in_place`, bounded.
+    /// Without a multi-threaded runtime (or once the coordinator is gone) it does not
+    /// wait: the revoked records are then simply read again by their next owner.
+    fn revoke(&self, partitions: Vec<i32>) {
+        let (done, answered) = std::sync::mpsc::sync_channel(1);
+        if self.membership.send(Membership::Revoked(partitions, done)).is_err() {
+            return;
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            return;
+        }
+        let waited = tokio::task::block_in_place(|| answered.recv_timeout(self.revoke_bound));
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waited {
+            tracing::warn!(
+                bound_ms = self.revoke_bound.as_millis() as u64,
+                "revoked partitions' workers still running; going on (their records are consumed again)"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for GroupContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        for t in stats.topics.values() {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .lag
+                        .with_label_values(&[&p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions revoked; finishing their in-flight work");
+                let started = std::time::Instant::now();
+                self.revoke(partitions.clone());
+                tracing::info!(
+                    ?partitions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "revocation done"
+                );
+            }
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+                let _ = self.membership.send(Membership::Assigned(partitions));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Poll the group consumer until `shutdown`: this serves the rebalance callbacks, and
+/// passes on the records that arrive through the group's own queue.
+pub async fn poll(consumer: Arc<GroupConsumer>, records: mpsc::Sender<Incoming>, shutdown: CancellationToken) {
+    loop {
+        let m = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let r = match m {
+            Ok(m) => incoming(&m),
+            Err(e) => {
+                tracing::warn!(error = %e, "consume error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // A full coordinator queue waits here: backpressure instead of unbounded memory.
+        if records.send(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Move one partition's records from its own queue into its worker's, until the worker
+/// is gone or the feed is aborted. A full worker queue holds up this partition only.
+pub async fn feed(queue: StreamPartitionQueue<GroupContext>, tx: mpsc::Sender<Incoming>, partition: i32) {
+    loop {
+        let r = match queue.recv().await {
+            Ok(m) => incoming(&m),
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "consume error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tx.send(r).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The coordinator: the one task that owns the partition workers.
+//!
+//! Everything that changes which workers run arrives here as a message: partitions
+//! assigned, partitions revoked (with a channel to answer on once their workers have
+//! handed over), and records that came through the group's own queue. librdkafka's
+//! rebalance callbacks only send these messages ([`super::consumer`]); the workers
+//! live in one `JoinSet` that nothing else touches. Vector's Kafka source is the model.
+//!
+//! Hand-over: a revoked partition's feed stops and its queue closes, so its worker
+//! finishes what it holds, commits and exits. A worker still busy after the deadline is
+//! told to stop (an unfinished batch is simply consumed again by the next owner), and
+//! the answer goes back only when every revoked worker has exited, so no worker ever
+//! outlives its partition.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::partition::io::Incoming;
+
+/// A change of membership, from the rebalance callbacks.
+#[derive(Debug)]
+pub enum Membership {
+    Assigned(Vec<i32>),
+    /// Answered on the channel once every revoked partition's worker has exited.
+    Revoked(Vec<i32>, std::sync::mpsc::SyncSender<()>),
+}
+
+/// How the coordinator starts workers and their feeds: [`super::run`] wires the real
+/// ones, the tests fakes.
+pub trait Spawner: Send + 'static {
+    type Worker: Future<Output = ()> + Send + 'static;
+
+    /// The worker of `partition`, reading `rx` until it closes or `stop` fires; `None`
+    /// when it cannot start (its state does not open), logged by the spawner.
+    fn worker(&mut self, partition: i32, rx: mpsc::Receiver<Incoming>, stop: CancellationToken)
+        -> Option<Self::Worker>;
+
+    /// A task moving the partition's own record queue into `tx`, when the consumer can
+    /// split one off (otherwise its records come as [`Coordinator::run`]'s `records`).
+    fn feed(&mut self, partition: i32, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>>;
+}
+
+struct Handle {
+    /// `None` once the hand-over began: the queue is closed.
+    tx: Option<mpsc::Sender<Incoming>>,
+    stop: CancellationToken,
+    task: AbortHandle,
+    feed: Option<JoinHandle<()>>,
+}
+
+/// Owns the workers of the partitions this instance is assigned.
+#[allow(missing_debug_implementations)] // task handles
+pub struct Coordinator<S: Spawner> {
+    spawner: S,
+    owned: HashSet<i32>,
+    handles: HashMap<i32, Handle>,
+    tasks: JoinSet<i32>,
+    queue_records: usize,
+    deadline: Duration,
+}
+
+impl<S: Spawner> Coordinator<S> {
+    /// `queue_records`: each worker's queue; `deadline`: how long a revoked worker may
+    /// take to finish before it is stopped.
+    pub fn new(spawner: S, queue_records: usize, deadline: Duration) -> Self {
+        Self {
+            spawner,
+            owned: HashSet::new(),
+            handles: HashMap::new(),
+            tasks: JoinSet::new(),
+            queue_records: queue_records.max(1),
+            deadline,
+        }
+    }
+
+    /// Serve membership changes and records until `shutdown` (or both channels close),
+    /// then hand every partition over.
+    pub async fn run(
+        mut self,
+        mut membership: mpsc::UnboundedReceiver<Membership>,
+        mut records: mpsc::Receiver<Incoming>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                // Before records: a record of a partition is only ever queued after
+                // its assignment was sent.
+                m = membership.recv() => match m {
+                    Some(m) => self.change(m).await,
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.exited(done),
+                r = records.recv() => match r {
+                    Some(r) => self.deliver(r).await,
+                    None => break,
+                },
+            }
+        }
+        let all: Vec<i32> = self.handles.keys().copied().collect();
+        self.finish(&all).await;
+    }
+
+    async fn change(&mut self, m: Membership) {
+        match m {
+            Membership::Assigned(partitions) => {
+                for p in partitions {
+                    self.owned.insert(p);
+                    self.start(p);
+                }
+            }
+            Membership::Revoked(partitions, done) => {
+                for p in &partitions {
+                    self.owned.remove(p);
+                }
+                self.finish(&partitions).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Start `partition`'s worker and feed unless it runs.
+    fn start(&mut self, partition: i32) -> Option<mpsc::Sender<Incoming>> {
+        if let Some(h) = self.handles.get(&partition) {
+            return h.tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.queue_records);
+        let stop = CancellationToken::new();
+        let worker = self.spawner.worker(partition, rx, stop.clone())?;
+        let task = self.tasks.spawn(async move {
+            worker.await;
+            partition
+        });
+        let feed = self.spawner.feed(partition, tx.clone());
+        let h = Handle {
+            tx: Some(tx.clone()),
+            stop,
+            task,
+            feed,
+        };
+        self.handles.insert(partition, h);
+        Some(tx)
+    }
+
+    /// A record from the group's own queue: to its worker, waiting while the worker's
+    /// queue is full (backpressure). A record of a partition no longer owned is
+    /// dropped: its new owner reads it again from the committed offset.
+    async fn deliver(&mut self, r: Incoming) {
+        let partition = r.record.origin.partition;
+        if !self.owned.contains(&partition) {
+            return;
+        }
+        if let Some(tx) = self.start(partition) {
+            if tx.send(r).await.is_err() {
+                tracing::warn!(
+                    partition,
+                    "worker gone; the record is consumed again after the rebalance"
+                );
+            }
+        }
+    }
+
+    /// A worker exited while its partition was still owned (it panicked): start a new
+    /// one, which reconciles from the committed state like any newly assigned worker.
+    fn exited(&mut self, done: Result<i32, tokio::task::JoinError>) {
+        if let Some(p) = self.joined(done).filter(|p| self.owned.contains(p)) {
+            tracing::error!(
+                partition = p,
+                "partition worker exited before its partition was revoked; restarting it"
+            );
+            self.start(p);
+        }
+    }
+
+    /// Hand `partitions` over: close their queues so their workers finish, commit and
+    /// exit; past the deadline, stop them; return when all have exited.
+    async fn finish(&mut self, partitions: &[i32]) {
+        let mut waiting: HashSet<i32> = HashSet::new();
+        for p in partitions {
+            if let Some(h) = self.handles.get_mut(p) {
+                // The feed holds the other sender: with both gone the queue closes.
+                if let Some(f) = h.feed.take() {
+                    f.abort();
+                }
+                h.tx = None;
+                waiting.insert(*p);
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::sleep(self.deadline);
+        tokio::pin!(deadline);
+        let mut stopped = false;
+        while !waiting.is_empty() {
+            tokio::select! {
+                done = self.tasks.join_next() => match done {
+                    Some(done) => {
+                        if let Some(p) = self.joined(done) {
+                            waiting.remove(&p);
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut deadline, if !stopped => {
+                    tracing::warn!(partitions = ?waiting, "workers did not finish within the deadline; stopping them");
+                    for p in &waiting {
+                        if let Some(h) = self.handles.get(p) {
+                            h.stop.cancel();
+                        }
+                    }
+                    stopped = true;
+                }
+            }
+        }
+    }
+
+    /// Which partition's worker a join was; forgets its handle and stops its feed.
+    fn joined(&mut self, done: Result<i32, tokio::task::JoinError>) -> Option<i32> {
+        let p = match done {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "partition worker failed");
+                *self.handles.iter().find(|(_, h)| h.task.id() == e.id())?.0
+            }
+        };
+        if let Some(f) = self.handles.remove(&p).and_then(|mut h| h.feed.take()) {
+            f.abort();
+        }
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::rules::model::{Origin, RawRecord};
+
+    /// What the fake workers did: records received per partition, and which exited
+    /// (and whether they were told to stop).
+    #[derive(Debug, Default)]
+    struct Journal {
+        received: Vec<(i32, i64)>,
+        exited: Vec<(i32, bool)>,
+    }
+
+    /// Workers that take `linger` to hand over after their queue closes.
+    struct Fake {
+        journal: Arc<Mutex<Journal>>,
+        linger: Duration,
+    }
+
+    impl Spawner for Fake {
+        type Worker = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+        fn worker(
+            &mut self,
+            p: i32,
+            mut rx: mpsc::Receiver<Incoming>,
+            stop: CancellationToken,
+        ) -> Option<Self::Worker> {
+            let (journal, linger) = (self.journal.clone(), self.linger);
+            Some(Box::pin(async move {
+                while let Some(m) = rx.recv().await {
+                    journal.lock().unwrap().received.push((p, m.record.origin.offset));
+                }
+                let stopped = tokio::select! {
+                    () = tokio::time::sleep(linger) => false,
+                    () = stop.cancelled() => true,
+                };
+                journal.lock().unwrap().exited.push((p, stopped));
+            }))
+        }
+
+        fn feed(&mut self, _p: i32, _tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+            None
+        }
+    }
+
+    fn record(partition: i32, offset: i64) -> Incoming {
+        let origin = Origin {
+            topic: "raw".into(),
+            partition,
+            offset,
+            timestamp_ms: 0,
+        };
+        Incoming {
+            record: Arc::new(RawRecord {
+                origin,
+                key: None,
+                value: None,
+                headers: vec![],
+            }),
+            traceparent: None,
+        }
+    }
+
+    struct Running {
+        journal: Arc<Mutex<Journal>>,
+        membership: mpsc::UnboundedSender<Membership>,
+        records: mpsc::Sender<Incoming>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    fn start(linger: Duration, deadline: Duration) -> Running {
+        let journal = Arc::new(Mutex::new(Journal::default()));
+        let fake = Fake {
+            journal: journal.clone(),
+            linger,
+        };
+        let (membership, m_rx) = mpsc::unbounded_channel();
+        let (records, r_rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Coordinator::new(fake, 8, deadline).run(m_rx, r_rx, shutdown.clone()));
+        Running {
+            journal,
+            membership,
+            records,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Wait until the workers have received `n` records.
+    async fn received(r: &Running, n: usize) {
+        for _ in 0..500 {
+            if r.journal.lock().unwrap().received.len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("records not delivered: {:?}", r.journal.lock().unwrap());
+    }
+
+    /// Revoke `partitions` and wait for the answer, as the rebalance callback does.
+    async fn revoke(r: &Running, partitions: Vec<i32>) {
+        let (done, answered) = std::sync::mpsc::sync_channel(1);
+        r.membership.send(Membership::Revoked(partitions, done)).unwrap();
+        tokio::task::spawn_blocking(move || answered.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the revocation is answered");
+    }
+
+    #[tokio::test]
+    async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
+        let r = start(Duration::ZERO, Duration::from_secs(5));
+        r.membership.send(Membership::Assigned(vec![0, 1])).unwrap();
+        for m in [record(0, 5), record(1, 7), record(2, 9), record(0, 6)] {
+            r.records.send(m).await.unwrap();
+        }
+        received(&r, 3).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r.shutdown.cancel();
+        r.task.await.unwrap();
+        let j = r.journal.lock().unwrap();
+        let mut received = j.received.clone();
+        received.sort_unstable();
+        assert_eq!(received, vec![(0, 5), (0, 6), (1, 7)], "partition 2 is not ours");
+        let mut exited = j.exited.clone();
+        exited.sort_unstable();
+        assert_eq!(
+            exited,
+            vec![(0, false), (1, false)],
+            "shutdown hands every partition over"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_answered_only_after_its_workers_handed_over() {
+        let r = start(Duration::from_millis(300), Duration::from_secs(5));
+        r.membership.send(Membership::Assigned(vec![0, 1])).unwrap();
+        r.records.send(record(0, 1)).await.unwrap();
+        received(&r, 1).await;
+        revoke(&r, vec![0]).await;
+        assert_eq!(
+            r.journal.lock().unwrap().exited,
+            vec![(0, false)],
+            "finished, not stopped"
+        );
+        // A record of the revoked partition still queued is left to its next owner.
+        r.records.send(record(0, 2)).await.unwrap();
+        r.records.send(record(1, 3)).await.unwrap();
+        received(&r, 2).await;
+        r.shutdown.cancel();
+        r.task.await.unwrap();
+        let j = r.journal.lock().unwrap();
+        assert_eq!(j.received, vec![(0, 1), (1, 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_worker_past_the_deadline_is_stopped_and_the_revocation_still_answered() {
+        let r = start(Duration::from_secs(60), Duration::from_millis(100));
+        r.membership.send(Membership::Assigned(vec![3])).unwrap();
+        r.records.send(record(3, 0)).await.unwrap();
+        received(&r, 1).await;
+        let started = std::time::Instant::now();
+        revoke(&r, vec![3]).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(r.journal.lock().unwrap().exited, vec![(3, true)]);
+        r.shutdown.cancel();
+        r.task.await.unwrap();
+    }
+}

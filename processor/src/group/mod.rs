@@ -1,0 +1,97 @@
+//! The consumer group: membership, assignment and hand-over of the raw partitions.
+//!
+//! [`consumer`] holds the group consumer (its callbacks, its poll loop, the partition
+//! feeds); [`coordinator`] owns the workers. [`run`] wires them: callbacks → membership
+//! messages → the coordinator, which starts a [`Worker`] per assigned partition and
+//! hands it over on revocation and shutdown.
+
+pub mod consumer;
+pub mod coordinator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::backend::KafkaBackend;
+use crate::partition::io::Incoming;
+use crate::partition::worker::Worker;
+use crate::partition::Context;
+use consumer::{GroupConsumer, GroupContext};
+use coordinator::{Coordinator, Membership, Spawner};
+
+/// The backend of a worker in a running processor.
+pub type Backend = KafkaBackend<GroupContext>;
+
+/// Starts real workers over the broker, fed from the consumer's partition queues.
+struct Workers {
+    cx: Arc<Context<Backend>>,
+    consumer: Arc<GroupConsumer>,
+}
+
+impl Spawner for Workers {
+    type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    fn worker(
+        &mut self,
+        partition: i32,
+        rx: mpsc::Receiver<Incoming>,
+        stop: CancellationToken,
+    ) -> Option<Self::Worker> {
+        match Worker::new(self.cx.clone(), partition) {
+            Ok(w) => Some(Box::pin(w.run(rx, stop))),
+            Err(e) => {
+                tracing::error!(partition, error = %e, "cannot open partition state");
+                None
+            }
+        }
+    }
+
+    fn feed(&mut self, partition: i32, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+        let topic = &self.cx.settings.raw_topic;
+        match self.consumer.split_partition_queue(topic, partition) {
+            Some(q) => Some(tokio::spawn(consumer::feed(q, tx, partition))),
+            None => {
+                tracing::warn!(
+                    partition,
+                    "no partition queue; its records come through the group consumer"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Consume the raw topic with `consumer` (subscribed, its callbacks sending to
+/// `membership`) until `shutdown`, then hand every partition over and leave the group.
+pub async fn run(
+    cx: Arc<Context<Backend>>,
+    consumer: Arc<GroupConsumer>,
+    membership: mpsc::UnboundedReceiver<Membership>,
+    shutdown: CancellationToken,
+) {
+    let p = &cx.settings.processing;
+    let (records_tx, records) = mpsc::channel(p.partition_queue_records.max(1));
+    let deadline = hand_over_deadline(cx.settings.session_timeout);
+    let coordinator = Coordinator::new(
+        Workers {
+            cx: cx.clone(),
+            consumer: consumer.clone(),
+        },
+        p.partition_queue_records,
+        deadline,
+    );
+    let poller = tokio::spawn(consumer::poll(consumer.clone(), records_tx, shutdown.clone()));
+    coordinator.run(membership, records, shutdown).await;
+    let _ = poller.await;
+    consumer.unsubscribe();
+}
+
+/// How long revoked workers may take to hand over: half the session timeout, so the
+/// member is not thrown out of the group while it waits.
+pub fn hand_over_deadline(session_timeout: Duration) -> Duration {
+    session_timeout / 2
+}

@@ -1,0 +1,15 @@
+//! Kafka at the edge: one client builder per role ([`client`]), the broker side of the
+//! partition loop's ports ([`backend`], [`emit`]), converting consumed messages
+//! ([`record`]) and offset lookups for the tools ([`offsets`]).
+//!
+//! Nothing here works around a particular broker: the local broker (nisshi) answers
+//! every request the processor makes as Apache Kafka does, so the Apache Kafka path is
+//! the only path. (The one reordering the loop handles, a hole in a delivery after a
+//! partition queue is split off, is librdkafka's and is handled in
+//! [`crate::partition::order`].)
+
+pub mod backend;
+pub mod client;
+pub mod emit;
+pub mod offsets;
+pub mod record;

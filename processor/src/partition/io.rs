@@ -1,0 +1,112 @@
+//! The partition loop's ports: what a worker needs from outside, as traits.
+//!
+//! [`crate::kafka`] implements them on the broker; the unit tests implement them in
+//! memory (`memory.rs`). The loop itself never sees rdkafka: it sends outputs, commits
+//! offsets and reads ranges of its partition through these three traits only.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hookstream_schemas::GapTimeout;
+
+use crate::rules::model::{Output, RawRecord};
+
+/// Any error from outside, kept as the source of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A record handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Shared, not copied, with the outputs it causes (a record can be up to ~1 MB).
+    pub record: Arc<RawRecord>,
+    pub traceparent: Option<String>,
+}
+
+/// An output was not acknowledged.
+///
+/// A transient failure (broker away, timeout) is retried with the same records (same
+/// deterministic ids); a permanent one is replaced by a smaller dead letter (see
+/// [`crate::rules::fallback`]), so one record can never halt its partition.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("output does not encode")]
+    Encode(#[source] hookstream_schemas::CodecError),
+    #[error("the broker refused the output for good")]
+    Refused(#[source] BoxError),
+    #[error("the broker did not acknowledge the output")]
+    Unavailable(#[source] BoxError),
+}
+
+impl SendError {
+    /// Whether sending the same record again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Unavailable(_))
+    }
+}
+
+/// Where the outputs go: policy events and dead letters, and the partition's own
+/// control records.
+pub trait Outputs: Send + Sync + 'static {
+    /// Send every output and wait until each is acknowledged or failed; one result per
+    /// output, in order. Each output carries the trace context of its cause.
+    fn send_each(&self, outputs: &[(&Output, Option<&str>)])
+        -> impl Future<Output = Vec<Result<(), SendError>>> + Send;
+
+    /// Write a `GapTimeout` control record into `partition` of the raw topic.
+    fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The group's committed offset.
+    Committed(i64),
+    /// No committed offset: the start of the retained log.
+    LogStart(i64),
+}
+
+impl Position {
+    pub fn offset(self) -> i64 {
+        match self {
+            Position::Committed(o) | Position::LogStart(o) => o,
+        }
+    }
+}
+
+/// How an offset commit waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Fire and forget: the next commit supersedes a lost one.
+    Async,
+    /// Wait for the broker: the hand-over commit on revocation and shutdown.
+    Sync,
+}
+
+/// The consumer group's view of this partition's offsets.
+pub trait GroupOffsets: Send + Sync + 'static {
+    /// Where the group hands records from: its committed offset, or the start of the
+    /// retained log when it never committed one.
+    fn position(&self, partition: i32) -> impl Future<Output = Result<Position, BoxError>> + Send;
+
+    /// Commit `next` (the first offset not yet applied) for `partition`.
+    fn commit(&self, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError>;
+}
+
+/// Reads a partition of the raw topic on its own, outside the group: rebuilds and
+/// holes in a delivery.
+pub trait Log: Send + Sync + 'static {
+    type Reader: LogReader;
+
+    /// A reader of `partition` from `from` (`None`: the start of the retained log).
+    fn open(&self, partition: i32, from: Option<i64>) -> Result<Self::Reader, BoxError>;
+}
+
+/// The records of one partition, in offset order.
+pub trait LogReader: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Incoming, BoxError>> + Send;
+}
+
+/// Everything a worker talks to; one type implements it on the broker, one in memory.
+pub trait Backend: Outputs + GroupOffsets + Log {}
+
+impl<T: Outputs + GroupOffsets + Log> Backend for T {}

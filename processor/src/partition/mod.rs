@@ -1,0 +1,94 @@
+//! One raw partition's loop: the edge around the rules.
+//!
+//! A [`worker::Worker`] folds its partition's records in offset order through
+//! [`crate::rules::decide`], sends the outputs and waits for their acknowledgements,
+//! persists the state changes in one atomic sled batch, and only then lets the offset
+//! go to the group. It reaches the outside only through the ports in [`io`], so the
+//! whole loop — commit order, retries, reconcile, rebuild — is unit-tested in memory
+//! (`tests.rs`).
+//!
+//! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding, emitting and
+//! persisting one batch), `reconcile.rs` (where the group hands the partition over and
+//! how sled is brought up to it), `gap_timer.rs` (control records for open gaps),
+//! [`order`] (offset order of deliveries), [`gaps`], [`commit`], [`retry`].
+
+pub mod commit;
+pub mod gaps;
+pub mod io;
+pub mod order;
+pub mod retry;
+pub mod worker;
+
+#[path = "batch.rs"]
+mod batch;
+#[path = "gap_timer.rs"]
+mod gap_timer;
+#[cfg(test)]
+mod memory;
+#[path = "reconcile.rs"]
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ProcessingConfig, ProcessorConfig};
+use crate::metrics::Metrics;
+use crate::rules::input::BodyFields;
+use crate::store::{Flusher, Store};
+use crate::trace::RecordTracer;
+pub use retry::Stopped;
+
+/// What a worker needs from the processor's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The raw topic (the store names partitions by it).
+    pub raw_topic: String,
+    pub processing: ProcessingConfig,
+    pub fields: BodyFields,
+    /// The group's session timeout: revoked workers get half of it to hand over.
+    pub session_timeout: Duration,
+}
+
+impl From<&ProcessorConfig> for Settings {
+    fn from(c: &ProcessorConfig) -> Self {
+        Self {
+            raw_topic: c.kafka.raw_topic.clone(),
+            processing: c.processing.clone(),
+            fields: c.fields.clone(),
+            session_timeout: c.kafka.session_timeout,
+        }
+    }
+}
+
+/// What every worker of the instance shares.
+#[allow(missing_debug_implementations)] // handles to sled, the backend and metrics
+pub struct Context<B> {
+    pub settings: Settings,
+    pub store: Store,
+    /// Group commit of sled to disk.
+    pub flusher: Flusher,
+    pub backend: B,
+    pub metrics: Metrics,
+    pub tracer: RecordTracer,
+}
+
+impl<B> Context<B> {
+    /// Retry `f` with backoff until it succeeds or `stop` fires (see [`retry`]).
+    pub(crate) async fn retry<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        stop: &CancellationToken,
+        f: F,
+    ) -> Result<T, Stopped>
+    where
+        E: std::fmt::Display + Sync,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        retry::retry(what, &self.metrics, self.settings.processing.max_backoff, stop, f).await
+    }
+}

@@ -1,0 +1,150 @@
+//! Where the group hands a newly assigned partition over, and how sled is brought up to
+//! that point; and folding a range of the partition read from the log on its own.
+//!
+//! Before its first live record, the worker compares sled's applied offset with the
+//! first offset the group hands it:
+//! - sled behind (a new instance, a wiped or lost state directory): the missing range
+//!   is rebuilt by replaying the raw partition with outputs suppressed — those records
+//!   are below the committed offset, so their outputs were already acknowledged;
+//! - sled ahead (a crash after persisting, before committing): records it already
+//!   applied are skipped, and the group's offset is moved up to what sled covers, so a
+//!   quiet partition does not stay behind;
+//! - the group's offset below the highest one this instance committed itself:
+//!   `processor replay` moved it back, so the partition's state is dropped and rebuilt
+//!   up to the new offset, and records from there on are decided again, their outputs
+//!   published again.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::io::{Backend, LogReader, Position};
+use super::worker::{Mode, Worker};
+use super::Stopped;
+
+impl<B: Backend> Worker<B> {
+    /// When the group was moved back behind what this instance itself committed
+    /// (`processor replay`), drop the partition's state.
+    async fn drop_if_replayed(&mut self, committed: i64, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
+        let store = self.store.clone();
+        let mark = cx.retry("store", stop, || async { store.committed_mark() }).await?;
+        if let Some(mark) = mark.filter(|m| committed < *m) {
+            tracing::warn!(
+                partition = self.partition,
+                committed,
+                previously_committed = mark,
+                "the group's offset was moved back (processor replay): rebuilding the partition's state \
+                 from the log; records from the new offset on are decided and their outputs published again"
+            );
+            cx.retry("store", stop, || async { store.clear() }).await?;
+            cx.metrics.replays_detected.inc();
+        }
+        Ok(())
+    }
+
+    /// Bring sled up to `position`, the first offset the group hands us (see the module
+    /// doc), and set where live records start.
+    pub(super) async fn reconcile(&mut self, position: Position, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
+        let store = self.store.clone();
+        let first_live = position.offset();
+        if let Position::Committed(committed) = position {
+            self.drop_if_replayed(committed, stop).await?;
+        }
+        let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        let from = match applied {
+            Some(a) if a + 1 >= first_live => None,
+            Some(a) => Some(a + 1),
+            None => Some(-1),
+        };
+        if let Some(from) = from {
+            let started = Instant::now();
+            let n = self.read_range(from, first_live, Mode::Rebuild, stop).await?;
+            if n > 0 {
+                tracing::info!(
+                    partition = self.partition,
+                    records = n,
+                    from,
+                    until = first_live,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "rebuilt partition state from the log"
+                );
+            }
+        }
+        self.watch_stored_gaps(stop).await?;
+        let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        if let Some(a) = applied.filter(|a| *a >= first_live) {
+            // sled is ahead of the group: commit what it already covers.
+            self.commits.applied(Some(a));
+            self.commit(false);
+        }
+        self.next_offset = Some(applied.map_or(first_live, |a| (a + 1).max(first_live)));
+        Ok(())
+    }
+
+    /// Watch the gaps of every stored payment that holds events.
+    pub(super) async fn watch_stored_gaps(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let store = self.store.clone();
+        let gapped = self
+            .cx
+            .retry("store", stop, || async { store.payments_with_gaps() })
+            .await?;
+        for st in gapped {
+            self.gaps.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
+        }
+        self.update_held_gauge();
+        Ok(())
+    }
+
+    /// Fold records `[from, until)` read from the log (`from` -1: the start of the
+    /// retained log), in batches. Returns how many were read.
+    pub(super) async fn read_range(
+        &mut self,
+        from: i64,
+        until: i64,
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<u64, Stopped> {
+        let cx = self.cx.clone();
+        let partition = self.partition;
+        let start = (from >= 0).then_some(from);
+        let mut reader = cx
+            .retry("log", stop, || async { cx.backend.open(partition, start) })
+            .await?;
+        let max = cx.settings.processing.max_batch_records.max(1);
+        let mut n = 0u64;
+        let mut batch = Vec::new();
+        let mut last = -1;
+        while last + 1 < until {
+            let m = tokio::select! {
+                m = reader.next() => m,
+                () = stop.cancelled() => return Err(Stopped),
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "reading the log failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        () = stop.cancelled() => return Err(Stopped),
+                    }
+                }
+            };
+            last = m.record.origin.offset;
+            if last >= until {
+                break;
+            }
+            batch.push(m);
+            if batch.len() >= max || last + 1 >= until {
+                n += batch.len() as u64;
+                self.fold(&std::mem::take(&mut batch), mode, stop).await?;
+            }
+        }
+        if !batch.is_empty() {
+            n += batch.len() as u64;
+            self.fold(&batch, mode, stop).await?;
+        }
+        Ok(n)
+    }
+}

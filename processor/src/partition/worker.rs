@@ -1,0 +1,238 @@
+//! The worker of one raw partition.
+//!
+//! Records of the partition arrive in offset order and are folded in batches:
+//!
+//! 1. decide every record of the batch against the state (sled, overlaid with the
+//!    batch's own earlier changes);
+//! 2. send every output and wait for the broker's acknowledgements;
+//! 3. apply the batch's state changes, applied offset included, in one atomic sled
+//!    batch, and flush it to disk;
+//! 4. commit the offset after the batch to the consumer group ([`super::commit`]).
+//!
+//! Records are decided in increasing offset order, each once: a delivered batch is
+//! sorted, what was already decided is dropped, and a hole is read from the log first
+//! ([`super::order`]). An output the broker refuses for good is replaced by a smaller
+//! dead letter ([`crate::rules::fallback`]); stored state that does not read back is
+//! rebuilt from the log. Neither halts the partition.
+//!
+//! A crash between any two steps loses nothing: the records are consumed again from
+//! the committed offset, decided again against the state, and any output is sent
+//! again with the same deterministic id. Transient failures (broker, disk) pause the
+//! partition and retry with exponential backoff and jitter; nothing transient is ever
+//! dead-lettered.
+//!
+//! Before its first record the worker reconciles sled with the group's offset
+//! (`reconcile.rs`); while it runs, a timer writes `GapTimeout` control records for
+//! gaps open too long (`gap_timer.rs`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::commit::Commits;
+use super::gaps::Gaps;
+use super::io::{Backend, CommitMode, Incoming};
+use super::order::{self, Step};
+use super::{Context, Stopped};
+use crate::store::{PartitionStore, SledPolicies, StoreError};
+
+/// Whether a fold publishes its outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Records the group handed over (or a hole in them): outputs are sent.
+    Live,
+    /// Records below the group's offset, whose outputs were already acknowledged:
+    /// only the state is rebuilt.
+    Rebuild,
+}
+
+/// How folding a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Folded {
+    /// Decided and durable; the highest offset the state now covers (`None`: sled
+    /// already covered the whole batch and nothing was applied).
+    Done(Option<i64>),
+    /// The stored state did not read back: rebuild the partition, then decide again.
+    Corrupt,
+}
+
+/// The worker of one partition.
+#[allow(missing_debug_implementations)] // holds the shared context; nothing to print
+pub struct Worker<B> {
+    pub(super) cx: Arc<Context<B>>,
+    pub(super) partition: i32,
+    pub(super) store: PartitionStore,
+    pub(super) policies: SledPolicies,
+    /// Open gaps, and how many held events this worker has added to the gauge.
+    pub(super) gaps: Gaps,
+    pub(super) held_reported: i64,
+    pub(super) commits: Commits,
+    /// The next offset to decide: everything below it is decided, so a record below it
+    /// is dropped and a later one means a hole that is read from the log first.
+    pub(super) next_offset: Option<i64>,
+}
+
+impl<B: Backend> Worker<B> {
+    pub fn new(cx: Arc<Context<B>>, partition: i32) -> Result<Self, StoreError> {
+        let store = cx.store.partition(&cx.settings.raw_topic, partition)?;
+        let policies = cx.store.policies();
+        let commits = Commits::new(cx.settings.processing.commit_interval);
+        Ok(Self {
+            cx,
+            partition,
+            store,
+            policies,
+            gaps: Gaps::default(),
+            held_reported: 0,
+            commits,
+            next_offset: None,
+        })
+    }
+
+    /// Process records from `rx` until it closes (revocation, shutdown) or `stop` fires,
+    /// then hand the partition over at the exact point reached.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) {
+        let _ = self.serve(&mut rx, &stop).await;
+        self.commit(true);
+        self.cx.metrics.held_events.sub(self.held_reported);
+        tracing::info!(partition = self.partition, "partition worker stopped");
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Incoming>, stop: &CancellationToken) -> Result<(), Stopped> {
+        let p = &self.cx.settings.processing;
+        let every = p
+            .gap_check_interval
+            .min(p.commit_interval)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
+        let max = p.max_batch_records.max(1);
+        // Reconcile on assignment, not when traffic happens to come, so a quiet
+        // partition's held events still get their gap timer.
+        let cx = self.cx.clone();
+        let partition = self.partition;
+        let position = cx
+            .retry("group_position", stop, || cx.backend.position(partition))
+            .await?;
+        self.reconcile(position, stop).await?;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Stopped),
+                first = rx.recv() => {
+                    let Some(first) = first else { return Ok(()) };
+                    let mut batch = vec![first];
+                    while batch.len() < max {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    self.live(batch, stop).await?;
+                }
+                _ = tick.tick() => {
+                    self.commit(false);
+                    self.check_gaps(stop).await?;
+                }
+            }
+        }
+    }
+
+    /// Fold a delivered batch in offset order, reading any hole before it from the log.
+    async fn live(&mut self, batch: Vec<Incoming>, stop: &CancellationToken) -> Result<(), Stopped> {
+        let batch = order::arrange(batch, self.next_offset, |m| m.record.origin.offset);
+        let offsets: Vec<i64> = batch.iter().map(|m| m.record.origin.offset).collect();
+        for step in order::plan(self.next_offset, &offsets) {
+            match step {
+                Step::Refetch { from, until } => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        from,
+                        until,
+                        "records before this delivery have not arrived yet; reading them from the log first"
+                    );
+                    self.cx.metrics.skipped_refetched.inc();
+                    self.read_range(from, until, Mode::Live, stop).await?;
+                }
+                Step::Decide(range) => self.fold(&batch[range], Mode::Live, stop).await?,
+            }
+        }
+        if let Some(last) = batch.last() {
+            let next = last.record.origin.offset + 1;
+            self.next_offset = Some(self.next_offset.map_or(next, |n| n.max(next)));
+        }
+        Ok(())
+    }
+
+    /// Fold `batch` until it is durable, rebuilding the partition first whenever its
+    /// stored state does not read back.
+    pub(super) async fn fold(
+        &mut self,
+        batch: &[Incoming],
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        loop {
+            match self.process(batch, mode, stop).await? {
+                Folded::Done(applied) => {
+                    match mode {
+                        Mode::Live => {
+                            self.commits.applied(applied);
+                            self.commit(false);
+                        }
+                        Mode::Rebuild => self.cx.metrics.rebuilt_records.inc_by(batch.len() as u64),
+                    }
+                    return Ok(());
+                }
+                Folded::Corrupt => {
+                    let first = batch.first().map_or(0, |m| m.record.origin.offset);
+                    Box::pin(self.rebuild_corrupt(first, stop)).await?;
+                }
+            }
+        }
+    }
+
+    /// The partition's stored state does not read back: drop it and rebuild it from the
+    /// start of the log up to `until` (outputs suppressed: they were sent).
+    async fn rebuild_corrupt(&mut self, until: i64, stop: &CancellationToken) -> Result<(), Stopped> {
+        tracing::error!(
+            partition = self.partition,
+            until,
+            "stored state of the partition does not read back; rebuilding it from the log"
+        );
+        self.cx.metrics.corrupt_rebuilds.inc();
+        let store = self.store.clone();
+        self.cx.retry("store", stop, || async { store.clear() }).await?;
+        self.read_range(-1, until, Mode::Rebuild, stop).await?;
+        self.watch_stored_gaps(stop).await
+    }
+
+    /// Commit the applied offset when due ([`Commits`]); `last` is the hand-over on
+    /// revocation or shutdown: synchronous, and once acknowledged remembered in sled,
+    /// so that a later `processor replay` to before it is recognised (the group
+    /// consumer delivers no callbacks for the asynchronous commits to do this).
+    pub(super) fn commit(&mut self, last: bool) {
+        let now = Instant::now();
+        let Some(applied) = self.commits.due(now, last) else {
+            return;
+        };
+        let mode = if last { CommitMode::Sync } else { CommitMode::Async };
+        match self.cx.backend.commit(self.partition, applied + 1, mode) {
+            Err(e) => tracing::warn!(partition = self.partition, error = %e, "offset commit failed"),
+            Ok(()) if last => {
+                if let Err(e) = self.store.record_commit(applied + 1) {
+                    tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
+                }
+            }
+            Ok(()) => {}
+        }
+        self.commits.done(applied, now);
+    }
+
+    pub(super) fn update_held_gauge(&mut self) {
+        let total = self.gaps.held_total();
+        self.cx.metrics.held_events.add(total - self.held_reported);
+        self.held_reported = total;
+    }
+}

@@ -1,0 +1,14 @@
+//! The rules: pure functions of the log. No rdkafka, no sled, no clock.
+//!
+//! [`input`] classifies a raw record, [`decide`] folds it into its payment's state and
+//! says what to emit, [`ids`] derives every output id from the record that caused it,
+//! [`limits`] bounds what one payment may hold, and [`fallback`] shrinks an output the
+//! broker refuses for good into a dead letter it accepts. Because nothing here reads
+//! the clock or does I/O, a replay of the same records gives the same decisions.
+
+pub mod decide;
+pub mod fallback;
+pub mod ids;
+pub mod input;
+pub mod limits;
+pub mod model;
