@@ -1,5 +1,9 @@
 //! Ingest configuration: a TOML file (`ingest --config FILE`) with a default for every
-//! field, then environment overrides (`KAFKA_BROKERS`, `INGEST_LISTEN`).
+//! field, then the environment: every field `a.b` is overridden by `INGEST_A_B`
+//! (`INGEST_LISTEN`, `INGEST_KAFKA_LINGER_MS`, `INGEST_HTTP_MAX_IN_FLIGHT_REQUESTS`, ...),
+//! librdkafka properties by `INGEST_LIBRDKAFKA_<PROPERTY>` (or `..._FILE`), and
+//! `KAFKA_BROKERS` sets the brokers of every binary at once (see
+//! [`hookstream_schemas::config`]). Sources are named tables and are set in the file.
 //!
 //! Secrets never live in the file: a source names the environment variable (or file)
 //! that holds them, and they are read once at start-up into [`crate::verify::Secrets`].
@@ -9,16 +13,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use hookstream_schemas::config::{apply_env, millis, secs};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::verify::Scheme;
 
 /// The whole ingest configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Address the HTTP server listens on. Env: `INGEST_LISTEN`. Default `127.0.0.1:8080`.
+    /// Address the HTTP server listens on. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
     /// Kafka producer settings.
     pub kafka: KafkaConfig,
@@ -40,32 +45,39 @@ impl Default for IngestConfig {
 }
 
 /// Where records go and how long a request may wait for the broker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`. Env: `KAFKA_BROKERS`. Default `127.0.0.1:9092`.
+    /// `bootstrap.servers`. Also `KAFKA_BROKERS`. Default `127.0.0.1:9092`.
     pub brokers: String,
     /// Topic raw webhooks are written to. Default `payments.webhooks.raw`.
     pub topic: String,
     /// Kafka `client.id`, shown in broker logs and quotas. Default `hookstream-ingest`.
     pub client_id: String,
     /// How long a request waits for the broker's acknowledgement before it is answered
-    /// 503 with `Retry-After` (also the producer's `message.timeout.ms`). Default 5000.
-    pub ack_deadline_ms: u64,
+    /// 503 with `Retry-After` (also the producer's `message.timeout.ms`). Default 5 s.
+    #[serde(rename = "ack_deadline_ms", with = "millis")]
+    pub ack_deadline: Duration,
     /// Upper bound on records waiting in the producer (`queue.buffering.max.messages`);
     /// when full, requests are answered 503 at once instead of queueing without bound.
     /// Default 100000.
     pub queue_max_messages: u32,
-    /// How long the producer may wait to batch records (`linger.ms`). Default 5: at a
-    /// spike this fills batches, and it costs at most 5 ms of latency when quiet;
+    /// How long the producer may wait to batch records (`linger.ms`). Default 5 ms: at
+    /// a spike this fills batches, and it costs at most 5 ms of latency when quiet;
     /// `infra/config/ingest.toml` sets 8 (see its comment).
-    pub linger_ms: u32,
+    #[serde(rename = "linger_ms", with = "millis")]
+    pub linger: Duration,
     /// The producer's `message.max.bytes`: the largest record it sends, which must not
     /// exceed the raw topic's `max.message.bytes` (Kafka's default 1048588). Every
     /// source's `max_body_bytes` must leave [`RECORD_RESERVE_BYTES`] under it for the
     /// record envelope and the dead letter that may carry the record later. Default
     /// 1000000 (librdkafka's).
     pub max_message_bytes: u32,
+    /// Any librdkafka property for the producer, e.g. `security.protocol = "SASL_SSL"`
+    /// (README > Production). Secrets belong in `INGEST_LIBRDKAFKA_SASL_PASSWORD` or
+    /// `INGEST_LIBRDKAFKA_SASL_PASSWORD_FILE`, not here. The settings of the write
+    /// contract (acks, idempotence, partitioner) cannot be overridden. Default empty.
+    pub librdkafka: BTreeMap<String, String>,
 }
 
 /// Room kept under `max_message_bytes` beside a body: the `RawWebhook` envelope (ids,
@@ -82,23 +94,17 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: hookstream_schemas::topics::RAW_TOPIC.into(),
             client_id: "hookstream-ingest".into(),
-            ack_deadline_ms: 5000,
+            ack_deadline: Duration::from_secs(5),
             queue_max_messages: 100_000,
-            linger_ms: 5,
+            linger: Duration::from_millis(5),
             max_message_bytes: 1_000_000,
+            librdkafka: BTreeMap::new(),
         }
     }
 }
 
-impl KafkaConfig {
-    /// The ack deadline as a duration.
-    pub fn ack_deadline(&self) -> Duration {
-        Duration::from_millis(self.ack_deadline_ms)
-    }
-}
-
 /// Limits that keep the server standing under a spike or against slow clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Open connections at most; further clients wait in the kernel's accept queue. Default 10000.
@@ -106,14 +112,18 @@ pub struct HttpConfig {
     /// Requests being processed at once at most; beyond it a request is answered 429
     /// with `Retry-After`. Default 8192.
     pub max_in_flight_requests: usize,
-    /// A client must send its request headers within this time. Default 10000.
-    pub header_read_timeout_ms: u64,
-    /// A client must send the whole body within this time, else 408. Default 15000.
-    pub body_read_timeout_ms: u64,
-    /// `Retry-After` value (seconds) on 429 and 503. Default 1.
-    pub retry_after_secs: u64,
-    /// On shutdown, in-flight requests get this long to finish. Default 10000.
-    pub shutdown_grace_ms: u64,
+    /// A client must send its request headers within this time. Default 10 s.
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
+    /// A client must send the whole body within this time, else 408. Default 15 s.
+    #[serde(rename = "body_read_timeout_ms", with = "millis")]
+    pub body_read_timeout: Duration,
+    /// `Retry-After` on 429 and 503, in whole seconds. Default 1 s.
+    #[serde(rename = "retry_after_secs", with = "secs")]
+    pub retry_after: Duration,
+    /// On shutdown, in-flight requests get this long to finish. Default 10 s.
+    #[serde(rename = "shutdown_grace_ms", with = "millis")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpConfig {
@@ -121,16 +131,16 @@ impl Default for HttpConfig {
         Self {
             max_connections: 10_000,
             max_in_flight_requests: 8192,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 15_000,
-            retry_after_secs: 1,
-            shutdown_grace_ms: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(15),
+            retry_after: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
 
 /// One webhook source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Signature scheme: `hmac-sha256` (default), `standard-webhooks`, `stripe` or `github`.
@@ -138,14 +148,15 @@ pub struct SourceConfig {
     pub scheme: Scheme,
     /// Environment variable holding the secret(s), several separated by spaces (rotation:
     /// any one may match). Exactly one of `secrets_env` and `secrets_file` must be set.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_env: Option<String>,
     /// File holding the secret(s), separated by whitespace (e.g. a mounted Kubernetes secret).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_file: Option<PathBuf>,
-    /// Accepted clock skew of the signed timestamp, both directions, in seconds. Default 300.
-    #[serde(default = "default_tolerance_secs")]
-    pub tolerance_secs: u64,
+    /// Accepted clock skew of the signed timestamp, both directions, in whole seconds.
+    /// Default 300 s.
+    #[serde(rename = "tolerance_secs", default = "default_tolerance", with = "secs")]
+    pub tolerance: Duration,
     /// Largest accepted body in bytes; larger requests get 413 and are cut off unread.
     /// At most `kafka.max_message_bytes` minus [`RECORD_RESERVE_BYTES`]. Default 921600
     /// (900 KiB: a body of 1 MiB would not fit Kafka's default message size).
@@ -156,15 +167,15 @@ pub struct SourceConfig {
     pub fields: FieldMap,
 }
 
-fn default_tolerance_secs() -> u64 {
-    300
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_max_body_bytes() -> usize {
     900 * 1024
 }
 
 /// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FieldMap {
     /// Payment id, required (the record key). Default `/payment_id`.
@@ -189,18 +200,20 @@ impl Default for FieldMap {
 }
 
 impl IngestConfig {
-    /// Read the TOML file, then apply environment overrides.
+    /// Read the TOML file, then apply the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        config.apply_env(|k| std::env::var(k).ok())?;
-        Ok(config)
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml_with_env(&text, &vars).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Check what serde cannot: every source's body limit fits the message size budget.
@@ -227,20 +240,36 @@ impl IngestConfig {
         toml::from_str(text)
     }
 
-    /// Apply `KAFKA_BROKERS` and `INGEST_LISTEN` from `env`.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(b) = env("KAFKA_BROKERS").filter(|b| !b.trim().is_empty()) {
-            self.kafka.brokers = b;
+    /// Parse `text`, then apply the environment `vars` (see the module doc).
+    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let parse = |source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        };
+        let mut doc: toml::Table = toml::from_str(text).map_err(parse)?;
+        let defaults = toml::Table::try_from(Self::default()).map_err(|e| ConfigError::Invalid {
+            field: "defaults".into(),
+            detail: e.to_string(),
+        })?;
+        let mut vars = vars.to_vec();
+        // The one name shared by every binary, below the specific one.
+        if let Some((_, b)) = vars.iter().find(|(k, _)| k == "KAFKA_BROKERS").cloned() {
+            if !vars
+                .iter()
+                .any(|(k, v)| k == "INGEST_KAFKA_BROKERS" && !v.trim().is_empty())
+            {
+                vars.push(("INGEST_KAFKA_BROKERS".into(), b));
+            }
         }
-        if let Some(l) = env("INGEST_LISTEN").filter(|l| !l.trim().is_empty()) {
-            self.listen = l.parse().map_err(|_| ConfigError::Invalid {
-                field: "INGEST_LISTEN".into(),
-                detail: format!("{l:?} is not an address like 127.0.0.1:8080"),
-            })?;
-        }
-        Ok(())
+        apply_env(&mut doc, &defaults, ENV_PREFIX, MAPS, &vars)?;
+        doc.try_into().map_err(parse)
     }
 }
+
+/// The environment prefix.
+pub const ENV_PREFIX: &str = "INGEST";
+/// Free-form tables (any key) in the environment convention.
+const MAPS: &[&str] = &["kafka.librdkafka"];
 
 #[cfg(test)]
 mod tests {
@@ -253,12 +282,12 @@ mod tests {
         let d = IngestConfig::default();
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.kafka.brokers, d.kafka.brokers);
-        assert_eq!(c.kafka.ack_deadline_ms, d.kafka.ack_deadline_ms);
+        assert_eq!(c.kafka.ack_deadline, d.kafka.ack_deadline);
         assert_eq!(c.http.max_in_flight_requests, d.http.max_in_flight_requests);
         let names: Vec<_> = c.sources.keys().map(String::as_str).collect();
         assert_eq!(names, ["github", "paymenthub", "standard", "stripe"]);
         assert_eq!(c.sources["standard"].scheme, Scheme::StandardWebhooks);
-        assert_eq!(c.sources["paymenthub"].tolerance_secs, 300);
+        assert_eq!(c.sources["paymenthub"].tolerance, Duration::from_secs(300));
         assert_eq!(c.sources["paymenthub"].max_body_bytes, 900 * 1024);
         c.validate().unwrap();
         assert_eq!(c.sources["paymenthub"].fields.payment_id, "/payment_id");
@@ -279,18 +308,32 @@ mod tests {
 
     #[test]
     fn env_overrides_the_file() {
-        let mut c = IngestConfig::default();
-        c.apply_env(|k| match k {
-            "KAFKA_BROKERS" => Some("10.0.0.1:9092".into()),
-            "INGEST_LISTEN" => Some("0.0.0.0:9000".into()),
-            _ => None,
-        })
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let file = "listen = \"127.0.0.1:1\"\n[sources.p]\nsecrets_env = \"S\"\n";
+        let c = IngestConfig::from_toml_with_env(
+            file,
+            &vars(&[
+                ("KAFKA_BROKERS", "10.0.0.1:9092"),
+                ("INGEST_LISTEN", "0.0.0.0:9000"),
+                ("INGEST_KAFKA_LINGER_MS", "2"),
+                ("INGEST_HTTP_MAX_IN_FLIGHT_REQUESTS", "64"),
+                ("INGEST_LIBRDKAFKA_SASL_USERNAME", "ingest"),
+            ]),
+        )
         .unwrap();
-        assert_eq!(
-            (c.kafka.brokers.as_str(), c.listen.to_string().as_str()),
-            ("10.0.0.1:9092", "0.0.0.0:9000")
-        );
-        assert!(c.apply_env(|_| Some("nonsense".into())).is_err());
+        assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.kafka.linger, Duration::from_millis(2));
+        assert_eq!(c.http.max_in_flight_requests, 64);
+        assert_eq!(c.kafka.librdkafka["sasl.username"], "ingest");
+        assert_eq!(c.sources["p"].secrets_env.as_deref(), Some("S"));
+        assert!(IngestConfig::from_toml_with_env("", &vars(&[("INGEST_LISTEN", "nonsense")])).is_err());
+        let defaults = toml::Table::try_from(IngestConfig::default()).unwrap();
+        let names = hookstream_schemas::config::env_names(&defaults, ENV_PREFIX, MAPS);
+        let unique: std::collections::HashSet<&String> = names.iter().map(|(n, ..)| n).collect();
+        assert_eq!(unique.len(), names.len());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Ingest's error types: start-up errors ([`ConfigError`], [`IngestError`]) and the
-//! per-request answers that are not 200 ([`Reject`]), each with its HTTP status and
-//! JSON body.
+//! per-request answers that are not 200 ([`Reject`]). This is the one place where a
+//! refusal becomes HTTP: verification and extraction return domain errors, and
+//! [`Reject`] gives each its status, error code and JSON body.
 
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
+use crate::extract::ExtractError;
 use crate::verify::Rejection;
 
 /// The configuration cannot be used.
@@ -25,6 +27,8 @@ pub enum ConfigError {
     },
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
+    #[error("environment override")]
+    Env(#[from] hookstream_schemas::config::EnvError),
 }
 
 /// Ingest could not start or stopped with an error.
@@ -56,12 +60,8 @@ pub enum Reject {
     BodyRead,
     /// Signature verification failed (400 or 403).
     Verify(Rejection),
-    /// Body is not JSON.
-    InvalidJson,
-    /// A required field is missing or has the wrong type.
-    MissingField { field: &'static str, pointer: String },
-    /// A field has an unusable value.
-    InvalidField { field: &'static str, detail: &'static str },
+    /// The body is not a usable webhook (400).
+    Extract(ExtractError),
     /// Too many requests in flight.
     Overloaded,
     /// The producer queue is full.
@@ -78,8 +78,10 @@ impl Reject {
             Reject::MethodNotAllowed => 405,
             Reject::PayloadTooLarge { .. } => 413,
             Reject::BodyTimeout => 408,
-            Reject::BodyRead | Reject::InvalidJson | Reject::MissingField { .. } | Reject::InvalidField { .. } => 400,
-            Reject::Verify(r) => r.status(),
+            Reject::BodyRead | Reject::Extract(_) => 400,
+            // 400 for malformed requests, 403 for failed authentication.
+            Reject::Verify(Rejection::MissingHeader(_) | Rejection::InvalidHeader { .. }) => 400,
+            Reject::Verify(Rejection::TimestampOutOfTolerance | Rejection::SignatureMismatch) => 403,
             Reject::Overloaded => 429,
             Reject::QueueFull | Reject::BrokerUnavailable => 503,
         }
@@ -94,10 +96,13 @@ impl Reject {
             Reject::PayloadTooLarge { .. } => "payload_too_large",
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyRead => "body_read_error",
-            Reject::Verify(r) => r.code(),
-            Reject::InvalidJson => "invalid_json",
-            Reject::MissingField { .. } => "missing_field",
-            Reject::InvalidField { .. } => "invalid_field",
+            Reject::Verify(Rejection::MissingHeader(_)) => "missing_header",
+            Reject::Verify(Rejection::InvalidHeader { .. }) => "invalid_header",
+            Reject::Verify(Rejection::TimestampOutOfTolerance) => "timestamp_out_of_tolerance",
+            Reject::Verify(Rejection::SignatureMismatch) => "signature_mismatch",
+            Reject::Extract(ExtractError::InvalidJson) => "invalid_json",
+            Reject::Extract(ExtractError::MissingField { .. }) => "missing_field",
+            Reject::Extract(ExtractError::InvalidField { .. }) => "invalid_field",
             Reject::Overloaded => "overloaded",
             Reject::QueueFull => "producer_queue_full",
             Reject::BrokerUnavailable => "broker_unavailable",
@@ -119,10 +124,12 @@ impl Reject {
             Reject::Verify(Rejection::InvalidHeader { header, detail }) => {
                 json!({ "header": header, "detail": detail })
             }
-            Reject::MissingField { field, pointer } => {
+            Reject::Extract(ExtractError::MissingField { field, pointer }) => {
                 json!({ "field": field, "pointer": pointer })
             }
-            Reject::InvalidField { field, detail } => json!({ "field": field, "detail": detail }),
+            Reject::Extract(ExtractError::InvalidField { field, detail }) => {
+                json!({ "field": field, "detail": detail })
+            }
             _ => json!({}),
         };
         if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {

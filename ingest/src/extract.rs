@@ -5,7 +5,20 @@
 use serde_json::Value;
 
 use crate::config::FieldMap;
-use crate::error::Reject;
+
+/// Why a body is refused; [`crate::error::Reject`] turns it into the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    /// Not a JSON object.
+    #[error("body is not a JSON object")]
+    InvalidJson,
+    /// A required field is missing or empty.
+    #[error("missing field {field} at {pointer}")]
+    MissingField { field: &'static str, pointer: String },
+    /// A field has an unusable value.
+    #[error("field {field}: {detail}")]
+    InvalidField { field: &'static str, detail: &'static str },
+}
 
 /// Longest accepted id (payment id, event id): they become Kafka keys and sled keys.
 pub const MAX_ID_BYTES: usize = 256;
@@ -19,22 +32,22 @@ pub struct Extracted {
     pub event_type: Option<String>,
 }
 
-fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Reject> {
+fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, ExtractError> {
     match doc.pointer(pointer) {
-        None | Some(Value::Null) => Err(Reject::MissingField {
+        None | Some(Value::Null) => Err(ExtractError::MissingField {
             field,
             pointer: pointer.to_owned(),
         }),
-        Some(Value::String(s)) if s.is_empty() => Err(Reject::MissingField {
+        Some(Value::String(s)) if s.is_empty() => Err(ExtractError::MissingField {
             field,
             pointer: pointer.to_owned(),
         }),
-        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(Reject::InvalidField {
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(ExtractError::InvalidField {
             field,
             detail: "longer than 256 bytes",
         }),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(Reject::InvalidField {
+        Some(_) => Err(ExtractError::InvalidField {
             field,
             detail: "must be a string",
         }),
@@ -43,15 +56,15 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Reject>
 
 /// Parse `body` and extract the fields. `header_event_id` is the scheme's id header,
 /// which wins over the body's id when present.
-pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) -> Result<Extracted, Reject> {
-    let doc: Value = serde_json::from_slice(body).map_err(|_| Reject::InvalidJson)?;
+pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) -> Result<Extracted, ExtractError> {
+    let doc: Value = serde_json::from_slice(body).map_err(|_| ExtractError::InvalidJson)?;
     if !doc.is_object() {
-        return Err(Reject::InvalidJson);
+        return Err(ExtractError::InvalidJson);
     }
     let payment_id = id(&doc, "payment_id", &fields.payment_id)?;
     let event_id = match header_event_id {
         Some(h) if h.len() > MAX_ID_BYTES => {
-            return Err(Reject::InvalidField {
+            return Err(ExtractError::InvalidField {
                 field: "event_id",
                 detail: "longer than 256 bytes",
             })
@@ -64,7 +77,7 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
         Some(v) => match v.as_i64() {
             Some(n) if n >= 1 => Some(n),
             _ => {
-                return Err(Reject::InvalidField {
+                return Err(ExtractError::InvalidField {
                     field: "sequence",
                     detail: "must be an integer >= 1",
                 })
@@ -75,7 +88,7 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
-            return Err(Reject::InvalidField {
+            return Err(ExtractError::InvalidField {
                 field: "type",
                 detail: "must be a string",
             })
@@ -93,7 +106,7 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
 mod tests {
     use super::*;
 
-    fn ex(body: &str, header: Option<&str>) -> Result<Extracted, Reject> {
+    fn ex(body: &str, header: Option<&str>) -> Result<Extracted, ExtractError> {
         extract(body.as_bytes(), &FieldMap::default(), header.map(str::to_owned))
     }
 
@@ -126,38 +139,29 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_named() {
-        assert_eq!(ex("not json", None), Err(Reject::InvalidJson));
-        assert_eq!(ex("[1,2]", None), Err(Reject::InvalidJson));
+        assert_eq!(ex("not json", None), Err(ExtractError::InvalidJson));
+        assert_eq!(ex("[1,2]", None), Err(ExtractError::InvalidJson));
         assert_eq!(
             ex(r#"{"id":"e"}"#, None),
-            Err(Reject::MissingField {
+            Err(ExtractError::MissingField {
                 field: "payment_id",
                 pointer: "/payment_id".into()
             })
         );
         assert_eq!(
             ex(r#"{"payment_id":"p"}"#, None),
-            Err(Reject::MissingField {
+            Err(ExtractError::MissingField {
                 field: "event_id",
                 pointer: "/id".into()
             })
         );
-        assert_eq!(
-            ex(r#"{"id":"e","payment_id":7}"#, None).unwrap_err().code(),
-            "invalid_field"
-        );
-        assert_eq!(
-            ex(r#"{"id":"e","payment_id":"p","sequence":0}"#, None)
-                .unwrap_err()
-                .code(),
-            "invalid_field"
-        );
-        assert_eq!(
-            ex(r#"{"id":"e","payment_id":"p","sequence":"2"}"#, None)
-                .unwrap_err()
-                .code(),
-            "invalid_field"
-        );
+        for bad in [
+            r#"{"id":"e","payment_id":7}"#,
+            r#"{"id":"e","payment_id":"p","sequence":0}"#,
+            r#"{"id":"e","payment_id":"p","sequence":"2"}"#,
+        ] {
+            assert!(matches!(ex(bad, None), Err(ExtractError::InvalidField { .. })), "{bad}");
+        }
     }
 
     #[test]

@@ -5,20 +5,22 @@
 //! has acknowledged it with `acks=all` (DESIGN.md, principle 2). Everything that is not
 //! a 200 is a precise status with a JSON error body.
 //!
-//! Verification ([`verify`]) and extraction ([`extract`]) are pure functions; HTTP
-//! ([`handler`], [`server`]) and Kafka ([`publish`]) stay at the edges. [`run`] is the
+//! Verification ([`verify`]) and extraction ([`extract`]) are pure functions returning
+//! domain errors, which [`error::Reject`] alone maps to HTTP; HTTP ([`server`],
+//! [`router`], the [`webhook`] pipeline) and Kafka ([`publish`]) stay at the edges. [`run`] is the
 //! testable entry point: tests start it in-process on port 0.
 
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod handler;
 pub mod metrics;
 pub mod publish;
+pub mod router;
 pub mod server;
 pub mod trace;
 pub mod verify;
+pub mod webhook;
 
 use std::sync::Arc;
 

@@ -97,32 +97,32 @@ impl Publisher {
             failures: Arc::new(AtomicU32::new(0)),
             config: cfg.clone(),
             topic: cfg.topic.clone(),
-            ack_deadline: cfg.ack_deadline(),
+            ack_deadline: cfg.ack_deadline,
             max_message_bytes: cfg.max_message_bytes as usize,
         })
     }
 
+    /// The producer: the passthrough properties, then the write contract (principle 2,
+    /// "2xx means durable": `acks=all`, idempotence, Java-compatible partitioning, no
+    /// topic auto-creation; [`hookstream_schemas::topics::PRODUCER_SETTINGS`]), then
+    /// ingest's own settings.
     fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
+        let mut c = ClientConfig::new();
+        for (k, v) in &cfg.librdkafka {
+            c.set(k, v);
+        }
+        for (k, v) in hookstream_schemas::topics::PRODUCER_SETTINGS {
+            c.set(*k, *v);
+        }
+        c.set("bootstrap.servers", &cfg.brokers)
             .set("client.id", &cfg.client_id)
-            // Principle 2, "2xx means durable": wait for every in-sync replica...
-            .set("acks", "all")
-            // ...and never write a record twice or out of order when librdkafka retries.
-            .set("enable.idempotence", "true")
-            // Java-compatible partitioning: any client puts a payment's events in the same
-            // partition (DESIGN.md, "Topics").
-            .set("partitioner", "murmur2_random")
             // Give up on a record when the request that carries it has been answered 503:
             // a later delivery would only be a duplicate of the provider's retry.
-            .set("message.timeout.ms", cfg.ack_deadline_ms.to_string())
+            .set("message.timeout.ms", cfg.ack_deadline.as_millis().to_string())
             // Bounded memory: a full queue answers 503 instead of growing.
             .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
             // Batch under load; costs at most this much latency when quiet.
-            .set("linger.ms", cfg.linger_ms.to_string())
-            // A missing topic is an operator's error that /readyz reports, not something
-            // to create with the broker's defaults (librdkafka's producer asks for that).
-            .set("allow.auto.create.topics", "false")
+            .set("linger.ms", cfg.linger.as_millis().to_string())
             // The record size budget (see KafkaConfig::max_message_bytes).
             .set("message.max.bytes", cfg.max_message_bytes.to_string())
             .create()

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::error::IngestError;
-use crate::handler::handle;
+use crate::router::handle;
 
 /// Serve `app` on `listener` until `shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngestError> {
     let connections = Arc::new(Semaphore::new(app.http.max_connections));
     let graceful = GracefulShutdown::new();
-    let header_timeout = Duration::from_millis(app.http.header_read_timeout_ms);
+    let header_timeout = app.http.header_read_timeout;
     loop {
         // Take a connection slot first: at the limit, new clients wait in the accept queue.
         let permit = tokio::select! {
@@ -61,9 +61,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
         });
     }
     drop(listener);
-    let grace = Duration::from_millis(app.http.shutdown_grace_ms);
+    let grace = app.http.shutdown_grace;
     tracing::info!(
-        grace_ms = app.http.shutdown_grace_ms,
+        grace_ms = grace.as_millis() as u64,
         "shutting down: finishing in-flight requests"
     );
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -9,14 +9,14 @@ use std::fmt;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// A signature scheme (DESIGN.md, "Webhooks (ingest)").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheme {
     /// `x-event-id`, `x-timestamp`, `x-signature: sha256=<hex HMAC(secret, "{ts}.{body}")>`.
@@ -117,7 +117,7 @@ pub struct Verified {
     pub secret_index: usize,
 }
 
-/// Why a request was refused. `status()` and `code()` give the HTTP answer.
+/// Why a request was refused; [`crate::error::Reject`] turns it into the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// A header the scheme requires is absent.
@@ -132,26 +132,6 @@ pub enum Rejection {
     /// No configured secret produces any of the given signatures.
     #[error("signature does not match")]
     SignatureMismatch,
-}
-
-impl Rejection {
-    /// The error code in the JSON body and the metric label.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::MissingHeader(_) => "missing_header",
-            Rejection::InvalidHeader { .. } => "invalid_header",
-            Rejection::TimestampOutOfTolerance => "timestamp_out_of_tolerance",
-            Rejection::SignatureMismatch => "signature_mismatch",
-        }
-    }
-
-    /// 400 for malformed requests, 403 for failed authentication.
-    pub fn status(&self) -> u16 {
-        match self {
-            Rejection::MissingHeader(_) | Rejection::InvalidHeader { .. } => 400,
-            Rejection::TimestampOutOfTolerance | Rejection::SignatureMismatch => 403,
-        }
-    }
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Rejection> {

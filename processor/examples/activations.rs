@@ -29,14 +29,25 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
+/// Read policy events, print each new one as a JSON line, de-duplicate by id.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The policy events topic.
+    #[arg(long, default_value = topics::ACTIVATIONS_TOPIC)]
+    topic: String,
+    /// This consumer's group (its committed offsets).
+    #[arg(long, default_value = "activations-example")]
+    group: String,
+    /// Where to start: `stored` (the group's offsets), `beginning`, `end`, or
+    /// `P:OFFSET[,P:OFFSET...]`.
+    #[arg(long, default_value = "stored")]
+    from: String,
+    /// Start every partition at its first event at or after this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339")]
+    from_time: Option<String>,
 }
 
 /// Exact start offsets per partition, from `--from P:O,...` or `--from-time` (a fetch
@@ -72,13 +83,13 @@ fn exact_starts(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let brokers = arg("--brokers")
-        .or_else(|| std::env::var("KAFKA_BROKERS").ok())
-        .unwrap_or("127.0.0.1:9092".into());
-    let topic = arg("--topic").unwrap_or(topics::ACTIVATIONS_TOPIC.into());
-    let group = arg("--group").unwrap_or("activations-example".into());
-    let from = arg("--from").unwrap_or("stored".into());
-    let time = arg("--from-time");
+    let Cli {
+        brokers,
+        topic,
+        group,
+        from,
+        from_time: time,
+    } = <Cli as clap::Parser>::parse();
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

@@ -363,7 +363,10 @@ async fn health_readiness_and_metrics() {
 async fn broker_stopped_means_503_with_retry_after_never_200() {
     let broker = Broker::dedicated(Storage::Memory);
     let topic = raw_topic(&broker).await;
-    let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 1500).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.kafka.ack_deadline = std::time::Duration::from_millis(1500)
+    })
+    .await;
     let addr = ingest.addr();
     let send = |i: usize| send_created(addr.clone(), format!("evt_down_{i}"));
     assert_eq!(send(0).await.status, 200, "healthy broker first");
@@ -389,7 +392,7 @@ async fn requests_beyond_the_in_flight_bound_get_429() {
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| {
         c.http.max_in_flight_requests = 1;
-        c.kafka.ack_deadline_ms = 3000;
+        c.kafka.ack_deadline = std::time::Duration::from_millis(3000);
     })
     .await;
     broker.stop(false);
@@ -464,7 +467,10 @@ async fn a_client_that_hangs_up_mid_request_leaves_no_request_in_flight() {
     // A broker that never answers: the request waits for its acknowledgement.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let brokers = silent.local_addr().unwrap().to_string();
-    let ingest = start(&brokers, "raw", |c| c.kafka.ack_deadline_ms = 3000).await;
+    let ingest = start(&brokers, "raw", |c| {
+        c.kafka.ack_deadline = std::time::Duration::from_millis(3000)
+    })
+    .await;
     let body = sign::payment_body("evt_hang", "pay_hang", None, "payment.created", None);
     let mut head = format!(
         "POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
@@ -523,7 +529,10 @@ async fn a_record_the_broker_would_refuse_for_its_size_is_413_not_503() {
 async fn a_producer_the_broker_no_longer_knows_is_replaced_and_ingest_recovers() {
     let broker = Broker::dedicated(Storage::Memory);
     let topic = raw_topic(&broker).await;
-    let ingest = start(broker.bootstrap(), &topic, |c| c.kafka.ack_deadline_ms = 2000).await;
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.kafka.ack_deadline = std::time::Duration::from_millis(2000)
+    })
+    .await;
     let addr = ingest.addr();
     let send = |i: usize| {
         let addr = addr.clone();

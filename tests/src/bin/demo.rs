@@ -111,15 +111,17 @@ const EVENTS: &[Event] = &[
     },
 ];
 
+/// Send the demo's signed webhooks to ingest and print each answer.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Ingest's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingest: String,
+}
+
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut ingest = "127.0.0.1:8080".to_owned();
-    while let Some(a) = args.next() {
-        if a == "--ingest" {
-            ingest = args.next().unwrap_or(ingest);
-        }
-    }
+    let ingest = <Cli as clap::Parser>::parse().ingest;
     let mut failed = false;
     for e in EVENTS {
         let Ok(secrets) = std::env::var(e.secret_env) else {
