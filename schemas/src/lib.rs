@@ -9,6 +9,7 @@
 //!
 //! It also names the topics and Kafka headers every part agrees on.
 
+#[cfg(feature = "testing")]
 pub mod avro_json;
 mod codec;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod fingerprint;
 mod gap_timeout;
 mod policy_event;
 mod raw_webhook;
+#[cfg(feature = "testing")]
 pub mod samples;
 pub mod topics;
 mod value;
