@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hookstream_schemas::config::{apply_env, millis, secs};
+use hookstream_schemas::config::{self, millis, secs, LoadError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -200,19 +200,16 @@ impl Default for FieldMap {
 }
 
 impl IngestConfig {
-    /// Read the TOML file, then apply the process's environment.
+    /// Read the file, then apply the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml_with_env(&text, &vars).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            },
-            other => other,
+        Self::from_toml_with_env(&text, &vars).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
         })
     }
 
@@ -241,28 +238,8 @@ impl IngestConfig {
     }
 
     /// Parse `text`, then apply the environment `vars` (see the module doc).
-    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Self, ConfigError> {
-        let parse = |source| ConfigError::Parse {
-            path: PathBuf::new(),
-            source,
-        };
-        let mut doc: toml::Table = toml::from_str(text).map_err(parse)?;
-        let defaults = toml::Table::try_from(Self::default()).map_err(|e| ConfigError::Invalid {
-            field: "defaults".into(),
-            detail: e.to_string(),
-        })?;
-        let mut vars = vars.to_vec();
-        // The one name shared by every binary, below the specific one.
-        if let Some((_, b)) = vars.iter().find(|(k, _)| k == "KAFKA_BROKERS").cloned() {
-            if !vars
-                .iter()
-                .any(|(k, v)| k == "INGEST_KAFKA_BROKERS" && !v.trim().is_empty())
-            {
-                vars.push(("INGEST_KAFKA_BROKERS".into(), b));
-            }
-        }
-        apply_env(&mut doc, &defaults, ENV_PREFIX, MAPS, &vars)?;
-        doc.try_into().map_err(parse)
+    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Self, LoadError> {
+        config::from_toml_with_env(text, ENV_PREFIX, MAPS, vars)
     }
 }
 

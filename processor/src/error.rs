@@ -15,12 +15,10 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         #[source]
-        source: toml::de::Error,
+        source: hookstream_schemas::config::LoadError,
     },
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
-    #[error("environment override")]
-    Env(#[from] hookstream_schemas::config::EnvError),
 }
 
 /// The processor could not start or stopped with an error.

@@ -13,7 +13,40 @@
 
 use std::time::Duration;
 
+use serde::{de::DeserializeOwned, Serialize};
 use toml::{Table, Value};
+
+/// A configuration file that cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not valid TOML for this configuration")]
+    Parse(#[source] toml::de::Error),
+    #[error("environment override")]
+    Env(#[from] EnvError),
+    #[error("the defaults do not serialise")]
+    Defaults(#[source] toml::ser::Error),
+}
+
+/// Parse `text` as a `T`, with the environment `vars` applied on top (see the module
+/// doc); `KAFKA_BROKERS` stands for `<PREFIX>_KAFKA_BROKERS` when that is not set.
+pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
+    text: &str,
+    prefix: &str,
+    maps: &[&str],
+    vars: &[(String, String)],
+) -> Result<T, LoadError> {
+    let mut doc: Table = toml::from_str(text).map_err(LoadError::Parse)?;
+    let defaults = Table::try_from(T::default()).map_err(LoadError::Defaults)?;
+    let mut vars = vars.to_vec();
+    let specific = format!("{prefix}_KAFKA_BROKERS");
+    if let Some((_, b)) = vars.iter().find(|(k, _)| k == "KAFKA_BROKERS").cloned() {
+        if !vars.iter().any(|(k, v)| *k == specific && !v.trim().is_empty()) {
+            vars.push((specific, b));
+        }
+    }
+    apply_env(&mut doc, &defaults, prefix, maps, &vars)?;
+    doc.try_into().map_err(LoadError::Parse)
+}
 
 /// An environment variable does not fit the field it sets.
 #[derive(Debug, thiserror::Error)]
