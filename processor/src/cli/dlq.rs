@@ -184,3 +184,57 @@ pub async fn redrive(cfg: &KafkaConfig, entries: &[Entry], dry_run: bool) -> Res
                "records": redriven, "skipped_records": skipped }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::ids::dead_letter;
+    use crate::rules::model::{Origin, Output, RawRecord};
+
+    fn letter(reason: DeadLetterReason, timestamp_ms: i64) -> DeadLetter {
+        let record = RawRecord {
+            origin: Origin {
+                topic: "raw".into(),
+                partition: 1,
+                offset: timestamp_ms,
+                timestamp_ms,
+            },
+            key: Some(b"pay".to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: vec![],
+        };
+        match dead_letter(&record, reason, "d".into(), Some(("src", "evt")), Some("pay"), vec![]) {
+            Output::Dead(d) => d,
+            Output::Policy(_) => unreachable!("dead_letter makes a dead letter"),
+        }
+    }
+
+    #[test]
+    fn the_filter_selects_by_reason_time_and_id_together() {
+        let stale = letter(DeadLetterReason::Stale, 1_000);
+        let late = letter(DeadLetterReason::NoPolicy, 5_000);
+        let all = Filter::default();
+        assert!(all.matches(&stale) && all.matches(&late));
+        let by_reason = Filter {
+            reason: Some(DeadLetterReason::Stale),
+            ..Filter::default()
+        };
+        assert!(by_reason.matches(&stale) && !by_reason.matches(&late));
+        let since = Filter {
+            since_ms: Some(5_000),
+            ..Filter::default()
+        };
+        assert!(!since.matches(&stale) && since.matches(&late), "since is inclusive");
+        let both = Filter {
+            reason: Some(DeadLetterReason::Stale),
+            since_ms: Some(5_000),
+            ..Filter::default()
+        };
+        assert!(!both.matches(&stale) && !both.matches(&late));
+        let by_id = Filter {
+            id: Some(late.dead_letter_id.clone()),
+            ..Filter::default()
+        };
+        assert!(by_id.matches(&late) && !by_id.matches(&stale));
+    }
+}

@@ -154,3 +154,27 @@ impl Outputs for Emitter {
         self.send_control(partition, g).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    use super::*;
+
+    #[test]
+    fn a_record_the_broker_refuses_is_permanent_and_an_unavailable_broker_transient() {
+        for code in [C::MessageSizeTooLarge, C::InvalidRecord, C::TopicAuthorizationFailed] {
+            let e = classify(KafkaError::MessageProduction(code));
+            assert!(matches!(e, SendError::Refused(_)), "{code:?}");
+        }
+        for code in [
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::BrokerTransportFailure,
+            C::MessageTimedOut,
+        ] {
+            let e = classify(KafkaError::MessageProduction(code));
+            assert!(e.is_transient(), "{code:?}");
+        }
+    }
+}

@@ -25,6 +25,14 @@ struct Emitted {
     cause: Arc<RawRecord>,
 }
 
+/// A decided batch: its state changes, its outputs, and its records' times.
+#[derive(Default)]
+struct Decided {
+    changes: Changes,
+    outputs: Vec<Emitted>,
+    timestamps: Vec<i64>,
+}
+
 /// Why a record could not be decided now.
 #[derive(Debug, thiserror::Error)]
 enum DecideError {
@@ -70,83 +78,104 @@ impl<B: Backend> Worker<B> {
         mode: Mode,
         stop: &CancellationToken,
     ) -> Result<Folded, Stopped> {
-        let live = mode == Mode::Live;
-        let shared = self.cx.clone();
         let store = self.store.clone();
-        let applied = shared.retry("store", stop, || async { store.applied_offset() }).await?;
-        let limits = shared.settings.processing.limits();
-        let mut changes = Changes::default();
-        let mut outputs: Vec<Emitted> = Vec::new();
-        let mut timestamps = Vec::new();
+        let applied = self
+            .cx
+            .retry("store", stop, || async { store.applied_offset() })
+            .await?;
+        let Some(mut decided) = self.decide_batch(batch, applied, mode, stop).await? else {
+            return Ok(Folded::Corrupt);
+        };
+        // Nothing new: sled already covers the batch, and its offset may be committed.
+        let Some(last) = decided.changes.applied else {
+            return Ok(Folded::Done(applied));
+        };
+        if mode == Mode::Live && !decided.outputs.is_empty() {
+            self.emit(&mut decided.outputs, stop).await?;
+            self.count_outputs(&decided.outputs);
+        }
+        self.persist(decided.changes, stop).await?;
+        if mode == Mode::Live {
+            let now = now_ms();
+            for ts in decided.timestamps {
+                let seconds = (now - ts).max(0) as f64 / 1000.0;
+                self.cx.metrics.processing_seconds.observe(seconds);
+            }
+            self.update_held_gauge();
+        }
+        Ok(Folded::Done(Some(last)))
+    }
+
+    /// Decide every record of `batch` above `applied`, each against sled overlaid with
+    /// the batch's earlier changes. `None`: the stored state does not read back.
+    async fn decide_batch(
+        &mut self,
+        batch: &[Incoming],
+        applied: Option<i64>,
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<Option<Decided>, Stopped> {
+        let cx = self.cx.clone();
+        let limits = cx.settings.processing.limits();
+        let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
-            if applied.is_some_and(|a| offset <= a) || changes.applied.is_some_and(|a| offset <= a) {
+            if applied.is_some_and(|a| offset <= a) || d.changes.applied.is_some_and(|a| offset <= a) {
                 continue;
             }
             let rec = inc.record.clone();
-            let input = classify(&rec, &shared.settings.fields);
-            let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "store");
+            let input = classify(&rec, &cx.settings.fields);
+            let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
             let decision = loop {
-                match self.decide_one(&rec, &input, &changes, &limits) {
-                    Ok(d) => break d,
+                match self.decide_one(&rec, &input, &d.changes, &limits) {
+                    Ok(decision) => break decision,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
-                        return Ok(Folded::Corrupt);
+                        return Ok(None);
                     }
                     Err(e) => backoff.pause(&e, stop).await?,
                 }
             };
-            shared
-                .metrics
-                .records
-                .with_label_values(&[decision.outcome.as_str()])
-                .inc();
-            let traceparent = if live {
-                shared.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
-                    tracing::debug!(
-                        trace_id,
-                        partition = self.partition,
-                        offset,
-                        outcome = decision.outcome.as_str(),
-                        "record decided"
-                    );
+            let outcome = decision.outcome.as_str();
+            cx.metrics.records.with_label_values(&[outcome]).inc();
+            let traceparent = match mode {
+                Mode::Live => cx.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
+                    tracing::debug!(trace_id, partition = self.partition, offset, outcome, "record decided");
                     tp
-                })
-            } else {
-                None
+                }),
+                Mode::Rebuild => None,
             };
             if let Some(p) = decision.payment {
-                if live {
+                if mode == Mode::Live {
                     self.gaps.watch(&p.payment_id, p.next_sequence, p.held.len() as i64);
                 }
-                changes.payments.insert(p.payment_id.clone(), p);
+                d.changes.payments.insert(p.payment_id.clone(), p);
             }
             if let Some((k, e)) = decision.dedup {
-                changes.dedup.insert(k, e);
+                d.changes.dedup.insert(k, e);
             }
-            outputs.extend(decision.outputs.into_iter().map(|output| Emitted {
+            d.outputs.extend(decision.outputs.into_iter().map(|output| Emitted {
                 output,
                 traceparent: traceparent.clone(),
                 cause: rec.clone(),
             }));
-            changes.applied = Some(offset);
-            changes.max_ts = Some(changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
-            timestamps.push(rec.origin.timestamp_ms);
+            d.changes.applied = Some(offset);
+            d.changes.max_ts = Some(d.changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
+            d.timestamps.push(rec.origin.timestamp_ms);
         }
-        // Nothing new: sled already covers the batch, and its offset may be committed.
-        let Some(last) = changes.applied else {
-            return Ok(Folded::Done(applied));
-        };
-        if live && !outputs.is_empty() {
-            self.emit(&mut outputs, stop).await?;
-            self.count_outputs(&outputs);
-        }
-        let window_ms = i64::try_from(shared.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        Ok(Some(d))
+    }
+
+    /// Apply `changes` in one atomic sled batch (expiring dedup keys older than the
+    /// window before the newest record time), then wait until it is on disk.
+    async fn persist(&self, changes: Changes, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = &self.cx;
+        let window_ms = i64::try_from(cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let cutoff = changes.max_ts.map(|ts| ts - window_ms);
         let changes = Arc::new(changes);
-        let swept = shared
+        let swept = cx
             .retry("store", stop, || {
-                let (store, changes) = (store.clone(), changes.clone());
+                let (store, changes) = (self.store.clone(), changes.clone());
                 async move {
                     tokio::task::spawn_blocking(move || store.persist(&changes, cutoff).map_err(|e| e.to_string()))
                         .await
@@ -157,18 +186,7 @@ impl<B: Backend> Worker<B> {
         if swept > 0 {
             tracing::debug!(partition = self.partition, swept, "expired dedup keys");
         }
-        shared.retry("store", stop, || shared.flusher.flush()).await?;
-        if live {
-            let now = now_ms();
-            for ts in timestamps {
-                shared
-                    .metrics
-                    .processing_seconds
-                    .observe((now - ts).max(0) as f64 / 1000.0);
-            }
-            self.update_held_gauge();
-        }
-        Ok(Folded::Done(Some(last)))
+        cx.retry("store", stop, || cx.flusher.flush()).await
     }
 
     /// Decide one record against sled overlaid with the batch's own changes.
