@@ -19,6 +19,8 @@ GOLDENS = {
     "RawWebhook": "RawWebhook",
     "PolicyEvent": "PolicyEvent",
     "PolicyEvent-cancelled": "PolicyEvent",
+    "PolicyEvent-duplicated": "PolicyEvent",
+    "PolicyRequest": "PolicyRequest",
     "DeadLetter": "DeadLetter",
     "GapTimeout": "GapTimeout",
 }

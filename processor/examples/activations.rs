@@ -144,6 +144,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                             "cancellation_id": c.cancellation_id, "payment_id": c.payment_id,
                             "partition": m.partition(), "offset": m.offset()
                         }),
+                        // Another payment for a policy already held: the team that
+                        // refunds duplicates acts on this one.
+                        PolicyEventKind::Duplicated(d) => serde_json::json!({
+                            "event": "PolicyPaymentDuplicated", "policy_id": d.policy_id,
+                            "duplicate_id": d.duplicate_id, "payment_id": d.payment_id, "source": d.source,
+                            "active_payment_id": d.active_payment_id, "active_activation_id": d.active_activation_id,
+                            "partition": m.partition(), "offset": m.offset()
+                        }),
                     };
                     println!("{line}");
                 } else {

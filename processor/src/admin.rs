@@ -1,4 +1,5 @@
-//! Admin HTTP: `GET /payments/{payment_id}`, `/healthz`, `/readyz`, `/metrics`.
+//! Admin HTTP: `GET /payments/{payment_id}[?source=S]`, `GET /policies/{policy_id}`,
+//! `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::store::Store;
 pub struct View {
     pub store: Store,
     pub raw_topic: String,
+    pub requests_topic: String,
     pub metrics: Metrics,
     pub consumer: Arc<GroupConsumer>,
 }
@@ -38,40 +40,79 @@ fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// The JSON view of a payment: state, applied sequence, held events, activation, and the
-/// events that went to the DLQ.
-fn payment_view(shared: &View, payment_id: &str) -> Response<Full<Bytes>> {
-    match shared.store.find_payment(&shared.raw_topic, payment_id) {
+/// The JSON view of a payment: state, applied sequence, held events, the activation it
+/// asked for, and the events that went to the DLQ. A payment is (source, payment_id):
+/// `source` picks one; without it the first by source is shown and `other_sources`
+/// names the rest.
+fn payment_view(shared: &View, payment_id: &str, source: Option<&str>) -> Response<Full<Bytes>> {
+    let found = match shared.store.find_payments(&shared.raw_topic, payment_id) {
+        Err(e) => return reply(503, &json!({ "error": "state_unavailable", "detail": e.to_string() })),
+        Ok(found) => found,
+    };
+    let (chosen, others): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .enumerate()
+        .partition(|(i, (_, st))| source.map_or(*i == 0, |s| st.source == s));
+    let Some((_, (partition, st))) = chosen.into_iter().next() else {
+        return reply(
+            404,
+            &json!({ "error": "unknown_payment", "payment_id": payment_id, "source": source }),
+        );
+    };
+    let held: Vec<Value> = st
+        .held
+        .values()
+        .map(|h| {
+            json!({ "sequence": h.event.sequence, "event_id": h.event.event_id,
+            "event_type": h.event.event_type, "offset": h.record.origin.offset })
+        })
+        .collect();
+    let dead: Vec<_> = st
+        .history
+        .iter()
+        .filter(|e| e.outcome.starts_with("dead_lettered:"))
+        .collect();
+    let applied: Vec<_> = st.history.iter().filter(|e| e.outcome == "applied").collect();
+    let other_sources: Vec<&str> = others.iter().map(|(_, (_, o))| o.source.as_str()).collect();
+    reply(
+        200,
+        &json!({
+            "payment_id": st.payment_id,
+            "source": st.source,
+            "other_sources": other_sources,
+            "partition": partition,
+            "status": st.status,
+            "applied_sequence": st.next_sequence - 1,
+            "held": held,
+            "activation": st.activation,
+            "cancellation_id": st.cancellation_id,
+            "applied": applied,
+            "dead_lettered": dead,
+            "history": st.history,
+        }),
+    )
+}
+
+/// The JSON view of a policy as the policy stage decided it: the holder, every payment
+/// that asked and where it stands (holder, duplicate, released, refunded), the history.
+fn policy_view(shared: &View, policy_id: &str) -> Response<Full<Bytes>> {
+    match shared.store.find_policy(&shared.requests_topic, policy_id) {
         Err(e) => reply(503, &json!({ "error": "state_unavailable", "detail": e.to_string() })),
-        Ok(None) => reply(404, &json!({ "error": "unknown_payment", "payment_id": payment_id })),
+        Ok(None) => reply(404, &json!({ "error": "unknown_policy", "policy_id": policy_id })),
         Ok(Some((partition, st))) => {
-            let held: Vec<Value> = st
-                .held
-                .values()
-                .map(|h| {
-                    json!({ "sequence": h.event.sequence, "event_id": h.event.event_id,
-                    "event_type": h.event.event_type, "offset": h.record.origin.offset })
-                })
-                .collect();
-            let dead: Vec<&crate::rules::model::HistoryEntry> = st
-                .history
+            let duplicates: Vec<_> = st
+                .payments
                 .iter()
-                .filter(|e| e.outcome.starts_with("dead_lettered:"))
+                .filter(|p| p.standing == crate::rules::policy::Standing::Duplicate)
                 .collect();
-            let applied: Vec<&crate::rules::model::HistoryEntry> =
-                st.history.iter().filter(|e| e.outcome == "applied").collect();
             reply(
                 200,
                 &json!({
-                    "payment_id": st.payment_id,
+                    "policy_id": st.policy_id,
                     "partition": partition,
-                    "status": st.status,
-                    "applied_sequence": st.next_sequence - 1,
-                    "held": held,
-                    "activation": st.activation,
-                    "cancellation_id": st.cancellation_id,
-                    "applied": applied,
-                    "dead_lettered": dead,
+                    "holder": st.holder(),
+                    "duplicates": duplicates,
+                    "payments": st.payments,
                     "history": st.history,
                 }),
             )
@@ -114,7 +155,14 @@ async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         p if p.starts_with("/payments/") && p.len() > "/payments/".len() => {
-            payment_view(&shared, &p["/payments/".len()..])
+            let source = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("source=")));
+            payment_view(&shared, &p["/payments/".len()..], source)
+        }
+        p if p.starts_with("/policies/") && p.len() > "/policies/".len() => {
+            policy_view(&shared, &p["/policies/".len()..])
         }
         _ => reply(404, &json!({ "error": "not_found" })),
     }

@@ -98,6 +98,23 @@ pub struct KafkaConfig {
     /// `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD_FILE`, not here. Settings the processor needs
     /// for correctness (commits, acks, idempotence) cannot be overridden. Default empty.
     pub librdkafka: BTreeMap<String, String>,
+    /// Replication factor of the internal topic the processor creates (the policy
+    /// stage's repartition topic); -1 asks for the broker's default. Default 1 for the
+    /// local single broker; 3 in production (README > Production).
+    pub internal_replication_factor: i32,
+}
+
+impl KafkaConfig {
+    /// The policy stage's input, the repartition topic keyed by policy_id:
+    /// `<group_id>-policy-requests-repartition`, named like Kafka Streams' internal
+    /// topics so that each processor group has its own.
+    pub fn requests_topic(&self) -> String {
+        format!(
+            "{}{}",
+            self.group_id,
+            hookstream_schemas::topics::POLICY_REQUESTS_SUFFIX
+        )
+    }
 }
 
 impl Default for KafkaConfig {
@@ -116,6 +133,7 @@ impl Default for KafkaConfig {
             group_instance_id: String::new(),
             debug: String::new(),
             librdkafka: BTreeMap::new(),
+            internal_replication_factor: 1,
         }
     }
 }

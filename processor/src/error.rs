@@ -32,6 +32,8 @@ pub enum ProcessorError {
     Store(#[from] crate::store::StoreError),
     #[error("Kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the internal topic")]
+    Topics(#[from] crate::kafka::topics::TopicError),
     #[error("admin HTTP listener")]
     Listener(#[source] std::io::Error),
 }

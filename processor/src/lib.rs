@@ -49,15 +49,21 @@ pub async fn run(
     let store = store::Store::open(&config.state_dir, config.processing.sled_cache_bytes)?;
     let metrics = metrics::Metrics::new();
     let emitter = kafka::emit::Emitter::new(&config.kafka)?;
+    kafka::topics::ensure_internal(&config.kafka, &shutdown).await?;
     let (membership_tx, membership) = mpsc::unbounded_channel();
     // The callback's own bound: the coordinator's deadline, then time to stop workers.
     let revoke_bound = group::hand_over_deadline(config.kafka.session_timeout) * 2 + std::time::Duration::from_secs(5);
-    let context = group::consumer::GroupContext::new(metrics.clone(), membership_tx, revoke_bound);
+    let topics = group::consumer::StageTopics {
+        raw: config.kafka.raw_topic.clone(),
+        requests: config.kafka.requests_topic(),
+    };
+    let context = group::consumer::GroupContext::new(metrics.clone(), topics.clone(), membership_tx, revoke_bound);
     let consumer: Arc<group::consumer::GroupConsumer> =
         Arc::new(kafka::client::group_consumer(&config.kafka).create_with_context(context)?);
-    consumer.subscribe(&[&config.kafka.raw_topic])?;
+    consumer.subscribe(&[&topics.raw, &topics.requests])?;
     tracing::info!(
         brokers = %config.kafka.brokers, group = %config.kafka.group_id, topic = %config.kafka.raw_topic,
+        requests_topic = %topics.requests,
         state_dir = %config.state_dir.display(),
         admin = %admin.local_addr().map_err(ProcessorError::Listener)?,
         "processor started"
@@ -74,6 +80,7 @@ pub async fn run(
     let view = admin::View {
         store: store.clone(),
         raw_topic: config.kafka.raw_topic.clone(),
+        requests_topic: topics.requests.clone(),
         metrics,
         consumer: consumer.clone(),
     };

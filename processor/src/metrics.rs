@@ -16,6 +16,10 @@ pub struct Metrics {
     pub activations: IntCounter,
     /// PolicyCancelled events written.
     pub cancellations: IntCounter,
+    /// PolicyPaymentDuplicated events written.
+    pub duplicate_payments: IntCounter,
+    /// Requests the payment stage wrote to the policy stage.
+    pub policy_requests: IntCounter,
     /// Events held for a sequence gap, now.
     pub held_events: IntGauge,
     /// Records folded while rebuilding state from the log (outputs suppressed).
@@ -47,8 +51,8 @@ impl Metrics {
         let m = Self {
             registry,
             records: IntCounterVec::new(
-                Opts::new("records_total", "Raw records decided, by outcome"),
-                &["outcome"],
+                Opts::new("records_total", "Records decided, by stage (payments, policies) and outcome"),
+                &["stage", "outcome"],
             )
             .expect("metric"),
             dead_letters: IntCounterVec::new(
@@ -58,6 +62,16 @@ impl Metrics {
             .expect("metric"),
             activations: IntCounter::new("activations_total", "PolicyActivated events written").expect("metric"),
             cancellations: IntCounter::new("cancellations_total", "PolicyCancelled events written").expect("metric"),
+            duplicate_payments: IntCounter::new(
+                "duplicate_payments_total",
+                "PolicyPaymentDuplicated events written: completed payments for a policy another payment holds",
+            )
+            .expect("metric"),
+            policy_requests: IntCounter::new(
+                "policy_requests_total",
+                "Activation and cancellation requests written by the payment stage to the policy stage",
+            )
+            .expect("metric"),
             held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
             rebuilt_records: IntCounter::new("rebuilt_records_total", "Records folded while rebuilding state")
                 .expect("metric"),
@@ -65,7 +79,7 @@ impl Metrics {
                 .expect("metric"),
             lag: IntGaugeVec::new(
                 Opts::new("consumer_lag", "Records behind the partition's end"),
-                &["partition"],
+                &["topic", "partition"],
             )
             .expect("metric"),
             processing_seconds: Histogram::with_opts(
@@ -101,6 +115,8 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.activations.clone()),
             Box::new(m.cancellations.clone()),
+            Box::new(m.duplicate_payments.clone()),
+            Box::new(m.policy_requests.clone()),
             Box::new(m.held_events.clone()),
             Box::new(m.rebuilt_records.clone()),
             Box::new(m.retries.clone()),

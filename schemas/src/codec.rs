@@ -63,28 +63,54 @@ pub struct SchemaInfo {
     pub schema: Schema,
     /// `C3 01` + the little-endian CRC-64-AVRO (Rabin) fingerprint.
     pub header: [u8; HEADER_LEN],
+    /// Earlier versions of the schema this crate still reads (their header and schema):
+    /// a value written with one is resolved into the current schema, new fields taking
+    /// their defaults, so records already in a log stay readable after an upgrade.
+    pub previous: Vec<([u8; HEADER_LEN], Schema)>,
 }
 
 impl SchemaInfo {
     /// Parse an `.avsc` text. Panics only on a malformed schema file compiled into the
     /// binary, which the crate's tests rule out.
     pub fn parse(name: &'static str, avsc: &str) -> Self {
-        #[allow(clippy::expect_used)]
-        let schema = Schema::parse_str(avsc).expect("the .avsc files compiled into hookstream-schemas parse");
-        #[allow(clippy::expect_used)]
-        let json: serde_json::Value = serde_json::from_str(avsc).expect("the .avsc files are JSON");
-        #[allow(clippy::expect_used)]
-        let pcf = canonical_form(&json).expect("the .avsc files have a canonical form");
-        let mut header = [0u8; HEADER_LEN];
-        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        header[2..].copy_from_slice(&crc64_avro(pcf.as_bytes()).to_le_bytes());
-        Self { name, schema, header }
+        let (schema, header) = parse_avsc(avsc);
+        Self {
+            name,
+            schema,
+            header,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Also read values written with these earlier versions (`.avsc` texts).
+    pub fn reading(mut self, previous: &[&str]) -> Self {
+        self.previous = previous
+            .iter()
+            .map(|avsc| parse_avsc(avsc))
+            .map(|(s, h)| (h, s))
+            .collect();
+        self
     }
 
     /// The fingerprint as hex, as it appears on the wire (little-endian bytes).
     pub fn fingerprint_hex(&self) -> String {
         hex_bytes(&self.header[2..])
     }
+}
+
+/// The schema and its single-object header. Panics only on a malformed schema file
+/// compiled into the binary, which the crate's tests rule out.
+fn parse_avsc(avsc: &str) -> (Schema, [u8; HEADER_LEN]) {
+    #[allow(clippy::expect_used)]
+    let schema = Schema::parse_str(avsc).expect("the .avsc files compiled into hookstream-schemas parse");
+    #[allow(clippy::expect_used)]
+    let json: serde_json::Value = serde_json::from_str(avsc).expect("the .avsc files are JSON");
+    #[allow(clippy::expect_used)]
+    let pcf = canonical_form(&json).expect("the .avsc files have a canonical form");
+    let mut header = [0u8; HEADER_LEN];
+    header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+    header[2..].copy_from_slice(&crc64_avro(pcf.as_bytes()).to_le_bytes());
+    (schema, header)
 }
 
 fn hex_bytes(bytes: &[u8]) -> String {
@@ -136,19 +162,28 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
             len: bytes.len(),
         });
     }
-    if bytes[..HEADER_LEN] != info.header {
-        return Err(CodecError::FingerprintMismatch {
-            schema,
-            expected: info.fingerprint_hex(),
-            found: hex_bytes(&bytes[2..HEADER_LEN]),
-        });
+    let writer = if bytes[..HEADER_LEN] == info.header {
+        None
+    } else {
+        match info.previous.iter().find(|(h, _)| bytes[..HEADER_LEN] == *h) {
+            Some((_, earlier)) => Some(earlier),
+            None => {
+                return Err(CodecError::FingerprintMismatch {
+                    schema,
+                    expected: info.fingerprint_hex(),
+                    found: hex_bytes(&bytes[2..HEADER_LEN]),
+                })
+            }
+        }
+    };
+    let reader = match writer {
+        None => GenericDatumReader::builder(&info.schema).build(),
+        Some(earlier) => GenericDatumReader::builder(earlier).reader_schema(&info.schema).build(),
     }
-    let reader = GenericDatumReader::builder(&info.schema)
-        .build()
-        .map_err(|e| CodecError::Datum {
-            schema,
-            source: Box::new(e),
-        })?;
+    .map_err(|e| CodecError::Datum {
+        schema,
+        source: Box::new(e),
+    })?;
     let mut rest = &bytes[HEADER_LEN..];
     let value = reader.read_value(&mut rest).map_err(|e| CodecError::Datum {
         schema,

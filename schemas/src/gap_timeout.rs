@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{record, Fields};
 
-static INFO: LazyLock<SchemaInfo> =
-    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.GapTimeout", include_str!("../avro/GapTimeout.avsc")));
+static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
+    SchemaInfo::parse("io.hookstream.v1.GapTimeout", include_str!("../avro/GapTimeout.avsc"))
+        .reading(&[include_str!("../avro/previous/GapTimeout.v1.avsc")])
+});
 
 /// The value of the `hookstream-control` header on a `GapTimeout` record.
 pub const GAP_TIMEOUT_CONTROL: &str = "gap-timeout";
@@ -18,6 +20,8 @@ pub const GAP_TIMEOUT_CONTROL: &str = "gap-timeout";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapTimeout {
     pub payment_id: String,
+    /// The payment's webhook source; empty in records of the previous version.
+    pub source: String,
     pub next_expected_sequence: i64,
     pub missing_sequences: Vec<i64>,
     /// Milliseconds since the Unix epoch.
@@ -34,6 +38,7 @@ impl AvroRecord for GapTimeout {
     fn to_value(&self) -> Value {
         record(vec![
             ("payment_id", Value::String(self.payment_id.clone())),
+            ("source", Value::String(self.source.clone())),
             ("next_expected_sequence", Value::Long(self.next_expected_sequence)),
             (
                 "missing_sequences",
@@ -56,6 +61,7 @@ impl AvroRecord for GapTimeout {
             .collect::<Result<_, String>>()?;
         Ok(Self {
             payment_id: f.string("payment_id")?,
+            source: f.string("source")?,
             next_expected_sequence: f.long("next_expected_sequence")?,
             missing_sequences,
             gap_opened_at: f.timestamp_millis("gap_opened_at")?,

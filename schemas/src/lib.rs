@@ -17,6 +17,7 @@ mod dead_letter;
 pub mod fingerprint;
 mod gap_timeout;
 mod policy_event;
+mod policy_request;
 mod raw_webhook;
 #[cfg(feature = "testing")]
 pub mod samples;
@@ -26,5 +27,6 @@ mod value;
 pub use codec::{decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER};
 pub use dead_letter::{list_sequences, DeadLetter, DeadLetterReason, KafkaHeader, SequenceRange, MAX_LISTED_SEQUENCES};
 pub use gap_timeout::{GapTimeout, GAP_TIMEOUT_CONTROL};
-pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind};
+pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind, PolicyPaymentDuplicated};
+pub use policy_request::{PolicyRequest, PolicyRequestKind};
 pub use raw_webhook::{HttpHeader, RawWebhook};

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{AvroRecord, SchemaInfo};
 use crate::value::{opt_long, opt_string, record, Fields};
 
-static INFO: LazyLock<SchemaInfo> =
-    LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.PolicyEvent", include_str!("../avro/PolicyEvent.avsc")));
+static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
+    SchemaInfo::parse("io.hookstream.v1.PolicyEvent", include_str!("../avro/PolicyEvent.avsc"))
+        .reading(&[include_str!("../avro/previous/PolicyEvent.v1.avsc")])
+});
 
 /// A policy was paid for and is now active.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +44,31 @@ pub struct PolicyCancelled {
     pub cancelled_at: i64,
 }
 
+/// A payment completed for a policy another payment holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPaymentDuplicated {
+    pub duplicate_id: String,
+    pub policy_id: String,
+    pub active_activation_id: String,
+    pub active_payment_id: String,
+    pub active_source: String,
+    pub payment_id: String,
+    pub source: String,
+    pub payment_event_id: String,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub occurred_at: Option<String>,
+    /// Milliseconds since the Unix epoch (the duplicate's completed webhook's received_at).
+    pub detected_at: i64,
+}
+
 /// The union in `PolicyEvent.event`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum PolicyEventKind {
     Activated(PolicyActivated),
     Cancelled(PolicyCancelled),
+    Duplicated(PolicyPaymentDuplicated),
 }
 
 /// The record on `policy.activations`.
@@ -58,11 +79,12 @@ pub struct PolicyEvent {
 }
 
 impl PolicyEvent {
-    /// The event's deterministic id (activation_id or cancellation_id).
+    /// The event's deterministic id (activation_id, cancellation_id or duplicate_id).
     pub fn id(&self) -> &str {
         match &self.event {
             PolicyEventKind::Activated(a) => &a.activation_id,
             PolicyEventKind::Cancelled(c) => &c.cancellation_id,
+            PolicyEventKind::Duplicated(d) => &d.duplicate_id,
         }
     }
 }
@@ -101,6 +123,23 @@ impl AvroRecord for PolicyEvent {
                     ("currency", opt_string(&c.currency)),
                     ("occurred_at", opt_string(&c.occurred_at)),
                     ("cancelled_at", Value::TimestampMillis(c.cancelled_at)),
+                ])),
+            ),
+            PolicyEventKind::Duplicated(d) => Value::Union(
+                2,
+                Box::new(record(vec![
+                    ("duplicate_id", Value::String(d.duplicate_id.clone())),
+                    ("policy_id", Value::String(d.policy_id.clone())),
+                    ("active_activation_id", Value::String(d.active_activation_id.clone())),
+                    ("active_payment_id", Value::String(d.active_payment_id.clone())),
+                    ("active_source", Value::String(d.active_source.clone())),
+                    ("payment_id", Value::String(d.payment_id.clone())),
+                    ("source", Value::String(d.source.clone())),
+                    ("payment_event_id", Value::String(d.payment_event_id.clone())),
+                    ("amount", opt_long(d.amount)),
+                    ("currency", opt_string(&d.currency)),
+                    ("occurred_at", opt_string(&d.occurred_at)),
+                    ("detected_at", Value::TimestampMillis(d.detected_at)),
                 ])),
             ),
         };
@@ -143,9 +182,26 @@ impl AvroRecord for PolicyEvent {
                     cancelled_at: c.timestamp_millis("cancelled_at")?,
                 })
             }
+            Value::Union(2, inner) => {
+                let mut d = Fields::new("PolicyPaymentDuplicated", *inner)?;
+                PolicyEventKind::Duplicated(PolicyPaymentDuplicated {
+                    duplicate_id: d.string("duplicate_id")?,
+                    policy_id: d.string("policy_id")?,
+                    active_activation_id: d.string("active_activation_id")?,
+                    active_payment_id: d.string("active_payment_id")?,
+                    active_source: d.string("active_source")?,
+                    payment_id: d.string("payment_id")?,
+                    source: d.string("source")?,
+                    payment_event_id: d.string("payment_event_id")?,
+                    amount: d.opt_long("amount")?,
+                    currency: d.opt_string("currency")?,
+                    occurred_at: d.opt_string("occurred_at")?,
+                    detected_at: d.timestamp_millis("detected_at")?,
+                })
+            }
             other => {
                 return Err(format!(
-                    "PolicyEvent.event: expected union branch 0 or 1, got {other:?}"
+                    "PolicyEvent.event: expected union branch 0, 1 or 2, got {other:?}"
                 ))
             }
         };

@@ -3,7 +3,7 @@
 
 use crate::{
     DeadLetter, DeadLetterReason, GapTimeout, HttpHeader, KafkaHeader, PolicyActivated, PolicyCancelled, PolicyEvent,
-    PolicyEventKind, RawWebhook, SequenceRange,
+    PolicyEventKind, PolicyPaymentDuplicated, PolicyRequest, PolicyRequestKind, RawWebhook, SequenceRange,
 };
 
 const BODY: &str = r#"{"id":"evt_1001","payment_id":"pay_7Hq2","sequence":3,"type":"payment.completed","amount":5000,"currency":"KES","occurred_at":"2026-02-12T10:00:00Z","metadata":{"policy_id":"pol_88x"}}"#;
@@ -108,9 +108,48 @@ pub fn dead_letter() -> DeadLetter {
 pub fn gap_timeout() -> GapTimeout {
     GapTimeout {
         payment_id: "pay_7Hq2".into(),
+        source: "paymenthub".into(),
         next_expected_sequence: 2,
         missing_sequences: vec![2, 3],
         gap_opened_at: 1_770_890_400_500,
         decided_at: 1_770_890_700_400,
+    }
+}
+
+/// A second payment for the policy of `policy_activated()`, through another provider.
+pub fn policy_duplicated() -> PolicyEvent {
+    PolicyEvent {
+        policy_id: "pol_88x".into(),
+        event: PolicyEventKind::Duplicated(PolicyPaymentDuplicated {
+            duplicate_id: "5e7a9c1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c".into(),
+            policy_id: "pol_88x".into(),
+            active_activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f".into(),
+            active_payment_id: "pay_7Hq2".into(),
+            active_source: "paymenthub".into(),
+            payment_id: "pi_3Nx".into(),
+            source: "stripe".into(),
+            payment_event_id: "evt_s_77".into(),
+            amount: Some(5000),
+            currency: Some("KES".into()),
+            occurred_at: None,
+            detected_at: 1_770_890_460_000,
+        }),
+    }
+}
+
+/// The request the payment stage sends for `raw_webhook()`.
+pub fn policy_request() -> PolicyRequest {
+    PolicyRequest {
+        request_id: "7b9d1f3a5c7e9b0d2f3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a".into(),
+        kind: PolicyRequestKind::Activate,
+        policy_id: "pol_88x".into(),
+        activation_id: "3f1c8a0d9e2b4c6f8a1b3d5e7f9a0c2e4b6d8f0a1c3e5a7b9d1f3a5c7e9b0d2f".into(),
+        source: "paymenthub".into(),
+        payment_id: "pay_7Hq2".into(),
+        payment_event_id: "evt_1001".into(),
+        amount: Some(5000),
+        currency: Some("KES".into()),
+        occurred_at: Some("2026-02-12T10:00:00Z".into()),
+        received_at: 1_770_890_400_123,
     }
 }

@@ -14,7 +14,7 @@ use hookstream_schemas::{
     avro_json::to_avro_json,
     decode, encode,
     fingerprint::{canonical_form, crc64_avro},
-    samples, AvroRecord, CodecError, DeadLetter, GapTimeout, PolicyEvent, RawWebhook, HEADER_LEN,
+    samples, AvroRecord, CodecError, DeadLetter, GapTimeout, PolicyEvent, PolicyRequest, RawWebhook, HEADER_LEN,
 };
 
 fn dir(sub: &str) -> PathBuf {
@@ -41,6 +41,8 @@ fn goldens() -> Vec<(&'static str, &'static str, Vec<u8>, serde_json::Value)> {
         one("RawWebhook", "RawWebhook", &samples::raw_webhook()),
         one("PolicyEvent", "PolicyEvent", &samples::policy_activated()),
         one("PolicyEvent-cancelled", "PolicyEvent", &samples::policy_cancelled()),
+        one("PolicyEvent-duplicated", "PolicyEvent", &samples::policy_duplicated()),
+        one("PolicyRequest", "PolicyRequest", &samples::policy_request()),
         one("DeadLetter", "DeadLetter", &samples::dead_letter()),
         one("GapTimeout", "GapTimeout", &samples::gap_timeout()),
     ]
@@ -53,6 +55,7 @@ fn header_is_marker_and_rabin_fingerprint_of_the_schema_file() {
         ("PolicyEvent", PolicyEvent::info()),
         ("DeadLetter", DeadLetter::info()),
         ("GapTimeout", GapTimeout::info()),
+        ("PolicyRequest", PolicyRequest::info()),
     ] {
         let text = std::fs::read_to_string(dir("avro").join(format!("{name}.avsc"))).unwrap();
         let pcf = canonical_form(&serde_json::from_str(&text).unwrap()).unwrap();
@@ -78,9 +81,18 @@ fn every_type_round_trips() {
         decode::<RawWebhook>(&encode(&samples::raw_webhook()).unwrap()).unwrap(),
         samples::raw_webhook()
     );
-    for p in [samples::policy_activated(), samples::policy_cancelled()] {
+    for p in [
+        samples::policy_activated(),
+        samples::policy_cancelled(),
+        samples::policy_duplicated(),
+    ] {
         assert_eq!(decode::<PolicyEvent>(&encode(&p).unwrap()).unwrap(), p);
     }
+    let r = samples::policy_request();
+    assert_eq!(decode::<PolicyRequest>(&encode(&r).unwrap()).unwrap(), r);
+    let mut cancel = r.clone();
+    cancel.kind = hookstream_schemas::PolicyRequestKind::Cancel;
+    assert_eq!(decode::<PolicyRequest>(&encode(&cancel).unwrap()).unwrap(), cancel);
     assert_eq!(
         decode::<DeadLetter>(&encode(&samples::dead_letter()).unwrap()).unwrap(),
         samples::dead_letter()
@@ -194,5 +206,44 @@ fn a_reader_with_the_previous_dead_letter_schema_still_decodes_new_letters() {
             "{reason:?}"
         );
         assert!(!fields.iter().any(|(n, _)| n == "missing_ranges"));
+    }
+}
+
+/// Bytes written with `avro/previous/<name>` (Avro single-object, that schema's own
+/// fingerprint), built from the current Avro value by leaving out the new fields.
+fn written_with_previous(file: &str, value: apache_avro::types::Value) -> Vec<u8> {
+    let text = std::fs::read_to_string(dir("avro/previous").join(file)).unwrap();
+    let schema = Schema::parse_str(&text).unwrap();
+    let pcf = canonical_form(&serde_json::from_str(&text).unwrap()).unwrap();
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&crc64_avro(pcf.as_bytes()).to_le_bytes());
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap();
+    writer.write_value(&mut out, value).unwrap();
+    out
+}
+
+/// Records already in a log when a schema gained a field or a union branch stay
+/// readable: a GapTimeout without `source` reads with source "", and a PolicyEvent of
+/// the two-branch schema reads as before.
+#[test]
+fn values_written_with_a_previous_schema_version_still_decode() {
+    let g = samples::gap_timeout();
+    let apache_avro::types::Value::Record(mut fields) = g.to_value() else {
+        panic!("a record")
+    };
+    fields.retain(|(n, _)| n != "source");
+    let bytes = written_with_previous("GapTimeout.v1.avsc", apache_avro::types::Value::Record(fields));
+    assert_ne!(bytes[..HEADER_LEN], GapTimeout::info().header);
+    let read = decode::<GapTimeout>(&bytes).unwrap();
+    assert_eq!(read.source, "");
+    assert_eq!(read.payment_id, g.payment_id);
+    assert_eq!(read.missing_sequences, g.missing_sequences);
+
+    for p in [samples::policy_activated(), samples::policy_cancelled()] {
+        let bytes = written_with_previous("PolicyEvent.v1.avsc", p.to_value());
+        assert_ne!(bytes[..HEADER_LEN], PolicyEvent::info().header);
+        assert_eq!(decode::<PolicyEvent>(&bytes).unwrap(), p);
     }
 }

@@ -28,7 +28,7 @@ async fn activation_ids(
     let activated =
         |m: &rdkafka::message::OwnedMessage| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
             PolicyEventKind::Activated(x) => Some((x.policy_id, x.activation_id)),
-            PolicyEventKind::Cancelled(_) => None,
+            PolicyEventKind::Cancelled(_) | PolicyEventKind::Duplicated(_) => None,
         };
     let mut seen = BTreeSet::new();
     let records = kafka::read_until(bootstrap, topic, timeout, |r| {

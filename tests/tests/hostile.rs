@@ -22,7 +22,7 @@ fn activated(records: &[rdkafka::message::OwnedMessage]) -> BTreeSet<String> {
         .iter()
         .filter_map(|m| match decode::<PolicyEvent>(m.payload()?).ok()?.event {
             PolicyEventKind::Activated(a) => Some(a.policy_id),
-            PolicyEventKind::Cancelled(_) => None,
+            PolicyEventKind::Cancelled(_) | PolicyEventKind::Duplicated(_) => None,
         })
         .collect()
 }

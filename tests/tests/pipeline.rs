@@ -23,7 +23,7 @@ fn activations(records: &[rdkafka::message::OwnedMessage]) -> Vec<(String, Strin
         .iter()
         .filter_map(|m| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
             PolicyEventKind::Activated(a) => Some((a.policy_id, a.activation_id, a.payment_id)),
-            PolicyEventKind::Cancelled(_) => None,
+            PolicyEventKind::Cancelled(_) | PolicyEventKind::Duplicated(_) => None,
         })
         .collect()
 }
@@ -119,8 +119,8 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
     )
     .await;
 
-    // 12 + the gapped one.
-    let records = kafka::read_records(broker.bootstrap(), &topics.activations, 13, Duration::from_secs(60)).await;
+    // 12 + the gapped one, and the notice that pay_twice duplicates pol_0's holder.
+    let records = kafka::read_records(broker.bootstrap(), &topics.activations, 14, Duration::from_secs(60)).await;
     let acts = activations(&records);
     let mut by_policy: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (pol, id, _) in &acts {
@@ -142,6 +142,18 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
         "exactly one activation per completed payment with a policy, with the deterministic id"
     );
     assert_eq!(acts.len(), 13, "no activation sent twice in a clean run");
+    let duplicates: Vec<(String, String, String)> = records
+        .iter()
+        .filter_map(|m| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            PolicyEventKind::Duplicated(d) => Some((d.policy_id, d.payment_id, d.active_payment_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        duplicates,
+        vec![("pol_0".into(), "pay_twice".into(), "pay_ok_0".into())],
+        "a second payment for an active policy is announced, naming both payments"
+    );
 
     // The late sequence 2 of the gapped payment is now stale.
     send(
@@ -153,21 +165,20 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
         Some("pol_gap"),
     )
     .await;
-    let dlq = kafka::read_records(broker.bootstrap(), &topics.dlq, 5, Duration::from_secs(30)).await;
+    let dlq = kafka::read_records(broker.bootstrap(), &topics.dlq, 4, Duration::from_secs(30)).await;
     let dead: Vec<DeadLetter> = dlq.iter().map(|m| decode(m.payload().unwrap()).unwrap()).collect();
     let reasons: BTreeSet<DeadLetterReason> = dead.iter().map(|d| d.reason).collect();
     assert_eq!(
         reasons,
         BTreeSet::from([
             DeadLetterReason::NoPolicy,
-            DeadLetterReason::PolicyAlreadyActive,
             DeadLetterReason::EventIdConflict,
             DeadLetterReason::SequenceGapTimeout,
             DeadLetterReason::Stale,
         ]),
         "{dead:#?}"
     );
-    assert_eq!(dead.len(), 5);
+    assert_eq!(dead.len(), 4, "a duplicate payment is no failure: {dead:#?}");
     let gap = dead
         .iter()
         .find(|d| d.reason == DeadLetterReason::SequenceGapTimeout)
@@ -219,13 +230,25 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"hookstream_processor_records_total{outcome="duplicate"}"#),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hookstream_processor_records_total{")
+                && l.contains(r#"outcome="duplicate""#)
+                && l.contains(r#"stage="payments""#)),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("hookstream_processor_duplicate_payments_total 1"),
+        "{metrics}"
+    );
+    let v = get(&processor.admin, "/policies/pol_0").await.json();
+    assert_eq!(v["holder"]["payment_id"], "pay_ok_0", "{v:#}");
+    assert_eq!(v["duplicates"][0]["payment_id"], "pay_twice", "{v:#}");
+    assert_eq!(get(&processor.admin, "/policies/pol_nosuch").await.status, 404);
 
     // Re-drive: the DLQ lists by reason; a dry run publishes nothing; re-driving the
-    // no_policy and policy_already_active letters twice puts the original records back
-    // in their partitions (same key, same event id) and activates nothing twice.
+    // no_policy letter twice puts the original record back in its partition (same key,
+    // same event id) and activates nothing.
     let kcfg = test_config(broker.bootstrap(), &topics, state.path()).kafka;
     let filter = |r| dlq::Filter {
         reason: Some(r),
@@ -239,38 +262,27 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
         (dry["dry_run"].clone(), dry["redriven"].clone()),
         (true.into(), 1.into())
     );
-    let twice = dlq::read(&kcfg, &dlq::Filter::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| {
-            matches!(
-                e.letter.reason,
-                DeadLetterReason::NoPolicy | DeadLetterReason::PolicyAlreadyActive
-            )
-        })
-        .collect::<Vec<_>>();
     for _ in 0..2 {
-        let report = dlq::redrive(&kcfg, &twice, false).await.unwrap();
-        assert_eq!(report["redriven"], 2, "{report:#}");
+        let report = dlq::redrive(&kcfg, &no_policy, false).await.unwrap();
+        assert_eq!(report["redriven"], 1, "{report:#}");
     }
-    // The originals plus two re-drives each, in the payments' own partitions.
+    // The original plus two re-drives, in the payment's own partition.
     let count = |r: &[rdkafka::message::OwnedMessage], key: &str| r.iter().filter(|m| kafka::key_str(m) == key).count();
     let raw = kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(15), |r| {
-        count(r, "pay_nopol") >= 3 && count(r, "pay_twice") >= 3
+        count(r, "pay_nopol") >= 3
     })
     .await;
-    assert_eq!((count(&raw, "pay_nopol"), count(&raw, "pay_twice")), (3, 3));
+    assert_eq!(count(&raw, "pay_nopol"), 3);
     let partitions: BTreeSet<i32> = raw
         .iter()
-        .filter(|m| kafka::key_str(m) == "pay_twice")
+        .filter(|m| kafka::key_str(m) == "pay_nopol")
         .map(|m| m.partition())
         .collect();
     assert_eq!(partitions.len(), 1, "re-driven records land in the payment's partition");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = kafka::read_records(broker.bootstrap(), &topics.activations, 14, Duration::from_secs(3)).await;
+    let after = kafka::read_records(broker.bootstrap(), &topics.activations, 15, Duration::from_secs(3)).await;
     assert_eq!(activations(&after).len(), 13, "re-driving never activates twice");
-    let v = get(&processor.admin, "/payments/pay_twice").await.json();
+    let v = get(&processor.admin, "/payments/pay_nopol").await.json();
     let dups = v["history"]
         .as_array()
         .unwrap()

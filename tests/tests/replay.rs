@@ -285,6 +285,7 @@ fn activations_by_policy(records: &[OwnedMessage]) -> BTreeMap<String, Vec<(Stri
                 .entry(c.policy_id)
                 .or_default()
                 .push((c.cancellation_id, c.payment_id)),
+            PolicyEventKind::Duplicated(d) => out.entry(d.policy_id).or_default().push((d.duplicate_id, d.payment_id)),
         }
     }
     out

@@ -205,7 +205,7 @@ mod tests {
         };
         match dead_letter(&record, reason, "d".into(), Some(("src", "evt")), Some("pay"), vec![]) {
             Output::Dead(d) => d,
-            Output::Policy(_) => unreachable!("dead_letter makes a dead letter"),
+            Output::Policy(_) | Output::Request(_) => unreachable!("dead_letter makes a dead letter"),
         }
     }
 

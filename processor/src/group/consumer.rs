@@ -24,10 +24,31 @@ use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::coordinator::Membership;
+use super::coordinator::{Key, Membership};
 use crate::kafka::record::incoming;
 use crate::metrics::Metrics;
 use crate::partition::io::Incoming;
+use crate::partition::Stage;
+
+/// The input topic of each stage, to tell which stage a partition belongs to.
+#[derive(Debug, Clone)]
+pub struct StageTopics {
+    pub raw: String,
+    pub requests: String,
+}
+
+impl StageTopics {
+    /// The key of `topic`'s `partition`; `None` for a topic no stage reads.
+    pub fn key(&self, topic: &str, partition: i32) -> Option<Key> {
+        if topic == self.raw {
+            Some((Stage::Payments, partition))
+        } else if topic == self.requests {
+            Some((Stage::Policies, partition))
+        } else {
+            None
+        }
+    }
+}
 
 /// The group consumer's type.
 pub type GroupConsumer = StreamConsumer<GroupContext>;
@@ -35,15 +56,22 @@ pub type GroupConsumer = StreamConsumer<GroupContext>;
 /// Rebalance callbacks and statistics for the group consumer.
 pub struct GroupContext {
     metrics: Metrics,
+    topics: StageTopics,
     membership: mpsc::UnboundedSender<Membership>,
     /// How long a revocation waits for the coordinator's answer.
     revoke_bound: Duration,
 }
 
 impl GroupContext {
-    pub fn new(metrics: Metrics, membership: mpsc::UnboundedSender<Membership>, revoke_bound: Duration) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        topics: StageTopics,
+        membership: mpsc::UnboundedSender<Membership>,
+        revoke_bound: Duration,
+    ) -> Self {
         Self {
             metrics,
+            topics,
             membership,
             revoke_bound,
         }
@@ -53,7 +81,7 @@ impl GroupContext {
     /// runtime (in the poll loop's `recv`), so the wait is `block_in_place`, bounded.
     /// Without a multi-threaded runtime (or once the coordinator is gone) it does not
     /// wait: the revoked records are then simply read again by their next owner.
-    fn revoke(&self, partitions: Vec<i32>) {
+    fn revoke(&self, partitions: Vec<Key>) {
         let (done, answered) = std::sync::mpsc::sync_channel(1);
         if self.membership.send(Membership::Revoked(partitions, done)).is_err() {
             return;
@@ -73,6 +101,15 @@ impl GroupContext {
     }
 }
 
+impl GroupContext {
+    fn keys(&self, tpl: &rdkafka::TopicPartitionList) -> Vec<Key> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.topics.key(e.topic(), e.partition()))
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for GroupContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupContext").finish_non_exhaustive()
@@ -81,12 +118,12 @@ impl std::fmt::Debug for GroupContext {
 
 impl ClientContext for GroupContext {
     fn stats(&self, stats: Statistics) {
-        for t in stats.topics.values() {
+        for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
                 if *p >= 0 && s.consumer_lag >= 0 {
                     self.metrics
                         .lag
-                        .with_label_values(&[&p.to_string()])
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
                         .set(s.consumer_lag);
                 }
             }
@@ -98,7 +135,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions revoked; finishing their in-flight work");
                 let started = std::time::Instant::now();
                 self.revoke(partitions.clone());
@@ -109,7 +146,7 @@ impl ConsumerContext for GroupContext {
                 );
             }
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions assigned");
                 let _ = self.membership.send(Membership::Assigned(partitions));
             }
@@ -120,7 +157,12 @@ impl ConsumerContext for GroupContext {
 
 /// Poll the group consumer until `shutdown`: this serves the rebalance callbacks, and
 /// passes on the records that arrive through the group's own queue.
-pub async fn poll(consumer: Arc<GroupConsumer>, records: mpsc::Sender<Incoming>, shutdown: CancellationToken) {
+pub async fn poll(
+    consumer: Arc<GroupConsumer>,
+    topics: StageTopics,
+    records: mpsc::Sender<(Key, Incoming)>,
+    shutdown: CancellationToken,
+) {
     loop {
         let m = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -134,8 +176,11 @@ pub async fn poll(consumer: Arc<GroupConsumer>, records: mpsc::Sender<Incoming>,
                 continue;
             }
         };
+        let Some(key) = topics.key(&r.record.origin.topic, r.record.origin.partition) else {
+            continue;
+        };
         // A full coordinator queue waits here: backpressure instead of unbounded memory.
-        if records.send(r).await.is_err() {
+        if records.send((key, r)).await.is_err() {
             return;
         }
     }

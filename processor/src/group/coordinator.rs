@@ -21,13 +21,17 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::partition::io::Incoming;
+use crate::partition::Stage;
+
+/// A partition of one of the stages' input topics.
+pub type Key = (Stage, i32);
 
 /// A change of membership, from the rebalance callbacks.
 #[derive(Debug)]
 pub enum Membership {
-    Assigned(Vec<i32>),
+    Assigned(Vec<Key>),
     /// Answered on the channel once every revoked partition's worker has exited.
-    Revoked(Vec<i32>, std::sync::mpsc::SyncSender<()>),
+    Revoked(Vec<Key>, std::sync::mpsc::SyncSender<()>),
 }
 
 /// How the coordinator starts workers and their feeds: [`super::run`] wires the real
@@ -37,12 +41,11 @@ pub trait Spawner: Send + 'static {
 
     /// The worker of `partition`, reading `rx` until it closes or `stop` fires; `None`
     /// when it cannot start (its state does not open), logged by the spawner.
-    fn worker(&mut self, partition: i32, rx: mpsc::Receiver<Incoming>, stop: CancellationToken)
-        -> Option<Self::Worker>;
+    fn worker(&mut self, key: Key, rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Option<Self::Worker>;
 
     /// A task moving the partition's own record queue into `tx`, when the consumer can
     /// split one off (otherwise its records come as [`Coordinator::run`]'s `records`).
-    fn feed(&mut self, partition: i32, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>>;
+    fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>>;
 }
 
 struct Handle {
@@ -57,9 +60,9 @@ struct Handle {
 #[allow(missing_debug_implementations)] // task handles
 pub struct Coordinator<S: Spawner> {
     spawner: S,
-    owned: HashSet<i32>,
-    handles: HashMap<i32, Handle>,
-    tasks: JoinSet<i32>,
+    owned: HashSet<Key>,
+    handles: HashMap<Key, Handle>,
+    tasks: JoinSet<Key>,
     queue_records: usize,
     deadline: Duration,
 }
@@ -83,7 +86,7 @@ impl<S: Spawner> Coordinator<S> {
     pub async fn run(
         mut self,
         mut membership: mpsc::UnboundedReceiver<Membership>,
-        mut records: mpsc::Receiver<Incoming>,
+        mut records: mpsc::Receiver<(Key, Incoming)>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -98,12 +101,12 @@ impl<S: Spawner> Coordinator<S> {
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.exited(done),
                 r = records.recv() => match r {
-                    Some(r) => self.deliver(r).await,
+                    Some((key, r)) => self.deliver(key, r).await,
                     None => break,
                 },
             }
         }
-        let all: Vec<i32> = self.handles.keys().copied().collect();
+        let all: Vec<Key> = self.handles.keys().copied().collect();
         self.finish(&all).await;
     }
 
@@ -125,63 +128,59 @@ impl<S: Spawner> Coordinator<S> {
         }
     }
 
-    /// Start `partition`'s worker and feed unless it runs.
-    fn start(&mut self, partition: i32) -> Option<mpsc::Sender<Incoming>> {
-        if let Some(h) = self.handles.get(&partition) {
+    /// Start the partition's worker and feed unless it runs.
+    fn start(&mut self, key: Key) -> Option<mpsc::Sender<Incoming>> {
+        if let Some(h) = self.handles.get(&key) {
             return h.tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.queue_records);
         let stop = CancellationToken::new();
-        let worker = self.spawner.worker(partition, rx, stop.clone())?;
+        let worker = self.spawner.worker(key, rx, stop.clone())?;
         let task = self.tasks.spawn(async move {
             worker.await;
-            partition
+            key
         });
-        let feed = self.spawner.feed(partition, tx.clone());
+        let feed = self.spawner.feed(key, tx.clone());
         let h = Handle {
             tx: Some(tx.clone()),
             stop,
             task,
             feed,
         };
-        self.handles.insert(partition, h);
+        self.handles.insert(key, h);
         Some(tx)
     }
 
     /// A record from the group's own queue: to its worker, waiting while the worker's
     /// queue is full (backpressure). A record of a partition no longer owned is
     /// dropped: its new owner reads it again from the committed offset.
-    async fn deliver(&mut self, r: Incoming) {
-        let partition = r.record.origin.partition;
-        if !self.owned.contains(&partition) {
+    async fn deliver(&mut self, key: Key, r: Incoming) {
+        if !self.owned.contains(&key) {
             return;
         }
-        if let Some(tx) = self.start(partition) {
+        if let Some(tx) = self.start(key) {
             if tx.send(r).await.is_err() {
-                tracing::warn!(
-                    partition,
-                    "worker gone; the record is consumed again after the rebalance"
-                );
+                tracing::warn!(?key, "worker gone; the record is consumed again after the rebalance");
             }
         }
     }
 
     /// A worker exited while its partition was still owned (it panicked): start a new
     /// one, which reconciles from the committed state like any newly assigned worker.
-    fn exited(&mut self, done: Result<i32, tokio::task::JoinError>) {
-        if let Some(p) = self.joined(done).filter(|p| self.owned.contains(p)) {
+    fn exited(&mut self, done: Result<Key, tokio::task::JoinError>) {
+        if let Some(key) = self.joined(done).filter(|k| self.owned.contains(k)) {
             tracing::error!(
-                partition = p,
+                ?key,
                 "partition worker exited before its partition was revoked; restarting it"
             );
-            self.start(p);
+            self.start(key);
         }
     }
 
     /// Hand `partitions` over: close their queues so their workers finish, commit and
     /// exit; past the deadline, stop them; return when all have exited.
-    async fn finish(&mut self, partitions: &[i32]) {
-        let mut waiting: HashSet<i32> = HashSet::new();
+    async fn finish(&mut self, partitions: &[Key]) {
+        let mut waiting: HashSet<Key> = HashSet::new();
         for p in partitions {
             if let Some(h) = self.handles.get_mut(p) {
                 // The feed holds the other sender: with both gone the queue closes.
@@ -222,7 +221,7 @@ impl<S: Spawner> Coordinator<S> {
     }
 
     /// Which partition's worker a join was; forgets its handle and stops its feed.
-    fn joined(&mut self, done: Result<i32, tokio::task::JoinError>) -> Option<i32> {
+    fn joined(&mut self, done: Result<Key, tokio::task::JoinError>) -> Option<Key> {
         let p = match done {
             Ok(p) => p,
             Err(e) => {

@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::rules::model::{Origin, RawRecord};
 
+const P: Stage = Stage::Payments;
+
 /// What the fake workers did: records received per partition, and which exited
 /// (and whether they were told to stop).
 #[derive(Debug, Default)]
 struct Journal {
     received: Vec<(i32, i64)>,
-    exited: Vec<(i32, bool)>,
+    exited: Vec<(Key, bool)>,
 }
 
 /// Workers that take `linger` to hand over after their queue closes.
@@ -22,8 +24,9 @@ struct Fake {
 impl Spawner for Fake {
     type Worker = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-    fn worker(&mut self, p: i32, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Option<Self::Worker> {
+    fn worker(&mut self, key: Key, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Option<Self::Worker> {
         let (journal, linger) = (self.journal.clone(), self.linger);
+        let p = key.1;
         Some(Box::pin(async move {
             while let Some(m) = rx.recv().await {
                 journal.lock().unwrap().received.push((p, m.record.origin.offset));
@@ -32,23 +35,23 @@ impl Spawner for Fake {
                 () = tokio::time::sleep(linger) => false,
                 () = stop.cancelled() => true,
             };
-            journal.lock().unwrap().exited.push((p, stopped));
+            journal.lock().unwrap().exited.push((key, stopped));
         }))
     }
 
-    fn feed(&mut self, _p: i32, _tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+    fn feed(&mut self, _key: Key, _tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
         None
     }
 }
 
-fn record(partition: i32, offset: i64) -> Incoming {
+fn record(partition: i32, offset: i64) -> (Key, Incoming) {
     let origin = Origin {
         topic: "raw".into(),
         partition,
         offset,
         timestamp_ms: 0,
     };
-    Incoming {
+    let r = Incoming {
         record: Arc::new(RawRecord {
             origin,
             key: None,
@@ -56,13 +59,14 @@ fn record(partition: i32, offset: i64) -> Incoming {
             headers: vec![],
         }),
         traceparent: None,
-    }
+    };
+    ((P, partition), r)
 }
 
 struct Running {
     journal: Arc<Mutex<Journal>>,
     membership: mpsc::UnboundedSender<Membership>,
-    records: mpsc::Sender<Incoming>,
+    records: mpsc::Sender<(Key, Incoming)>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -100,7 +104,8 @@ async fn received(r: &Running, n: usize) {
 /// Revoke `partitions` and wait for the answer, as the rebalance callback does.
 async fn revoke(r: &Running, partitions: Vec<i32>) {
     let (done, answered) = std::sync::mpsc::sync_channel(1);
-    r.membership.send(Membership::Revoked(partitions, done)).unwrap();
+    let keys = partitions.into_iter().map(|p| (P, p)).collect();
+    r.membership.send(Membership::Revoked(keys, done)).unwrap();
     tokio::task::spawn_blocking(move || answered.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
@@ -110,7 +115,7 @@ async fn revoke(r: &Running, partitions: Vec<i32>) {
 #[tokio::test]
 async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
     let r = start(Duration::ZERO, Duration::from_secs(5));
-    r.membership.send(Membership::Assigned(vec![0, 1])).unwrap();
+    r.membership.send(Membership::Assigned(vec![(P, 0), (P, 1)])).unwrap();
     for m in [record(0, 5), record(1, 7), record(2, 9), record(0, 6)] {
         r.records.send(m).await.unwrap();
     }
@@ -126,7 +131,7 @@ async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
     exited.sort_unstable();
     assert_eq!(
         exited,
-        vec![(0, false), (1, false)],
+        vec![((P, 0), false), ((P, 1), false)],
         "shutdown hands every partition over"
     );
 }
@@ -134,13 +139,13 @@ async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
 #[tokio::test]
 async fn a_revocation_is_answered_only_after_its_workers_handed_over() {
     let r = start(Duration::from_millis(300), Duration::from_secs(5));
-    r.membership.send(Membership::Assigned(vec![0, 1])).unwrap();
+    r.membership.send(Membership::Assigned(vec![(P, 0), (P, 1)])).unwrap();
     r.records.send(record(0, 1)).await.unwrap();
     received(&r, 1).await;
     revoke(&r, vec![0]).await;
     assert_eq!(
         r.journal.lock().unwrap().exited,
-        vec![(0, false)],
+        vec![((P, 0), false)],
         "finished, not stopped"
     );
     // A record of the revoked partition still queued is left to its next owner.
@@ -156,13 +161,13 @@ async fn a_revocation_is_answered_only_after_its_workers_handed_over() {
 #[tokio::test]
 async fn a_worker_past_the_deadline_is_stopped_and_the_revocation_still_answered() {
     let r = start(Duration::from_secs(60), Duration::from_millis(100));
-    r.membership.send(Membership::Assigned(vec![3])).unwrap();
+    r.membership.send(Membership::Assigned(vec![(P, 3)])).unwrap();
     r.records.send(record(3, 0)).await.unwrap();
     received(&r, 1).await;
     let started = std::time::Instant::now();
     revoke(&r, vec![3]).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(r.journal.lock().unwrap().exited, vec![(3, true)]);
+    assert_eq!(r.journal.lock().unwrap().exited, vec![((P, 3), true)]);
     r.shutdown.cancel();
     r.task.await.unwrap();
 }

@@ -20,8 +20,8 @@ use crate::kafka::backend::KafkaBackend;
 use crate::partition::io::Incoming;
 use crate::partition::worker::Worker;
 use crate::partition::Context;
-use consumer::{GroupConsumer, GroupContext};
-use coordinator::{Coordinator, Membership, Spawner};
+use consumer::{GroupConsumer, GroupContext, StageTopics};
+use coordinator::{Coordinator, Key, Membership, Spawner};
 
 /// The backend of a worker in a running processor.
 pub type Backend = KafkaBackend<GroupContext>;
@@ -35,23 +35,20 @@ struct Workers {
 impl Spawner for Workers {
     type Worker = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-    fn worker(
-        &mut self,
-        partition: i32,
-        rx: mpsc::Receiver<Incoming>,
-        stop: CancellationToken,
-    ) -> Option<Self::Worker> {
-        match Worker::new(self.cx.clone(), partition) {
+    fn worker(&mut self, key: Key, rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Option<Self::Worker> {
+        let (stage, partition) = key;
+        match Worker::new(self.cx.clone(), stage, partition) {
             Ok(w) => Some(Box::pin(w.run(rx, stop))),
             Err(e) => {
-                tracing::error!(partition, error = %e, "cannot open partition state");
+                tracing::error!(stage = stage.as_str(), partition, error = %e, "cannot open partition state");
                 None
             }
         }
     }
 
-    fn feed(&mut self, partition: i32, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
-        let topic = &self.cx.settings.raw_topic;
+    fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+        let (stage, partition) = key;
+        let topic = self.cx.settings.topic(stage);
         match self.consumer.split_partition_queue(topic, partition) {
             Some(q) => Some(tokio::spawn(consumer::feed(q, tx, partition))),
             None => {
@@ -84,7 +81,11 @@ pub async fn run(
         p.partition_queue_records,
         deadline,
     );
-    let poller = tokio::spawn(consumer::poll(consumer.clone(), records_tx, shutdown.clone()));
+    let topics = StageTopics {
+        raw: cx.settings.raw_topic.clone(),
+        requests: cx.settings.requests_topic.clone(),
+    };
+    let poller = tokio::spawn(consumer::poll(consumer.clone(), topics, records_tx, shutdown.clone()));
     coordinator.run(membership, records, shutdown).await;
     let _ = poller.await;
     consumer.unsubscribe();

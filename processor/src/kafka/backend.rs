@@ -46,8 +46,8 @@ impl<C: ConsumerContext + 'static> Outputs for KafkaBackend<C> {
 }
 
 impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
-    async fn position(&self, partition: i32) -> Result<Position, BoxError> {
-        let (group, topic) = (self.group.clone(), self.cfg.raw_topic.clone());
+    async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
+        let (group, topic) = (self.group.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || -> Result<Position, BoxError> {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
@@ -60,9 +60,9 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
         .await?
     }
 
-    fn commit(&self, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError> {
+    fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.cfg.raw_topic, partition, Offset::Offset(next))?;
+        tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
         let mode = match mode {
             CommitMode::Async => KafkaCommitMode::Async,
             CommitMode::Sync => KafkaCommitMode::Sync,
@@ -85,11 +85,11 @@ impl LogReader for KafkaReader {
 impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
     type Reader = KafkaReader;
 
-    fn open(&self, partition: i32, from: Option<i64>) -> Result<KafkaReader, BoxError> {
+    fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<KafkaReader, BoxError> {
         let reader: StreamConsumer = super::client::log_reader(&self.cfg).create()?;
         let mut tpl = TopicPartitionList::new();
         let start = from.map_or(Offset::Beginning, Offset::Offset);
-        tpl.add_partition_offset(&self.cfg.raw_topic, partition, start)?;
+        tpl.add_partition_offset(topic, partition, start)?;
         reader.assign(&tpl)?;
         Ok(KafkaReader(reader))
     }

@@ -80,6 +80,11 @@ pub fn tool_consumer(cfg: &KafkaConfig, group_id: &str, client_suffix: &str) -> 
     c
 }
 
+/// An admin client (creating the internal topic).
+pub fn admin(cfg: &KafkaConfig) -> ClientConfig {
+    base(cfg, "-admin")
+}
+
 /// An idempotent producer with the contract's settings
 /// ([`hookstream_schemas::topics::PRODUCER_SETTINGS`]).
 pub fn producer(cfg: &KafkaConfig, client_suffix: &str) -> ClientConfig {

@@ -46,6 +46,7 @@ pub struct Emitter {
     activations_topic: String,
     dlq_topic: String,
     raw_topic: String,
+    requests_topic: String,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -62,6 +63,7 @@ impl Emitter {
             activations_topic: cfg.activations_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             raw_topic: cfg.raw_topic.clone(),
+            requests_topic: cfg.requests_topic(),
         })
     }
 
@@ -73,6 +75,9 @@ impl Emitter {
         let mut encoded = Vec::with_capacity(outputs.len());
         for (i, (o, tp)) in outputs.iter().enumerate() {
             let e = match o {
+                Output::Request(r) => {
+                    encode(r).map(|v| (&self.requests_topic, r.policy_id.clone(), r.request_id.clone(), v))
+                }
                 Output::Policy(p) => {
                     encode(p).map(|v| (&self.activations_topic, p.policy_id.clone(), p.id().to_owned(), v))
                 }

@@ -1,6 +1,7 @@
 //! Kafka at the edge: one client builder per role ([`client`]), the broker side of the
 //! partition loop's ports ([`backend`], [`emit`]), converting consumed messages
-//! ([`record`]) and offset lookups for the tools ([`offsets`]).
+//! ([`record`]), the internal topic ([`topics`]) and offset lookups for the tools
+//! ([`offsets`]).
 //!
 //! Nothing here works around a particular broker: the local broker (nisshi) answers
 //! every request the processor makes as Apache Kafka does, so the Apache Kafka path is
@@ -13,3 +14,4 @@ pub mod client;
 pub mod emit;
 pub mod offsets;
 pub mod record;
+pub mod topics;

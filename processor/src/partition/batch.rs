@@ -5,17 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookstream_schemas::PolicyEventKind;
+use hookstream_schemas::{PolicyEventKind, PolicyRequest};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{Backend, Incoming, SendError};
 use super::retry::{now_ms, Backoff};
 use super::worker::{Folded, Mode, Worker};
+use super::Stage;
 use super::Stopped;
-use crate::rules::decide::{decide, dedup_key, Decision};
+use crate::rules::decide::{decide, dedup_key, Decision, Outcome};
 use crate::rules::input::{classify, Input};
 use crate::rules::limits::Limits;
-use crate::rules::model::{Output, RawRecord};
+use crate::rules::model::{Output, PaymentState, RawRecord};
+use crate::rules::policy::{decide_policy, PolicyState};
 use crate::store::{Changes, StoreError};
 
 /// An output on its way out, with the trace context and the record that caused it.
@@ -31,6 +33,27 @@ struct Decided {
     changes: Changes,
     outputs: Vec<Emitted>,
     timestamps: Vec<i64>,
+}
+
+/// What one record changes and emits, in either stage.
+struct Step {
+    payment: Option<PaymentState>,
+    dedup: Option<(String, crate::rules::model::DedupEntry)>,
+    policy: Option<PolicyState>,
+    outputs: Vec<Output>,
+    outcome: Outcome,
+}
+
+impl From<Decision> for Step {
+    fn from(d: Decision) -> Self {
+        Step {
+            payment: d.payment,
+            dedup: d.dedup,
+            policy: None,
+            outputs: d.outputs,
+            outcome: d.outcome,
+        }
+    }
 }
 
 /// Why a record could not be decided now.
@@ -124,10 +147,9 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             let rec = inc.record.clone();
-            let input = classify(&rec, &cx.settings.fields);
             let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
             let decision = loop {
-                match self.decide_one(&rec, &input, &d.changes, &limits) {
+                match self.decide_one(&rec, &d.changes, &limits) {
                     Ok(decision) => break decision,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
@@ -137,7 +159,10 @@ impl<B: Backend> Worker<B> {
                 }
             };
             let outcome = decision.outcome.as_str();
-            cx.metrics.records.with_label_values(&[outcome]).inc();
+            cx.metrics
+                .records
+                .with_label_values(&[self.stage.as_str(), outcome])
+                .inc();
             let traceparent = match mode {
                 Mode::Live => cx.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
                     tracing::debug!(trace_id, partition = self.partition, offset, outcome, "record decided");
@@ -147,9 +172,12 @@ impl<B: Backend> Worker<B> {
             };
             if let Some(p) = decision.payment {
                 if mode == Mode::Live {
-                    self.gaps.watch(&p.payment_id, p.next_sequence, p.held.len() as i64);
+                    self.gaps.watch(&p.key(), p.next_sequence, p.held.len() as i64);
                 }
-                d.changes.payments.insert(p.payment_id.clone(), p);
+                d.changes.payments.insert(p.key(), p);
+            }
+            if let Some(p) = decision.policy {
+                d.changes.policies.insert(p.policy_id.clone(), p);
             }
             if let Some((k, e)) = decision.dedup {
                 d.changes.dedup.insert(k, e);
@@ -190,34 +218,53 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Decide one record against sled overlaid with the batch's own changes.
-    fn decide_one(
-        &mut self,
-        rec: &RawRecord,
-        input: &Input,
-        changes: &Changes,
-        limits: &Limits,
-    ) -> Result<Decision, DecideError> {
-        let (payment_id, dkey) = match input {
-            Input::Webhook(e) => (Some(e.payment_id.as_str()), Some(dedup_key(&e.source, &e.event_id))),
-            Input::GapTimeout(g) => (Some(g.payment_id.as_str()), None),
-            Input::Invalid { payment_id, .. } => (payment_id.as_deref(), None),
-        };
-        let payment = match payment_id {
-            Some(p) => match changes.payments.get(p) {
-                Some(st) => Some(st.clone()),
-                None => self.store.payment(p)?,
-            },
-            None => None,
-        };
-        let seen = match &dkey {
-            Some(k) => match changes.dedup.get(k) {
-                Some(e) => Some(e.clone()),
-                None => self.store.dedup(k)?,
-            },
-            None => None,
-        };
-        decide(rec, input.clone(), payment, seen.as_ref(), &mut self.policies, limits)
-            .map_err(|e| DecideError::Transient(e.to_string()))
+    fn decide_one(&self, rec: &RawRecord, changes: &Changes, limits: &Limits) -> Result<Step, DecideError> {
+        match self.stage {
+            Stage::Payments => {
+                let input = classify(rec, &self.cx.settings.fields);
+                let payment = match input.payment_key() {
+                    Some(k) => match changes.payments.get(&k) {
+                        Some(st) => Some(st.clone()),
+                        None => self.store.payment(&k)?,
+                    },
+                    None => None,
+                };
+                let seen = match &input {
+                    Input::Webhook(e) => {
+                        let k = dedup_key(&e.source, &e.event_id);
+                        match changes.dedup.get(&k) {
+                            Some(e) => Some(e.clone()),
+                            None => self.store.dedup(&k)?,
+                        }
+                    }
+                    _ => None,
+                };
+                Ok(decide(rec, input, payment, seen.as_ref(), limits).into())
+            }
+            Stage::Policies => {
+                let request = rec
+                    .value
+                    .as_deref()
+                    .ok_or_else(|| "record has no value (tombstone)".to_owned())
+                    .and_then(|v| hookstream_schemas::decode::<PolicyRequest>(v).map_err(|e| e.to_string()));
+                let policy_id = request.as_ref().ok().map(|r| r.policy_id.clone());
+                let state = match policy_id {
+                    Some(id) => match changes.policies.get(&id) {
+                        Some(st) => Some(st.clone()),
+                        None => self.store.policy(&id)?,
+                    },
+                    None => None,
+                };
+                let d = decide_policy(rec, request, state);
+                Ok(Step {
+                    payment: None,
+                    dedup: None,
+                    policy: d.policy,
+                    outputs: d.outputs,
+                    outcome: d.outcome,
+                })
+            }
+        }
     }
 
     /// Send every output until each is acknowledged. A transient failure pauses and
@@ -277,7 +324,9 @@ impl<B: Backend> Worker<B> {
                 Output::Policy(p) => match p.event {
                     PolicyEventKind::Activated(_) => m.activations.inc(),
                     PolicyEventKind::Cancelled(_) => m.cancellations.inc(),
+                    PolicyEventKind::Duplicated(_) => m.duplicate_payments.inc(),
                 },
+                Output::Request(_) => m.policy_requests.inc(),
                 Output::Dead(d) => m.dead_letters.with_label_values(&[d.reason.as_str()]).inc(),
             }
         }

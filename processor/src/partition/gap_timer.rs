@@ -20,13 +20,16 @@ impl<B: Backend> Worker<B> {
         let timeout = self.cx.settings.processing.gap_timeout;
         let shared = self.cx.clone();
         for due in self.gaps.due(timeout) {
-            // Ranges, not numbers: a gap can span a thousand sequence numbers.
-            let missing = match self.store.payment(&due.payment_id) {
-                Ok(Some(st)) => missing_ranges(st.next_sequence, &st.held),
-                _ => Vec::new(),
+            let Ok(Some(st)) = self.store.payment(&due.key) else {
+                // Unreadable now: asked again after another timeout.
+                self.gaps.requested(&due.key);
+                continue;
             };
+            // Ranges, not numbers: a gap can span a thousand sequence numbers.
+            let missing = missing_ranges(st.next_sequence, &st.held);
             let g = GapTimeout {
-                payment_id: due.payment_id.clone(),
+                payment_id: st.payment_id.clone(),
+                source: st.source.clone(),
                 next_expected_sequence: due.next_expected,
                 missing_sequences: list_sequences(&missing),
                 gap_opened_at: due
@@ -42,14 +45,15 @@ impl<B: Backend> Worker<B> {
                 .await?;
             shared.metrics.gap_timeouts.inc();
             tracing::info!(
-                payment_id = due.payment_id,
+                payment_id = st.payment_id,
+                source = st.source,
                 partition,
                 next_expected = due.next_expected,
                 missing = describe(&missing),
                 reason = DeadLetterReason::SequenceGapTimeout.as_str(),
                 "gap timed out; control record written"
             );
-            self.gaps.requested(&due.payment_id);
+            self.gaps.requested(&due.key);
         }
         Ok(())
     }

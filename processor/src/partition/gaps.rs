@@ -15,7 +15,8 @@ struct Watch {
 /// A gap due for a control record.
 #[derive(Debug, Clone)]
 pub struct Due {
-    pub payment_id: String,
+    /// The payment's key ([`crate::rules::model::payment_key`]).
+    pub key: String,
     pub next_expected: i64,
     pub opened: SystemTime,
 }
@@ -33,7 +34,7 @@ impl std::fmt::Debug for Gaps {
 }
 
 impl Gaps {
-    /// Track (or stop tracking) a payment's open gap.
+    /// Track (or stop tracking) the open gap of the payment with this key.
     pub fn watch(&mut self, payment_id: &str, next_expected: i64, held: i64) {
         if held == 0 {
             self.watches.remove(payment_id);
@@ -66,7 +67,7 @@ impl Gaps {
             .filter(|(_, w)| now.duration_since(w.opened).unwrap_or_default() >= timeout)
             .filter(|(_, w)| w.requested.is_none_or(|r| r.elapsed() >= timeout))
             .map(|(p, w)| Due {
-                payment_id: p.clone(),
+                key: p.clone(),
                 next_expected: w.next_expected,
                 opened: w.opened,
             })

@@ -86,19 +86,19 @@ pub enum CommitMode {
 pub trait GroupOffsets: Send + Sync + 'static {
     /// Where the group hands records from: its committed offset, or the start of the
     /// retained log when it never committed one.
-    fn position(&self, partition: i32) -> impl Future<Output = Result<Position, BoxError>> + Send;
+    fn position(&self, topic: &str, partition: i32) -> impl Future<Output = Result<Position, BoxError>> + Send;
 
-    /// Commit `next` (the first offset not yet applied) for `partition`.
-    fn commit(&self, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError>;
+    /// Commit `next` (the first offset not yet applied) for `topic`'s `partition`.
+    fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError>;
 }
 
-/// Reads a partition of the raw topic on its own, outside the group: rebuilds and
+/// Reads a partition of an input topic on its own, outside the group: rebuilds and
 /// holes in a delivery.
 pub trait Log: Send + Sync + 'static {
     type Reader: LogReader;
 
-    /// A reader of `partition` from `from` (`None`: the start of the retained log).
-    fn open(&self, partition: i32, from: Option<i64>) -> Result<Self::Reader, BoxError>;
+    /// A reader of `topic`'s `partition` from `from` (`None`: the start of the retained log).
+    fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<Self::Reader, BoxError>;
 }
 
 /// The records of one partition, in offset order.

@@ -1,12 +1,19 @@
 //! The partition loop's ports in memory, for its unit tests: a log per partition, the
 //! group's committed offsets, and a journal of every output sent and offset committed,
 //! in order, so a test can check that nothing is committed before its outputs are
-//! acknowledged. Failures are injected per send call.
+//! acknowledged. Requests to the policy stage are appended to the `requests` log
+//! (one partition), as the broker would, so a policy-stage worker can read them.
+//! Failures are injected per send call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use hookstream_schemas::{encode, GapTimeout, PolicyEventKind, RawWebhook};
+
+/// The payment stage's input topic in these tests.
+pub const RAW: &str = "raw";
+/// The policy stage's input topic in these tests (one partition).
+pub const REQUESTS: &str = "requests";
 
 use super::io::{BoxError, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError};
 use crate::rules::model::{Origin, Output, RawRecord};
@@ -33,8 +40,8 @@ pub enum Fail {
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub log: BTreeMap<i32, Vec<Incoming>>,
-    pub committed: HashMap<i32, i64>,
+    pub log: BTreeMap<(String, i32), Vec<Incoming>>,
+    pub committed: HashMap<(String, i32), i64>,
     pub calls: Vec<Call>,
     pub failures: VecDeque<Fail>,
     /// Readers opened, with their start.
@@ -50,15 +57,29 @@ impl Memory {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Append a webhook to partition 0's log; returns it as delivered to a worker.
+    /// Append a webhook from source `src` to partition 0 of the raw log; returns it as
+    /// delivered to a worker.
     pub fn append(&self, payment: &str, event_id: &str, sequence: i64, kind: &str, policy: &str) -> Incoming {
+        self.append_from("src", payment, event_id, sequence, kind, policy)
+    }
+
+    /// [`Self::append`] for another source.
+    pub fn append_from(
+        &self,
+        source: &str,
+        payment: &str,
+        event_id: &str,
+        sequence: i64,
+        kind: &str,
+        policy: &str,
+    ) -> Incoming {
         let mut st = self.state();
-        let log = st.log.entry(0).or_default();
+        let log = st.log.entry((RAW.to_owned(), 0)).or_default();
         let offset = log.len() as i64;
         let body = serde_json::json!({ "id": event_id, "payment_id": payment, "metadata": { "policy_id": policy } });
         let raw = RawWebhook {
             event_id: event_id.into(),
-            source: "src".into(),
+            source: source.into(),
             scheme: "hmac-sha256".into(),
             secret_index: 0,
             payment_id: payment.into(),
@@ -70,7 +91,7 @@ impl Memory {
         };
         let record = RawRecord {
             origin: Origin {
-                topic: "raw".into(),
+                topic: RAW.into(),
                 partition: 0,
                 offset,
                 timestamp_ms: 1_000 + offset,
@@ -85,6 +106,15 @@ impl Memory {
         };
         log.push(m.clone());
         m
+    }
+
+    /// Every record of `topic`'s partition 0.
+    pub fn records(&self, topic: &str) -> Vec<Incoming> {
+        self.state()
+            .log
+            .get(&(topic.to_owned(), 0))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every output acknowledged so far, in order.
@@ -106,7 +136,9 @@ fn describe(o: &Output) -> String {
         Output::Policy(p) => match &p.event {
             PolicyEventKind::Activated(a) => format!("activated:{}", a.activation_id),
             PolicyEventKind::Cancelled(c) => format!("cancelled:{}", c.cancellation_id),
+            PolicyEventKind::Duplicated(d) => format!("duplicate:{}", d.duplicate_id),
         },
+        Output::Request(r) => format!("request:{:?}:{}", r.kind, r.activation_id),
         Output::Dead(d) => format!("dead:{}", d.reason.as_str()),
     }
 }
@@ -127,6 +159,27 @@ impl Outputs for Memory {
         }
         st.calls
             .push(Call::Sent(outputs.iter().map(|(o, _)| describe(o)).collect()));
+        for (o, _) in outputs {
+            if let Output::Request(r) = o {
+                let log = st.log.entry((REQUESTS.to_owned(), 0)).or_default();
+                let offset = log.len() as i64;
+                let record = RawRecord {
+                    origin: Origin {
+                        topic: REQUESTS.into(),
+                        partition: 0,
+                        offset,
+                        timestamp_ms: r.received_at,
+                    },
+                    key: Some(r.policy_id.as_bytes().to_vec()),
+                    value: Some(encode(r).unwrap_or_default()),
+                    headers: vec![],
+                };
+                log.push(Incoming {
+                    record: Arc::new(record),
+                    traceparent: None,
+                });
+            }
+        }
         outputs.iter().map(|_| Ok(())).collect()
     }
 
@@ -136,16 +189,16 @@ impl Outputs for Memory {
 }
 
 impl GroupOffsets for Memory {
-    async fn position(&self, partition: i32) -> Result<Position, BoxError> {
-        Ok(match self.state().committed.get(&partition) {
+    async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
+        Ok(match self.state().committed.get(&(topic.to_owned(), partition)) {
             Some(o) => Position::Committed(*o),
             None => Position::LogStart(0),
         })
     }
 
-    fn commit(&self, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError> {
+    fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError> {
         let mut st = self.state();
-        st.committed.insert(partition, next);
+        st.committed.insert((topic.to_owned(), partition), next);
         st.calls.push(Call::Commit {
             next,
             sync: mode == CommitMode::Sync,
@@ -170,11 +223,14 @@ impl LogReader for Reader {
 impl Log for Memory {
     type Reader = Reader;
 
-    fn open(&self, partition: i32, from: Option<i64>) -> Result<Reader, BoxError> {
+    fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<Reader, BoxError> {
         let mut st = self.state();
         st.opened.push(from);
         let start = from.unwrap_or(0).max(0) as usize;
-        let records = st.log.get(&partition).map(|l| l.iter().skip(start).cloned().collect());
+        let records = st
+            .log
+            .get(&(topic.to_owned(), partition))
+            .map(|l| l.iter().skip(start).cloned().collect());
         Ok(Reader(records.unwrap_or_default()))
     }
 }

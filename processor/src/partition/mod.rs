@@ -42,11 +42,34 @@ use crate::store::{Flusher, Store};
 use crate::trace::RecordTracer;
 pub use retry::Stopped;
 
+/// Which fold a worker runs: the processor's two stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    /// The raw topic, keyed by payment: dedup, per-payment order, and requests to the
+    /// policy stage ([`crate::rules::decide`]).
+    Payments,
+    /// The repartition topic, keyed by policy: which payment holds each policy
+    /// ([`crate::rules::policy`]).
+    Policies,
+}
+
+impl Stage {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Payments => "payments",
+            Stage::Policies => "policies",
+        }
+    }
+}
+
 /// What a worker needs from the processor's configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The raw topic (the store names partitions by it).
+    /// The payment stage's input.
     pub raw_topic: String,
+    /// The policy stage's input, the repartition topic.
+    pub requests_topic: String,
     pub processing: ProcessingConfig,
     pub fields: BodyFields,
     /// The group's session timeout: revoked workers get half of it to hand over.
@@ -57,6 +80,7 @@ impl From<&ProcessorConfig> for Settings {
     fn from(c: &ProcessorConfig) -> Self {
         Self {
             raw_topic: c.kafka.raw_topic.clone(),
+            requests_topic: c.kafka.requests_topic(),
             processing: c.processing.clone(),
             fields: c.fields.clone(),
             session_timeout: c.kafka.session_timeout,
@@ -74,6 +98,16 @@ pub struct Context<B> {
     pub backend: B,
     pub metrics: Metrics,
     pub tracer: RecordTracer,
+}
+
+impl Settings {
+    /// The input topic of `stage`.
+    pub fn topic(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Payments => &self.raw_topic,
+            Stage::Policies => &self.requests_topic,
+        }
+    }
 }
 
 impl<B> Context<B> {

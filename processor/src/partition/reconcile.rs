@@ -91,7 +91,7 @@ impl<B: Backend> Worker<B> {
             .retry("store", stop, || async { store.payments_with_gaps() })
             .await?;
         for st in gapped {
-            self.gaps.watch(&st.payment_id, st.next_sequence, st.held.len() as i64);
+            self.gaps.watch(&st.key(), st.next_sequence, st.held.len() as i64);
         }
         self.update_held_gauge();
         Ok(())
@@ -107,10 +107,10 @@ impl<B: Backend> Worker<B> {
         stop: &CancellationToken,
     ) -> Result<u64, Stopped> {
         let cx = self.cx.clone();
-        let partition = self.partition;
+        let (topic, partition) = (self.topic.clone(), self.partition);
         let start = (from >= 0).then_some(from);
         let mut reader = cx
-            .retry("log", stop, || async { cx.backend.open(partition, start) })
+            .retry("log", stop, || async { cx.backend.open(&topic, partition, start) })
             .await?;
         let max = cx.settings.processing.max_batch_records.max(1);
         let mut n = 0u64;

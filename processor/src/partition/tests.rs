@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::io::Incoming;
-use super::memory::{Call, Fail, Memory};
+use super::memory::{Call, Fail, Memory, RAW, REQUESTS};
 use super::worker::Worker;
-use super::{Context, Settings};
+use super::{Context, Settings, Stage};
 use crate::config::ProcessingConfig;
 use crate::metrics::Metrics;
 use crate::rules::decide::activation_id;
@@ -24,7 +24,8 @@ fn context(memory: &Memory, store: &Store) -> Arc<Context<Memory>> {
     };
     Arc::new(Context {
         settings: Settings {
-            raw_topic: "raw".into(),
+            raw_topic: RAW.into(),
+            requests_topic: REQUESTS.into(),
             processing,
             fields: Default::default(),
             session_timeout: Duration::from_secs(10),
@@ -37,9 +38,14 @@ fn context(memory: &Memory, store: &Store) -> Arc<Context<Memory>> {
     })
 }
 
-/// Run a worker of partition 0 over `delivered` until its queue closes.
+/// Run a payment-stage worker of partition 0 over `delivered` until its queue closes.
 async fn run(memory: &Memory, store: &Store, delivered: Vec<Incoming>) {
-    let worker = Worker::new(context(memory, store), 0).expect("worker");
+    run_stage(Stage::Payments, memory, store, delivered).await;
+}
+
+/// Run a worker of `stage`'s partition 0 over `delivered` until its queue closes.
+async fn run_stage(stage: Stage, memory: &Memory, store: &Store, delivered: Vec<Incoming>) {
+    let worker = Worker::new(context(memory, store), stage, 0).expect("worker");
     let (tx, rx) = mpsc::channel(16);
     for m in delivered {
         tx.send(m).await.expect("queue");
@@ -50,8 +56,9 @@ async fn run(memory: &Memory, store: &Store, delivered: Vec<Incoming>) {
         .expect("the worker finishes its queue");
 }
 
+/// What the payment stage sends for a completed payment: an activation request.
 fn activated(policy: &str, event_id: &str) -> String {
-    format!("activated:{}", activation_id(policy, "src", event_id))
+    format!("request:Activate:{}", activation_id(policy, "src", event_id))
 }
 
 fn applied(store: &Store) -> Option<i64> {
@@ -110,14 +117,14 @@ async fn an_empty_store_is_rebuilt_below_the_committed_offset_without_publishing
     memory.append("pay1", "e1", 1, "payment.created", "pol1");
     memory.append("pay1", "e2", 2, "payment.completed", "pol1");
     let c = memory.append("pay1", "e3", 3, "payment.refunded", "pol1");
-    memory.state().committed.insert(0, 2);
+    memory.state().committed.insert((RAW.into(), 0), 2);
     run(&memory, &store, vec![c]).await;
     assert_eq!(memory.state().opened, vec![None], "rebuilt from the start of the log");
     let sent = memory.sent();
     assert_eq!(sent.len(), 1, "only the live record's output: {sent:?}");
     assert!(
-        sent[0].starts_with("cancelled:"),
-        "the refund cancels the activation rebuilt from the log"
+        sent[0].starts_with("request:Cancel:"),
+        "the refund asks to cancel the activation rebuilt from the log"
     );
     assert_eq!(applied(&store), Some(2));
 }
@@ -132,7 +139,7 @@ async fn sled_ahead_of_the_group_skips_what_it_applied_and_moves_the_group_up() 
     // hands the partition over from the start of the log.
     {
         let mut st = memory.state();
-        st.committed.remove(&0);
+        st.committed.remove(&(RAW.into(), 0));
         st.calls.clear();
     }
     run(&memory, &store, vec![a, b]).await;
@@ -147,7 +154,7 @@ async fn a_group_moved_back_below_the_hand_over_decides_and_publishes_again() {
     run(&memory, &store, vec![a.clone()]).await;
     {
         let mut st = memory.state();
-        st.committed.insert(0, 0); // processor replay --from-beginning
+        st.committed.insert((RAW.into(), 0), 0); // processor replay --from-beginning
         st.calls.clear();
     }
     run(&memory, &store, vec![a]).await;
@@ -175,7 +182,7 @@ async fn a_stopped_worker_commits_nothing_it_did_not_persist() {
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let a = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
     memory.state().failures.extend([Fail::Unavailable; 1000]);
-    let worker = Worker::new(context(&memory, &store), 0).expect("worker");
+    let worker = Worker::new(context(&memory, &store), Stage::Payments, 0).expect("worker");
     let (tx, rx) = mpsc::channel(4);
     tx.send(a).await.expect("queue");
     let stop = CancellationToken::new();
@@ -188,4 +195,33 @@ async fn a_stopped_worker_commits_nothing_it_did_not_persist() {
         .expect("worker");
     assert!(memory.state().calls.is_empty(), "{:?}", memory.state().calls);
     assert_eq!(applied(&store), None);
+}
+
+#[tokio::test]
+async fn the_policy_stage_gives_the_policy_to_the_first_request_and_announces_the_second() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let a = memory.append("pay1", "e1", 1, "payment.completed", "pol");
+    let b = memory.append_from("other", "pay1", "e2", 1, "payment.completed", "pol");
+    run(&memory, &store, vec![a, b]).await;
+    let requests = memory.records(REQUESTS);
+    assert_eq!(
+        requests.len(),
+        2,
+        "two payments, two requests: the namesake from another source is its own payment"
+    );
+    memory.state().calls.clear();
+    run_stage(Stage::Policies, &memory, &store, requests.clone()).await;
+    let sent = memory.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0], format!("activated:{}", activation_id("pol", "src", "e1")));
+    assert!(sent[1].starts_with("duplicate:"), "{sent:?}");
+    assert_eq!(memory.state().calls.last(), Some(&Call::Commit { next: 2, sync: true }));
+    // The stage's state is its own: wiped, it is rebuilt from the requests and decides
+    // nothing anew for records below the committed offset.
+    let fresh = Store::temporary().expect("store");
+    memory.state().calls.clear();
+    run_stage(Stage::Policies, &memory, &fresh, requests).await;
+    assert!(memory.sent().is_empty(), "rebuilt, not re-published");
+    let (_, st) = fresh.find_policy(REQUESTS, "pol").expect("store").expect("policy");
+    assert_eq!(st.holder().map(|h| h.source.as_str()), Some("src"));
 }

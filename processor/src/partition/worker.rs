@@ -35,8 +35,8 @@ use super::commit::Commits;
 use super::gaps::Gaps;
 use super::io::{Backend, CommitMode, Incoming};
 use super::order::{self, Step};
-use super::{Context, Stopped};
-use crate::store::{PartitionStore, SledPolicies, StoreError};
+use super::{Context, Stage, Stopped};
+use crate::store::{PartitionStore, StoreError};
 
 /// Whether a fold publishes its outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +62,11 @@ pub(super) enum Folded {
 #[allow(missing_debug_implementations)] // holds the shared context; nothing to print
 pub struct Worker<B> {
     pub(super) cx: Arc<Context<B>>,
+    pub(super) stage: Stage,
+    /// The stage's input topic.
+    pub(super) topic: String,
     pub(super) partition: i32,
     pub(super) store: PartitionStore,
-    pub(super) policies: SledPolicies,
     /// Open gaps, and how many held events this worker has added to the gauge.
     pub(super) gaps: Gaps,
     pub(super) held_reported: i64,
@@ -75,15 +77,16 @@ pub struct Worker<B> {
 }
 
 impl<B: Backend> Worker<B> {
-    pub fn new(cx: Arc<Context<B>>, partition: i32) -> Result<Self, StoreError> {
-        let store = cx.store.partition(&cx.settings.raw_topic, partition)?;
-        let policies = cx.store.policies();
+    pub fn new(cx: Arc<Context<B>>, stage: Stage, partition: i32) -> Result<Self, StoreError> {
+        let topic = cx.settings.topic(stage).to_owned();
+        let store = cx.store.partition(&topic, partition)?;
         let commits = Commits::new(cx.settings.processing.commit_interval);
         Ok(Self {
             cx,
+            stage,
+            topic,
             partition,
             store,
-            policies,
             gaps: Gaps::default(),
             held_reported: 0,
             commits,
@@ -97,7 +100,11 @@ impl<B: Backend> Worker<B> {
         let _ = self.serve(&mut rx, &stop).await;
         self.commit(true);
         self.cx.metrics.held_events.sub(self.held_reported);
-        tracing::info!(partition = self.partition, "partition worker stopped");
+        tracing::info!(
+            stage = self.stage.as_str(),
+            partition = self.partition,
+            "partition worker stopped"
+        );
     }
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Incoming>, stop: &CancellationToken) -> Result<(), Stopped> {
@@ -111,9 +118,9 @@ impl<B: Backend> Worker<B> {
         // Reconcile on assignment, not when traffic happens to come, so a quiet
         // partition's held events still get their gap timer.
         let cx = self.cx.clone();
-        let partition = self.partition;
+        let (topic, partition) = (self.topic.clone(), self.partition);
         let position = cx
-            .retry("group_position", stop, || cx.backend.position(partition))
+            .retry("group_position", stop, || cx.backend.position(&topic, partition))
             .await?;
         self.reconcile(position, stop).await?;
         loop {
@@ -218,7 +225,7 @@ impl<B: Backend> Worker<B> {
             return;
         };
         let mode = if last { CommitMode::Sync } else { CommitMode::Async };
-        match self.cx.backend.commit(self.partition, applied + 1, mode) {
+        match self.cx.backend.commit(&self.topic, self.partition, applied + 1, mode) {
             Err(e) => tracing::warn!(partition = self.partition, error = %e, "offset commit failed"),
             Ok(()) if last => {
                 if let Err(e) = self.store.record_commit(applied + 1) {

@@ -7,30 +7,19 @@ use super::*;
 use crate::rules::limits::Limits;
 use crate::rules::model::Origin;
 
-/// An in-memory fold of records through `decide`: the edges, without Kafka or sled.
+/// An in-memory fold of records through both stages: `decide`, then every request it
+/// makes through `decide_policy` (one partition of requests, in order): the edges,
+/// without Kafka or sled.
 #[derive(Default)]
 struct Sim {
     payments: HashMap<String, PaymentState>,
     dedup: HashMap<String, DedupEntry>,
-    policies: HashMap<String, (String, String)>,
+    policies: HashMap<String, crate::rules::policy::PolicyState>,
+    /// The payment stage's dead letters and the policy stage's events.
     outputs: Vec<Output>,
     offset: i64,
+    request_offset: i64,
     limits: Limits,
-}
-
-impl PolicyRegistry for HashMap<String, (String, String)> {
-    fn claim(&mut self, policy_id: &str, activation_id: &str, payment_id: &str) -> Result<Claim, RegistryError> {
-        Ok(match self.get(policy_id) {
-            Some((aid, pid)) if aid != activation_id => Claim::HeldBy {
-                payment_id: pid.clone(),
-                activation_id: aid.clone(),
-            },
-            _ => {
-                self.insert(policy_id.into(), (activation_id.into(), payment_id.into()));
-                Claim::Granted
-            }
-        })
-    }
 }
 
 fn record(offset: i64) -> RawRecord {
@@ -67,24 +56,33 @@ impl Sim {
     fn feed(&mut self, input: Input) -> Outcome {
         let rec = record(self.offset);
         self.offset += 1;
-        let pid = match &input {
-            Input::Webhook(e) => Some(e.payment_id.clone()),
-            Input::GapTimeout(g) => Some(g.payment_id.clone()),
-            Input::Invalid { payment_id, .. } => payment_id.clone(),
-        };
+        let pid = input.payment_key();
         let seen = match &input {
             Input::Webhook(e) => self.dedup.get(&dedup_key(&e.source, &e.event_id)).cloned(),
             _ => None,
         };
         let payment = pid.as_ref().and_then(|p| self.payments.get(p).cloned());
-        let d = decide(&rec, input, payment, seen.as_ref(), &mut self.policies, &self.limits).unwrap();
+        let d = decide(&rec, input, payment, seen.as_ref(), &self.limits);
         if let Some(p) = d.payment {
-            self.payments.insert(p.payment_id.clone(), p);
+            self.payments.insert(p.key(), p);
         }
         if let Some((k, v)) = d.dedup {
             self.dedup.insert(k, v);
         }
-        self.outputs.extend(d.outputs);
+        for o in d.outputs {
+            let Output::Request(r) = o else {
+                self.outputs.push(o);
+                continue;
+            };
+            let rec = record(self.request_offset);
+            self.request_offset += 1;
+            let state = self.policies.get(&r.policy_id).cloned();
+            let p = crate::rules::policy::decide_policy(&rec, Ok(r), state);
+            if let Some(st) = p.policy {
+                self.policies.insert(st.policy_id.clone(), st);
+            }
+            self.outputs.extend(p.outputs);
+        }
         d.outcome
     }
 
@@ -94,12 +92,13 @@ impl Sim {
 
     /// What the worker's timer would write for this payment now, if it has a gap.
     fn gap_timeout(&mut self, pay: &str) -> Option<Outcome> {
-        let st = self.payments.get(pay)?;
+        let st = self.payments.get(&crate::rules::model::payment_key("src", pay))?;
         if st.held.is_empty() {
             return None;
         }
         let g = GapTimeout {
             payment_id: pay.into(),
+            source: "src".into(),
             next_expected_sequence: st.next_sequence,
             missing_sequences: vec![],
             gap_opened_at: 0,
@@ -173,7 +172,7 @@ fn out_of_order_events_are_held_then_released_in_order() {
     assert!(s.activations().is_empty());
     assert_eq!(s.event(ev("p", "e1", Some(1), Created, None)), Outcome::Applied);
     assert_eq!(s.activations().len(), 1);
-    let st = &s.payments["p"];
+    let st = &s.payments[&crate::rules::model::payment_key("src", "p")];
     assert_eq!((st.next_sequence, st.held.len(), st.status), (4, 0, Some(Completed)));
 }
 
@@ -204,6 +203,7 @@ fn gap_timeout_after_the_gap_filled_has_no_effect() {
     s.event(ev("p", "e2", Some(2), Processing, None));
     let g = GapTimeout {
         payment_id: "p".into(),
+        source: "src".into(),
         next_expected_sequence: 1,
         missing_sequences: vec![1],
         gap_opened_at: 0,
@@ -228,16 +228,25 @@ fn rank_mode_supersedes_lower_ranked_events() {
 }
 
 #[test]
-fn completed_without_policy_and_second_payment_for_a_policy_are_dead_lettered() {
+fn completed_without_policy_is_dead_lettered_and_a_second_payment_for_a_policy_announced() {
     let mut s = Sim::default();
     s.event(ev("p1", "a", None, Completed, None));
     s.event(ev("p2", "b", None, Completed, Some("pol")));
     s.event(ev("p3", "c", None, Completed, Some("pol")));
     assert_eq!(s.activations().len(), 1);
-    assert_eq!(
-        s.dead_reasons(),
-        vec![DeadLetterReason::NoPolicy, DeadLetterReason::PolicyAlreadyActive]
-    );
+    assert_eq!(s.dead_reasons(), vec![DeadLetterReason::NoPolicy]);
+    let duplicates: Vec<_> = s
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Policy(p) => match &p.event {
+                PolicyEventKind::Duplicated(d) => Some((d.payment_id.as_str(), d.active_payment_id.as_str())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(duplicates, vec![("p3", "p2")], "a business fact, not a dead letter");
 }
 
 #[test]
@@ -298,7 +307,9 @@ fn a_sequence_far_ahead_is_dead_lettered_not_held_and_can_come_again() {
         );
     }
     assert_eq!(s.dead_reasons(), vec![DeadLetterReason::SequenceOutOfRange; 3]);
-    assert!(s.payments["p"].held.is_empty());
+    assert!(s.payments[&crate::rules::model::payment_key("src", "p")]
+        .held
+        .is_empty());
     assert!(s.dedup.is_empty(), "a rejected event is not remembered as seen");
     // 1 + 1000 is the farthest that is held; once the payment moves on, the rejected
     // event's retry is held like any other.
@@ -328,7 +339,7 @@ fn held_events_are_capped_by_count_and_by_bytes() {
     }
     assert_eq!(s.event(ev("p", "e5", Some(5), Processing, None)), Outcome::DeadLettered);
     assert_eq!(s.dead_reasons(), vec![DeadLetterReason::HeldLimitExceeded]);
-    assert_eq!(s.payments["p"].held.len(), 3);
+    assert_eq!(s.payments[&crate::rules::model::payment_key("src", "p")].held.len(), 3);
     // Every record in this simulation is two bytes (key and value): four bytes hold two.
     let mut s = Sim {
         limits: Limits {
@@ -388,6 +399,7 @@ fn active(sim: &Sim) -> Vec<(String, String)> {
             match &p.event {
                 PolicyEventKind::Activated(a) => active.push((a.policy_id.clone(), a.activation_id.clone())),
                 PolicyEventKind::Cancelled(c) => active.retain(|(_, id)| *id != c.activation_id),
+                PolicyEventKind::Duplicated(_) => {}
             }
         }
     }
@@ -495,7 +507,7 @@ proptest! {
         for (i, (s, f)) in seqs.iter().zip(&fire).enumerate() {
             let t = if i % 3 == 2 { Completed } else { Processing };
             sim.event(ev("p", &format!("e{i}"), Some(*s), t, Some("pol")));
-            prop_assert!(sim.payments["p"].held.len() <= 8);
+            prop_assert!(sim.payments[&crate::rules::model::payment_key("src", "p")].held.len() <= 8);
             if *f { sim.gap_timeout("p"); }
         }
         prop_assert!(sim.activations().len() <= 1);

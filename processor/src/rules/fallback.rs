@@ -35,19 +35,29 @@ fn is_minimal(d: &DeadLetter) -> bool {
 /// already as small as a letter gets (then the DLQ itself refuses it: an operator's
 /// problem, and the caller pauses the partition instead).
 pub fn substitute(output: &Output, cause: &RawRecord, error: &str) -> Option<Output> {
-    match output {
+    let refused = |what: &str, policy_id: &str| {
+        format!(
+            "the broker refused the {what} output for policy {:?} for good ({}); the record that caused it is \
+             dead-lettered instead",
+            cut(policy_id, 64),
+            cut(error, 256)
+        )
+    };
+    let detail = match output {
         Output::Policy(p) => {
-            let detail = format!(
-                "the broker refused the {} output for policy {:?} for good ({}); the record that caused it is \
-                 dead-lettered instead",
-                if matches!(p.event, hookstream_schemas::PolicyEventKind::Activated(_)) {
-                    "activation"
-                } else {
-                    "cancellation"
-                },
-                cut(&p.policy_id, 64),
-                cut(error, 256)
-            );
+            let what = match p.event {
+                hookstream_schemas::PolicyEventKind::Activated(_) => "activation",
+                hookstream_schemas::PolicyEventKind::Cancelled(_) => "cancellation",
+                hookstream_schemas::PolicyEventKind::Duplicated(_) => "duplicate payment",
+            };
+            Some(refused(what, &p.policy_id))
+        }
+        Output::Request(r) => Some(refused("policy request", &r.policy_id)),
+        Output::Dead(_) => None,
+    };
+    match output {
+        Output::Policy(_) | Output::Request(_) => {
+            let detail = detail.unwrap_or_default();
             let Output::Dead(mut d) = dead_letter(cause, DeadLetterReason::ProcessingError, detail, None, None, vec![])
             else {
                 return None;

@@ -2,7 +2,7 @@
 //! processor writes carries an id that is a hash of what caused it, so a re-send after a
 //! crash or a replay is the identical record (DESIGN.md, principle 4).
 
-use hookstream_schemas::{list_sequences, DeadLetter, DeadLetterReason, SequenceRange};
+use hookstream_schemas::{list_sequences, DeadLetter, DeadLetterReason, PolicyRequestKind, SequenceRange};
 
 use crate::rules::input::sha256_hex;
 use crate::rules::model::{Output, RawRecord};
@@ -31,6 +31,47 @@ pub fn cancellation_id(policy_id: &str, source: &str, event_id: &str) -> String 
         policy_id.as_bytes(),
         b"\n",
         source.as_bytes(),
+        b"\n",
+        event_id.as_bytes(),
+    ])
+}
+
+/// Deterministic id of a request to the policy stage: the same webhook asks the same
+/// thing with the same id, however often it is decided again.
+pub fn request_id(kind: PolicyRequestKind, policy_id: &str, source: &str, payment_id: &str, event_id: &str) -> String {
+    let kind: &[u8] = match kind {
+        PolicyRequestKind::Activate => b"request:activate\n",
+        PolicyRequestKind::Cancel => b"request:cancel\n",
+    };
+    sha256_hex(&[
+        kind,
+        policy_id.as_bytes(),
+        b"\n",
+        source.as_bytes(),
+        b"\n",
+        payment_id.as_bytes(),
+        b"\n",
+        event_id.as_bytes(),
+    ])
+}
+
+/// Deterministic id of the notice that a payment duplicates the policy's holder.
+pub fn duplicate_id(
+    policy_id: &str,
+    holder_activation_id: &str,
+    source: &str,
+    payment_id: &str,
+    event_id: &str,
+) -> String {
+    sha256_hex(&[
+        b"duplicate\n",
+        policy_id.as_bytes(),
+        b"\n",
+        holder_activation_id.as_bytes(),
+        b"\n",
+        source.as_bytes(),
+        b"\n",
+        payment_id.as_bytes(),
         b"\n",
         event_id.as_bytes(),
     ])

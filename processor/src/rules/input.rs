@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::rules::model::{EventType, RawRecord, WebhookEvent};
+use crate::rules::model::{payment_key, EventType, RawRecord, WebhookEvent};
 
 /// JSON pointers to the body fields the processor reads (ingest extracted the rest).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -73,6 +73,22 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     hex::encode(h.finalize())
+}
+
+impl Input {
+    /// The key of the payment this input names (see [`payment_key`]), if it names one.
+    pub fn payment_key(&self) -> Option<String> {
+        match self {
+            Input::Webhook(e) => Some(payment_key(&e.source, &e.payment_id)),
+            Input::GapTimeout(g) => Some(payment_key(&g.source, &g.payment_id)),
+            Input::Invalid {
+                source: Some(s),
+                payment_id: Some(p),
+                ..
+            } => Some(payment_key(s, p)),
+            Input::Invalid { .. } => None,
+        }
+    }
 }
 
 /// Classify a raw record.

@@ -12,3 +12,4 @@ pub mod ids;
 pub mod input;
 pub mod limits;
 pub mod model;
+pub mod policy;

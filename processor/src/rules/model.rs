@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hookstream_schemas::{DeadLetter, KafkaHeader, PolicyEvent};
+use hookstream_schemas::{DeadLetter, KafkaHeader, PolicyEvent, PolicyRequest};
 use serde::{Deserialize, Serialize};
 
 /// Payment lifecycle states, as webhook `type`s.
@@ -109,7 +109,8 @@ pub struct HeldEvent {
     pub record: RawRecord,
 }
 
-/// The activation a payment caused.
+/// The activation a payment asked the policy stage for (whether it got the policy is
+/// the policy stage's decision: `GET /policies/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activation {
     pub activation_id: String,
@@ -131,10 +132,21 @@ pub struct HistoryEntry {
 /// Most history entries kept per payment (the oldest are dropped first).
 pub const HISTORY_LIMIT: usize = 100;
 
+/// The key of a payment's state: a payment is identified by (source, payment_id), so a
+/// webhook of one source never touches another source's payment of the same id. The
+/// payment id comes first so that every source's payment of one id can be found by
+/// prefix.
+pub fn payment_key(source: &str, payment_id: &str) -> String {
+    format!("{payment_id}\u{0}{source}")
+}
+
 /// The processor's view of one payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentState {
     pub payment_id: String,
+    /// The webhook source the payment belongs to.
+    #[serde(default)]
+    pub source: String,
     /// Last applied lifecycle state.
     pub status: Option<EventType>,
     /// The sequence the payment waits for next (sequence mode); 1 before any.
@@ -142,16 +154,18 @@ pub struct PaymentState {
     /// Out-of-order events waiting for the gap before them, by sequence.
     pub held: BTreeMap<i64, HeldEvent>,
     pub activation: Option<Activation>,
-    /// Set once a refund cancelled the activation.
+    /// Set once a refund asked the policy stage to cancel the activation: the id the
+    /// cancellation gets if this payment holds the policy.
     pub cancellation_id: Option<String>,
     pub history: Vec<HistoryEntry>,
 }
 
 impl PaymentState {
     /// A payment never seen before.
-    pub fn new(payment_id: &str) -> Self {
+    pub fn new(source: &str, payment_id: &str) -> Self {
         Self {
             payment_id: payment_id.to_owned(),
+            source: source.to_owned(),
             status: None,
             next_sequence: 1,
             held: BTreeMap::new(),
@@ -159,6 +173,11 @@ impl PaymentState {
             cancellation_id: None,
             history: Vec::new(),
         }
+    }
+
+    /// Its key in the store.
+    pub fn key(&self) -> String {
+        payment_key(&self.source, &self.payment_id)
     }
 
     pub(crate) fn log(&mut self, entry: HistoryEntry) {
@@ -182,7 +201,9 @@ pub struct DedupEntry {
 /// A record the processor writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// To `policy.activations`, key policy_id.
+    /// To the policy stage's repartition topic, key policy_id (payment stage).
+    Request(PolicyRequest),
+    /// To `policy.activations`, key policy_id (policy stage).
     Policy(PolicyEvent),
     /// To the DLQ, key payment_id (or the original key).
     Dead(DeadLetter),

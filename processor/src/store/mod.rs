@@ -1,20 +1,20 @@
-//! The sled projection of the raw topic.
+//! The sled projection of the processor's input topics.
 //!
-//! One tree per raw partition holds everything that partition's fold needs, so a batch
-//! of records changes it in one atomic `apply_batch`, applied offset included:
+//! One tree per input partition (`raw/<topic>/<partition>`: a partition of the raw topic
+//! for the payment stage, of the repartition topic for the policy stage) holds
+//! everything that partition's fold needs, so a batch of records changes it in one
+//! atomic `apply_batch`, applied offset included:
 //!
 //! | key | value |
 //! |---|---|
-//! | `p` + payment_id | `PaymentState` (JSON) |
-//! | `d` + source `\0` event_id | `DedupEntry` (JSON) |
+//! | `p` + payment_id `\0` source | `PaymentState` (JSON; payment stage) |
+//! | `d` + source `\0` event_id | `DedupEntry` (JSON; payment stage) |
 //! | `x` + first-seen ms (8 bytes, big-endian) + dedup key | empty: the expiry index, in time order |
-//! | `g` + payment_id | empty: payments with held events (the gap timer's index) |
+//! | `g` + payment key | empty: payments with held events (the gap timer's index) |
+//! | `P` + policy_id | `PolicyState` (JSON; policy stage) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
 //! | `m:max_ts` | newest record time applied (ms): the sweep's clock, so expiry replays identically |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
-//!
-//! A global `policies` tree maps policy_id to the activation holding it, across
-//! partitions (compare-and-swap, idempotent per activation id).
 //!
 //! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
 
@@ -24,12 +24,11 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::rules::model::{DedupEntry, PaymentState};
+use crate::rules::policy::PolicyState;
 
 mod flusher;
-mod policies;
 
 pub use flusher::Flusher;
-pub use policies::SledPolicies;
 
 /// sled failed or holds something unreadable. Disk errors are transient for the caller:
 /// it pauses the partition and retries.
@@ -81,7 +80,6 @@ fn read_i64(v: Option<sled::IVec>) -> Option<i64> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
-    policies: sled::Tree,
 }
 
 impl Store {
@@ -104,19 +102,15 @@ impl Store {
                 open()?
             }
         };
-        let policies = db.open_tree("policies")?;
-        Ok(Self { db, policies })
+        // The policy registry of earlier versions (replaced by the policy stage).
+        let _ = db.drop_tree("policies");
+        Ok(Self { db })
     }
 
-    /// The state of one raw partition.
+    /// The state of one input partition.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionStore, StoreError> {
         let tree = self.db.open_tree(format!("raw/{topic}/{partition}"))?;
         Ok(PartitionStore { tree })
-    }
-
-    /// The policy registry.
-    pub fn policies(&self) -> SledPolicies {
-        SledPolicies::new(self.policies.clone())
     }
 
     /// A store that lives in memory only and is gone when dropped: sled itself, for
@@ -124,25 +118,48 @@ impl Store {
     #[cfg(test)]
     pub fn temporary() -> Result<Self, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        let policies = db.open_tree("policies")?;
-        Ok(Self { db, policies })
+        Ok(Self { db })
     }
 
-    /// Find a payment in any partition of `topic`.
-    pub fn find_payment(&self, topic: &str, payment_id: &str) -> Result<Option<(i32, PaymentState)>, StoreError> {
+    /// Every source's payment of this id, in any partition of `topic`.
+    pub fn find_payments(&self, topic: &str, payment_id: &str) -> Result<Vec<(i32, PaymentState)>, StoreError> {
+        let mut out = Vec::new();
+        let mut prefix = key(b'p', payment_id);
+        prefix.push(0);
+        for (partition, tree) in self.trees(topic)? {
+            for item in tree.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                if let Some(st) = read_json::<PaymentState>(&k, Some(v))? {
+                    out.push((partition, st));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A policy's state, in whichever partition of the repartition `topic` holds it.
+    pub fn find_policy(&self, topic: &str, policy_id: &str) -> Result<Option<(i32, PolicyState)>, StoreError> {
+        let k = key(b'P', policy_id);
+        for (partition, tree) in self.trees(topic)? {
+            if let Some(st) = read_json::<PolicyState>(&k, tree.get(&k)?)? {
+                return Ok(Some((partition, st)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The trees of `topic`'s partitions that exist here.
+    fn trees(&self, topic: &str) -> Result<Vec<(i32, sled::Tree)>, StoreError> {
         let prefix = format!("raw/{topic}/");
+        let mut out = Vec::new();
         for name in self.db.tree_names() {
             let Some(p) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(&prefix)) else {
                 continue;
             };
             let Ok(partition) = p.parse::<i32>() else { continue };
-            let tree = self.db.open_tree(&name)?;
-            let k = key(b'p', payment_id);
-            if let Some(st) = read_json::<PaymentState>(&k, tree.get(&k)?)? {
-                return Ok(Some((partition, st)));
-            }
+            out.push((partition, self.db.open_tree(&name)?));
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Make everything written so far durable. Blocking; see [`PartitionStore::persist`].
@@ -155,7 +172,10 @@ impl Store {
 /// Changes of one batch of records, applied atomically.
 #[derive(Debug, Default)]
 pub struct Changes {
+    /// By payment key ([`crate::rules::model::payment_key`]).
     pub payments: HashMap<String, PaymentState>,
+    /// By policy id.
+    pub policies: HashMap<String, PolicyState>,
     pub dedup: HashMap<String, DedupEntry>,
     /// Offset of the last record of the batch.
     pub applied: Option<i64>,
@@ -180,8 +200,14 @@ impl PartitionStore {
         Ok(read_i64(self.tree.get(MAX_TS)?))
     }
 
-    pub fn payment(&self, payment_id: &str) -> Result<Option<PaymentState>, StoreError> {
-        let k = key(b'p', payment_id);
+    /// The payment under `payment_key` ([`crate::rules::model::payment_key`]).
+    pub fn payment(&self, payment_key: &str) -> Result<Option<PaymentState>, StoreError> {
+        let k = key(b'p', payment_key);
+        read_json(&k, self.tree.get(&k)?)
+    }
+
+    pub fn policy(&self, policy_id: &str) -> Result<Option<PolicyState>, StoreError> {
+        let k = key(b'P', policy_id);
         read_json(&k, self.tree.get(&k)?)
     }
 
@@ -195,8 +221,8 @@ impl PartitionStore {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(b"g") {
             let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            if let Some(st) = self.payment(&id)? {
+            let payment_key = String::from_utf8_lossy(&k[1..]).into_owned();
+            if let Some(st) = self.payment(&payment_key)? {
                 out.push(st);
             }
         }
@@ -213,6 +239,9 @@ impl PartitionStore {
             } else {
                 batch.insert(key(b'g', id), &[][..]);
             }
+        }
+        for (id, st) in &changes.policies {
+            batch.insert(key(b'P', id), to_json(st));
         }
         for (k, e) in &changes.dedup {
             batch.insert(key(b'd', k), to_json(e));
@@ -305,7 +334,12 @@ mod tests {
         let p = store.partition("raw", 3).unwrap();
         assert_eq!(p.applied_offset().unwrap(), None);
         let mut c = Changes::default();
-        c.payments.insert("pay".into(), PaymentState::new("pay"));
+        let pay = PaymentState::new("src", "pay");
+        c.payments.insert(pay.key(), pay.clone());
+        let other = PaymentState::new("other", "pay");
+        c.payments.insert(other.key(), other.clone());
+        let longer = PaymentState::new("src", "payment");
+        c.payments.insert(longer.key(), longer);
         for (k, t) in [("a", 1_000), ("b", 5_000)] {
             c.dedup.insert(
                 k.into(),
@@ -320,11 +354,12 @@ mod tests {
         c.max_ts = Some(5_000);
         p.apply(&c).unwrap();
         assert_eq!(p.applied_offset().unwrap(), Some(41));
-        assert_eq!(p.payment("pay").unwrap(), Some(PaymentState::new("pay")));
+        assert_eq!(p.payment(&pay.key()).unwrap(), Some(pay.clone()));
         assert_eq!(p.sweep(2_000).unwrap(), 1);
         assert!(p.dedup("a").unwrap().is_none());
         assert!(p.dedup("b").unwrap().is_some());
-        assert_eq!(store.find_payment("raw", "pay").unwrap().map(|(n, _)| n), Some(3));
+        let found = store.find_payments("raw", "pay").unwrap();
+        assert_eq!(found, vec![(3, other), (3, pay)], "both sources' pay, not payment");
     }
 
     #[test]

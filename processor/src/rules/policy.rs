@@ -1,0 +1,255 @@
+//! The policy stage's rules: which payment holds each policy, decided by the order of
+//! the policy's requests in its partition of the repartition topic (a pure fold).
+//!
+//! Per policy, in partition order:
+//! - ACTIVATE from a payment the policy has not seen: with no holder, the payment
+//!   becomes the holder and `PolicyActivated` is emitted (the request's activation id);
+//!   with a holder, the payment is a duplicate and `PolicyPaymentDuplicated` names both,
+//!   so finance can refund it.
+//! - CANCEL from the holder: `PolicyCancelled`, and the policy is free again; a later
+//!   payment activates it anew, with its own id. CANCEL from a duplicate changes nothing
+//!   for the policy. CANCEL from a payment never seen (its ACTIVATE has not arrived)
+//!   marks it refunded, so its late ACTIVATE cannot take the policy.
+//! - A request from a payment already decided (a re-send after a crash, or a replay of
+//!   the payment stage) changes nothing and emits nothing.
+//!
+//! Everything depends only on the requests and their order, so every rebuild and replay
+//! of the partition picks the same holder.
+
+use hookstream_schemas::{
+    DeadLetterReason, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind, PolicyPaymentDuplicated,
+    PolicyRequest, PolicyRequestKind,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::decide::Outcome;
+use crate::rules::ids::{cancellation_id, dead_letter, duplicate_id};
+use crate::rules::model::{Output, RawRecord, HISTORY_LIMIT};
+
+/// Where a payment stands with a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// Holds the policy: its activation is the active one.
+    Holder,
+    /// Completed while another payment held the policy.
+    Duplicate,
+    /// Held the policy and was refunded: the policy was cancelled and released.
+    Released,
+    /// Refunded without holding the policy (a duplicate, or a refund that came first).
+    Refunded,
+}
+
+/// A payment that asked for the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPayment {
+    pub source: String,
+    pub payment_id: String,
+    pub activation_id: String,
+    pub standing: Standing,
+    /// Offset of the request that decided its standing last.
+    pub offset: i64,
+}
+
+/// One decided request, for `GET /policies/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyHistoryEntry {
+    pub offset: i64,
+    pub request_id: String,
+    pub kind: PolicyRequestKind,
+    pub source: String,
+    pub payment_id: String,
+    pub outcome: String,
+}
+
+/// The policy stage's view of one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
+    pub policy_id: String,
+    /// Every payment that asked, in the order they were first decided.
+    pub payments: Vec<PolicyPayment>,
+    pub history: Vec<PolicyHistoryEntry>,
+}
+
+impl PolicyState {
+    pub fn new(policy_id: &str) -> Self {
+        Self {
+            policy_id: policy_id.to_owned(),
+            payments: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// The payment that holds the policy, if any.
+    pub fn holder(&self) -> Option<&PolicyPayment> {
+        self.payments.iter().find(|p| p.standing == Standing::Holder)
+    }
+
+    fn find(&mut self, source: &str, payment_id: &str) -> Option<&mut PolicyPayment> {
+        self.payments
+            .iter_mut()
+            .find(|p| p.source == source && p.payment_id == payment_id)
+    }
+
+    fn log(&mut self, offset: i64, r: &PolicyRequest, outcome: &str) {
+        self.history.push(PolicyHistoryEntry {
+            offset,
+            request_id: r.request_id.clone(),
+            kind: r.kind,
+            source: r.source.clone(),
+            payment_id: r.payment_id.clone(),
+            outcome: outcome.to_owned(),
+        });
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+/// The state change and outputs of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDecision {
+    /// The policy's new state (`None`: the record is not a request).
+    pub policy: Option<PolicyState>,
+    pub outputs: Vec<Output>,
+    pub outcome: Outcome,
+}
+
+/// Decide a record of the repartition topic against its policy's state.
+pub fn decide_policy(
+    record: &RawRecord,
+    request: Result<PolicyRequest, String>,
+    state: Option<PolicyState>,
+) -> PolicyDecision {
+    let r = match request {
+        Ok(r) => r,
+        Err(detail) => {
+            let letter = dead_letter(record, DeadLetterReason::Undecodable, detail, None, None, Vec::new());
+            return PolicyDecision {
+                policy: None,
+                outputs: vec![letter],
+                outcome: Outcome::DeadLettered,
+            };
+        }
+    };
+    let mut st = state.unwrap_or_else(|| PolicyState::new(&r.policy_id));
+    let offset = record.origin.offset;
+    let (outputs, outcome, note) = match r.kind {
+        PolicyRequestKind::Activate => activate(&mut st, &r, offset),
+        PolicyRequestKind::Cancel => cancel(&mut st, &r, offset),
+    };
+    st.log(offset, &r, note);
+    PolicyDecision {
+        policy: Some(st),
+        outputs,
+        outcome,
+    }
+}
+
+type Decided = (Vec<Output>, Outcome, &'static str);
+
+fn activate(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
+    if st.find(&r.source, &r.payment_id).is_some() {
+        return (Vec::new(), Outcome::Duplicate, "already_decided");
+    }
+    let holder = st.holder().cloned();
+    let standing = if holder.is_some() {
+        Standing::Duplicate
+    } else {
+        Standing::Holder
+    };
+    st.payments.push(PolicyPayment {
+        source: r.source.clone(),
+        payment_id: r.payment_id.clone(),
+        activation_id: r.activation_id.clone(),
+        standing,
+        offset,
+    });
+    let Some(h) = holder else {
+        let event = PolicyEventKind::Activated(PolicyActivated {
+            activation_id: r.activation_id.clone(),
+            policy_id: r.policy_id.clone(),
+            payment_id: r.payment_id.clone(),
+            source: r.source.clone(),
+            payment_event_id: r.payment_event_id.clone(),
+            amount: r.amount,
+            currency: r.currency.clone(),
+            occurred_at: r.occurred_at.clone(),
+            activated_at: r.received_at,
+        });
+        return (vec![policy_event(r, event)], Outcome::Applied, "activated");
+    };
+    let event = PolicyEventKind::Duplicated(PolicyPaymentDuplicated {
+        duplicate_id: duplicate_id(
+            &r.policy_id,
+            &h.activation_id,
+            &r.source,
+            &r.payment_id,
+            &r.payment_event_id,
+        ),
+        policy_id: r.policy_id.clone(),
+        active_activation_id: h.activation_id,
+        active_payment_id: h.payment_id,
+        active_source: h.source,
+        payment_id: r.payment_id.clone(),
+        source: r.source.clone(),
+        payment_event_id: r.payment_event_id.clone(),
+        amount: r.amount,
+        currency: r.currency.clone(),
+        occurred_at: r.occurred_at.clone(),
+        detected_at: r.received_at,
+    });
+    (vec![policy_event(r, event)], Outcome::PaymentDuplicated, "duplicate")
+}
+
+fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
+    let Some(p) = st.find(&r.source, &r.payment_id) else {
+        // The refund arrived before the activation request: the payment is refunded, and
+        // its activation request, when it comes, finds it decided.
+        st.payments.push(PolicyPayment {
+            source: r.source.clone(),
+            payment_id: r.payment_id.clone(),
+            activation_id: r.activation_id.clone(),
+            standing: Standing::Refunded,
+            offset,
+        });
+        return (Vec::new(), Outcome::Applied, "refunded_before_activation");
+    };
+    match p.standing {
+        Standing::Holder => {
+            p.standing = Standing::Released;
+            p.offset = offset;
+            let event = PolicyEventKind::Cancelled(PolicyCancelled {
+                cancellation_id: cancellation_id(&r.policy_id, &r.source, &r.payment_event_id),
+                activation_id: p.activation_id.clone(),
+                policy_id: r.policy_id.clone(),
+                payment_id: r.payment_id.clone(),
+                source: r.source.clone(),
+                payment_event_id: r.payment_event_id.clone(),
+                amount: r.amount,
+                currency: r.currency.clone(),
+                occurred_at: r.occurred_at.clone(),
+                cancelled_at: r.received_at,
+            });
+            (vec![policy_event(r, event)], Outcome::Applied, "cancelled")
+        }
+        Standing::Duplicate => {
+            p.standing = Standing::Refunded;
+            p.offset = offset;
+            (Vec::new(), Outcome::Applied, "duplicate_refunded")
+        }
+        Standing::Released | Standing::Refunded => (Vec::new(), Outcome::Duplicate, "already_decided"),
+    }
+}
+
+fn policy_event(r: &PolicyRequest, event: PolicyEventKind) -> Output {
+    Output::Policy(PolicyEvent {
+        policy_id: r.policy_id.clone(),
+        event,
+    })
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

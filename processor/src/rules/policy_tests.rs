@@ -1,0 +1,193 @@
+use hookstream_schemas::{PolicyEventKind, PolicyRequest, PolicyRequestKind};
+use proptest::prelude::*;
+
+use super::*;
+use crate::rules::ids::{activation_id, request_id};
+use crate::rules::model::Origin;
+
+fn record(offset: i64) -> RawRecord {
+    RawRecord {
+        origin: Origin {
+            topic: "requests".into(),
+            partition: 0,
+            offset,
+            timestamp_ms: offset,
+        },
+        key: Some(b"pol".to_vec()),
+        value: None,
+        headers: vec![],
+    }
+}
+
+/// Payment `n` (source `s<n % 2>`, so two sources share payment ids) asks `kind`.
+fn req(n: usize, kind: PolicyRequestKind) -> PolicyRequest {
+    let (source, payment) = (format!("s{}", n % 2), format!("pay{}", n / 2));
+    let completed = format!("evt-{n}-completed");
+    let event = match kind {
+        PolicyRequestKind::Activate => completed.clone(),
+        PolicyRequestKind::Cancel => format!("evt-{n}-refunded"),
+    };
+    PolicyRequest {
+        request_id: request_id(kind, "pol", &source, &payment, &event),
+        kind,
+        policy_id: "pol".into(),
+        activation_id: activation_id("pol", &source, &completed),
+        source,
+        payment_id: payment,
+        payment_event_id: event,
+        amount: Some(100),
+        currency: None,
+        occurred_at: None,
+        received_at: 7,
+    }
+}
+
+/// Fold `log` from nothing, the state going through JSON between records as it does
+/// through sled. Returns every output and the final state.
+fn fold(log: &[PolicyRequest]) -> (Vec<Output>, Option<PolicyState>) {
+    let mut state: Option<PolicyState> = None;
+    let mut outputs = Vec::new();
+    for (i, r) in log.iter().enumerate() {
+        let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take());
+        outputs.extend(d.outputs);
+        let json = serde_json::to_vec(&d.policy).unwrap();
+        state = serde_json::from_slice(&json).unwrap();
+    }
+    (outputs, state)
+}
+
+fn kinds(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| match o {
+            Output::Policy(p) => match &p.event {
+                PolicyEventKind::Activated(a) => format!("activated {}/{}", a.source, a.payment_id),
+                PolicyEventKind::Cancelled(c) => format!("cancelled {}/{}", c.source, c.payment_id),
+                PolicyEventKind::Duplicated(d) => {
+                    format!(
+                        "duplicate {}/{} of {}/{}",
+                        d.source, d.payment_id, d.active_source, d.active_payment_id
+                    )
+                }
+            },
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+use PolicyRequestKind::{Activate, Cancel};
+
+#[test]
+fn the_first_payment_holds_the_policy_and_a_second_is_announced_as_its_duplicate() {
+    let (out, st) = fold(&[req(0, Activate), req(3, Activate), req(0, Activate), req(3, Activate)]);
+    assert_eq!(
+        kinds(&out),
+        ["activated s0/pay0", "duplicate s1/pay1 of s0/pay0"],
+        "re-sends change nothing"
+    );
+    let st = st.unwrap();
+    assert_eq!(st.holder().map(|h| h.payment_id.as_str()), Some("pay0"));
+    assert_eq!(st.payments[1].standing, Standing::Duplicate);
+}
+
+#[test]
+fn a_refunded_holder_releases_the_policy_and_the_next_payment_activates_it_anew() {
+    let log = [
+        req(0, Activate),
+        req(2, Activate),
+        req(0, Cancel),
+        req(4, Activate),
+        req(2, Cancel),
+    ];
+    let (out, st) = fold(&log);
+    assert_eq!(
+        kinds(&out),
+        [
+            "activated s0/pay0",
+            "duplicate s0/pay1 of s0/pay0",
+            "cancelled s0/pay0",
+            "activated s0/pay2"
+        ],
+        "the duplicate's refund changes nothing for the policy"
+    );
+    let ids: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Policy(p) => match &p.event {
+                PolicyEventKind::Activated(a) => Some(a.activation_id.as_str()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "a new activation id");
+    assert_eq!(st.unwrap().holder().map(|h| h.payment_id.as_str()), Some("pay2"));
+}
+
+#[test]
+fn a_refund_that_arrives_before_its_activation_request_keeps_that_payment_out() {
+    let (out, st) = fold(&[req(0, Cancel), req(0, Activate), req(2, Activate)]);
+    assert_eq!(kinds(&out), ["activated s0/pay1"]);
+    assert_eq!(st.unwrap().payments[0].standing, Standing::Refunded);
+}
+
+#[test]
+fn namesake_payments_of_two_sources_are_two_payments() {
+    // Payments 0 and 1 are both "pay0", from sources s0 and s1.
+    let (out, _) = fold(&[req(0, Activate), req(1, Activate), req(1, Cancel)]);
+    assert_eq!(kinds(&out), ["activated s0/pay0", "duplicate s1/pay0 of s0/pay0"]);
+}
+
+#[test]
+fn a_request_that_does_not_decode_is_dead_lettered_and_changes_no_policy() {
+    let d = decide_policy(&record(5), Err("garbage".into()), None);
+    assert_eq!(d.policy, None);
+    assert!(
+        matches!(&d.outputs[..], [Output::Dead(l)] if l.reason == hookstream_schemas::DeadLetterReason::Undecodable)
+    );
+}
+
+fn requests() -> impl Strategy<Value = Vec<PolicyRequest>> {
+    prop::collection::vec((0usize..6, prop::bool::ANY), 0..40).prop_map(|v| {
+        v.into_iter()
+            .map(|(n, cancel)| req(n, if cancel { Cancel } else { Activate }))
+            .collect()
+    })
+}
+
+proptest! {
+    /// For any interleaving of requests (with re-sends) for one policy: at most one
+    /// holder at any point, never two activations without a cancellation between them,
+    /// each activation id at most once, and the same log always gives the same outputs.
+    #[test]
+    fn at_most_one_holder_and_the_same_holder_for_the_same_log(log in requests()) {
+        let mut state: Option<PolicyState> = None;
+        let mut active = 0i32;
+        let mut activated = std::collections::HashSet::new();
+        for (i, r) in log.iter().enumerate() {
+            let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take());
+            for o in &d.outputs {
+                if let Output::Policy(p) = o {
+                    match &p.event {
+                        PolicyEventKind::Activated(a) => {
+                            active += 1;
+                            prop_assert!(activated.insert(a.activation_id.clone()), "activation id twice");
+                        }
+                        PolicyEventKind::Cancelled(_) => active -= 1,
+                        PolicyEventKind::Duplicated(_) => {}
+                    }
+                }
+            }
+            prop_assert!((0..=1).contains(&active), "{active} active activations");
+            let st = d.policy.clone().unwrap();
+            let holders = st.payments.iter().filter(|p| p.standing == Standing::Holder).count();
+            prop_assert!(holders <= 1);
+            prop_assert_eq!(holders as i32, active);
+            state = d.policy;
+        }
+        let (a, sa) = fold(&log);
+        let (b, sb) = fold(&log);
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(sa, sb);
+    }
+}
