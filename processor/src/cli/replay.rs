@@ -19,6 +19,13 @@
 //! code, appears with a new id. Re-publishing rather than silently rebuilding is the
 //! point of a replay: it is how an operator repairs outputs that were wrong or lost.
 //!
+//! **Both stages.** `--from-beginning` and `--from-time` also move the policy stage's
+//! repartition topic (to its start, or its first request at or after the time): the
+//! policy stage then decides its requests again in the same order, so every policy
+//! gets the same holder and its events are re-published with the same ids, and the
+//! requests the payment stage sends again find their payments already decided.
+//! `--from-offset` moves only the raw partitions it names.
+//!
 //! Offsets by time and the ends of the log come from the broker's offset index
 //! ([`crate::kafka::offsets`]).
 
@@ -133,6 +140,8 @@ pub enum ReplayError {
 /// What the replay did to one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionReset {
+    /// The raw topic, or the policy stage's repartition topic.
+    pub topic: String,
     pub partition: i32,
     /// First retained offset.
     pub log_start: i64,
@@ -144,71 +153,22 @@ pub struct PartitionReset {
     pub reset_to: i64,
 }
 
-/// Move the group to `from` (see the module docs). Blocking: call it from a blocking
-/// thread. Refuses while the group has members, and refuses to move a partition past
-/// its committed offset (or past the log start when it never committed) unless `force`.
+/// Move the group to `from` (see the module docs): the raw topic's partitions, and for
+/// `--from-beginning` and `--from-time` the policy stage's too, so that the policy
+/// stage decides its requests again and re-publishes its events with the same ids.
+/// `--from-offset` names raw partitions only. Blocking: call it from a blocking thread.
+/// Refuses while the group has members, and refuses to move a partition past its
+/// committed offset (or past the log start when it never committed) unless `force`.
 pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
     // The group's own id, so the commit below is the group's; this consumer never
     // subscribes, so it never joins the group.
     let consumer: BaseConsumer = client::tool_consumer(cfg, &cfg.group_id, "-replay").create()?;
     refuse_if_active(&consumer, &cfg.group_id)?;
-    let topic = &cfg.raw_topic;
-    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic.as_str() && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ReplayError::NoTopic(topic.clone()))?;
-    let mut all = TopicPartitionList::new();
-    for p in 0..partitions {
-        all.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(all, REQUEST_TIMEOUT)?;
-    let chosen: Vec<(i32, Option<i64>)> = match from {
-        ReplayFrom::Offsets(list) => {
-            for (p, _) in list {
-                if *p >= partitions {
-                    return Err(ReplayError::UnknownPartition {
-                        topic: topic.clone(),
-                        partition: *p,
-                        partitions,
-                    });
-                }
-            }
-            list.iter().map(|(p, o)| (*p, Some(*o))).collect()
-        }
-        _ => (0..partitions).map(|p| (p, None)).collect(),
-    };
-    let mut resets = Vec::new();
-    for (partition, offset) in chosen {
-        let (low, high) = offsets::bounds(&consumer, topic, partition)?;
-        let reset_to = match (from, offset) {
-            (ReplayFrom::Offsets(_), Some(o)) if (low..=high).contains(&o) => o,
-            (ReplayFrom::Offsets(_), Some(o)) => {
-                return Err(ReplayError::OffsetOutOfRange {
-                    partition,
-                    offset: o,
-                    low,
-                    high,
-                })
-            }
-            (ReplayFrom::Time(t), _) => offsets::first_at_or_after(&consumer, topic, partition, low, high, *t)?
-                .ok_or(ReplayError::ProbeTimeout { partition })?,
-            _ => low,
-        };
-        let committed_before = match committed.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        };
-        resets.push(PartitionReset {
-            partition,
-            log_start: low,
-            log_end: high,
-            committed_before,
-            reset_to,
-        });
+    let mut resets =
+        topic_resets(&consumer, &cfg.raw_topic, from)?.ok_or_else(|| ReplayError::NoTopic(cfg.raw_topic.clone()))?;
+    if !matches!(from, ReplayFrom::Offsets(_)) {
+        // Absent before the first processor ran: nothing to move.
+        resets.extend(topic_resets(&consumer, &cfg.requests_topic(), from)?.unwrap_or_default());
     }
     let forward: Vec<(i32, Option<i64>, i64)> = resets
         .iter()
@@ -220,12 +180,79 @@ pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<P
     }
     let mut tpl = TopicPartitionList::new();
     for r in &resets {
-        tpl.add_partition_offset(topic, r.partition, Offset::Offset(r.reset_to))?;
+        tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.reset_to))?;
     }
     // A member that joined since the check makes the broker reject this commit.
     refuse_if_active(&consumer, &cfg.group_id)?;
     consumer.commit(&tpl, CommitMode::Sync)?;
     Ok(resets)
+}
+
+/// Where each chosen partition of `topic` moves; `None` when the topic does not exist.
+fn topic_resets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: &ReplayFrom,
+) -> Result<Option<Vec<PartitionReset>>, ReplayError> {
+    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let Some(partitions) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+    else {
+        return Ok(None);
+    };
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(all, REQUEST_TIMEOUT)?;
+    let chosen: Vec<(i32, Option<i64>)> = match from {
+        ReplayFrom::Offsets(list) => {
+            if let Some((p, _)) = list.iter().find(|(p, _)| *p >= partitions) {
+                return Err(ReplayError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: *p,
+                    partitions,
+                });
+            }
+            list.iter().map(|(p, o)| (*p, Some(*o))).collect()
+        }
+        _ => (0..partitions).map(|p| (p, None)).collect(),
+    };
+    let mut resets = Vec::new();
+    for (partition, offset) in chosen {
+        let (low, high) = offsets::bounds(consumer, topic, partition)?;
+        let reset_to = match (from, offset) {
+            (ReplayFrom::Offsets(_), Some(o)) if (low..=high).contains(&o) => o,
+            (ReplayFrom::Offsets(_), Some(o)) => {
+                return Err(ReplayError::OffsetOutOfRange {
+                    partition,
+                    offset: o,
+                    low,
+                    high,
+                })
+            }
+            (ReplayFrom::Time(t), _) => offsets::first_at_or_after(consumer, topic, partition, low, high, *t)?
+                .ok_or(ReplayError::ProbeTimeout { partition })?,
+            _ => low,
+        };
+        let committed_before = match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
+        resets.push(PartitionReset {
+            topic: topic.to_owned(),
+            partition,
+            log_start: low,
+            log_end: high,
+            committed_before,
+            reset_to,
+        });
+    }
+    Ok(Some(resets))
 }
 
 /// Async wrapper of [`replay`].

@@ -1,0 +1,438 @@
+//! The policy stage on the real broker: the log decides which payment holds a policy,
+//! across a group with a crash, after every state directory is wiped and the log is
+//! replayed, through refunds, and whatever another source calls its payments.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hookstream_processor::cli::replay::{self, ReplayFrom};
+use hookstream_processor::rules::decide::activation_id;
+use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::http;
+use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::processor::{test_config, ChildProcessor, RunningProcessor, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+
+/// Send one payment event from `source`; panics unless ingest answers 200.
+async fn send(addr: &str, source: &str, event_id: &str, payment: &str, ty: &str, policy: Option<&str>) {
+    let body = sign::payment_body(event_id, payment, None, ty, policy);
+    let h = sign::sign(scheme_of(source), secrets_of(source)[0], event_id, sign::now(), &body);
+    let r = http::post(addr, &format!("/webhooks/{source}"), &h, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// What `policy.activations` says, per policy, in topic order: `activated <payment>`,
+/// `cancelled <payment>`, `duplicate <payment> of <holder>`, and the ids of each kind.
+#[derive(Debug, Default)]
+struct Events {
+    lines: BTreeMap<String, Vec<String>>,
+    activation_ids: BTreeMap<String, BTreeSet<String>>,
+    duplicate_ids: BTreeSet<String>,
+}
+
+fn events(records: &[OwnedMessage]) -> Events {
+    let mut e = Events::default();
+    for m in records {
+        let p: PolicyEvent = decode(m.payload().unwrap()).unwrap();
+        let line = match &p.event {
+            PolicyEventKind::Activated(a) => {
+                e.activation_ids
+                    .entry(p.policy_id.clone())
+                    .or_default()
+                    .insert(a.activation_id.clone());
+                format!("activated {}", a.payment_id)
+            }
+            PolicyEventKind::Cancelled(c) => format!("cancelled {}", c.payment_id),
+            PolicyEventKind::Duplicated(d) => {
+                e.duplicate_ids.insert(d.duplicate_id.clone());
+                format!("duplicate {} of {}", d.payment_id, d.active_payment_id)
+            }
+        };
+        e.lines.entry(p.policy_id.clone()).or_default().push(line);
+    }
+    e
+}
+
+/// Read `topic` until `done` holds for what it says, or `timeout`.
+async fn read_events(bootstrap: &str, topic: &str, timeout: Duration, done: impl Fn(&Events) -> bool) -> Events {
+    let records = kafka::read_until(bootstrap, topic, timeout, |r| done(&events(r))).await;
+    events(&records)
+}
+
+const POLICIES: usize = 60;
+
+/// Every policy paid twice, by `pay_{i}_a` and `pay_{i}_b` (keys that mostly hash to
+/// different raw partitions), both completing at about the same time.
+fn double_payments(addr: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for chunk in (0..POLICIES).collect::<Vec<_>>().chunks(10) {
+            let mut tasks = Vec::new();
+            for &i in chunk {
+                for side in ["a", "b"] {
+                    let addr = addr.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let (pay, pol) = (format!("pay_{i}_{side}"), format!("pol_d{i}"));
+                        send(
+                            &addr,
+                            "paymenthub",
+                            &format!("e_{i}_{side}_1"),
+                            &pay,
+                            "payment.created",
+                            Some(&pol),
+                        )
+                        .await;
+                        send(
+                            &addr,
+                            "paymenthub",
+                            &format!("e_{i}_{side}_2"),
+                            &pay,
+                            "payment.completed",
+                            Some(&pol),
+                        )
+                        .await;
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+}
+
+/// One activation and one duplicate notice per policy, naming the two payments.
+fn assert_one_holder_and_one_duplicate_each(e: &Events, where_: &str) {
+    for i in 0..POLICIES {
+        let pol = format!("pol_d{i}");
+        let lines = e.lines.get(&pol).cloned().unwrap_or_default();
+        let (a, b) = (format!("pay_{i}_a"), format!("pay_{i}_b"));
+        let distinct: BTreeSet<&String> = lines.iter().collect();
+        let one_way = BTreeSet::from([format!("activated {a}"), format!("duplicate {b} of {a}")]);
+        let other_way = BTreeSet::from([format!("activated {b}"), format!("duplicate {a} of {b}")]);
+        let distinct: BTreeSet<String> = distinct.into_iter().cloned().collect();
+        assert!(
+            distinct == one_way || distinct == other_way,
+            "{pol}: {lines:?} (one holder, the other payment announced as its duplicate); {where_}"
+        );
+        assert_eq!(e.activation_ids[&pol].len(), 1, "{pol}: one activation id; {where_}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_payments_per_policy_across_a_group_with_a_crash_give_one_holder_and_one_duplicate_notice() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 12).await;
+    let dir = tempfile::Builder::new()
+        .prefix("hookstream-policy-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let base = test_config(broker.bootstrap(), &topics, &dir.join("unused"));
+    let instance = |name: &str| {
+        let mut c = base.clone();
+        c.state_dir = dir.join(name);
+        let d = dir.join(format!("{name}-run"));
+        std::fs::create_dir_all(&d).unwrap();
+        ChildProcessor::spawn(&c, &d)
+    };
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let (a, b, c) = (instance("a"), instance("b"), instance("c"));
+    let sender = double_payments(ingest.addr());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.kill();
+    sender.await.unwrap();
+
+    let e = read_events(broker.bootstrap(), &topics.activations, Duration::from_secs(120), |e| {
+        (0..POLICIES).all(|i| e.lines.get(&format!("pol_d{i}")).is_some_and(|l| l.len() >= 2))
+    })
+    .await;
+    assert_one_holder_and_one_duplicate_each(&e, &format!("logs kept in {}", dir.display()));
+    let dead = kafka::read_records(broker.bootstrap(), &topics.dlq, 1, Duration::from_secs(2)).await;
+    let reasons: Vec<_> = dead
+        .iter()
+        .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap().reason)
+        .collect();
+    assert!(reasons.is_empty(), "a duplicate payment is no failure: {reasons:?}");
+    // The test covered what it claims: payments of one policy on different partitions.
+    let raw = kafka::read_records(broker.bootstrap(), &topics.raw, 4 * POLICIES, Duration::from_secs(10)).await;
+    let partition_of: BTreeMap<String, i32> = raw.iter().map(|m| (kafka::key_str(m), m.partition())).collect();
+    let split = (0..POLICIES)
+        .filter(|i| partition_of[&format!("pay_{i}_a")] != partition_of[&format!("pay_{i}_b")])
+        .count();
+    assert!(
+        split >= POLICIES / 2,
+        "only {split} policies had their payments on different partitions"
+    );
+    drop((a, c));
+    ingest.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_state_and_a_replay_from_the_beginning_choose_the_same_holders_with_the_same_ids() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let processor = RunningProcessor::start(config.clone()).await;
+    double_payments(ingest.addr()).await.unwrap();
+    let all_decided =
+        |e: &Events| (0..POLICIES).all(|i| e.lines.get(&format!("pol_d{i}")).is_some_and(|l| l.len() >= 2));
+    let before = read_events(
+        broker.bootstrap(),
+        &topics.activations,
+        Duration::from_secs(90),
+        all_decided,
+    )
+    .await;
+    assert_one_holder_and_one_duplicate_each(&before, "first run");
+    processor.stop().await;
+
+    // Every state directory wiped, the group moved back to the start of both stages.
+    std::fs::remove_dir_all(state.path()).unwrap();
+    let resets = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
+    assert!(
+        resets.iter().any(|r| r.topic == config.kafka.requests_topic()),
+        "the policy stage is replayed too: {resets:?}"
+    );
+    let processor = RunningProcessor::start(config.clone()).await;
+    let twice = |e: &Events| (0..POLICIES).all(|i| e.lines.get(&format!("pol_d{i}")).is_some_and(|l| l.len() >= 4));
+    let after = read_events(broker.bootstrap(), &topics.activations, Duration::from_secs(90), twice).await;
+    assert_eq!(
+        after.activation_ids, before.activation_ids,
+        "the same holder, the same activation id, per policy"
+    );
+    assert_eq!(
+        after.duplicate_ids, before.duplicate_ids,
+        "the same duplicate notices, re-published"
+    );
+    for (pol, lines) in &after.lines {
+        let first = &before.lines[pol];
+        assert_eq!(
+            &lines[..2],
+            &first[..],
+            "{pol}: the replay re-publishes the same decisions"
+        );
+        assert_eq!(
+            &lines[2..],
+            &first[..],
+            "{pol}: the replay re-publishes the same decisions"
+        );
+    }
+    processor.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_payments() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let processor = RunningProcessor::start(config).await;
+    let addr = ingest.addr();
+    let lines_of = |pol: &'static str, n: usize| move |e: &Events| e.lines.get(pol).is_some_and(|l| l.len() >= n);
+    let bootstrap = broker.bootstrap();
+
+    // Paid, refunded, paid again: activated, cancelled, activated again with a new id.
+    send(
+        &addr,
+        "paymenthub",
+        "r1_done",
+        "pay_r1",
+        "payment.completed",
+        Some("pol_r"),
+    )
+    .await;
+    read_events(
+        bootstrap,
+        &topics.activations,
+        Duration::from_secs(60),
+        lines_of("pol_r", 1),
+    )
+    .await;
+    send(
+        &addr,
+        "paymenthub",
+        "r1_refund",
+        "pay_r1",
+        "payment.refunded",
+        Some("pol_r"),
+    )
+    .await;
+    read_events(
+        bootstrap,
+        &topics.activations,
+        Duration::from_secs(60),
+        lines_of("pol_r", 2),
+    )
+    .await;
+    send(
+        &addr,
+        "paymenthub",
+        "r2_done",
+        "pay_r2",
+        "payment.completed",
+        Some("pol_r"),
+    )
+    .await;
+    // A duplicate of the new holder, then its refund: nothing changes for the policy.
+    read_events(
+        bootstrap,
+        &topics.activations,
+        Duration::from_secs(60),
+        lines_of("pol_r", 3),
+    )
+    .await;
+    send(
+        &addr,
+        "paymenthub",
+        "r3_done",
+        "pay_r3",
+        "payment.completed",
+        Some("pol_r"),
+    )
+    .await;
+    read_events(
+        bootstrap,
+        &topics.activations,
+        Duration::from_secs(60),
+        lines_of("pol_r", 4),
+    )
+    .await;
+    send(
+        &addr,
+        "paymenthub",
+        "r3_refund",
+        "pay_r3",
+        "payment.refunded",
+        Some("pol_r"),
+    )
+    .await;
+
+    // A payment id that stripe uses too: stripe's refund of *its* pay_n is another
+    // payment, and pay_n of paymenthub keeps its policy.
+    send(
+        &addr,
+        "paymenthub",
+        "n_done",
+        "pay_n",
+        "payment.completed",
+        Some("pol_n"),
+    )
+    .await;
+    read_events(
+        bootstrap,
+        &topics.activations,
+        Duration::from_secs(60),
+        lines_of("pol_n", 1),
+    )
+    .await;
+    send(
+        &addr,
+        "stripe",
+        "evt_stripe_n",
+        "pay_n",
+        "payment.refunded",
+        Some("pol_n"),
+    )
+    .await;
+
+    // Both refunds decided (the payment stage for stripe's, the policy stage for pay_r3's),
+    // then everything the topic holds.
+    let admin = processor.admin.clone();
+    poll(&admin, "/payments/pay_n?source=stripe", |v| v["status"] == "refunded").await;
+    poll(&admin, "/policies/pol_r", |v| {
+        v["payments"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["payment_id"] == "pay_r3" && p["standing"] == "refunded")
+        })
+    })
+    .await;
+    let e = events(&kafka::read_records(bootstrap, &topics.activations, 99, Duration::from_secs(3)).await);
+    assert_eq!(
+        e.lines["pol_r"],
+        [
+            "activated pay_r1",
+            "cancelled pay_r1",
+            "activated pay_r2",
+            "duplicate pay_r3 of pay_r2"
+        ],
+        "the refund of a duplicate changes nothing for the policy"
+    );
+    let ids: Vec<String> = e.activation_ids["pol_r"].iter().cloned().collect();
+    let want = BTreeSet::from([
+        activation_id("pol_r", "paymenthub", "r1_done"),
+        activation_id("pol_r", "paymenthub", "r2_done"),
+    ]);
+    assert_eq!(
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        want,
+        "activated again with a new id"
+    );
+    assert_eq!(
+        e.lines["pol_n"],
+        ["activated pay_n"],
+        "another source's refund leaves the policy alone"
+    );
+
+    let v = http::get(&processor.admin, "/policies/pol_r").await.json();
+    assert_eq!(v["holder"]["payment_id"], "pay_r2", "{v:#}");
+    let standings: Vec<(String, String)> = v["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["payment_id"].as_str().unwrap().to_owned(),
+                p["standing"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        standings,
+        [
+            ("pay_r1".into(), "released".into()),
+            ("pay_r2".into(), "holder".into()),
+            ("pay_r3".into(), "refunded".into())
+        ]
+    );
+    let v = http::get(&processor.admin, "/payments/pay_n").await.json();
+    assert_eq!(
+        (v["source"].clone(), v["status"].clone()),
+        ("paymenthub".into(), "completed".into()),
+        "{v:#}"
+    );
+    assert_eq!(v["other_sources"], serde_json::json!(["stripe"]));
+    let v = http::get(&processor.admin, "/payments/pay_n?source=stripe")
+        .await
+        .json();
+    assert_eq!(
+        (v["status"].clone(), v["activation"].clone()),
+        ("refunded".into(), serde_json::Value::Null)
+    );
+    processor.stop().await;
+    ingest.stop().await;
+}
+
+/// GET `path` until `ready` holds for its JSON (60 s at most).
+async fn poll(admin: &str, path: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..600 {
+        let r = http::get(admin, path).await;
+        if r.status == 200 && ready(&r.json()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{path} never became ready: {}",
+        String::from_utf8_lossy(&http::get(admin, path).await.body)
+    );
+}
