@@ -60,7 +60,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 say() { printf '==> %s\n' "$*" >&2; }
 hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-metric_sum() { curl -fsS "$1/metrics" 2>/dev/null | awk -v m="$2" 'index($0, m) == 1 {s += $NF} END {printf "%d", s}'; }
+# metric_sum URL NAME [SUBSTRING]: the sum of NAME's samples (those whose line holds SUBSTRING).
+metric_sum() { curl -fsS "$1/metrics" 2>/dev/null | awk -v m="$2" -v f="${3:-}" 'index($0, m) == 1 && index($0, f) > 0 {s += $NF} END {printf "%d", s}'; }
 wait_ready() { for _ in $(seq 1 150); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "not ready: $1" >&2; exit 1; }
 now() { date +%s.%N; }
 
@@ -103,7 +104,9 @@ spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that m
   "$T" topic create $raw --broker "tcp://$B" --partitions "$n" >/dev/null
   "$T" topic create $act --broker "tcp://$B" --partitions "$n" >/dev/null
   "$T" topic create $dlq --broker "tcp://$B" --partitions 1 >/dev/null
-  sed "s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
+  # A group per run: the policy stage's repartition topic (<group>-policy-requests-repartition)
+  # is created with as many partitions as the raw topic.
+  sed "s/^group_id = .*/group_id = \"bench-spike$n\"/; s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
     infra/config/processor.toml >"$DIR/processor-$n.toml"
   PROCESSOR_STATE_DIR=$DIR/state-$n PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
     "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/processor-$n.toml" >"$DIR/processor-$n.log" 2>&1 &
@@ -148,28 +151,39 @@ raw_topic = "bench.drain"
 activations_topic = "bench.drain.activations"
 dlq_topic = "bench.drain.dlq"
 TOML
-drain_run() { # metric -> prints "records seconds rss_mb"
+# drain_run drain|rebuild [REQUESTS] -> prints "events seconds rss_mb requests".
+# drain: until the payment stage decided every pre-loaded event and the policy stage
+# every request it was sent. rebuild (state deleted): until both stages rebuilt their
+# logs, the events and the REQUESTS the drain wrote. Events/s is always per raw event.
+drain_run() {
   "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/drain.toml" >>"$DIR/drain.log" 2>&1 &
-  local p=$! t0="" n=0 last=-1 tl
+  local p=$! t0="" n=0 m=0 r=0 last=-1 tl u=http://127.0.0.1:18791 rec=hookstream_processor_records_total
   pids+=($p)
-  wait_ready http://127.0.0.1:18791
+  wait_ready $u
   while :; do
-    n=$(metric_sum http://127.0.0.1:18791 "$1")
+    if [ "$1" = drain ]; then
+      n=$(metric_sum $u $rec 'stage="payments"'); m=$(metric_sum $u $rec 'stage="policies"')
+      r=$(metric_sum $u hookstream_processor_policy_requests_total)
+    else
+      n=$(metric_sum $u hookstream_processor_rebuilt_records_total); m=0; r=$2
+    fi
     if [ -z "$t0" ] && [ "$n" -gt 0 ]; then t0=$(now); fi
-    if [ "$n" != "$last" ]; then last=$n; tl=$(now); fi
-    if [ "$n" -ge "$DRAIN" ]; then break; fi
+    if [ "$((n + m))" != "$last" ]; then last=$((n + m)); tl=$(now); fi
+    if [ "$1" = drain ] && [ "$n" -ge "$DRAIN" ] && [ "$m" -ge "$r" ]; then break; fi
+    if [ "$1" = rebuild ] && [ "$n" -ge "$((DRAIN + r))" ]; then break; fi
     if [ -n "$t0" ] && python3 -c "import sys; sys.exit(0 if $(now) - $tl > 20 else 1)"; then break; fi
     sleep 0.25
   done
   local rss; rss=$(hwm_mb "$p")
   kill "$p"; wait "$p" 2>/dev/null || true
-  python3 -c "print($n, $tl - $t0, $rss)"
+  if [ "$1" = rebuild ]; then n=$((n - r)); fi
+  python3 -c "print($n, $tl - $t0, $rss, $r)"
 }
-say "3/4 processor drain of the backlog"
-read -r drained drain_s proc_rss < <(drain_run hookstream_processor_records_total)
+say "3/4 processor drain of the backlog (both stages)"
+read -r drained drain_s proc_rss requests < <(drain_run drain)
 say "3/4 rebuild: state deleted, replayed from the log"
 rm -rf "$DIR/drain-state"
-read -r rebuilt rebuild_s rebuild_rss < <(drain_run hookstream_processor_rebuilt_records_total)
+read -r rebuilt rebuild_s rebuild_rss _ < <(drain_run rebuild "$requests")
 
 python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" <<'PY'
 import json, os, platform, statistics, sys, datetime

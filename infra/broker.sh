@@ -125,6 +125,11 @@ topics() {
   create_topic payments.webhooks.raw "${RAW_PARTITIONS:-12}"
   create_topic policy.activations "${ACTIVATIONS_PARTITIONS:-12}"
   create_topic payments.webhooks.dlq "${DLQ_PARTITIONS:-3}"
+  # Internal: the processor creates its policy stage's repartition topic on start,
+  # <group_id>-policy-requests-repartition (hookstream-processor-policy-requests-repartition
+  # with the shipped config), with as many partitions as the raw topic and unlimited
+  # retention (its state is a fold of the whole topic).
+  say "internal topic hookstream-processor-policy-requests-repartition: created by the processor"
 }
 
 case "${1:-}" in

@@ -28,7 +28,8 @@ pub enum DeadLetterReason {
     SequenceGapTimeout,
     /// A completed payment names no policy.
     NoPolicy,
-    /// Another payment already activated the policy.
+    /// Another payment already activated the policy. No longer written: a second
+    /// payment is a `PolicyPaymentDuplicated` event; kept for letters written before.
     PolicyAlreadyActive,
     /// The event is impossible in the payment's state.
     InvalidTransition,
