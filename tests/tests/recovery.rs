@@ -76,15 +76,17 @@ async fn stored_state_that_does_not_read_back_is_rebuilt_from_the_log() {
     first.signal("TERM");
     assert!(first.wait_exit(Duration::from_secs(30)).is_some(), "graceful stop");
 
-    // Garble the payment's stored state (the tree of raw partition 0, key p + id).
+    // Garble the payment's stored state (the tree of raw partition 0, key p + payment
+    // id + NUL + source).
     {
         let db = sled::open(&state).unwrap();
         let tree = db.open_tree(format!("raw/{}/0", topics.raw)).unwrap();
+        let key = b"ppay_x\0paymenthub";
         assert!(
-            tree.get(b"ppay_x").unwrap().is_some(),
+            tree.get(key).unwrap().is_some(),
             "the state is where the store keeps it"
         );
-        tree.insert(b"ppay_x", &b"{not json"[..]).unwrap();
+        tree.insert(key, &b"{not json"[..]).unwrap();
         db.flush().unwrap();
     }
     let second = ChildProcessor::spawn(&config, dir.path());

@@ -77,7 +77,7 @@ impl<B: Backend> Worker<B> {
         if let Some(a) = applied.filter(|a| *a >= first_live) {
             // sled is ahead of the group: commit what it already covers.
             self.commits.applied(Some(a));
-            self.commit(false);
+            self.commit();
         }
         self.next_offset = Some(applied.map_or(first_live, |a| (a + 1).max(first_live)));
         Ok(())

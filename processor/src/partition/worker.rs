@@ -98,7 +98,7 @@ impl<B: Backend> Worker<B> {
     /// then hand the partition over at the exact point reached.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) {
         let _ = self.serve(&mut rx, &stop).await;
-        self.commit(true);
+        self.hand_over().await;
         self.cx.metrics.held_events.sub(self.held_reported);
         tracing::info!(
             stage = self.stage.as_str(),
@@ -139,7 +139,7 @@ impl<B: Backend> Worker<B> {
                     self.live(batch, stop).await?;
                 }
                 _ = tick.tick() => {
-                    self.commit(false);
+                    self.commit();
                     self.check_gaps(stop).await?;
                 }
             }
@@ -186,7 +186,7 @@ impl<B: Backend> Worker<B> {
                     match mode {
                         Mode::Live => {
                             self.commits.applied(applied);
-                            self.commit(false);
+                            self.commit();
                         }
                         Mode::Rebuild => self.cx.metrics.rebuilt_records.inc_by(batch.len() as u64),
                     }
@@ -215,24 +215,49 @@ impl<B: Backend> Worker<B> {
         self.watch_stored_gaps(stop).await
     }
 
-    /// Commit the applied offset when due ([`Commits`]); `last` is the hand-over on
-    /// revocation or shutdown: synchronous, and once acknowledged remembered in sled,
-    /// so that a later `processor replay` to before it is recognised (the group
-    /// consumer delivers no callbacks for the asynchronous commits to do this).
-    pub(super) fn commit(&mut self, last: bool) {
+    /// Commit the applied offset when due ([`Commits`]), asynchronously: the next
+    /// commit supersedes a lost one.
+    pub(super) fn commit(&mut self) {
         let now = Instant::now();
-        let Some(applied) = self.commits.due(now, last) else {
+        let Some(applied) = self.commits.due(now, false) else {
             return;
         };
-        let mode = if last { CommitMode::Sync } else { CommitMode::Async };
-        match self.cx.backend.commit(&self.topic, self.partition, applied + 1, mode) {
-            Err(e) => tracing::warn!(partition = self.partition, error = %e, "offset commit failed"),
-            Ok(()) if last => {
+        if let Err(e) = self
+            .cx
+            .backend
+            .commit(&self.topic, self.partition, applied + 1, CommitMode::Async)
+        {
+            tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
+        }
+        self.commits.done(applied, now);
+    }
+
+    /// The hand-over commit on revocation or shutdown: synchronous (on a blocking
+    /// thread, so that a broker that does not answer holds up no task of the runtime),
+    /// and once acknowledged remembered in sled, so that a later `processor replay` to
+    /// before it is recognised (the group consumer delivers no callbacks for the
+    /// asynchronous commits to do this).
+    async fn hand_over(&mut self) {
+        let now = Instant::now();
+        let Some(applied) = self.commits.due(now, true) else {
+            return;
+        };
+        let (cx, topic, partition) = (self.cx.clone(), self.topic.clone(), self.partition);
+        let committed = tokio::task::spawn_blocking(move || {
+            cx.backend
+                .commit(&topic, partition, applied + 1, CommitMode::Sync)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match committed {
+            Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
+            Ok(()) => {
                 if let Err(e) = self.store.record_commit(applied + 1) {
                     tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
                 }
             }
-            Ok(()) => {}
         }
         self.commits.done(applied, now);
     }
