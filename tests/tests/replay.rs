@@ -290,10 +290,23 @@ fn activations_by_policy(records: &[OwnedMessage]) -> BTreeMap<String, Vec<(Stri
                 .entry(c.policy_id)
                 .or_default()
                 .push((c.cancellation_id, c.payment_id)),
-            PolicyEventKind::Duplicated(d) => out.entry(d.policy_id).or_default().push((d.duplicate_id, d.payment_id)),
+            // Announced by whichever request reaches the policy stage second: a set,
+            // not an order (see `duplicate_ids`).
+            PolicyEventKind::Duplicated(_) => {}
         }
     }
     out
+}
+
+/// The ids of the duplicate-payment notices.
+fn duplicate_ids(records: &[OwnedMessage]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|m| match decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
+            PolicyEventKind::Duplicated(d) => Some(d.duplicate_id),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Dead letters as (dead_letter_id, reason, event), sorted.
@@ -392,7 +405,9 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     )
     .await;
     let wait = Duration::from_secs(60);
-    kafka::read_records(broker.bootstrap(), &topics.activations, 12, wait).await;
+    // Every activation (the gapped payment's after its gap timed out), the cancellation
+    // and the duplicate notice.
+    kafka::read_records(broker.bootstrap(), &topics.activations, 13, wait).await;
     send_event(
         &addr,
         "evt_gap_2",
@@ -402,7 +417,7 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
         Some("pol_gap"),
     )
     .await;
-    kafka::read_records(broker.bootstrap(), &topics.dlq, 5, wait).await;
+    kafka::read_records(broker.bootstrap(), &topics.dlq, 4, wait).await;
     // Let the last outputs and commits go out, then stop the group.
     tokio::time::sleep(Duration::from_secs(1)).await;
     processor.stop().await;
@@ -428,12 +443,14 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     assert_eq!(before.len(), 11, "10 policies + the gapped one: {before:#?}");
     assert_eq!(
         first.len(),
-        12,
-        "11 activations and the refund's cancellation: {before:#?}"
+        13,
+        "11 activations, the refund's cancellation and the second payment's notice: {before:#?}"
     );
     assert_eq!(before["pol_r1"].len(), 2, "activated, then cancelled by the refund");
+    let duplicates_before = duplicate_ids(&first);
+    assert_eq!(duplicates_before.len(), 1);
     let dead_before = letters(&first_dlq);
-    assert_eq!(dead_before.len(), 5, "{dead_before:#?}");
+    assert_eq!(dead_before.len(), 4, "{dead_before:#?}");
 
     let r = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
     assert_eq!(r.len(), 4);
@@ -482,6 +499,11 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
         "replayed activations differ from the first run's"
     );
     assert_eq!(
+        duplicate_ids(&again),
+        duplicates_before,
+        "the same duplicate notice again"
+    );
+    assert_eq!(
         letters(&after(&all_dlq, &dlq_ends)),
         dead_before,
         "replayed dead letters differ"
@@ -489,14 +511,15 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
 
     // Downstream: the example consumer de-duplicates by id, whether it re-reads
     // everything or from a time (here: only the replay's re-published events).
-    let (lines, dups) = downstream_example(broker.bootstrap(), &topics.activations, &["--from", "beginning"], 12);
-    assert_eq!((lines.len(), dups), (12, 12), "{lines:#?}");
+    let (lines, dups) = downstream_example(broker.bootstrap(), &topics.activations, &["--from", "beginning"], 13);
+    assert_eq!((lines.len(), dups), (13, 13), "{lines:#?}");
     let ids = |lines: &[serde_json::Value]| {
         let mut v: Vec<String> = lines
             .iter()
             .map(|l| {
                 l["cancellation_id"]
                     .as_str()
+                    .or(l["duplicate_id"].as_str())
                     .or(l["activation_id"].as_str())
                     .unwrap()
                     .to_owned()
@@ -506,13 +529,14 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
         v
     };
     let mut first_ids: Vec<String> = before.values().flatten().map(|(id, _)| id.clone()).collect();
+    first_ids.extend(duplicates_before.iter().cloned());
     first_ids.sort();
     assert_eq!(ids(&lines), first_ids);
     let (lines, dups) = downstream_example(
         broker.bootstrap(),
         &topics.activations,
         &["--from-time", &replayed_at],
-        12,
+        13,
     );
     assert_eq!((ids(&lines), dups), (first_ids, 0));
     for l in &lines {

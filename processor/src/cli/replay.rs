@@ -19,12 +19,11 @@
 //! code, appears with a new id. Re-publishing rather than silently rebuilding is the
 //! point of a replay: it is how an operator repairs outputs that were wrong or lost.
 //!
-//! **Both stages.** `--from-beginning` and `--from-time` also move the policy stage's
-//! repartition topic (to its start, or its first request at or after the time): the
-//! policy stage then decides its requests again in the same order, so every policy
-//! gets the same holder and its events are re-published with the same ids, and the
-//! requests the payment stage sends again find their payments already decided.
-//! `--from-offset` moves only the raw partitions it names.
+//! **Both stages.** Only the raw topic moves. The payment stage decides its records
+//! again and sends its requests to the policy stage again (same request ids); the policy
+//! stage finds each payment already decided and publishes again the event that request
+//! got the first time (same id, same holder), so a replay re-publishes the policy events
+//! as well, without the policy stage deciding anything anew.
 //!
 //! Offsets by time and the ends of the log come from the broker's offset index
 //! ([`crate::kafka::offsets`]).
@@ -153,10 +152,8 @@ pub struct PartitionReset {
     pub reset_to: i64,
 }
 
-/// Move the group to `from` (see the module docs): the raw topic's partitions, and for
-/// `--from-beginning` and `--from-time` the policy stage's too, so that the policy
-/// stage decides its requests again and re-publishes its events with the same ids.
-/// `--from-offset` names raw partitions only. Blocking: call it from a blocking thread.
+/// Move the group to `from` on the raw topic (see the module docs). Blocking: call it
+/// from a blocking thread.
 /// Refuses while the group has members, and refuses to move a partition past its
 /// committed offset (or past the log start when it never committed) unless `force`.
 pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
@@ -164,12 +161,8 @@ pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<P
     // subscribes, so it never joins the group.
     let consumer: BaseConsumer = client::tool_consumer(cfg, &cfg.group_id, "-replay").create()?;
     refuse_if_active(&consumer, &cfg.group_id)?;
-    let mut resets =
+    let resets =
         topic_resets(&consumer, &cfg.raw_topic, from)?.ok_or_else(|| ReplayError::NoTopic(cfg.raw_topic.clone()))?;
-    if !matches!(from, ReplayFrom::Offsets(_)) {
-        // Absent before the first processor ran: nothing to move.
-        resets.extend(topic_resets(&consumer, &cfg.requests_topic(), from)?.unwrap_or_default());
-    }
     let forward: Vec<(i32, Option<i64>, i64)> = resets
         .iter()
         .filter(|r| r.reset_to > r.committed_before.unwrap_or(r.log_start))

@@ -11,7 +11,9 @@
 //!   for the policy. CANCEL from a payment never seen (its ACTIVATE has not arrived)
 //!   marks it refunded, so its late ACTIVATE cannot take the policy.
 //! - A request from a payment already decided (a re-send after a crash, or a replay of
-//!   the payment stage) changes nothing and emits nothing.
+//!   the payment stage) changes nothing, and publishes again the event that request got
+//!   the first time, with the same id: so a replay of the raw topic re-publishes the
+//!   policy events it leads to, as it re-publishes dead letters.
 //!
 //! Everything depends only on the requests and their order, so every rebuild and replay
 //! of the partition picks the same holder.
@@ -49,6 +51,17 @@ pub struct PolicyPayment {
     pub standing: Standing,
     /// Offset of the request that decided its standing last.
     pub offset: i64,
+    /// For a duplicate: the holder it was announced against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<HolderRef>,
+}
+
+/// The holder a duplicate was announced against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderRef {
+    pub source: String,
+    pub payment_id: String,
+    pub activation_id: String,
 }
 
 /// One decided request, for `GET /policies/{id}`.
@@ -150,14 +163,33 @@ pub fn decide_policy(
 type Decided = (Vec<Output>, Outcome, &'static str);
 
 fn activate(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
-    if st.find(&r.source, &r.payment_id).is_some() {
-        return (Vec::new(), Outcome::Duplicate, "already_decided");
+    if let Some(p) = st.find(&r.source, &r.payment_id) {
+        // Decided before: publish again what this request got then.
+        let again = match (p.standing, &p.duplicate_of) {
+            (Standing::Holder | Standing::Released, _) => Some(activated(r)),
+            (Standing::Duplicate | Standing::Refunded, Some(h)) => Some(duplicated(r, h)),
+            (Standing::Duplicate | Standing::Refunded, None) => None,
+        };
+        let note = if again.is_some() {
+            "published_again"
+        } else {
+            "already_decided"
+        };
+        return (again.into_iter().collect(), Outcome::Duplicate, note);
     }
-    let holder = st.holder().cloned();
-    let standing = if holder.is_some() {
-        Standing::Duplicate
-    } else {
-        Standing::Holder
+    let holder = st.holder().map(|h| HolderRef {
+        source: h.source.clone(),
+        payment_id: h.payment_id.clone(),
+        activation_id: h.activation_id.clone(),
+    });
+    let (standing, output, outcome, note) = match &holder {
+        None => (Standing::Holder, activated(r), Outcome::Applied, "activated"),
+        Some(h) => (
+            Standing::Duplicate,
+            duplicated(r, h),
+            Outcome::PaymentDuplicated,
+            "duplicate",
+        ),
     };
     st.payments.push(PolicyPayment {
         source: r.source.clone(),
@@ -165,42 +197,9 @@ fn activate(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
         activation_id: r.activation_id.clone(),
         standing,
         offset,
+        duplicate_of: holder,
     });
-    let Some(h) = holder else {
-        let event = PolicyEventKind::Activated(PolicyActivated {
-            activation_id: r.activation_id.clone(),
-            policy_id: r.policy_id.clone(),
-            payment_id: r.payment_id.clone(),
-            source: r.source.clone(),
-            payment_event_id: r.payment_event_id.clone(),
-            amount: r.amount,
-            currency: r.currency.clone(),
-            occurred_at: r.occurred_at.clone(),
-            activated_at: r.received_at,
-        });
-        return (vec![policy_event(r, event)], Outcome::Applied, "activated");
-    };
-    let event = PolicyEventKind::Duplicated(PolicyPaymentDuplicated {
-        duplicate_id: duplicate_id(
-            &r.policy_id,
-            &h.activation_id,
-            &r.source,
-            &r.payment_id,
-            &r.payment_event_id,
-        ),
-        policy_id: r.policy_id.clone(),
-        active_activation_id: h.activation_id,
-        active_payment_id: h.payment_id,
-        active_source: h.source,
-        payment_id: r.payment_id.clone(),
-        source: r.source.clone(),
-        payment_event_id: r.payment_event_id.clone(),
-        amount: r.amount,
-        currency: r.currency.clone(),
-        occurred_at: r.occurred_at.clone(),
-        detected_at: r.received_at,
-    });
-    (vec![policy_event(r, event)], Outcome::PaymentDuplicated, "duplicate")
+    (vec![output], outcome, note)
 }
 
 fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
@@ -213,6 +212,7 @@ fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
             activation_id: r.activation_id.clone(),
             standing: Standing::Refunded,
             offset,
+            duplicate_of: None,
         });
         return (Vec::new(), Outcome::Applied, "refunded_before_activation");
     };
@@ -220,27 +220,83 @@ fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
         Standing::Holder => {
             p.standing = Standing::Released;
             p.offset = offset;
-            let event = PolicyEventKind::Cancelled(PolicyCancelled {
-                cancellation_id: cancellation_id(&r.policy_id, &r.source, &r.payment_event_id),
-                activation_id: p.activation_id.clone(),
-                policy_id: r.policy_id.clone(),
-                payment_id: r.payment_id.clone(),
-                source: r.source.clone(),
-                payment_event_id: r.payment_event_id.clone(),
-                amount: r.amount,
-                currency: r.currency.clone(),
-                occurred_at: r.occurred_at.clone(),
-                cancelled_at: r.received_at,
-            });
-            (vec![policy_event(r, event)], Outcome::Applied, "cancelled")
+            let event = cancelled(r, &p.activation_id);
+            (vec![event], Outcome::Applied, "cancelled")
         }
         Standing::Duplicate => {
             p.standing = Standing::Refunded;
             p.offset = offset;
             (Vec::new(), Outcome::Applied, "duplicate_refunded")
         }
-        Standing::Released | Standing::Refunded => (Vec::new(), Outcome::Duplicate, "already_decided"),
+        // Decided before: publish the cancellation again.
+        Standing::Released => (
+            vec![cancelled(r, &p.activation_id)],
+            Outcome::Duplicate,
+            "published_again",
+        ),
+        Standing::Refunded => (Vec::new(), Outcome::Duplicate, "already_decided"),
     }
+}
+
+fn activated(r: &PolicyRequest) -> Output {
+    policy_event(
+        r,
+        PolicyEventKind::Activated(PolicyActivated {
+            activation_id: r.activation_id.clone(),
+            policy_id: r.policy_id.clone(),
+            payment_id: r.payment_id.clone(),
+            source: r.source.clone(),
+            payment_event_id: r.payment_event_id.clone(),
+            amount: r.amount,
+            currency: r.currency.clone(),
+            occurred_at: r.occurred_at.clone(),
+            activated_at: r.received_at,
+        }),
+    )
+}
+
+fn duplicated(r: &PolicyRequest, h: &HolderRef) -> Output {
+    policy_event(
+        r,
+        PolicyEventKind::Duplicated(PolicyPaymentDuplicated {
+            duplicate_id: duplicate_id(
+                &r.policy_id,
+                &h.activation_id,
+                &r.source,
+                &r.payment_id,
+                &r.payment_event_id,
+            ),
+            policy_id: r.policy_id.clone(),
+            active_activation_id: h.activation_id.clone(),
+            active_payment_id: h.payment_id.clone(),
+            active_source: h.source.clone(),
+            payment_id: r.payment_id.clone(),
+            source: r.source.clone(),
+            payment_event_id: r.payment_event_id.clone(),
+            amount: r.amount,
+            currency: r.currency.clone(),
+            occurred_at: r.occurred_at.clone(),
+            detected_at: r.received_at,
+        }),
+    )
+}
+
+fn cancelled(r: &PolicyRequest, activation_id: &str) -> Output {
+    policy_event(
+        r,
+        PolicyEventKind::Cancelled(PolicyCancelled {
+            cancellation_id: cancellation_id(&r.policy_id, &r.source, &r.payment_event_id),
+            activation_id: activation_id.to_owned(),
+            policy_id: r.policy_id.clone(),
+            payment_id: r.payment_id.clone(),
+            source: r.source.clone(),
+            payment_event_id: r.payment_event_id.clone(),
+            amount: r.amount,
+            currency: r.currency.clone(),
+            occurred_at: r.occurred_at.clone(),
+            cancelled_at: r.received_at,
+        }),
+    )
 }
 
 fn policy_event(r: &PolicyRequest, event: PolicyEventKind) -> Output {
