@@ -117,6 +117,16 @@ pub struct ChildProcessor {
     pub admin: String,
 }
 
+/// One instance of a group for a test: `base` with the state in `dir/<name>`, run as a
+/// child process with its config and log in `dir/<name>-run`.
+pub fn spawn_instance(base: &ProcessorConfig, dir: &Path, name: &str) -> ChildProcessor {
+    let mut c = base.clone();
+    c.state_dir = dir.join(name);
+    let run = dir.join(format!("{name}-run"));
+    std::fs::create_dir_all(&run).expect("run directory");
+    ChildProcessor::spawn(&c, &run)
+}
+
 impl ChildProcessor {
     pub fn spawn(config: &ProcessorConfig, dir: &Path) -> ChildProcessor {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

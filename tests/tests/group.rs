@@ -11,7 +11,7 @@ use std::time::Duration;
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
-use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
+use hookstream_tests::processor::{spawn_instance, test_config, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::Message;
 
@@ -59,13 +59,7 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     // Every JoinGroup, SyncGroup and assignment in the instances' logs: when this fails,
     // the kept directory shows who owned which partition when.
     base.kafka.debug = "cgrp".into();
-    let instance = |name: &str| {
-        let mut c = base.clone();
-        c.state_dir = dir.join(name);
-        let d = dir.join(format!("{name}-run"));
-        std::fs::create_dir_all(&d).unwrap();
-        ChildProcessor::spawn(&c, &d)
-    };
+    let instance = |name: &str| spawn_instance(&base, &dir, name);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let a = instance("a");
     let b = instance("b");

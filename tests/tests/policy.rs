@@ -12,7 +12,7 @@ use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http;
 use hookstream_tests::ingest::{scheme_of, secrets_of};
-use hookstream_tests::processor::{test_config, ChildProcessor, RunningProcessor, Topics};
+use hookstream_tests::processor::{spawn_instance, test_config, RunningProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -133,13 +133,7 @@ async fn two_payments_per_policy_across_a_group_with_a_crash_give_one_holder_and
         .unwrap()
         .keep();
     let base = test_config(broker.bootstrap(), &topics, &dir.join("unused"));
-    let instance = |name: &str| {
-        let mut c = base.clone();
-        c.state_dir = dir.join(name);
-        let d = dir.join(format!("{name}-run"));
-        std::fs::create_dir_all(&d).unwrap();
-        ChildProcessor::spawn(&c, &d)
-    };
+    let instance = |name: &str| spawn_instance(&base, &dir, name);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let (a, b, c) = (instance("a"), instance("b"), instance("c"));
     let sender = double_payments(ingest.addr());
@@ -238,108 +232,74 @@ async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_
     let bootstrap = broker.bootstrap();
 
     // Paid, refunded, paid again: activated, cancelled, activated again with a new id.
-    send(
-        &addr,
-        "paymenthub",
-        "r1_done",
-        "pay_r1",
-        "payment.completed",
-        Some("pol_r"),
-    )
-    .await;
-    read_events(
-        bootstrap,
-        &topics.activations,
-        Duration::from_secs(60),
-        lines_of("pol_r", 1),
-    )
-    .await;
-    send(
-        &addr,
-        "paymenthub",
-        "r1_refund",
-        "pay_r1",
-        "payment.refunded",
-        Some("pol_r"),
-    )
-    .await;
-    read_events(
-        bootstrap,
-        &topics.activations,
-        Duration::from_secs(60),
-        lines_of("pol_r", 2),
-    )
-    .await;
-    send(
-        &addr,
-        "paymenthub",
-        "r2_done",
-        "pay_r2",
-        "payment.completed",
-        Some("pol_r"),
-    )
-    .await;
-    // A duplicate of the new holder, then its refund: nothing changes for the policy.
-    read_events(
-        bootstrap,
-        &topics.activations,
-        Duration::from_secs(60),
-        lines_of("pol_r", 3),
-    )
-    .await;
-    send(
-        &addr,
-        "paymenthub",
-        "r3_done",
-        "pay_r3",
-        "payment.completed",
-        Some("pol_r"),
-    )
-    .await;
-    read_events(
-        bootstrap,
-        &topics.activations,
-        Duration::from_secs(60),
-        lines_of("pol_r", 4),
-    )
-    .await;
-    send(
-        &addr,
-        "paymenthub",
-        "r3_refund",
-        "pay_r3",
-        "payment.refunded",
-        Some("pol_r"),
-    )
-    .await;
-
-    // A payment id that stripe uses too: stripe's refund of *its* pay_n is another
-    // payment, and pay_n of paymenthub keeps its policy.
-    send(
-        &addr,
-        "paymenthub",
-        "n_done",
-        "pay_n",
-        "payment.completed",
-        Some("pol_n"),
-    )
-    .await;
-    read_events(
-        bootstrap,
-        &topics.activations,
-        Duration::from_secs(60),
-        lines_of("pol_n", 1),
-    )
-    .await;
-    send(
-        &addr,
-        "stripe",
-        "evt_stripe_n",
-        "pay_n",
-        "payment.refunded",
-        Some("pol_n"),
-    )
-    .await;
+    // Then a duplicate of the new holder and its refund: nothing changes for the policy.
+    // Then a payment id that stripe uses too: stripe's refund of *its* pay_n is another
+    // payment, and pay_n of paymenthub keeps its policy. Each step waits for the policy
+    // events the one before it leads to (their order across payments is the log's).
+    type Step = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<(&'static str, usize)>,
+    );
+    let steps: [Step; 7] = [
+        (
+            "paymenthub",
+            "r1_done",
+            "pay_r1",
+            "payment.completed",
+            "pol_r",
+            Some(("pol_r", 1)),
+        ),
+        (
+            "paymenthub",
+            "r1_refund",
+            "pay_r1",
+            "payment.refunded",
+            "pol_r",
+            Some(("pol_r", 2)),
+        ),
+        (
+            "paymenthub",
+            "r2_done",
+            "pay_r2",
+            "payment.completed",
+            "pol_r",
+            Some(("pol_r", 3)),
+        ),
+        (
+            "paymenthub",
+            "r3_done",
+            "pay_r3",
+            "payment.completed",
+            "pol_r",
+            Some(("pol_r", 4)),
+        ),
+        ("paymenthub", "r3_refund", "pay_r3", "payment.refunded", "pol_r", None),
+        (
+            "paymenthub",
+            "n_done",
+            "pay_n",
+            "payment.completed",
+            "pol_n",
+            Some(("pol_n", 1)),
+        ),
+        ("stripe", "evt_stripe_n", "pay_n", "payment.refunded", "pol_n", None),
+    ];
+    for (source, event, payment, ty, policy, wait) in steps {
+        send(&addr, source, event, payment, ty, Some(policy)).await;
+        if let Some((pol, n)) = wait {
+            read_events(
+                bootstrap,
+                &topics.activations,
+                Duration::from_secs(60),
+                lines_of(pol, n),
+            )
+            .await;
+        }
+    }
 
     // Both refunds decided (the payment stage for stripe's, the policy stage for pay_r3's),
     // then everything the topic holds.

@@ -12,47 +12,35 @@ pub fn dedup_key(source: &str, event_id: &str) -> String {
     format!("{source}\u{0}{event_id}")
 }
 
+/// Hex SHA-256 of `tag` and `fields`, each field after a newline: ids never contain
+/// control characters (input.rs checks), so no two field lists give the same bytes.
+fn hash_fields(tag: &str, fields: &[&str]) -> String {
+    let mut parts: Vec<&[u8]> = vec![tag.as_bytes()];
+    for f in fields {
+        parts.push(b"\n");
+        parts.push(f.as_bytes());
+    }
+    sha256_hex(&parts)
+}
+
 /// Deterministic activation id: the same completed event for the same policy always
 /// gives the same id.
 pub fn activation_id(policy_id: &str, source: &str, event_id: &str) -> String {
-    sha256_hex(&[
-        b"activation\n",
-        policy_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
+    hash_fields("activation", &[policy_id, source, event_id])
 }
 
 pub fn cancellation_id(policy_id: &str, source: &str, event_id: &str) -> String {
-    sha256_hex(&[
-        b"cancellation\n",
-        policy_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
+    hash_fields("cancellation", &[policy_id, source, event_id])
 }
 
 /// Deterministic id of a request to the policy stage: the same webhook asks the same
 /// thing with the same id, however often it is decided again.
 pub fn request_id(kind: PolicyRequestKind, policy_id: &str, source: &str, payment_id: &str, event_id: &str) -> String {
-    let kind: &[u8] = match kind {
-        PolicyRequestKind::Activate => b"request:activate\n",
-        PolicyRequestKind::Cancel => b"request:cancel\n",
+    let tag = match kind {
+        PolicyRequestKind::Activate => "request:activate",
+        PolicyRequestKind::Cancel => "request:cancel",
     };
-    sha256_hex(&[
-        kind,
-        policy_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        payment_id.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
+    hash_fields(tag, &[policy_id, source, payment_id, event_id])
 }
 
 /// Deterministic id of the notice that a payment duplicates the policy's holder.
@@ -63,18 +51,10 @@ pub fn duplicate_id(
     payment_id: &str,
     event_id: &str,
 ) -> String {
-    sha256_hex(&[
-        b"duplicate\n",
-        policy_id.as_bytes(),
-        b"\n",
-        holder_activation_id.as_bytes(),
-        b"\n",
-        source.as_bytes(),
-        b"\n",
-        payment_id.as_bytes(),
-        b"\n",
-        event_id.as_bytes(),
-    ])
+    hash_fields(
+        "duplicate",
+        &[policy_id, holder_activation_id, source, payment_id, event_id],
+    )
 }
 
 /// A dead letter for `record`, with a deterministic id from its origin and reason.
