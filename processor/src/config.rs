@@ -177,6 +177,10 @@ pub struct ProcessingConfig {
     /// Raw bytes (record key and value) held per payment; beyond it an event is
     /// dead-lettered `held_limit_exceeded`. Default 2097152 (2 MiB).
     pub max_held_bytes: usize,
+    /// Partitions that rebuild their state from the log at once; the others wait. Each
+    /// rebuild reads with its own consumer (4 MiB of pre-fetch): with two stages on 12
+    /// partitions, 24 at once took the processor from 365 to 463 MB. Default 4.
+    pub max_concurrent_rebuilds: usize,
 }
 
 impl Default for ProcessingConfig {
@@ -193,6 +197,7 @@ impl Default for ProcessingConfig {
             max_sequence_ahead: Limits::default().max_sequence_ahead,
             max_held_events: Limits::default().max_held_events,
             max_held_bytes: Limits::default().max_held_bytes,
+            max_concurrent_rebuilds: 4,
         }
     }
 }

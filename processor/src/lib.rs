@@ -76,6 +76,7 @@ pub async fn run(
         backend,
         metrics: metrics.clone(),
         tracer: trace::RecordTracer::default(),
+        rebuilds: tokio::sync::Semaphore::new(config.processing.max_concurrent_rebuilds.max(1)),
     });
     let view = admin::View {
         store: store.clone(),

@@ -98,6 +98,9 @@ pub struct Context<B> {
     pub backend: B,
     pub metrics: Metrics,
     pub tracer: RecordTracer,
+    /// Rebuilds on assignment that may read the log at once
+    /// (`processing.max_concurrent_rebuilds`).
+    pub rebuilds: tokio::sync::Semaphore,
 }
 
 impl Settings {

@@ -59,6 +59,12 @@ impl<B: Backend> Worker<B> {
             None => Some(-1),
         };
         if let Some(from) = from {
+            // A reader's pre-fetch and a partition's batch per rebuild at once: with two
+            // stages an instance may be assigned dozens of partitions to rebuild together.
+            let _permit = tokio::select! {
+                p = cx.rebuilds.acquire() => p.ok(),
+                () = stop.cancelled() => return Err(Stopped),
+            };
             let started = Instant::now();
             let n = self.read_range(from, first_live, Mode::Rebuild, stop).await?;
             if n > 0 {

@@ -35,6 +35,7 @@ fn context(memory: &Memory, store: &Store) -> Arc<Context<Memory>> {
         backend: memory.clone(),
         metrics: Metrics::new(),
         tracer: RecordTracer::default(),
+        rebuilds: tokio::sync::Semaphore::new(1),
     })
 }
 
