@@ -177,6 +177,12 @@ pub struct ProcessingConfig {
     /// Raw bytes (record key and value) held per payment; beyond it an event is
     /// dead-lettered `held_limit_exceeded`. Default 2097152 (2 MiB).
     pub max_held_bytes: usize,
+    /// How far ahead of a partition's clock (the highest record time seen) one record
+    /// may move it; a record further ahead moves it by this much only, so a skewed
+    /// producer clock cannot age every dedup key at once (`crate::rules::clock`).
+    /// Default 1 day.
+    #[serde(rename = "max_record_time_ahead_ms", with = "millis")]
+    pub max_record_time_ahead: Duration,
     /// Partitions that rebuild their state from the log at once; the others wait. Each
     /// rebuild reads with its own consumer (4 MiB of pre-fetch): with two stages on 12
     /// partitions, 24 at once took the processor from 365 to 463 MB. Default 4.
@@ -197,6 +203,7 @@ impl Default for ProcessingConfig {
             max_sequence_ahead: Limits::default().max_sequence_ahead,
             max_held_events: Limits::default().max_held_events,
             max_held_bytes: Limits::default().max_held_bytes,
+            max_record_time_ahead: Duration::from_secs(24 * 3600),
             max_concurrent_rebuilds: 4,
         }
     }

@@ -13,6 +13,7 @@ use super::retry::{now_ms, Backoff};
 use super::worker::{Folded, Mode, Worker};
 use super::Stage;
 use super::Stopped;
+use crate::rules::clock;
 use crate::rules::decide::{decide, dedup_key, Decision, Outcome};
 use crate::rules::input::{classify, Input};
 use crate::rules::limits::Limits;
@@ -106,7 +107,8 @@ impl<B: Backend> Worker<B> {
             .cx
             .retry("store", stop, || async { store.applied_offset() })
             .await?;
-        let Some(mut decided) = self.decide_batch(batch, applied, mode, stop).await? else {
+        let clock = self.cx.retry("store", stop, || async { store.max_ts() }).await?;
+        let Some(mut decided) = self.decide_batch(batch, applied, clock, mode, stop).await? else {
             return Ok(Folded::Corrupt);
         };
         // Nothing new: sled already covers the batch, and its offset may be committed.
@@ -117,7 +119,7 @@ impl<B: Backend> Worker<B> {
             self.emit(&mut decided.outputs, stop).await?;
             self.count_outputs(&decided.outputs);
         }
-        self.persist(decided.changes, stop).await?;
+        self.persist(decided.changes, mode, stop).await?;
         if mode == Mode::Live {
             let now = now_ms();
             for ts in decided.timestamps {
@@ -130,16 +132,20 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Decide every record of `batch` above `applied`, each against sled overlaid with
-    /// the batch's earlier changes. `None`: the stored state does not read back.
+    /// the batch's earlier changes and at the partition's clock advanced by the record
+    /// (`clock`: before the batch). `None`: the stored state does not read back.
     async fn decide_batch(
         &mut self,
         batch: &[Incoming],
         applied: Option<i64>,
+        mut clock: Option<i64>,
         mode: Mode,
         stop: &CancellationToken,
     ) -> Result<Option<Decided>, Stopped> {
         let cx = self.cx.clone();
-        let limits = cx.settings.processing.limits();
+        let p = &cx.settings.processing;
+        let limits = p.limits();
+        let max_ahead = i64::try_from(p.max_record_time_ahead.as_millis()).unwrap_or(i64::MAX);
         let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
@@ -147,9 +153,11 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             let rec = inc.record.clone();
+            let now = clock::advance(clock, rec.origin.timestamp_ms, max_ahead);
+            clock = Some(now);
             let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
             let decision = loop {
-                match self.decide_one(&rec, &d.changes, &limits) {
+                match self.decide_one(&rec, &d.changes, &limits, now) {
                     Ok(decision) => break decision,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
@@ -188,15 +196,19 @@ impl<B: Backend> Worker<B> {
                 cause: rec.clone(),
             }));
             d.changes.applied = Some(offset);
-            d.changes.max_ts = Some(d.changes.max_ts.unwrap_or(i64::MIN).max(rec.origin.timestamp_ms));
+            d.changes.max_ts = Some(now);
             d.timestamps.push(rec.origin.timestamp_ms);
         }
         Ok(Some(d))
     }
 
-    /// Apply `changes` in one atomic sled batch (expiring dedup keys older than the
-    /// window before the newest record time), then wait until it is on disk.
-    async fn persist(&self, changes: Changes, stop: &CancellationToken) -> Result<(), Stopped> {
+    /// Apply `changes` in one atomic sled batch (removing dedup keys already expired at
+    /// the partition's clock), then, for live records, wait until it is on disk. A
+    /// rebuild does not wait per batch: its records are below the committed offset, so
+    /// losing the unflushed part only means rebuilding it again; it flushes once at its
+    /// end ([`Worker::read_range`]). Waiting per batch made a rebuild's speed depend on
+    /// how many partitions shared each flush.
+    async fn persist(&self, changes: Changes, mode: Mode, stop: &CancellationToken) -> Result<(), Stopped> {
         let cx = &self.cx;
         let window_ms = i64::try_from(cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
         let cutoff = changes.max_ts.map(|ts| ts - window_ms);
@@ -214,11 +226,14 @@ impl<B: Backend> Worker<B> {
         if swept > 0 {
             tracing::debug!(partition = self.partition, swept, "expired dedup keys");
         }
-        cx.retry("store", stop, || cx.flusher.flush()).await
+        match mode {
+            Mode::Live => cx.retry("store", stop, || cx.flusher.flush()).await,
+            Mode::Rebuild => Ok(()),
+        }
     }
 
     /// Decide one record against sled overlaid with the batch's own changes.
-    fn decide_one(&self, rec: &RawRecord, changes: &Changes, limits: &Limits) -> Result<Step, DecideError> {
+    fn decide_one(&self, rec: &RawRecord, changes: &Changes, limits: &Limits, now: i64) -> Result<Step, DecideError> {
         match self.stage {
             Stage::Payments => {
                 let input = classify(rec, &self.cx.settings.fields);
@@ -239,7 +254,11 @@ impl<B: Backend> Worker<B> {
                     }
                     _ => None,
                 };
-                Ok(decide(rec, input, payment, seen.as_ref(), limits).into())
+                // An entry past the window is forgotten here, in the fold, whether or not
+                // the sweep has removed it yet.
+                let window = i64::try_from(self.cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
+                let seen = seen.filter(|e| !clock::is_expired(e.first_seen_ms, now, window));
+                Ok(decide(rec, input, payment, seen.as_ref(), limits, now).into())
             }
             Stage::Policies => {
                 let request = rec

@@ -73,6 +73,22 @@ impl Memory {
         kind: &str,
         policy: &str,
     ) -> Incoming {
+        let offset = self.records(RAW).len() as i64;
+        self.append_at(1_000 + offset, source, payment, event_id, sequence, kind, policy)
+    }
+
+    /// [`Self::append_from`] with the record time `at_ms`.
+    #[allow(clippy::too_many_arguments)] // a record's fields, for tests
+    pub fn append_at(
+        &self,
+        at_ms: i64,
+        source: &str,
+        payment: &str,
+        event_id: &str,
+        sequence: i64,
+        kind: &str,
+        policy: &str,
+    ) -> Incoming {
         let mut st = self.state();
         let log = st.log.entry((RAW.to_owned(), 0)).or_default();
         let offset = log.len() as i64;
@@ -85,7 +101,7 @@ impl Memory {
             payment_id: payment.into(),
             event_type: Some(kind.into()),
             sequence: Some(sequence),
-            received_at: 1_000 + offset,
+            received_at: at_ms,
             headers: vec![],
             body: body.to_string().into_bytes(),
         };
@@ -94,7 +110,7 @@ impl Memory {
                 topic: RAW.into(),
                 partition: 0,
                 offset,
-                timestamp_ms: 1_000 + offset,
+                timestamp_ms: at_ms,
             },
             key: Some(payment.as_bytes().to_vec()),
             value: Some(encode(&raw).unwrap_or_default()),

@@ -151,6 +151,9 @@ impl<B: Backend> Worker<B> {
             n += batch.len() as u64;
             self.fold(&batch, mode, stop).await?;
         }
+        if mode == Mode::Rebuild {
+            cx.retry("store", stop, || cx.flusher.flush()).await?;
+        }
         Ok(n)
     }
 }

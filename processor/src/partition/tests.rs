@@ -18,10 +18,15 @@ use crate::store::{Flusher, Store};
 use crate::trace::RecordTracer;
 
 fn context(memory: &Memory, store: &Store) -> Arc<Context<Memory>> {
-    let processing = ProcessingConfig {
+    context_with(memory, store, |_| {})
+}
+
+fn context_with(memory: &Memory, store: &Store, tweak: impl FnOnce(&mut ProcessingConfig)) -> Arc<Context<Memory>> {
+    let mut processing = ProcessingConfig {
         max_backoff: Duration::from_millis(20),
         ..ProcessingConfig::default()
     };
+    tweak(&mut processing);
     Arc::new(Context {
         settings: Settings {
             raw_topic: RAW.into(),
@@ -46,7 +51,11 @@ async fn run(memory: &Memory, store: &Store, delivered: Vec<Incoming>) {
 
 /// Run a worker of `stage`'s partition 0 over `delivered` until its queue closes.
 async fn run_stage(stage: Stage, memory: &Memory, store: &Store, delivered: Vec<Incoming>) {
-    let worker = Worker::new(context(memory, store), stage, 0).expect("worker");
+    run_with(stage, context(memory, store), delivered).await;
+}
+
+async fn run_with(stage: Stage, cx: Arc<Context<Memory>>, delivered: Vec<Incoming>) {
+    let worker = Worker::new(cx, stage, 0).expect("worker");
     let (tx, rx) = mpsc::channel(16);
     for m in delivered {
         tx.send(m).await.expect("queue");
@@ -225,4 +234,60 @@ async fn the_policy_stage_gives_the_policy_to_the_first_request_and_announces_th
     assert!(memory.sent().is_empty(), "rebuilt, not re-published");
     let (_, st) = fresh.find_policy(REQUESTS, "pol").expect("store").expect("policy");
     assert_eq!(st.holder().map(|h| h.source.as_str()), Some("src"));
+}
+
+/// A dedup window of 10 s, at most `ahead` seconds ahead per record, in record time.
+fn short_window(batch: usize, ahead: u64) -> impl FnOnce(&mut ProcessingConfig) {
+    move |p: &mut ProcessingConfig| {
+        p.dedup_window = Duration::from_secs(10);
+        p.max_record_time_ahead = Duration::from_secs(ahead);
+        p.max_batch_records = batch;
+    }
+}
+
+#[tokio::test]
+async fn the_same_log_gives_the_same_outputs_and_state_whatever_the_batch_size() {
+    let mut results = Vec::new();
+    for batch in [1, 500] {
+        let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+        // e1; another payment's event past the 10 s window; e1 again just after it.
+        let log = vec![
+            memory.append_at(0, "src", "pay1", "e1", 1, "payment.completed", "pol1"),
+            memory.append_at(20_000, "src", "pay2", "e2", 1, "payment.created", "pol2"),
+            memory.append_at(21_000, "src", "pay1", "e1", 1, "payment.completed", "pol1"),
+        ];
+        run_with(
+            Stage::Payments,
+            context_with(&memory, &store, short_window(batch, 60)),
+            log,
+        )
+        .await;
+        let state = store.partition(RAW, 0).expect("store").dump();
+        results.push((memory.sent(), state));
+    }
+    assert_eq!(results[0].0, results[1].0, "outputs of batch size 1 and 500");
+    assert_eq!(results[0].1, results[1].1, "state of batch size 1 and 500");
+    assert_eq!(
+        results[0].0[1], "dead:stale",
+        "e1 again past the window is no longer a known duplicate: its sequence is stale"
+    );
+}
+
+#[tokio::test]
+async fn a_far_future_record_time_does_not_expire_other_keys() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let log = vec![
+        memory.append_at(0, "src", "pay1", "e1", 1, "payment.completed", "pol1"),
+        memory.append_at(i64::MAX / 2, "src", "pay2", "e2", 1, "payment.created", "pol2"),
+        // The provider's retry of e1, a second later: still a duplicate.
+        memory.append_at(1_000, "src", "pay1", "e1", 1, "payment.completed", "pol1"),
+    ];
+    run_with(Stage::Payments, context_with(&memory, &store, short_window(1, 2)), log).await;
+    assert_eq!(
+        memory.sent(),
+        vec![activated("pol1", "e1")],
+        "the retry is a duplicate, not stale"
+    );
+    let clock = store.partition(RAW, 0).and_then(|p| p.max_ts()).expect("store");
+    assert_eq!(clock, Some(2_000), "the far-future time moved the clock by 2 s only");
 }

@@ -209,13 +209,15 @@ fn request(kind: PolicyRequestKind, policy_id: &str, activation_id: &str, ev: &W
 ///
 /// `payment` is the stored state of the payment the input names (if any, see
 /// [`Input::payment_key`]), `seen` the dedup entry of its (source, event_id) if one
-/// exists.
+/// exists and has not expired, `now_ms` the partition's clock at this record
+/// ([`crate::rules::clock`]), from which a new dedup entry counts its window.
 pub fn decide(
     record: &RawRecord,
     input: Input,
     payment: Option<PaymentState>,
     seen: Option<&DedupEntry>,
     limits: &Limits,
+    now_ms: i64,
 ) -> Decision {
     let mut cx = Ctx {
         outputs: Vec::new(),
@@ -262,7 +264,7 @@ pub fn decide(
             let accepted = outcome != Outcome::Duplicate && !cx.rejected;
             let dedup = accepted.then(|| {
                 let entry = DedupEntry {
-                    first_seen_ms: record.origin.timestamp_ms,
+                    first_seen_ms: now_ms,
                     body_hash: ev.body_hash.clone(),
                     offset: record.origin.offset,
                 };

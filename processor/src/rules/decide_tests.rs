@@ -62,7 +62,8 @@ impl Sim {
             _ => None,
         };
         let payment = pid.as_ref().and_then(|p| self.payments.get(p).cloned());
-        let d = decide(&rec, input, payment, seen.as_ref(), &self.limits);
+        let now = rec.origin.timestamp_ms;
+        let d = decide(&rec, input, payment, seen.as_ref(), &self.limits, now);
         if let Some(p) = d.payment {
             self.payments.insert(p.key(), p);
         }

@@ -6,6 +6,7 @@
 //! broker refuses for good into a dead letter it accepts. Because nothing here reads
 //! the clock or does I/O, a replay of the same records gives the same decisions.
 
+pub mod clock;
 pub mod decide;
 pub mod fallback;
 pub mod ids;

@@ -13,7 +13,7 @@
 //! | `g` + payment key | empty: payments with held events (the gap timer's index) |
 //! | `P` + policy_id | `PolicyState` (JSON; policy stage) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
-//! | `m:max_ts` | newest record time applied (ms): the sweep's clock, so expiry replays identically |
+//! | `m:max_ts` | the partition's clock after the last applied record (ms, `crate::rules::clock`): dedup expiry is decided against it, so it replays identically |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
 //!
 //! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
@@ -309,6 +309,16 @@ impl PartitionStore {
             Some(old.map_or(offset, |o| o.max(offset)).to_be_bytes().to_vec())
         })?;
         Ok(())
+    }
+
+    /// Every key and value, in key order (tests compare whole states).
+    #[cfg(test)]
+    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
     }
 
     /// Remove everything (before a rebuild from the start of the log).
