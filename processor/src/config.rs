@@ -86,6 +86,11 @@ pub struct KafkaConfig {
     /// Consumer `fetch.min.bytes`: under load, fewer and larger fetches for the broker
     /// to answer. Default 65536.
     pub fetch_min_bytes: u32,
+    /// `fetch.wait.max.ms` of the member that reads the policy stage's repartition topic
+    /// (its `fetch.min.bytes` is 1): its records are few, so a fetch that waits for bytes
+    /// only adds to the activation's latency. Default 25 ms.
+    #[serde(rename = "policy_fetch_wait_max_ms", with = "millis")]
+    pub policy_fetch_wait_max: Duration,
     /// Static membership `group.instance.id`, so a restart within the session timeout
     /// keeps its partitions. Default empty (dynamic membership).
     pub group_instance_id: String,
@@ -130,6 +135,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             fetch_wait_max: Duration::from_millis(25),
             fetch_min_bytes: 65_536,
+            policy_fetch_wait_max: Duration::from_millis(25),
             group_instance_id: String::new(),
             debug: String::new(),
             librdkafka: BTreeMap::new(),

@@ -57,10 +57,20 @@ pub async fn run(
         raw: config.kafka.raw_topic.clone(),
         requests: config.kafka.requests_topic(),
     };
-    let context = group::consumer::GroupContext::new(metrics.clone(), topics.clone(), membership_tx, revoke_bound);
-    let consumer: Arc<group::consumer::GroupConsumer> =
-        Arc::new(kafka::client::group_consumer(&config.kafka).create_with_context(context)?);
-    consumer.subscribe(&[&topics.raw, &topics.requests])?;
+    let member = |c: rdkafka::ClientConfig,
+                  topic: &str|
+     -> Result<Arc<group::consumer::GroupConsumer>, ProcessorError> {
+        let context =
+            group::consumer::GroupContext::new(metrics.clone(), topics.clone(), membership_tx.clone(), revoke_bound);
+        let consumer: group::consumer::GroupConsumer = c.create_with_context(context)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Arc::new(consumer))
+    };
+    let members = group::Members {
+        payments: member(kafka::client::group_consumer(&config.kafka), &topics.raw)?,
+        policies: member(kafka::client::policy_consumer(&config.kafka), &topics.requests)?,
+    };
+    drop(membership_tx);
     tracing::info!(
         brokers = %config.kafka.brokers, group = %config.kafka.group_id, topic = %config.kafka.raw_topic,
         requests_topic = %topics.requests,
@@ -68,7 +78,12 @@ pub async fn run(
         admin = %admin.local_addr().map_err(ProcessorError::Listener)?,
         "processor started"
     );
-    let backend = kafka::backend::KafkaBackend::new(config.kafka.clone(), emitter, consumer.clone());
+    let backend = kafka::backend::KafkaBackend::new(
+        config.kafka.clone(),
+        emitter,
+        members.payments.clone(),
+        members.policies.clone(),
+    );
     let cx = Arc::new(partition::Context {
         settings: partition::Settings::from(&config),
         flusher: store::Flusher::start(&store),
@@ -83,10 +98,10 @@ pub async fn run(
         raw_topic: config.kafka.raw_topic.clone(),
         requests_topic: topics.requests.clone(),
         metrics,
-        consumer: consumer.clone(),
+        consumer: members.payments.clone(),
     };
     let admin_task = tokio::spawn(admin::serve(view, admin, shutdown.clone()));
-    group::run(cx, consumer, membership, shutdown).await;
+    group::run(cx, members, membership, shutdown).await;
     let _ = admin_task.await;
     tokio::task::spawn_blocking(move || store.flush())
         .await

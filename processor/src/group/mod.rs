@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kafka::backend::KafkaBackend;
 use crate::partition::io::Incoming;
 use crate::partition::worker::Worker;
-use crate::partition::Context;
+use crate::partition::{Context, Stage};
 use consumer::{GroupConsumer, GroupContext, StageTopics};
 use coordinator::{Coordinator, Key, Membership, Spawner};
 
@@ -29,7 +29,25 @@ pub type Backend = KafkaBackend<GroupContext>;
 /// Starts real workers over the broker, fed from the consumer's partition queues.
 struct Workers {
     cx: Arc<Context<Backend>>,
-    consumer: Arc<GroupConsumer>,
+    members: Members,
+}
+
+/// This instance's members of the group: one reads the raw topic, one the policy
+/// stage's repartition topic (each with the fetch settings its traffic needs).
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // rdkafka clients
+pub struct Members {
+    pub payments: Arc<GroupConsumer>,
+    pub policies: Arc<GroupConsumer>,
+}
+
+impl Members {
+    fn of(&self, stage: Stage) -> &Arc<GroupConsumer> {
+        match stage {
+            Stage::Payments => &self.payments,
+            Stage::Policies => &self.policies,
+        }
+    }
 }
 
 impl Spawner for Workers {
@@ -49,7 +67,7 @@ impl Spawner for Workers {
     fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
         let (stage, partition) = key;
         let topic = self.cx.settings.topic(stage);
-        match self.consumer.split_partition_queue(topic, partition) {
+        match self.members.of(stage).split_partition_queue(topic, partition) {
             Some(q) => Some(tokio::spawn(consumer::feed(q, tx, partition))),
             None => {
                 tracing::warn!(
@@ -62,11 +80,11 @@ impl Spawner for Workers {
     }
 }
 
-/// Consume the raw topic with `consumer` (subscribed, its callbacks sending to
-/// `membership`) until `shutdown`, then hand every partition over and leave the group.
+/// Consume with `members` (subscribed, their callbacks sending to `membership`) until
+/// `shutdown`, then hand every partition over and leave the group.
 pub async fn run(
     cx: Arc<Context<Backend>>,
-    consumer: Arc<GroupConsumer>,
+    members: Members,
     membership: mpsc::UnboundedReceiver<Membership>,
     shutdown: CancellationToken,
 ) {
@@ -76,7 +94,7 @@ pub async fn run(
     let coordinator = Coordinator::new(
         Workers {
             cx: cx.clone(),
-            consumer: consumer.clone(),
+            members: members.clone(),
         },
         p.partition_queue_records,
         deadline,
@@ -85,10 +103,21 @@ pub async fn run(
         raw: cx.settings.raw_topic.clone(),
         requests: cx.settings.requests_topic.clone(),
     };
-    let poller = tokio::spawn(consumer::poll(consumer.clone(), topics, records_tx, shutdown.clone()));
+    let pollers = [&members.payments, &members.policies].map(|c| {
+        tokio::spawn(consumer::poll(
+            c.clone(),
+            topics.clone(),
+            records_tx.clone(),
+            shutdown.clone(),
+        ))
+    });
+    drop(records_tx);
     coordinator.run(membership, records, shutdown).await;
-    let _ = poller.await;
-    consumer.unsubscribe();
+    for p in pollers {
+        let _ = p.await;
+    }
+    members.payments.unsubscribe();
+    members.policies.unsubscribe();
 }
 
 /// How long revoked workers may take to hand over: half the session timeout, so the

@@ -23,15 +23,37 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[allow(missing_debug_implementations)] // rdkafka clients
 pub struct KafkaBackend<C: ConsumerContext + 'static> {
     cfg: KafkaConfig,
+    requests_topic: String,
     emitter: Emitter,
-    /// The group consumer: commits and committed offsets go through the member that
-    /// owns the partition.
-    group: Arc<StreamConsumer<C>>,
+    /// The group's members of this instance (raw topic, repartition topic): commits and
+    /// committed offsets go through the member that owns the partition.
+    payments: Arc<StreamConsumer<C>>,
+    policies: Arc<StreamConsumer<C>>,
 }
 
 impl<C: ConsumerContext + 'static> KafkaBackend<C> {
-    pub fn new(cfg: KafkaConfig, emitter: Emitter, group: Arc<StreamConsumer<C>>) -> Self {
-        Self { cfg, emitter, group }
+    pub fn new(
+        cfg: KafkaConfig,
+        emitter: Emitter,
+        payments: Arc<StreamConsumer<C>>,
+        policies: Arc<StreamConsumer<C>>,
+    ) -> Self {
+        let requests_topic = cfg.requests_topic();
+        Self {
+            cfg,
+            requests_topic,
+            emitter,
+            payments,
+            policies,
+        }
+    }
+
+    fn member(&self, topic: &str) -> &Arc<StreamConsumer<C>> {
+        if topic == self.requests_topic {
+            &self.policies
+        } else {
+            &self.payments
+        }
     }
 }
 
@@ -47,7 +69,7 @@ impl<C: ConsumerContext + 'static> Outputs for KafkaBackend<C> {
 
 impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
     async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
-        let (group, topic) = (self.group.clone(), topic.to_owned());
+        let (group, topic) = (self.member(topic).clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || -> Result<Position, BoxError> {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
@@ -67,7 +89,7 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
             CommitMode::Async => KafkaCommitMode::Async,
             CommitMode::Sync => KafkaCommitMode::Sync,
         };
-        Ok(self.group.commit(&tpl, mode)?)
+        Ok(self.member(topic).commit(&tpl, mode)?)
     }
 }
 

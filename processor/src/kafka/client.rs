@@ -55,6 +55,23 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The group member that consumes the policy stage's repartition topic. The same group
+/// as [`group_consumer`]'s member, so the policy partitions are spread and handed over
+/// like the raw ones; a member of its own so that its fetches need not wait for
+/// `fetch_min_bytes` of raw traffic: its records are few, and every millisecond its
+/// fetch waits is added to every activation.
+pub fn policy_consumer(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = group_consumer(cfg);
+    c.set("client.id", format!("{}-policies", cfg.client_id))
+        .set("fetch.wait.max.ms", cfg.policy_fetch_wait_max.as_millis().to_string())
+        .set("fetch.min.bytes", "1");
+    if !cfg.group_instance_id.is_empty() {
+        // Each member of a static group needs its own instance id.
+        c.set("group.instance.id", format!("{}-policies", cfg.group_instance_id));
+    }
+    c
+}
+
 /// A reader of one partition outside the group (rebuilds, holes in a delivery): it is
 /// assigned its partition and never joins or commits.
 pub fn log_reader(cfg: &KafkaConfig) -> ClientConfig {
