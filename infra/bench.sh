@@ -113,7 +113,12 @@ spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that m
   local pp=$!; pids+=($pp)
   wait_ready http://127.0.0.1:18790
   local ip; start_ingest 18701 "$raw" "ingest-$n.log"
-  sleep 3 # let the group settle
+  # Traffic starts once the processor owns its partitions (both of its group members
+  # assigned), not after a fixed pause: a spike sent before would measure the join.
+  for _ in $(seq 1 150); do
+    [ "$(grep -c '"partitions assigned"' "$DIR/processor-$n.log")" -ge 2 ] && break
+    sleep 0.2
+  done
   $LG send --rate "$RATE" --duration "$SECONDS_" --connections "$SPIKE_CONNS" --target 127.0.0.1:18701 \
     --verify --brokers $B --activations-topic $act >"$DIR/open-$n.json" || true
   hwm_mb "$ip" >"$DIR/ingest-rss-$n"

@@ -1,5 +1,6 @@
 //! Admin HTTP: `GET /payments/{payment_id}[?source=S]`, `GET /policies/{policy_id}`,
-//! `/healthz`, `/readyz`, `/metrics`.
+//! `GET /holes`, `POST /holes/{topic}/{partition}/acknowledge`, `/healthz`, `/readyz`,
+//! `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::store::Store;
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // handles
 pub struct View {
+    pub holes: Arc<crate::partition::holes::Holes>,
     pub store: Store,
     pub raw_topic: String,
     pub requests_topic: String,
@@ -93,6 +95,30 @@ fn payment_view(shared: &View, payment_id: &str, source: Option<&str>) -> Respon
     )
 }
 
+/// `POST /holes/{topic}/{partition}/acknowledge`: the operator accepts that the records
+/// of the hole are gone; the partition goes on from the log start.
+fn acknowledge_hole(shared: &View, path: &str) -> Response<Full<Bytes>> {
+    let hole = path
+        .strip_prefix("/holes/")
+        .and_then(|p| p.strip_suffix("/acknowledge"))
+        .and_then(|p| p.rsplit_once('/'))
+        .and_then(|(topic, partition)| Some((topic, partition.parse::<i32>().ok()?)));
+    match hole {
+        None => reply(405, &json!({ "error": "method_not_allowed" })),
+        Some((topic, partition)) if shared.holes.acknowledge(topic, partition) => {
+            tracing::warn!(topic, partition, "hole acknowledged by an operator");
+            reply(
+                200,
+                &json!({ "acknowledged": true, "topic": topic, "partition": partition }),
+            )
+        }
+        Some((topic, partition)) => reply(
+            404,
+            &json!({ "error": "no_hole", "topic": topic, "partition": partition }),
+        ),
+    }
+}
+
 /// The JSON view of a policy as the policy stage decided it: the holder, every payment
 /// that asked and where it stands (holder, duplicate, released, refunded), the history.
 fn policy_view(shared: &View, policy_id: &str) -> Response<Full<Bytes>> {
@@ -122,6 +148,9 @@ fn policy_view(shared: &View, policy_id: &str) -> Response<Full<Bytes>> {
 
 async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
+    if req.method() == Method::POST {
+        return acknowledge_hole(&shared, &path);
+    }
     if req.method() != Method::GET {
         return reply(405, &json!({ "error": "method_not_allowed" }));
     }
@@ -141,11 +170,17 @@ async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
+            let holes = shared.holes.list();
             match check {
-                Ok(()) => reply(200, &json!({ "ready": true })),
+                Ok(()) if holes.is_empty() => reply(200, &json!({ "ready": true })),
+                Ok(()) => reply(
+                    503,
+                    &json!({ "error": "not_ready", "detail": "partitions stopped at a hole in their log", "holes": holes }),
+                ),
                 Err(detail) => reply(503, &json!({ "error": "not_ready", "detail": detail })),
             }
         }
+        "/holes" => reply(200, &json!({ "holes": shared.holes.list() })),
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             r.headers_mut().insert(

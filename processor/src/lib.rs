@@ -78,6 +78,7 @@ pub async fn run(
         admin = %admin.local_addr().map_err(ProcessorError::Listener)?,
         "processor started"
     );
+    let holes = Arc::new(partition::holes::Holes::default());
     let backend = kafka::backend::KafkaBackend::new(
         config.kafka.clone(),
         emitter,
@@ -92,8 +93,10 @@ pub async fn run(
         metrics: metrics.clone(),
         tracer: trace::RecordTracer::default(),
         rebuilds: tokio::sync::Semaphore::new(config.processing.max_concurrent_rebuilds.max(1)),
+        holes: holes.clone(),
     });
     let view = admin::View {
+        holes,
         store: store.clone(),
         raw_topic: config.kafka.raw_topic.clone(),
         requests_topic: topics.requests.clone(),

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub policy_requests: IntCounter,
     /// Events held for a sequence gap, now.
     pub held_events: IntGauge,
+    /// Partitions stopped at a hole in their log, waiting for an operator.
+    pub partition_holes: IntGauge,
     /// Records folded while rebuilding state from the log (outputs suppressed).
     pub rebuilt_records: IntCounter,
     /// Retries of transient failures, by what failed (emit, store, registry).
@@ -73,6 +75,12 @@ impl Metrics {
             )
             .expect("metric"),
             held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
+            partition_holes: IntGauge::new(
+                "partition_holes",
+                "Partitions stopped because records above their state are gone from the log (a hole); \
+                 acknowledge with POST /holes/{topic}/{partition}/acknowledge",
+            )
+            .expect("metric"),
             rebuilt_records: IntCounter::new("rebuilt_records_total", "Records folded while rebuilding state")
                 .expect("metric"),
             retries: IntCounterVec::new(Opts::new("retries_total", "Retries of transient failures"), &["what"])
@@ -118,6 +126,7 @@ impl Metrics {
             Box::new(m.duplicate_payments.clone()),
             Box::new(m.policy_requests.clone()),
             Box::new(m.held_events.clone()),
+            Box::new(m.partition_holes.clone()),
             Box::new(m.rebuilt_records.clone()),
             Box::new(m.retries.clone()),
             Box::new(m.lag.clone()),

@@ -115,4 +115,12 @@ impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
         reader.assign(&tpl)?;
         Ok(KafkaReader(reader))
     }
+
+    async fn log_start(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
+        let (member, topic) = (self.member(topic).clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<i64, BoxError> {
+            Ok(member.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.0)
+        })
+        .await?
+    }
 }

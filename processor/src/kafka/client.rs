@@ -79,6 +79,9 @@ pub fn log_reader(cfg: &KafkaConfig) -> ClientConfig {
     // A group id is required to assign; it is never joined.
     c.set("group.id", format!("{}-rebuild", cfg.group_id))
         .set("enable.auto.commit", "false")
+        // A start below the log's is a hole the worker refused before it got here
+        // (`partition::holes`); librdkafka's own default would jump to the end.
+        .set("auto.offset.reset", "earliest")
         // One reader per rebuilding partition: keep each one's pre-fetch small.
         .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "2000");

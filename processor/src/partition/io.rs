@@ -99,6 +99,9 @@ pub trait Log: Send + Sync + 'static {
 
     /// A reader of `topic`'s `partition` from `from` (`None`: the start of the retained log).
     fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<Self::Reader, BoxError>;
+
+    /// The first offset `topic`'s `partition` still has.
+    fn log_start(&self, topic: &str, partition: i32) -> impl Future<Output = Result<i64, BoxError>> + Send;
 }
 
 /// The records of one partition, in offset order.

@@ -46,6 +46,8 @@ pub struct State {
     pub failures: VecDeque<Fail>,
     /// Readers opened, with their start.
     pub opened: Vec<Option<i64>>,
+    /// The first offset each log still has (0 when absent).
+    pub log_start: HashMap<(String, i32), i64>,
 }
 
 /// The in-memory backend; clones share one state.
@@ -242,11 +244,21 @@ impl Log for Memory {
     fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<Reader, BoxError> {
         let mut st = self.state();
         st.opened.push(from);
-        let start = from.unwrap_or(0).max(0) as usize;
+        let first = st.log_start.get(&(topic.to_owned(), partition)).copied().unwrap_or(0);
+        let start = from.unwrap_or(0).max(first).max(0) as usize;
         let records = st
             .log
             .get(&(topic.to_owned(), partition))
             .map(|l| l.iter().skip(start).cloned().collect());
         Ok(Reader(records.unwrap_or_default()))
+    }
+
+    async fn log_start(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
+        Ok(self
+            .state()
+            .log_start
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0))
     }
 }

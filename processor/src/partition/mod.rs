@@ -14,6 +14,7 @@
 
 pub mod commit;
 pub mod gaps;
+pub mod holes;
 pub mod io;
 pub mod order;
 pub mod retry;
@@ -101,6 +102,8 @@ pub struct Context<B> {
     /// Rebuilds on assignment that may read the log at once
     /// (`processing.max_concurrent_rebuilds`).
     pub rebuilds: tokio::sync::Semaphore,
+    /// Partitions stopped at a hole in their log, shared with the admin API.
+    pub holes: std::sync::Arc<holes::Holes>,
 }
 
 impl Settings {

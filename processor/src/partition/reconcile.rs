@@ -53,9 +53,12 @@ impl<B: Backend> Worker<B> {
             self.drop_if_replayed(committed, stop).await?;
         }
         let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        let start = self.check_hole(applied, stop).await?;
+        // Below the log start the group itself starts at the log start.
+        let first_live = first_live.max(start);
         let from = match applied {
             Some(a) if a + 1 >= first_live => None,
-            Some(a) => Some(a + 1),
+            Some(a) => Some((a + 1).max(start)),
             None => Some(-1),
         };
         if let Some(from) = from {
@@ -87,6 +90,61 @@ impl<B: Backend> Worker<B> {
         }
         self.next_offset = Some(applied.map_or(first_live, |a| (a + 1).max(first_live)));
         Ok(())
+    }
+
+    /// The first offset the log still has. When records above the applied offset are
+    /// gone from it (a hole), the partition waits, loudly, until an operator
+    /// acknowledges the hole ([`super::holes`]); the acknowledgement is remembered, so a
+    /// restart does not ask again.
+    async fn check_hole(&mut self, applied: Option<i64>, stop: &CancellationToken) -> Result<i64, Stopped> {
+        let cx = self.cx.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let start = cx
+            .retry("log", stop, || cx.backend.log_start(&topic, partition))
+            .await?;
+        let Some(a) = applied.filter(|a| start > a + 1) else {
+            return Ok(start);
+        };
+        let store = self.store.clone();
+        let acked = cx.retry("store", stop, || async { store.hole_acknowledged() }).await?;
+        if acked.is_some_and(|s| s >= start) {
+            return Ok(start);
+        }
+        tracing::error!(
+            topic,
+            partition,
+            applied = a,
+            log_start = start,
+            "records {}..{} of the partition are gone from the log; the partition stops until the hole is \
+             acknowledged (POST /holes/{topic}/{partition}/acknowledge): nothing is skipped silently",
+            a + 1,
+            start - 1
+        );
+        cx.holes.report(&topic, partition, a, start);
+        cx.metrics.partition_holes.inc();
+        while !cx.holes.is_acknowledged(&topic, partition) {
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => false,
+                () = stop.cancelled() => true,
+            };
+            if stopped {
+                cx.holes.remove(&topic, partition);
+                cx.metrics.partition_holes.dec();
+                return Err(Stopped);
+            }
+        }
+        cx.holes.remove(&topic, partition);
+        cx.metrics.partition_holes.dec();
+        cx.retry("store", stop, || async { store.record_hole_ack(start) })
+            .await?;
+        tracing::warn!(
+            topic,
+            partition,
+            skipped_from = a + 1,
+            skipped_to = start - 1,
+            "hole acknowledged; going on from the log start"
+        );
+        Ok(start)
     }
 
     /// Watch the gaps of every stored payment that holds events.

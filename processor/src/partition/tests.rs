@@ -41,6 +41,7 @@ fn context_with(memory: &Memory, store: &Store, tweak: impl FnOnce(&mut Processi
         metrics: Metrics::new(),
         tracer: RecordTracer::default(),
         rebuilds: tokio::sync::Semaphore::new(1),
+        holes: Default::default(),
     })
 }
 
@@ -290,4 +291,48 @@ async fn a_far_future_record_time_does_not_expire_other_keys() {
     );
     let clock = store.partition(RAW, 0).and_then(|p| p.max_ts()).expect("store");
     assert_eq!(clock, Some(2_000), "the far-future time moved the clock by 2 s only");
+}
+
+#[tokio::test]
+async fn a_hole_in_the_log_stops_the_partition_until_it_is_acknowledged() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let first = vec![
+        memory.append("pay1", "e1", 1, "payment.completed", "pol1"),
+        memory.append("pay2", "e2", 1, "payment.completed", "pol2"),
+    ];
+    run(&memory, &store, first).await;
+    // Two more records, then both gone from the log (retention, deleted records).
+    memory.append("pay3", "e3", 1, "payment.completed", "pol3");
+    memory.append("pay4", "e4", 1, "payment.completed", "pol4");
+    let after = memory.append("pay5", "e5", 1, "payment.completed", "pol5");
+    memory.state().log_start.insert((RAW.into(), 0), 4);
+    memory.state().calls.clear();
+
+    let cx = context(&memory, &store);
+    let holes = cx.holes.clone();
+    let worker = Worker::new(cx, Stage::Payments, 0).expect("worker");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(after).await.expect("queue");
+    drop(tx);
+    let task = tokio::spawn(worker.run(rx, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let waiting = holes.list();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!((waiting[0].applied, waiting[0].log_start), (1, 4));
+    assert!(
+        memory.sent().is_empty(),
+        "nothing decided past the hole before it is acknowledged"
+    );
+    assert!(holes.acknowledge(RAW, 0));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("goes on once acknowledged")
+        .expect("worker");
+    assert_eq!(memory.sent(), vec![activated("pol5", "e5")], "from the log start on");
+    assert!(holes.list().is_empty());
+    let ack = store
+        .partition(RAW, 0)
+        .and_then(|p| p.hole_acknowledged())
+        .expect("store");
+    assert_eq!(ack, Some(4), "remembered, so a restart does not ask again");
 }

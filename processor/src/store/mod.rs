@@ -14,6 +14,7 @@
 //! | `P` + policy_id | `PolicyState` (JSON; policy stage) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
 //! | `m:max_ts` | the partition's clock after the last applied record (ms, `crate::rules::clock`): dedup expiry is decided against it, so it replays identically |
+//! | `m:hole_ack` | a log start an operator acknowledged: the records between the applied offset and it are gone (`crate::partition::holes`) |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
 //!
 //! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
@@ -47,6 +48,7 @@ pub enum StoreError {
 const APPLIED: &[u8] = b"m:applied";
 const MAX_TS: &[u8] = b"m:max_ts";
 const COMMITTED: &[u8] = b"m:committed";
+const HOLE_ACK: &[u8] = b"m:hole_ack";
 
 fn key(prefix: u8, rest: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -319,6 +321,17 @@ impl PartitionStore {
             .filter_map(Result::ok)
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect()
+    }
+
+    /// The log start an operator acknowledged a hole up to (records below it are gone).
+    pub fn hole_acknowledged(&self) -> Result<Option<i64>, StoreError> {
+        Ok(read_i64(self.tree.get(HOLE_ACK)?))
+    }
+
+    /// Remember that records below `log_start` are gone and may be skipped.
+    pub fn record_hole_ack(&self, log_start: i64) -> Result<(), StoreError> {
+        self.tree.insert(HOLE_ACK, &log_start.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Remove everything (before a rebuild from the start of the log).

@@ -1,0 +1,69 @@
+//! Holes in an input log: records above a partition's applied offset that the log no
+//! longer has (retention deleted them while the partition was elsewhere, or someone
+//! deleted records). Deciding on would skip them without a word, so the partition
+//! stops until an operator acknowledges the hole (`POST /holes/{topic}/{partition}/acknowledge`
+//! on the admin API), and `/readyz` says not ready meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// One partition's hole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hole {
+    pub topic: String,
+    pub partition: i32,
+    /// The last offset the partition's state covers.
+    pub applied: i64,
+    /// The first offset the log still has: `applied + 1 .. log_start` are gone.
+    pub log_start: i64,
+    pub acknowledged: bool,
+}
+
+/// The holes this instance is waiting on.
+#[derive(Debug, Default)]
+pub struct Holes(Mutex<BTreeMap<(String, i32), Hole>>);
+
+impl Holes {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Hole>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn report(&self, topic: &str, partition: i32, applied: i64, log_start: i64) {
+        let hole = Hole {
+            topic: topic.to_owned(),
+            partition,
+            applied,
+            log_start,
+            acknowledged: false,
+        };
+        self.map().insert((topic.to_owned(), partition), hole);
+    }
+
+    /// Acknowledge the hole of `topic`'s `partition`; false when there is none.
+    pub fn acknowledge(&self, topic: &str, partition: i32) -> bool {
+        match self.map().get_mut(&(topic.to_owned(), partition)) {
+            Some(h) => {
+                h.acknowledged = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_acknowledged(&self, topic: &str, partition: i32) -> bool {
+        self.map()
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|h| h.acknowledged)
+    }
+
+    pub fn remove(&self, topic: &str, partition: i32) {
+        self.map().remove(&(topic.to_owned(), partition));
+    }
+
+    /// Every hole waiting, in topic and partition order.
+    pub fn list(&self) -> Vec<Hole> {
+        self.map().values().cloned().collect()
+    }
+}
