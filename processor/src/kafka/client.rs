@@ -64,7 +64,10 @@ pub fn policy_consumer(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = group_consumer(cfg);
     c.set("client.id", format!("{}-policies", cfg.client_id))
         .set("fetch.wait.max.ms", cfg.policy_fetch_wait_max.as_millis().to_string())
-        .set("fetch.min.bytes", "1");
+        .set("fetch.min.bytes", "1")
+        // Requests are a few hundred bytes, a fraction of the raw records: 512 KiB of
+        // pre-fetch per partition is thousands of them (the raw member keeps 2 MiB).
+        .set("queued.max.messages.kbytes", "512");
     if !cfg.group_instance_id.is_empty() {
         // Each member of a static group needs its own instance id.
         c.set("group.instance.id", format!("{}-policies", cfg.group_instance_id));
