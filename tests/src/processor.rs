@@ -115,6 +115,7 @@ fn cargo_build(package: &str, kind: &str, name: &str) -> PathBuf {
 pub struct ChildProcessor {
     child: Child,
     pub admin: String,
+    log: PathBuf,
 }
 
 /// One instance of a group for a test: `base` with the state in `dir/<name>`, run as a
@@ -139,7 +140,8 @@ impl ChildProcessor {
         let toml = toml::to_string(&config).expect("config serialises");
         let path = dir.join("processor.toml");
         std::fs::write(&path, toml).expect("write config");
-        let log = std::fs::File::create(dir.join(format!("processor-{port}.log"))).expect("log file");
+        let log_path = dir.join(format!("processor-{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(workspace_bin("hookstream-processor", "processor"));
         if !config.kafka.debug.is_empty() {
             // librdkafka's debug lines are logged at target `librdkafka`.
@@ -156,7 +158,28 @@ impl ChildProcessor {
             .stderr(log)
             .spawn()
             .expect("spawn processor");
-        ChildProcessor { child, admin }
+        ChildProcessor {
+            child,
+            admin,
+            log: log_path,
+        }
+    }
+
+    /// Wait until both of the instance's group members (raw topic, repartition topic)
+    /// have their partitions: a stream sent before would be decided only after the join.
+    pub async fn wait_assigned(&self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.matches("\"partitions assigned\"").count() >= 2 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not assigned within {timeout:?}:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Send `signal` (e.g. `TERM`) with kill(1).

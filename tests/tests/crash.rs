@@ -67,6 +67,7 @@ async fn run_kill_and_restart(wipe_state: bool) {
     let config = test_config(broker.bootstrap(), &topics, &state);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let first = ChildProcessor::spawn(&config, dir.path());
+    first.wait_assigned(Duration::from_secs(60)).await;
     let sender = sign::paced_lifecycles(ingest.addr(), "c", PAYMENTS, 5, Duration::from_millis(150));
 
     // Kill once a part of the activations is out, while traffic is still flowing.
