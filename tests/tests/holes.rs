@@ -1,0 +1,95 @@
+//! A hole in the raw log on the real broker: records above a partition's state deleted
+//! (DeleteRecords, as retention would) while no processor ran. The processor refuses to
+//! go on for that partition, loudly, until an operator acknowledges the hole.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use hookstream_tests::broker::Broker;
+use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
+use hookstream_tests::{http, ingest, kafka, sign};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// GET `path` until `ready` holds for the reply (60 s at most).
+async fn poll(admin: &str, path: &str, ready: impl Fn(&http::Reply) -> bool) -> http::Reply {
+    for _ in 0..600 {
+        let r = http::get(admin, path).await;
+        if ready(&r) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+
+    let processor = RunningProcessor::start(config.clone()).await;
+    sign::send_event(&addr, "h1", "pay_h1", None, "payment.completed", Some("pol_h1")).await;
+    kafka::wait_for_activation(
+        broker.bootstrap(),
+        &topics.activations,
+        "pol_h1",
+        Duration::from_secs(60),
+    )
+    .await;
+    processor.stop().await;
+
+    // While no processor runs: two more webhooks, the first of them then deleted.
+    sign::send_event(&addr, "h2", "pay_h2", None, "payment.completed", Some("pol_h2")).await;
+    sign::send_event(&addr, "h3", "pay_h3", None, "payment.completed", Some("pol_h3")).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let mut below = TopicPartitionList::new();
+    below.add_partition_offset(&topics.raw, 0, Offset::Offset(2)).unwrap();
+    admin
+        .delete_records(
+            &below,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("the broker deletes records (DeleteRecords)");
+
+    let processor = RunningProcessor::start(config).await;
+    let not_ready = poll(&processor.admin, "/readyz", |r| r.status == 503).await;
+    let v = not_ready.json();
+    assert_eq!(v["holes"][0]["applied"], 0, "{v:#}");
+    assert_eq!(v["holes"][0]["log_start"], 2, "{v:#}");
+    let metrics = String::from_utf8_lossy(&http::get(&processor.admin, "/metrics").await.body).into_owned();
+    assert!(metrics.contains("hookstream_processor_partition_holes 1"), "{metrics}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = kafka::read_records(broker.bootstrap(), &topics.activations, 2, Duration::from_secs(2)).await;
+    assert_eq!(
+        early.len(),
+        1,
+        "nothing decided past the hole before it is acknowledged"
+    );
+
+    let path = format!("/holes/{}/0/acknowledge", topics.raw);
+    let r = http::post(&processor.admin, &path, &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    kafka::wait_for_activation(
+        broker.bootstrap(),
+        &topics.activations,
+        "pol_h3",
+        Duration::from_secs(60),
+    )
+    .await;
+    poll(&processor.admin, "/readyz", |r| r.status == 200).await;
+    let all = kafka::read_records(broker.bootstrap(), &topics.activations, 3, Duration::from_secs(3)).await;
+    assert_eq!(all.len(), 2, "pol_h2's record is gone: only h1 and h3 activate");
+    processor.stop().await;
+    ingest.stop().await;
+}
