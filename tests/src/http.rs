@@ -60,3 +60,21 @@ pub async fn post(addr: &str, path: &str, headers: &[(String, String)], body: Ve
 pub async fn get(addr: &str, path: &str) -> Reply {
     request(addr, Method::GET, path, &[], Vec::new()).await
 }
+
+/// GET `path` every 100 ms until `ready` holds for the reply; panics with the last
+/// reply after 60 s.
+pub async fn poll(addr: &str, path: &str, ready: impl Fn(&Reply) -> bool) -> Reply {
+    for _ in 0..600 {
+        let r = get(addr, path).await;
+        if ready(&r) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let last = get(addr, path).await;
+    panic!(
+        "{path} never became ready: {} {}",
+        last.status,
+        String::from_utf8_lossy(&last.body)
+    );
+}

@@ -13,18 +13,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// GET `path` until `ready` holds for the reply (60 s at most).
-async fn poll(admin: &str, path: &str, ready: impl Fn(&http::Reply) -> bool) -> http::Reply {
-    for _ in 0..600 {
-        let r = http::get(admin, path).await;
-        if ready(&r) {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{path} never became ready");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
     let broker = Broker::shared();
@@ -63,7 +51,7 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
         .expect("the broker deletes records (DeleteRecords)");
 
     let processor = RunningProcessor::start(config).await;
-    let not_ready = poll(&processor.admin, "/readyz", |r| r.status == 503).await;
+    let not_ready = http::poll(&processor.admin, "/readyz", |r| r.status == 503).await;
     let v = not_ready.json();
     assert_eq!(v["holes"][0]["applied"], 0, "{v:#}");
     assert_eq!(v["holes"][0]["log_start"], 2, "{v:#}");
@@ -87,7 +75,7 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
         Duration::from_secs(60),
     )
     .await;
-    poll(&processor.admin, "/readyz", |r| r.status == 200).await;
+    http::poll(&processor.admin, "/readyz", |r| r.status == 200).await;
     let all = kafka::read_records(broker.bootstrap(), &topics.activations, 3, Duration::from_secs(3)).await;
     assert_eq!(all.len(), 2, "pol_h2's record is gone: only h1 and h3 activate");
     processor.stop().await;

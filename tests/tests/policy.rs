@@ -304,12 +304,16 @@ async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_
     // Both refunds decided (the payment stage for stripe's, the policy stage for pay_r3's),
     // then everything the topic holds.
     let admin = processor.admin.clone();
-    poll(&admin, "/payments/pay_n?source=stripe", |v| v["status"] == "refunded").await;
-    poll(&admin, "/policies/pol_r", |v| {
-        v["payments"].as_array().is_some_and(|ps| {
-            ps.iter()
-                .any(|p| p["payment_id"] == "pay_r3" && p["standing"] == "refunded")
-        })
+    http::poll(&admin, "/payments/pay_n?source=stripe", |r| {
+        r.status == 200 && r.json()["status"] == "refunded"
+    })
+    .await;
+    http::poll(&admin, "/policies/pol_r", |r| {
+        r.status == 200
+            && r.json()["payments"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["payment_id"] == "pay_r3" && p["standing"] == "refunded")
+            })
     })
     .await;
     let e = events(&kafka::read_records(bootstrap, &topics.activations, 99, Duration::from_secs(3)).await);
@@ -376,19 +380,4 @@ async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_
     );
     processor.stop().await;
     ingest.stop().await;
-}
-
-/// GET `path` until `ready` holds for its JSON (60 s at most).
-async fn poll(admin: &str, path: &str, ready: impl Fn(&serde_json::Value) -> bool) {
-    for _ in 0..600 {
-        let r = http::get(admin, path).await;
-        if r.status == 200 && ready(&r.json()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{path} never became ready: {}",
-        String::from_utf8_lossy(&http::get(admin, path).await.body)
-    );
 }
