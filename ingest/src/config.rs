@@ -17,6 +17,7 @@ use hookstream_schemas::config::{self, millis, secs, LoadError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+pub use crate::extract::FieldMap;
 use crate::verify::Scheme;
 
 /// The whole ingest configuration.
@@ -172,31 +173,6 @@ fn default_tolerance() -> Duration {
 }
 fn default_max_body_bytes() -> usize {
     900 * 1024
-}
-
-/// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FieldMap {
-    /// Payment id, required (the record key). Default `/payment_id`.
-    pub payment_id: String,
-    /// Event id, used when the scheme has no id header (stripe). Default `/id`.
-    pub event_id: String,
-    /// Per-payment sequence number, optional. Default `/sequence`.
-    pub sequence: String,
-    /// Event type, optional. Default `/type`.
-    pub event_type: String,
-}
-
-impl Default for FieldMap {
-    fn default() -> Self {
-        Self {
-            payment_id: "/payment_id".into(),
-            event_id: "/id".into(),
-            sequence: "/sequence".into(),
-            event_type: "/type".into(),
-        }
-    }
 }
 
 impl IngestConfig {

@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 
-use crate::config::FieldMap;
+use serde::{Deserialize, Serialize};
 
-/// Why a body is refused; [`crate::error::Reject`] turns it into the HTTP answer.
+/// Why a body is refused; the error module's `Reject` turns it into the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractError {
     /// Not a JSON object.
@@ -18,6 +18,31 @@ pub enum ExtractError {
     /// A field has an unusable value.
     #[error("field {field}: {detail}")]
     InvalidField { field: &'static str, detail: &'static str },
+}
+
+/// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldMap {
+    /// Payment id, required (the record key). Default `/payment_id`.
+    pub payment_id: String,
+    /// Event id, used when the scheme has no id header (stripe). Default `/id`.
+    pub event_id: String,
+    /// Per-payment sequence number, optional. Default `/sequence`.
+    pub sequence: String,
+    /// Event type, optional. Default `/type`.
+    pub event_type: String,
+}
+
+impl Default for FieldMap {
+    fn default() -> Self {
+        Self {
+            payment_id: "/payment_id".into(),
+            event_id: "/id".into(),
+            sequence: "/sequence".into(),
+            event_type: "/type".into(),
+        }
+    }
 }
 
 /// Longest accepted id (payment id, event id): they become Kafka keys and sled keys.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod publish;
+pub mod response;
 pub mod router;
 pub mod server;
 pub mod trace;

@@ -117,7 +117,7 @@ pub struct Verified {
     pub secret_index: usize,
 }
 
-/// Why a request was refused; [`crate::error::Reject`] turns it into the HTTP answer.
+/// Why a request was refused; the error module's `Reject` turns it into the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// A header the scheme requires is absent.

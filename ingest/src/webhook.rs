@@ -17,7 +17,7 @@ use crate::config::DEAD_LETTER_RESERVE_BYTES;
 use crate::error::Reject;
 use crate::extract::extract;
 use crate::publish::{Delivered, PublishError};
-use crate::router::{json_response, reject_response, Resp};
+use crate::response::{json_response, reject_response, Resp};
 use crate::verify::verify;
 
 /// Counts a request in the in-flight gauge until dropped: also when hyper drops the

@@ -13,7 +13,6 @@ use std::time::Duration;
 use hookstream_schemas::config::{self, millis, secs, LoadError};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
 use crate::rules::input::BodyFields;
 use crate::rules::limits::Limits;
 
@@ -21,6 +20,25 @@ use crate::rules::limits::Limits;
 pub const ENV_PREFIX: &str = "PROCESSOR";
 /// Free-form tables (any key) in the environment convention.
 const MAPS: &[&str] = &["kafka.librdkafka"];
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: hookstream_schemas::config::LoadError,
+    },
+    #[error("config {field}: {detail}")]
+    Invalid { field: String, detail: String },
+}
 
 /// The whole processor configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,25 +1,6 @@
 //! The processor's error types.
 
-use std::path::PathBuf;
-
-/// The configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: hookstream_schemas::config::LoadError,
-    },
-    #[error("config {field}: {detail}")]
-    Invalid { field: String, detail: String },
-}
+pub use crate::config::ConfigError;
 
 /// The processor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,7 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
         .set("fetch.wait.max.ms", cfg.fetch_wait_max.as_millis().to_string())
         .set("fetch.min.bytes", cfg.fetch_min_bytes.to_string())
         // Bound each partition's pre-fetch queue below librdkafka's 64 MiB. The queues
-        // are split per partition (`crate::group`), so this is per partition; the
+        // are split per partition (by the group module), so this is per partition; the
         // README's benchmark section has the measurements behind 2 MiB.
         .set("queued.max.messages.kbytes", "2048")
         // Per-partition lag for /metrics.

@@ -1,6 +1,6 @@
 //! The partition loop's ports: what a worker needs from outside, as traits.
 //!
-//! [`crate::kafka`] implements them on the broker; the unit tests implement them in
+//! The Kafka module implements them on the broker; the unit tests implement them in
 //! memory (`memory.rs`). The loop itself never sees rdkafka: it sends outputs, commits
 //! offsets and reads ranges of its partition through these three traits only.
 

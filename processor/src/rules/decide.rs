@@ -1,7 +1,7 @@
 //! The payment stage's rules: `decide(state, record) -> (state change, outputs)`, a
 //! pure function.
 //!
-//! Kafka and sled stay at the edges (`crate::partition`), so replaying a partition folds
+//! Kafka and sled stay at the edges (the partition loop), so replaying a partition folds
 //! the same records through the same function and reproduces the same state and the
 //! same outputs, with the same deterministic ids. Wall-clock decisions never happen
 //! here: a sequence gap that stays open too long is resolved only when a `GapTimeout`

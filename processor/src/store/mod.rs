@@ -14,7 +14,7 @@
 //! | `P` + policy_id | `PolicyState` (JSON; policy stage) |
 //! | `m:applied` | offset of the last applied record (8 bytes, big-endian) |
 //! | `m:max_ts` | the partition's clock after the last applied record (ms, `crate::rules::clock`): dedup expiry is decided against it, so it replays identically |
-//! | `m:hole_ack` | a log start an operator acknowledged: the records between the applied offset and it are gone (`crate::partition::holes`) |
+//! | `m:hole_ack` | a log start an operator acknowledged: the records between the applied offset and it are gone (the partition loop's hole check) |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
 //!
 //! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
