@@ -201,6 +201,9 @@ pub struct ProcessingConfig {
     /// Raw bytes (record key and value) held per payment; beyond it an event is
     /// dead-lettered `held_limit_exceeded`. Default 2097152 (2 MiB).
     pub max_held_bytes: usize,
+    /// Payments one policy remembers (holder, duplicates, refunded); a request from one
+    /// more is dead-lettered `processing_error`. Default 100.
+    pub max_payments_per_policy: usize,
     /// How far ahead of a partition's clock (the highest record time seen) one record
     /// may move it; a record further ahead moves it by this much only, so a skewed
     /// producer clock cannot age every dedup key at once (`crate::rules::clock`).
@@ -228,6 +231,7 @@ impl Default for ProcessingConfig {
             max_sequence_ahead: Limits::default().max_sequence_ahead,
             max_held_events: Limits::default().max_held_events,
             max_held_bytes: Limits::default().max_held_bytes,
+            max_payments_per_policy: Limits::default().max_payments_per_policy,
             max_record_time_ahead: Duration::from_secs(24 * 3600),
             max_concurrent_rebuilds: 12,
         }
@@ -241,6 +245,7 @@ impl ProcessingConfig {
             max_sequence_ahead: self.max_sequence_ahead.max(1),
             max_held_events: self.max_held_events,
             max_held_bytes: self.max_held_bytes,
+            max_payments_per_policy: self.max_payments_per_policy.max(1),
         }
     }
 }

@@ -274,7 +274,7 @@ impl<B: Backend> Worker<B> {
                     },
                     None => None,
                 };
-                let d = decide_policy(rec, request, state);
+                let d = decide_policy(rec, request, state, limits);
                 Ok(Step {
                     payment: None,
                     dedup: None,

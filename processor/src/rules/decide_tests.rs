@@ -78,7 +78,7 @@ impl Sim {
             let rec = record(self.request_offset);
             self.request_offset += 1;
             let state = self.policies.get(&r.policy_id).cloned();
-            let p = crate::rules::policy::decide_policy(&rec, Ok(r), state);
+            let p = crate::rules::policy::decide_policy(&rec, Ok(r), state, &self.limits);
             if let Some(st) = p.policy {
                 self.policies.insert(st.policy_id.clone(), st);
             }
@@ -329,6 +329,7 @@ fn held_events_are_capped_by_count_and_by_bytes() {
             max_sequence_ahead: 1000,
             max_held_events: 3,
             max_held_bytes: 1 << 20,
+            ..Limits::default()
         },
         ..Sim::default()
     };

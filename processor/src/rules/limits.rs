@@ -21,6 +21,9 @@ pub struct Limits {
     pub max_held_events: usize,
     /// Raw record bytes (key and value) held per payment.
     pub max_held_bytes: usize,
+    /// Payments one policy's state remembers (holder, duplicates, refunded); a request
+    /// from one more is dead-lettered, so a provider cannot grow a policy without bound.
+    pub max_payments_per_policy: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +32,7 @@ impl Default for Limits {
             max_sequence_ahead: 1000,
             max_held_events: 100,
             max_held_bytes: 2 << 20,
+            max_payments_per_policy: 100,
         }
     }
 }

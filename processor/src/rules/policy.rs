@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::decide::Outcome;
 use crate::rules::ids::{cancellation_id, dead_letter, duplicate_id};
+use crate::rules::limits::Limits;
 use crate::rules::model::{Output, RawRecord, HISTORY_LIMIT};
 
 /// Where a payment stands with a policy.
@@ -130,10 +131,15 @@ pub struct PolicyDecision {
 }
 
 /// Decide a record of the repartition topic against its policy's state.
+///
+/// A request from a payment the policy does not know yet, when the policy already
+/// remembers `limits.max_payments_per_policy` payments, is dead-lettered
+/// (`processing_error`, the detail says why) and changes nothing but the history.
 pub fn decide_policy(
     record: &RawRecord,
     request: Result<PolicyRequest, String>,
     state: Option<PolicyState>,
+    limits: &Limits,
 ) -> PolicyDecision {
     let r = match request {
         Ok(r) => r,
@@ -148,6 +154,30 @@ pub fn decide_policy(
     };
     let mut st = state.unwrap_or_else(|| PolicyState::new(&r.policy_id));
     let offset = record.origin.offset;
+    let known = st.find(&r.source, &r.payment_id).is_some();
+    if !known && st.payments.len() >= limits.max_payments_per_policy {
+        let detail = format!(
+            "policy {} already remembers {} payments (at most {}); this payment's request is not decided",
+            r.policy_id,
+            st.payments.len(),
+            limits.max_payments_per_policy
+        );
+        let event = Some((r.source.as_str(), r.payment_event_id.as_str()));
+        let letter = dead_letter(
+            record,
+            DeadLetterReason::ProcessingError,
+            detail,
+            event,
+            Some(&r.payment_id),
+            Vec::new(),
+        );
+        st.log(offset, &r, "dead_lettered:processing_error");
+        return PolicyDecision {
+            policy: Some(st),
+            outputs: vec![letter],
+            outcome: Outcome::DeadLettered,
+        };
+    }
     let (outputs, outcome, note) = match r.kind {
         PolicyRequestKind::Activate => activate(&mut st, &r, offset),
         PolicyRequestKind::Cancel => cancel(&mut st, &r, offset),

@@ -3,6 +3,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::rules::ids::{activation_id, request_id};
+use crate::rules::limits::Limits;
 use crate::rules::model::Origin;
 
 fn record(offset: i64) -> RawRecord {
@@ -48,7 +49,7 @@ fn fold(log: &[PolicyRequest]) -> (Vec<Output>, Option<PolicyState>) {
     let mut state: Option<PolicyState> = None;
     let mut outputs = Vec::new();
     for (i, r) in log.iter().enumerate() {
-        let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take());
+        let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take(), &Limits::default());
         outputs.extend(d.outputs);
         let json = serde_json::to_vec(&d.policy).unwrap();
         state = serde_json::from_slice(&json).unwrap();
@@ -152,8 +153,40 @@ fn namesake_payments_of_two_sources_are_two_payments() {
 }
 
 #[test]
+fn a_policy_remembers_a_bounded_number_of_payments_and_dead_letters_the_next() {
+    let limits = Limits {
+        max_payments_per_policy: 2,
+        ..Limits::default()
+    };
+    let mut state = None;
+    let mut outputs = Vec::new();
+    for (i, r) in [req(0, Activate), req(2, Activate), req(4, Activate), req(0, Cancel)]
+        .into_iter()
+        .enumerate()
+    {
+        let d = decide_policy(&record(i as i64), Ok(r), state.take(), &limits);
+        outputs.extend(d.outputs);
+        state = d.policy;
+    }
+    let st = state.unwrap();
+    assert_eq!(st.payments.len(), 2, "the third payment is not remembered");
+    let reasons: Vec<_> = outputs
+        .iter()
+        .map(|o| match o {
+            Output::Dead(d) => d.reason.as_str().to_owned(),
+            Output::Policy(_) | Output::Request(_) => "event".to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        ["event", "event", "processing_error", "event"],
+        "a known payment is still decided"
+    );
+}
+
+#[test]
 fn a_request_that_does_not_decode_is_dead_lettered_and_changes_no_policy() {
-    let d = decide_policy(&record(5), Err("garbage".into()), None);
+    let d = decide_policy(&record(5), Err("garbage".into()), None, &Limits::default());
     assert_eq!(d.policy, None);
     assert!(
         matches!(&d.outputs[..], [Output::Dead(l)] if l.reason == hookstream_schemas::DeadLetterReason::Undecodable)
@@ -179,7 +212,7 @@ proptest! {
         let mut seen = std::collections::HashSet::new();
         for (i, r) in log.iter().enumerate() {
             let holder_before = state.as_ref().and_then(|s| s.holder().map(|h| h.activation_id.clone()));
-            let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take());
+            let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take(), &Limits::default());
             for o in &d.outputs {
                 if let Output::Policy(p) = o {
                     match &p.event {
