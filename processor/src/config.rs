@@ -18,6 +18,11 @@ use crate::rules::limits::Limits;
 
 /// The environment prefix.
 pub const ENV_PREFIX: &str = "PROCESSOR";
+
+/// The store names in the changelog topics' names (`<group_id>-<store>-changelog`):
+/// the payment stage's and the policy stage's.
+pub const PAYMENTS_STORE: &str = "payments";
+pub const POLICIES_STORE: &str = "policies";
 /// Free-form tables (any key) in the environment convention.
 const MAPS: &[&str] = &["kafka.librdkafka"];
 
@@ -137,6 +142,12 @@ impl KafkaConfig {
             self.group_id,
             hookstream_schemas::topics::POLICY_REQUESTS_SUFFIX
         )
+    }
+
+    /// The compacted changelog of a stage's `store` ([`PAYMENTS_STORE`], [`POLICIES_STORE`]): `<group_id>-<store>-changelog`,
+    /// Kafka Streams' naming.
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{store}-changelog", self.group_id)
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn run(
     let store = store::Store::open(&config.state_dir, config.processing.sled_cache_bytes)?;
     let metrics = metrics::Metrics::new();
     let emitter = kafka::emit::Emitter::new(&config.kafka)?;
+    let changelog = kafka::changelog::ChangelogWriter::new(&config.kafka)?;
     kafka::topics::ensure_internal(&config.kafka, &shutdown).await?;
     let (membership_tx, membership) = mpsc::unbounded_channel();
     // The callback's own bound: the coordinator's deadline, then time to stop workers.
@@ -82,6 +83,7 @@ pub async fn run(
     let backend = kafka::backend::KafkaBackend::new(
         config.kafka.clone(),
         emitter,
+        changelog,
         members.payments.clone(),
         members.policies.clone(),
     );

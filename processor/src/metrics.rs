@@ -26,6 +26,10 @@ pub struct Metrics {
     pub partition_holes: IntGauge,
     /// Records folded while rebuilding state from the log (outputs suppressed).
     pub rebuilt_records: IntCounter,
+    /// State changes written to the changelogs (meta entries included).
+    pub changelog_records: IntCounter,
+    /// Changelog records read back to restore state.
+    pub restored_records: IntCounter,
     /// Retries of transient failures, by what failed (emit, store, registry).
     pub retries: IntCounterVec,
     /// Consumer lag per partition (from librdkafka statistics).
@@ -83,6 +87,16 @@ impl Metrics {
             .expect("metric"),
             rebuilt_records: IntCounter::new("rebuilt_records_total", "Records folded while rebuilding state")
                 .expect("metric"),
+            changelog_records: IntCounter::new(
+                "changelog_records_total",
+                "State changes written to the changelog topics (a batch's entries and its closing meta entry)",
+            )
+            .expect("metric"),
+            restored_records: IntCounter::new(
+                "restored_records_total",
+                "Changelog records read back to restore a partition's state",
+            )
+            .expect("metric"),
             retries: IntCounterVec::new(Opts::new("retries_total", "Retries of transient failures"), &["what"])
                 .expect("metric"),
             lag: IntGaugeVec::new(
@@ -128,6 +142,8 @@ impl Metrics {
             Box::new(m.held_events.clone()),
             Box::new(m.partition_holes.clone()),
             Box::new(m.rebuilt_records.clone()),
+            Box::new(m.changelog_records.clone()),
+            Box::new(m.restored_records.clone()),
             Box::new(m.retries.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.processing_seconds.clone()),

@@ -1,14 +1,15 @@
 //! `processor replay`: move the consumer group back so part of the raw log is processed
 //! again, with the group stopped.
 //!
-//! What it does: sets the group's committed offset of every chosen partition to the
-//! replay point (the start of the retained log, an explicit offset, or the first record
-//! at or after a time). Nothing else is touched here. Each processor instance notices
-//! the move on its next assignment of such a partition (the group is now behind what
-//! the instance committed itself, see [`crate::store::PartitionStore::record_commit`]),
-//! drops the partition's state and rebuilds it from the start of the log up to the
-//! replay point with outputs suppressed, then decides every record from the replay
-//! point on again.
+//! What it does: writes a reset entry to each chosen partition of the payment stage's
+//! changelog (voiding the state logged so far, see [`crate::store::changelog`]), then
+//! sets the group's committed offset of every chosen partition to the replay point (the
+//! start of the retained log, an explicit offset, or the first record at or after a
+//! time). A processor instance assigned such a partition finds no state to restore (and
+//! one that has local state notices the move: the group is now behind what the instance
+//! committed itself, see [`crate::store::PartitionStore::record_commit`]), rebuilds the
+//! state from the start of the log up to the replay point with outputs suppressed, then
+//! decides every record from the replay point on again.
 //!
 //! **What downstream consumers see: the same ids again.** Records from the replay point
 //! on are decided again and their outputs published again: every `activation_id`,
@@ -35,8 +36,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::KafkaConfig;
+use std::sync::Arc;
+
+use crate::config::{KafkaConfig, PAYMENTS_STORE};
+use crate::kafka::changelog::ChangelogWriter;
 use crate::kafka::{client, offsets};
+use crate::partition::io::Changelog;
+use crate::store::changelog::reset_entry;
 
 /// Broker requests made by the replay command wait this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,6 +140,13 @@ pub enum ReplayError {
     Forward(Vec<(i32, Option<i64>, i64)>),
     #[error("Kafka")]
     Kafka(#[from] KafkaError),
+    #[error("writing the reset entry of partition {partition} to {topic}")]
+    Changelog {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: crate::partition::io::SendError,
+    },
 }
 
 /// What the replay did to one partition.
@@ -152,17 +165,18 @@ pub struct PartitionReset {
     pub reset_to: i64,
 }
 
-/// Move the group to `from` on the raw topic (see the module docs). Blocking: call it
-/// from a blocking thread.
-/// Refuses while the group has members, and refuses to move a partition past its
-/// committed offset (or past the log start when it never committed) unless `force`.
-pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
-    // The group's own id, so the commit below is the group's; this consumer never
-    // subscribes, so it never joins the group.
-    let consumer: BaseConsumer = client::tool_consumer(cfg, &cfg.group_id, "-replay").create()?;
-    refuse_if_active(&consumer, &cfg.group_id)?;
+/// Where each partition moves, refused while the group has members or when a
+/// partition would move past its committed offset (or past the log start when it never
+/// committed) unless `force`. Blocking.
+fn plan(
+    consumer: &BaseConsumer,
+    cfg: &KafkaConfig,
+    from: &ReplayFrom,
+    force: bool,
+) -> Result<Vec<PartitionReset>, ReplayError> {
+    refuse_if_active(consumer, &cfg.group_id)?;
     let resets =
-        topic_resets(&consumer, &cfg.raw_topic, from)?.ok_or_else(|| ReplayError::NoTopic(cfg.raw_topic.clone()))?;
+        topic_resets(consumer, &cfg.raw_topic, from)?.ok_or_else(|| ReplayError::NoTopic(cfg.raw_topic.clone()))?;
     let forward: Vec<(i32, Option<i64>, i64)> = resets
         .iter()
         .filter(|r| r.reset_to > r.committed_before.unwrap_or(r.log_start))
@@ -171,14 +185,54 @@ pub fn replay(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<P
     if !forward.is_empty() && !force {
         return Err(ReplayError::Forward(forward));
     }
+    Ok(resets)
+}
+
+/// Commit the replay points. Blocking.
+fn commit(consumer: &BaseConsumer, cfg: &KafkaConfig, resets: &[PartitionReset]) -> Result<(), ReplayError> {
     let mut tpl = TopicPartitionList::new();
-    for r in &resets {
+    for r in resets {
         tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.reset_to))?;
     }
     // A member that joined since the check makes the broker reject this commit.
-    refuse_if_active(&consumer, &cfg.group_id)?;
+    refuse_if_active(consumer, &cfg.group_id)?;
     consumer.commit(&tpl, CommitMode::Sync)?;
-    Ok(resets)
+    Ok(())
+}
+
+/// Void the payment stage's logged state of every partition that moves. Before the
+/// commit: a reset without the move only costs a rebuild, a move without the reset would
+/// restore the later state and skip the replay.
+async fn void_changelog(
+    cfg: &KafkaConfig,
+    consumer: Arc<BaseConsumer>,
+    resets: &[PartitionReset],
+) -> Result<(), ReplayError> {
+    let topic = cfg.changelog_topic(PAYMENTS_STORE);
+    let probe = topic.clone();
+    let exists = tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&probe), REQUEST_TIMEOUT))
+        .await
+        .map_err(|_| ReplayError::Kafka(KafkaError::Canceled))??
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if !exists {
+        // Never written: nothing to void.
+        return Ok(());
+    }
+    let writer = ChangelogWriter::new(cfg)?;
+    let entry = [reset_entry()];
+    for r in resets {
+        writer
+            .append(&topic, r.partition, &entry)
+            .await
+            .map_err(|source| ReplayError::Changelog {
+                topic: topic.clone(),
+                partition: r.partition,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Where each chosen partition of `topic` moves; `None` when the topic does not exist.
@@ -248,10 +302,20 @@ fn topic_resets(
     Ok(Some(resets))
 }
 
-/// Async wrapper of [`replay`].
+/// Move the group to `from` on the raw topic (see the module docs).
 pub async fn run(cfg: &KafkaConfig, from: &ReplayFrom, force: bool) -> Result<Vec<PartitionReset>, ReplayError> {
-    let (cfg, from) = (cfg.clone(), from.clone());
-    tokio::task::spawn_blocking(move || replay(&cfg, &from, force))
+    // The group's own id, so the commit is the group's; this consumer never
+    // subscribes, so it never joins the group.
+    let consumer: Arc<BaseConsumer> = Arc::new(client::tool_consumer(cfg, &cfg.group_id, "-replay").create()?);
+    let resets = {
+        let (consumer, cfg, from) = (consumer.clone(), cfg.clone(), from.clone());
+        tokio::task::spawn_blocking(move || plan(&consumer, &cfg, &from, force))
+            .await
+            .map_err(|_| ReplayError::Kafka(KafkaError::Canceled))??
+    };
+    void_changelog(cfg, consumer.clone(), &resets).await?;
+    let (cfg, resets) = (cfg.clone(), resets);
+    tokio::task::spawn_blocking(move || commit(&consumer, &cfg, &resets).map(|()| resets))
         .await
         .map_err(|_| ReplayError::Kafka(KafkaError::Canceled))?
 }

@@ -9,12 +9,14 @@ use hookstream_schemas::GapTimeout;
 use rdkafka::consumer::{CommitMode as KafkaCommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::changelog::ChangelogWriter;
 use super::emit::Emitter;
 use crate::config::KafkaConfig;
 use crate::partition::io::{
-    BoxError, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
+    BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
 };
 use crate::rules::model::Output;
+use crate::store::Entry;
 
 /// How long an offset request waits for the broker before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,6 +27,7 @@ pub struct KafkaBackend<C: ConsumerContext + 'static> {
     cfg: KafkaConfig,
     requests_topic: String,
     emitter: Emitter,
+    changelog: ChangelogWriter,
     /// The group's members of this instance (raw topic, repartition topic): commits and
     /// committed offsets go through the member that owns the partition.
     payments: Arc<StreamConsumer<C>>,
@@ -35,6 +38,7 @@ impl<C: ConsumerContext + 'static> KafkaBackend<C> {
     pub fn new(
         cfg: KafkaConfig,
         emitter: Emitter,
+        changelog: ChangelogWriter,
         payments: Arc<StreamConsumer<C>>,
         policies: Arc<StreamConsumer<C>>,
     ) -> Self {
@@ -43,6 +47,7 @@ impl<C: ConsumerContext + 'static> KafkaBackend<C> {
             cfg,
             requests_topic,
             emitter,
+            changelog,
             payments,
             policies,
         }
@@ -64,6 +69,12 @@ impl<C: ConsumerContext + 'static> Outputs for KafkaBackend<C> {
 
     async fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> Result<(), SendError> {
         self.emitter.send_gap_timeout(partition, g).await
+    }
+}
+
+impl<C: ConsumerContext + 'static> Changelog for KafkaBackend<C> {
+    async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+        self.changelog.append(topic, partition, entries).await
     }
 }
 
@@ -120,6 +131,14 @@ impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
         let (member, topic) = (self.member(topic).clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || -> Result<i64, BoxError> {
             Ok(member.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.0)
+        })
+        .await?
+    }
+
+    async fn log_end(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
+        let (member, topic) = (self.member(topic).clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<i64, BoxError> {
+            Ok(member.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.1)
         })
         .await?
     }

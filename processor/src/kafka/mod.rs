@@ -1,6 +1,6 @@
 //! Kafka at the edge: one client builder per role ([`client`]), the broker side of the
-//! partition loop's ports ([`backend`], [`emit`]), converting consumed messages
-//! ([`record`]), the internal topic ([`topics`]) and offset lookups for the tools
+//! partition loop's ports ([`backend`], [`emit`], [`changelog`]), converting consumed messages
+//! ([`record`]), the internal topics ([`topics`]) and offset lookups for the tools
 //! ([`offsets`]).
 //!
 //! Nothing here works around a particular broker: the local broker (nisshi) answers
@@ -10,6 +10,7 @@
 //! [`crate::partition::order`].)
 
 pub mod backend;
+pub mod changelog;
 pub mod client;
 pub mod emit;
 pub mod offsets;

@@ -1,8 +1,13 @@
-//! The processor's internal topic, created on start like Kafka Streams creates its
-//! internal topics: the policy stage's repartition topic
-//! (`<group_id>-policy-requests-repartition`, key = policy_id), with as many partitions
-//! as the raw topic it is derived from. An existing one with another partition count is
-//! refused: a policy would then be decided in two places.
+//! The processor's internal topics, created on start like Kafka Streams creates its
+//! internal topics, each with as many partitions as the raw topic it is derived from:
+//! - the policy stage's repartition topic (`<group_id>-policy-requests-repartition`,
+//!   key = policy_id);
+//! - the two stores' changelogs (`<group_id>-payments-changelog`,
+//!   `<group_id>-policies-changelog`, compacted; partition n holds the state of input
+//!   partition n, see [`crate::store::changelog`]).
+//!
+//! An existing one with another partition count is refused: a policy would then be
+//! decided in two places, or a state restored into the wrong partition.
 
 use std::time::Duration;
 
@@ -13,7 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, PAYMENTS_STORE, POLICIES_STORE};
 
 /// How long one metadata or admin request waits.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +31,7 @@ pub enum TopicError {
     #[error("creating {topic}: {code:?}")]
     Create { topic: String, code: RDKafkaErrorCode },
     #[error(
-        "{topic} has {found} partitions but the raw topic {raw} has {expected}: the policy stage needs one \
+        "{topic} has {found} partitions but the raw topic {raw} has {expected}: each internal topic needs one \
          partition per raw partition; delete it (the processor recreates it) or fix the raw topic"
     )]
     PartitionMismatch {
@@ -50,12 +55,26 @@ fn partitions(probe: &BaseConsumer, topic: &str) -> Result<Option<usize>, KafkaE
         .filter(|n| *n > 0))
 }
 
-/// Create the repartition topic when missing, after the raw topic exists (waiting for
-/// it until `stop`), and check its partition count when present.
+/// The settings every changelog topic is created with.
+fn changelog_settings() -> [(&'static str, String); 3] {
+    [
+        // Only the latest value of each store key is needed to restore a store.
+        ("cleanup.policy", "compact".to_owned()),
+        // A batch whose writer stopped before its closing meta entry is ignored by a
+        // restore, but its entries supersede older values of the same keys; they are
+        // written again (the same values) when its records are decided again, well
+        // within an hour, so the older values must survive compaction that long.
+        ("min.compaction.lag.ms", "3600000".to_owned()),
+        // A payment's state with its held events can exceed the 1 MB default.
+        ("max.message.bytes", super::changelog::MAX_ENTRY_BYTES.to_string()),
+    ]
+}
+
+/// Create the internal topics when missing, after the raw topic exists (waiting for it
+/// until `stop`), and check their partition counts when present.
 pub async fn ensure_internal(cfg: &KafkaConfig, stop: &CancellationToken) -> Result<(), TopicError> {
     let probe: BaseConsumer =
         super::client::tool_consumer(cfg, &format!("{}-topics", cfg.group_id), "-topics").create()?;
-    let requests = cfg.requests_topic();
     let expected = loop {
         let p = tokio::task::block_in_place(|| partitions(&probe, &cfg.raw_topic));
         match p {
@@ -68,33 +87,52 @@ pub async fn ensure_internal(cfg: &KafkaConfig, stop: &CancellationToken) -> Res
             () = stop.cancelled() => return Err(TopicError::Stopped(cfg.raw_topic.clone())),
         }
     };
-    if let Some(found) = tokio::task::block_in_place(|| partitions(&probe, &requests))? {
-        return check(&requests, &cfg.raw_topic, expected, found);
-    }
     let admin: AdminClient<DefaultClientContext> = super::client::admin(cfg).create()?;
+    // Unlimited: a raw replay re-sends requests, and the requests of a policy whose
+    // changelog entry is lost can be folded again.
+    let requests = (cfg.requests_topic(), vec![("retention.ms", "-1".to_owned())]);
+    let payments = (cfg.changelog_topic(PAYMENTS_STORE), changelog_settings().to_vec());
+    let policies = (cfg.changelog_topic(POLICIES_STORE), changelog_settings().to_vec());
+    for (name, settings) in [requests, payments, policies] {
+        ensure_one(cfg, &probe, &admin, &name, &settings, expected).await?;
+    }
+    Ok(())
+}
+
+/// Create `name` with `settings` when missing, then check its partition count.
+async fn ensure_one(
+    cfg: &KafkaConfig,
+    probe: &BaseConsumer,
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    settings: &[(&str, String)],
+    expected: usize,
+) -> Result<(), TopicError> {
+    if let Some(found) = tokio::task::block_in_place(|| partitions(probe, name))? {
+        return check(name, &cfg.raw_topic, expected, found);
+    }
     let replication = TopicReplication::Fixed(cfg.internal_replication_factor);
-    // Kept until the changelog-backed state lets the policy stage start from a snapshot:
-    // its state is a fold of this whole topic.
-    let topic = NewTopic::new(&requests, expected as i32, replication).set("retention.ms", "-1");
+    let mut topic = NewTopic::new(name, expected as i32, replication);
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     for r in admin.create_topics([&topic], &options).await? {
         match r {
-            Ok(_) => {
-                tracing::info!(topic = %requests, partitions = expected, "created the policy stage's repartition topic")
-            }
+            Ok(_) => tracing::info!(topic = %name, partitions = expected, "created an internal topic"),
             // Another instance created it first.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(TopicError::Create { topic, code }),
         }
     }
     for _ in 0..50 {
-        if let Some(found) = tokio::task::block_in_place(|| partitions(&probe, &requests))? {
-            return check(&requests, &cfg.raw_topic, expected, found);
+        if let Some(found) = tokio::task::block_in_place(|| partitions(probe, name))? {
+            return check(name, &cfg.raw_topic, expected, found);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(TopicError::Create {
-        topic: requests,
+        topic: name.to_owned(),
         code: RDKafkaErrorCode::UnknownTopicOrPartition,
     })
 }

@@ -1,6 +1,7 @@
 //! Deciding one batch of a partition: decide every record against sled overlaid with
 //! the batch's own changes, send the outputs (replacing any the broker refuses for
-//! good), persist the changes atomically and wait until they are on disk.
+//! good), log the state changes to the changelog, persist them atomically and wait
+//! until they are on disk.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,10 @@ use crate::rules::limits::Limits;
 use crate::rules::model::{Output, PaymentState, RawRecord};
 use crate::rules::policy::{decide_policy, PolicyState};
 use crate::store::{Changes, StoreError};
+
+/// Expired dedup keys removed per batch: a partition that comes back after a long
+/// quiet time catches up over its next batches instead of in one huge one.
+const MAX_EXPIRED_PER_BATCH: usize = 10_000;
 
 /// An output on its way out, with the trace context and the record that caused it.
 struct Emitted {
@@ -119,7 +124,9 @@ impl<B: Backend> Worker<B> {
             self.emit(&mut decided.outputs, stop).await?;
             self.count_outputs(&decided.outputs);
         }
-        self.persist(decided.changes, mode, stop).await?;
+        self.expire(&mut decided.changes, stop).await?;
+        let next = self.log_changes(&decided.changes, stop).await?;
+        self.persist(decided.changes, next, mode, stop).await?;
         if mode == Mode::Live {
             let now = now_ms();
             for ts in decided.timestamps {
@@ -202,30 +209,70 @@ impl<B: Backend> Worker<B> {
         Ok(Some(d))
     }
 
-    /// Apply `changes` in one atomic sled batch (removing dedup keys already expired at
-    /// the partition's clock), then, for live records, wait until it is on disk. A
-    /// rebuild does not wait per batch: its records are below the committed offset, so
-    /// losing the unflushed part only means rebuilding it again; it flushes once at its
-    /// end ([`Worker::read_range`]). Waiting per batch made a rebuild's speed depend on
-    /// how many partitions shared each flush.
-    async fn persist(&self, changes: Changes, mode: Mode, stop: &CancellationToken) -> Result<(), Stopped> {
-        let cx = &self.cx;
-        let window_ms = i64::try_from(cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = changes.max_ts.map(|ts| ts - window_ms);
-        let changes = Arc::new(changes);
-        let swept = cx
-            .retry("store", stop, || {
-                let (store, changes) = (self.store.clone(), changes.clone());
-                async move {
-                    tokio::task::spawn_blocking(move || store.persist(&changes, cutoff).map_err(|e| e.to_string()))
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
+    /// Remove with the batch the dedup keys past the window at the partition's clock
+    /// after it (the fold already forgets them): the batch's own, and at most
+    /// [`MAX_EXPIRED_PER_BATCH`] stored ones.
+    async fn expire(&self, changes: &mut Changes, stop: &CancellationToken) -> Result<(), Stopped> {
+        let Some(now) = changes.max_ts else { return Ok(()) };
+        let window_ms = i64::try_from(self.cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(window_ms);
+        changes.dedup.retain(|_, e| e.first_seen_ms >= cutoff);
+        let store = self.store.clone();
+        changes.expired = self
+            .cx
+            .retry("store", stop, || async {
+                store.expired_dedup(cutoff, MAX_EXPIRED_PER_BATCH)
             })
             .await?;
-        if swept > 0 {
-            tracing::debug!(partition = self.partition, swept, "expired dedup keys");
+        Ok(())
+    }
+
+    /// Log the batch's changes to the changelog: the entries, acknowledged, then the
+    /// meta entry that closes them (a restore ignores entries no meta entry follows).
+    /// The offset after the meta entry, `None` when nothing was applied.
+    async fn log_changes(&self, changes: &Changes, stop: &CancellationToken) -> Result<Option<i64>, Stopped> {
+        let Some(meta) = changes.meta_entry() else {
+            return Ok(None);
+        };
+        let cx = &self.cx;
+        let topic = cx.settings.changelog(self.stage);
+        let entries = changes.entries();
+        if !entries.is_empty() {
+            cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &entries))
+                .await?;
         }
+        let meta = [meta];
+        let last = cx
+            .retry("changelog", stop, || cx.backend.append(topic, self.partition, &meta))
+            .await?;
+        cx.metrics.changelog_records.inc_by(entries.len() as u64 + 1);
+        Ok(Some(last + 1))
+    }
+
+    /// Apply `changes` in one atomic sled batch with the changelog position it reflects,
+    /// then, for live records, wait until it is on disk. A rebuild does not wait per
+    /// batch: its records are below the committed offset, so losing the unflushed part
+    /// only means rebuilding it again; it flushes once at its end
+    /// ([`Worker::read_range`]). Waiting per batch made a rebuild's speed depend on how
+    /// many partitions shared each flush.
+    async fn persist(
+        &self,
+        changes: Changes,
+        changelog_next: Option<i64>,
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let cx = &self.cx;
+        let changes = Arc::new(changes);
+        cx.retry("store", stop, || {
+            let (store, changes) = (self.store.clone(), changes.clone());
+            async move {
+                tokio::task::spawn_blocking(move || store.persist(&changes, changelog_next).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        })
+        .await?;
         match mode {
             Mode::Live => cx.retry("store", stop, || cx.flusher.flush()).await,
             Mode::Rebuild => Ok(()),

@@ -1,8 +1,9 @@
 //! The partition loop's ports: what a worker needs from outside, as traits.
 //!
 //! The Kafka module implements them on the broker; the unit tests implement them in
-//! memory (`memory.rs`). The loop itself never sees rdkafka: it sends outputs, commits
-//! offsets and reads ranges of its partition through these three traits only.
+//! memory (`memory.rs`). The loop itself never sees rdkafka: it sends outputs, logs its
+//! state changes, commits offsets and reads ranges of its partition (or of its
+//! changelog) through these four traits only.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use hookstream_schemas::GapTimeout;
 
 use crate::rules::model::{Output, RawRecord};
+use crate::store::Entry;
 
 /// Any error from outside, kept as the source of ours.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,6 +56,20 @@ pub trait Outputs: Send + Sync + 'static {
 
     /// Write a `GapTimeout` control record into `partition` of the raw topic.
     fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+/// Where the state's changes go: the stage's compacted changelog topic, partition for
+/// partition with its input ([`crate::store::changelog`]).
+pub trait Changelog: Send + Sync + 'static {
+    /// Append `entries` to `partition` of `topic`, in order, and wait until every one is
+    /// acknowledged; the offset of the last one. Entries of a failed call may have been
+    /// written in part: the caller sends them all again.
+    fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        entries: &[Entry],
+    ) -> impl Future<Output = Result<i64, SendError>> + Send;
 }
 
 /// Where a newly assigned partition starts.
@@ -102,6 +118,9 @@ pub trait Log: Send + Sync + 'static {
 
     /// The first offset `topic`'s `partition` still has.
     fn log_start(&self, topic: &str, partition: i32) -> impl Future<Output = Result<i64, BoxError>> + Send;
+
+    /// The offset after the last record of `topic`'s `partition` (its high watermark).
+    fn log_end(&self, topic: &str, partition: i32) -> impl Future<Output = Result<i64, BoxError>> + Send;
 }
 
 /// The records of one partition, in offset order.
@@ -110,6 +129,6 @@ pub trait LogReader: Send + 'static {
 }
 
 /// Everything a worker talks to; one type implements it on the broker, one in memory.
-pub trait Backend: Outputs + GroupOffsets + Log {}
+pub trait Backend: Outputs + Changelog + GroupOffsets + Log {}
 
-impl<T: Outputs + GroupOffsets + Log> Backend for T {}
+impl<T: Outputs + Changelog + GroupOffsets + Log> Backend for T {}

@@ -14,9 +14,15 @@ use hookstream_schemas::{encode, GapTimeout, PolicyEventKind, RawWebhook};
 pub const RAW: &str = "raw";
 /// The policy stage's input topic in these tests (one partition).
 pub const REQUESTS: &str = "requests";
+/// The stages' changelogs in these tests.
+pub const RAW_CHANGELOG: &str = "payments-changelog";
+pub const REQUESTS_CHANGELOG: &str = "policies-changelog";
 
-use super::io::{BoxError, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError};
+use super::io::{
+    BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
+};
 use crate::rules::model::{Origin, Output, RawRecord};
+use crate::store::Entry;
 
 /// What the backend was asked to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,9 @@ pub struct State {
     pub opened: Vec<Option<i64>>,
     /// The first offset each log still has (0 when absent).
     pub log_start: HashMap<(String, i32), i64>,
+    /// How many of the next changelog appends fail (transiently), and how many entries
+    /// of each failed one are written first.
+    pub changelog_failures: VecDeque<usize>,
 }
 
 /// The in-memory backend; clones share one state.
@@ -206,6 +215,35 @@ impl Outputs for Memory {
     }
 }
 
+impl Changelog for Memory {
+    async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+        let mut st = self.state();
+        let written = st.changelog_failures.pop_front();
+        let log = st.log.entry((topic.to_owned(), partition)).or_default();
+        for e in entries.iter().take(written.unwrap_or(usize::MAX)) {
+            let record = RawRecord {
+                origin: Origin {
+                    topic: topic.into(),
+                    partition,
+                    offset: log.len() as i64,
+                    timestamp_ms: 0,
+                },
+                key: Some(e.key.clone()),
+                value: e.value.clone(),
+                headers: vec![],
+            };
+            log.push(Incoming {
+                record: Arc::new(record),
+                traceparent: None,
+            });
+        }
+        match written {
+            Some(_) => Err(SendError::Unavailable("injected".into())),
+            None => Ok(log.len() as i64 - 1),
+        }
+    }
+}
+
 impl GroupOffsets for Memory {
     async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
         Ok(match self.state().committed.get(&(topic.to_owned(), partition)) {
@@ -260,5 +298,13 @@ impl Log for Memory {
             .get(&(topic.to_owned(), partition))
             .copied()
             .unwrap_or(0))
+    }
+
+    async fn log_end(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
+        Ok(self
+            .state()
+            .log
+            .get(&(topic.to_owned(), partition))
+            .map_or(0, |l| l.len() as i64))
     }
 }

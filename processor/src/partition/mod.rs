@@ -9,7 +9,7 @@
 //!
 //! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding, emitting and
 //! persisting one batch), `reconcile.rs` (where the group hands the partition over and
-//! how sled is brought up to it), `gap_timer.rs` (control records for open gaps),
+//! how sled is brought up to it), `restore.rs` (reading the changelog back), `gap_timer.rs` (control records for open gaps),
 //! [`order`] (offset order of deliveries), [`gaps`], [`commit`], [`retry`].
 
 pub mod commit;
@@ -22,12 +22,16 @@ pub mod worker;
 
 #[path = "batch.rs"]
 mod batch;
+#[cfg(test)]
+mod changelog_tests;
 #[path = "gap_timer.rs"]
 mod gap_timer;
 #[cfg(test)]
 mod memory;
 #[path = "reconcile.rs"]
 mod reconcile;
+#[path = "restore.rs"]
+mod restore;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +40,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ProcessingConfig, ProcessorConfig};
+use crate::config::{ProcessingConfig, ProcessorConfig, PAYMENTS_STORE, POLICIES_STORE};
 use crate::metrics::Metrics;
 use crate::rules::input::BodyFields;
 use crate::store::{Flusher, Store};
@@ -71,6 +75,9 @@ pub struct Settings {
     pub raw_topic: String,
     /// The policy stage's input, the repartition topic.
     pub requests_topic: String,
+    /// The stages' changelogs ([`crate::store::changelog`]).
+    pub payments_changelog: String,
+    pub policies_changelog: String,
     pub processing: ProcessingConfig,
     pub fields: BodyFields,
     /// The group's session timeout: revoked workers get half of it to hand over.
@@ -82,6 +89,8 @@ impl From<&ProcessorConfig> for Settings {
         Self {
             raw_topic: c.kafka.raw_topic.clone(),
             requests_topic: c.kafka.requests_topic(),
+            payments_changelog: c.kafka.changelog_topic(PAYMENTS_STORE),
+            policies_changelog: c.kafka.changelog_topic(POLICIES_STORE),
             processing: c.processing.clone(),
             fields: c.fields.clone(),
             session_timeout: c.kafka.session_timeout,
@@ -112,6 +121,14 @@ impl Settings {
         match stage {
             Stage::Payments => &self.raw_topic,
             Stage::Policies => &self.requests_topic,
+        }
+    }
+
+    /// The changelog topic of `stage`'s store.
+    pub fn changelog(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Payments => &self.payments_changelog,
+            Stage::Policies => &self.policies_changelog,
         }
     }
 }

@@ -1,18 +1,21 @@
 //! Where the group hands a newly assigned partition over, and how sled is brought up to
 //! that point; and folding a range of the partition read from the log on its own.
 //!
-//! Before its first live record, the worker compares sled's applied offset with the
-//! first offset the group hands it:
-//! - sled behind (a new instance, a wiped or lost state directory): the missing range
-//!   is rebuilt by replaying the raw partition with outputs suppressed — those records
-//!   are below the committed offset, so their outputs were already acknowledged;
+//! Before its first live record, the worker restores sled from the partition's
+//! changelog (`restore.rs`: a new instance, a wiped or lost state directory, a partition
+//! another instance held meanwhile), then compares the applied offset with the first
+//! offset the group hands it:
+//! - state behind (the changelog does not cover everything: written by a version
+//!   without changelogs, or lost): the missing range is rebuilt by replaying the input
+//!   partition with outputs suppressed — those records are below the committed offset,
+//!   so their outputs were already acknowledged;
 //! - sled ahead (a crash after persisting, before committing): records it already
 //!   applied are skipped, and the group's offset is moved up to what sled covers, so a
 //!   quiet partition does not stay behind;
 //! - the group's offset below the highest one this instance committed itself:
-//!   `processor replay` moved it back, so the partition's state is dropped and rebuilt
-//!   up to the new offset, and records from there on are decided again, their outputs
-//!   published again.
+//!   `processor replay` moved it back, so the partition's state is dropped (a reset
+//!   entry voids it in the changelog too) and rebuilt from the input log up to the new
+//!   offset, and records from there on are decided again, their outputs published again.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,7 @@ impl<B: Backend> Worker<B> {
                 "the group's offset was moved back (processor replay): rebuilding the partition's state \
                  from the log; records from the new offset on are decided and their outputs published again"
             );
-            cx.retry("store", stop, || async { store.clear() }).await?;
+            self.reset(stop).await?;
             cx.metrics.replays_detected.inc();
         }
         Ok(())
@@ -52,8 +55,15 @@ impl<B: Backend> Worker<B> {
         if let Position::Committed(committed) = position {
             self.drop_if_replayed(committed, stop).await?;
         }
+        self.restore(stop).await?;
         let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
-        let start = self.check_hole(applied, stop).await?;
+        // With no state at all but a committed offset, every record below the log start
+        // was decided once and is now gone: a hole as much as one above a state.
+        let known = match position {
+            Position::Committed(_) => applied.or(Some(-1)),
+            Position::LogStart(_) => applied,
+        };
+        let start = self.check_hole(known, stop).await?;
         // Below the log start the group itself starts at the log start.
         let first_live = first_live.max(start);
         let from = match applied {

@@ -200,18 +200,27 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// The partition's stored state does not read back: drop it and rebuild it from the
-    /// start of the log up to `until` (outputs suppressed: they were sent).
+    /// The partition's stored state does not read back: drop it, restore it from the
+    /// changelog, and fold what that does not cover up to `until` from the log (outputs
+    /// suppressed: they were sent).
     async fn rebuild_corrupt(&mut self, until: i64, stop: &CancellationToken) -> Result<(), Stopped> {
         tracing::error!(
             partition = self.partition,
             until,
-            "stored state of the partition does not read back; rebuilding it from the log"
+            "stored state of the partition does not read back; restoring it from the changelog"
         );
         self.cx.metrics.corrupt_rebuilds.inc();
         let store = self.store.clone();
         self.cx.retry("store", stop, || async { store.clear() }).await?;
-        self.read_range(-1, until, Mode::Rebuild, stop).await?;
+        self.restore(stop).await?;
+        let applied = self
+            .cx
+            .retry("store", stop, || async { store.applied_offset() })
+            .await?;
+        let from = applied.map_or(-1, |a| a + 1);
+        if from < until {
+            self.read_range(from, until, Mode::Rebuild, stop).await?;
+        }
         self.watch_stored_gaps(stop).await
     }
 

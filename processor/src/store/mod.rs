@@ -16,8 +16,11 @@
 //! | `m:max_ts` | the partition's clock after the last applied record (ms, `crate::rules::clock`): dedup expiry is decided against it, so it replays identically |
 //! | `m:hole_ack` | a log start an operator acknowledged: the records between the applied offset and it are gone (the partition loop's hole check) |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
+//! | `m:changelog` | the changelog offset after the last entry the state reflects ([`changelog`]) |
 //!
-//! sled is a projection: if it fails to open, it is moved aside and rebuilt from the log.
+//! sled is a cache of the changelog ([`changelog`]): every change is logged before it is
+//! applied here, so a lost, wiped or corrupt directory is restored from the changelog,
+//! and one that fails to open is moved aside.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +30,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::rules::model::{DedupEntry, PaymentState};
 use crate::rules::policy::PolicyState;
 
+pub mod changelog;
 mod flusher;
 
+pub use changelog::Entry;
 pub use flusher::Flusher;
 
 /// sled failed or holds something unreadable. Disk errors are transient for the caller:
@@ -183,6 +188,9 @@ pub struct Changes {
     pub applied: Option<i64>,
     /// Newest record time in the batch (ms).
     pub max_ts: Option<i64>,
+    /// Expiry-index keys (`x`…) of dedup entries past the window at the partition's
+    /// clock: deleted with the batch, logged as tombstones.
+    pub expired: Vec<Vec<u8>>,
 }
 
 /// One raw partition's tree.
@@ -232,8 +240,11 @@ impl PartitionStore {
     }
 
     /// Apply a batch's changes atomically (not yet durable: see [`PartitionStore::flush`]).
-    pub fn apply(&self, changes: &Changes) -> Result<(), StoreError> {
+    pub fn apply(&self, changes: &Changes, changelog_next: Option<i64>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        if let Some(next) = changelog_next {
+            Self::changelog_mark(&mut batch, next);
+        }
         for (id, st) in &changes.payments {
             batch.insert(key(b'p', id), to_json(st));
             if st.held.is_empty() {
@@ -249,6 +260,12 @@ impl PartitionStore {
             batch.insert(key(b'd', k), to_json(e));
             batch.insert(expiry_key(e.first_seen_ms, k), &[][..]);
         }
+        for x in &changes.expired {
+            let mut d = vec![b'd'];
+            d.extend_from_slice(&x[9..]);
+            batch.remove(d);
+            batch.remove(x.as_slice());
+        }
         if let Some(off) = changes.applied {
             batch.insert(APPLIED, &off.to_be_bytes()[..]);
         }
@@ -259,37 +276,14 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// Apply a batch atomically, then forget dedup keys first seen before
-    /// `dedup_cutoff_ms`. Returns how many keys expired. Not yet durable: the caller
-    /// waits for the [`Flusher`] before it commits offsets.
+    /// Apply a batch atomically, expired dedup keys removed and the changelog position
+    /// (`changelog_next`: the offset after the batch's meta entry) recorded. Not yet
+    /// durable: the caller waits for the [`Flusher`] before it commits offsets.
     ///
     /// Blocking (sled does disk I/O and may wait for its own flusher): call it from
     /// `spawn_blocking`.
-    pub fn persist(&self, changes: &Changes, dedup_cutoff_ms: Option<i64>) -> Result<usize, StoreError> {
-        self.apply(changes)?;
-        match dedup_cutoff_ms {
-            Some(cutoff) => self.sweep(cutoff),
-            None => Ok(0),
-        }
-    }
-
-    /// Forget dedup keys first seen before `cutoff_ms` (record time). Returns how many.
-    pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let end = expiry_key(cutoff_ms, "");
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.tree.range(&b"x"[..]..end.as_slice()) {
-            let (k, _) = item?;
-            let mut d = vec![b'd'];
-            d.extend_from_slice(&k[9..]);
-            batch.remove(d);
-            batch.remove(k);
-            n += 1;
-        }
-        if n > 0 {
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(n)
+    pub fn persist(&self, changes: &Changes, changelog_next: Option<i64>) -> Result<(), StoreError> {
+        self.apply(changes, changelog_next)
     }
 
     /// The highest offset this instance has committed for the partition (see
@@ -351,7 +345,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_is_applied_with_its_offset_and_sweep_expires_by_record_time() {
+    fn batch_is_applied_with_its_offset_and_expired_keys_go_by_record_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let p = store.partition("raw", 3).unwrap();
@@ -375,10 +369,19 @@ mod tests {
         }
         c.applied = Some(41);
         c.max_ts = Some(5_000);
-        p.apply(&c).unwrap();
+        p.apply(&c, None).unwrap();
         assert_eq!(p.applied_offset().unwrap(), Some(41));
         assert_eq!(p.payment(&pay.key()).unwrap(), Some(pay.clone()));
-        assert_eq!(p.sweep(2_000).unwrap(), 1);
+        let expired = p.expired_dedup(2_000, 10).unwrap();
+        assert_eq!(expired.len(), 1);
+        p.apply(
+            &Changes {
+                expired,
+                ..Changes::default()
+            },
+            None,
+        )
+        .unwrap();
         assert!(p.dedup("a").unwrap().is_none());
         assert!(p.dedup("b").unwrap().is_some());
         let found = store.find_payments("raw", "pay").unwrap();
