@@ -16,7 +16,8 @@
 #    from each request's intended send time, errors, end-to-end latency (ingest
 #    received-at → activation readable) and exactly-once verification;
 # 3. processor backlog drain of 1M pre-loaded events vs a consume-only baseline on the
-#    same topic, and the rebuild rate (state deleted, replayed from the log);
+#    same topic; the rebuild rate with the state directory deleted, restored from the
+#    changelogs, and again with the changelogs deleted too (replayed from the logs);
 # 4. peak RSS (VmHWM) of ingest and processor.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -156,10 +157,13 @@ raw_topic = "bench.drain"
 activations_topic = "bench.drain.activations"
 dlq_topic = "bench.drain.dlq"
 TOML
-# drain_run drain|rebuild [REQUESTS] -> prints "events seconds rss_mb requests".
+# drain_run drain|restore|rebuild [REQUESTS] [CHANGELOG] -> prints
+# "events seconds rss_mb requests changelog_records".
 # drain: until the payment stage decided every pre-loaded event and the policy stage
-# every request it was sent. rebuild (state deleted): until both stages rebuilt their
-# logs, the events and the REQUESTS the drain wrote. Events/s is always per raw event.
+# every request it was sent. restore (state deleted): until the CHANGELOG records the
+# drain wrote are read back. rebuild (state and changelogs deleted): until both stages
+# rebuilt their logs, the events and the REQUESTS the drain wrote. Events/s is always
+# per raw event.
 drain_run() {
   "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/drain.toml" >>"$DIR/drain.log" 2>&1 &
   local p=$! t0="" n=0 m=0 r=0 last=-1 tl u=http://127.0.0.1:18791 rec=hookstream_processor_records_total
@@ -169,6 +173,8 @@ drain_run() {
     if [ "$1" = drain ]; then
       n=$(metric_sum $u $rec 'stage="payments"'); m=$(metric_sum $u $rec 'stage="policies"')
       r=$(metric_sum $u hookstream_processor_policy_requests_total)
+    elif [ "$1" = restore ]; then
+      n=$(metric_sum $u hookstream_processor_restored_records_total); m=0; r=$2
     else
       n=$(metric_sum $u hookstream_processor_rebuilt_records_total); m=0; r=$2
     fi
@@ -176,23 +182,29 @@ drain_run() {
     if [ "$((n + m))" != "$last" ]; then last=$((n + m)); tl=$(now); fi
     if [ "$1" = drain ] && [ "$n" -ge "$DRAIN" ] && [ "$m" -ge "$r" ]; then break; fi
     if [ "$1" = rebuild ] && [ "$n" -ge "$((DRAIN + r))" ]; then break; fi
+    if [ "$1" = restore ] && [ "$n" -ge "$3" ]; then break; fi
     if [ -n "$t0" ] && python3 -c "import sys; sys.exit(0 if $(now) - $tl > 20 else 1)"; then break; fi
     sleep 0.25
   done
-  local rss; rss=$(hwm_mb "$p")
+  local rss c; rss=$(hwm_mb "$p"); c=$(metric_sum $u hookstream_processor_changelog_records_total)
   kill "$p"; wait "$p" 2>/dev/null || true
   if [ "$1" = rebuild ]; then n=$((n - r)); fi
-  python3 -c "print($n, $tl - $t0, $rss, $r)"
+  if [ "$1" = restore ]; then n=$DRAIN; fi
+  python3 -c "print($n, $tl - $t0, $rss, $r, $c)"
 }
 say "3/4 processor drain of the backlog (both stages)"
-read -r drained drain_s proc_rss requests < <(drain_run drain)
-say "3/4 rebuild: state deleted, replayed from the log"
+read -r drained drain_s proc_rss requests changelog < <(drain_run drain)
+say "3/4 restore: state deleted, restored from the changelogs ($changelog records)"
 rm -rf "$DIR/drain-state"
+read -r restored restore_s restore_rss _ < <(drain_run restore "$requests" "$changelog")
+say "3/4 rebuild: state and changelogs deleted, replayed from the logs"
+rm -rf "$DIR/drain-state"
+for store in payments policies; do "$T" topic delete "bench-drain-$store-changelog" --broker "tcp://$B" >/dev/null; done
 read -r rebuilt rebuild_s rebuild_rss _ < <(drain_run rebuild "$requests")
 
-python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" <<'PY'
+python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" "$restore_s" "$restore_rss" "$changelog" <<'PY'
 import json, os, platform, statistics, sys, datetime
-d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs, parts, wide = sys.argv[1:]
+d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs, parts, wide, restore_s, restore_rss, changelog = sys.argv[1:]
 j = lambda n: json.load(open(os.path.join(d, n)))
 opn, cons, wopn, alone = j(f"open-{parts}.json"), j("consume.json"), j(f"open-{wide}.json"), j("open-alone.json")
 rounds = sorted(int(n[len("closed-"):-len(".json")]) for n in os.listdir(d) if n.startswith("closed-"))
@@ -203,6 +215,7 @@ closed_non2xx = sum(j(f"closed-{r}.json")["non_2xx"] for r in rounds)
 med = statistics.median
 drain_rate = float(drained) / float(drain_s)
 rebuild_rate = float(rebuilt) / float(rebuild_s)
+restore_rate = float(drained) / float(restore_s)
 lat_s = lambda lat: " / ".join(f"{lat[k]:.1f}" for k in ("p50","p90","p99","p999","max")) + " ms"
 def spike_rows(o, n, base=None):
     lat, v = o["latency_ms"], o.get("verify", {})
@@ -221,14 +234,14 @@ rows = [
     *spike_rows(opn, parts, alone),
     *spike_rows(wopn, wide),
     (f"processor drain of {int(float(drained)):,} pre-loaded events vs consume-only", f"{drain_rate:,.0f} ev/s", f"{cons['throughput_rps']:,.0f} rec/s", f"{drain_rate/cons['throughput_rps']:.2f}", "≥ 0.5"),
-    (f"processor rebuild (replay of {int(float(rebuilt)):,} events, state deleted)", f"{rebuild_rate:,.0f} ev/s", "", "", ""),
+    (f"processor restore of the state of {int(float(drained)):,} events from the changelogs ({int(changelog):,} records; state directory deleted) vs rebuild from the logs (changelogs deleted too)", f"{restore_rate:,.0f} ev/s ({float(restore_s):.1f} s)", f"{rebuild_rate:,.0f} ev/s ({float(rebuild_s):.1f} s)", f"{restore_rate/rebuild_rate:.2f}", ""),
     (f"peak RSS ingest ({rate}/s run, {parts} partitions)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
-    ("peak RSS processor (drain of the backlog / rebuild)", f"{float(proc_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
+    ("peak RSS processor (drain of the backlog / restore / rebuild)", f"{float(proc_rss):.0f} / {float(restore_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
 ]
 print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, {os.environ.get('BROKER_NAME', 'broker')} (memory storage) on loopback; `infra/bench.sh`\n")
 print("| measurement | hookstream | baseline (same run) | ratio | target |")
 print("|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
-json.dump({"alone": alone, "produce_rps": prods, "closed_rps": maxes, "ratios": ratios, "open": opn, "open_wide": wopn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
+json.dump({"alone": alone, "produce_rps": prods, "closed_rps": maxes, "ratios": ratios, "open": opn, "open_wide": wopn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "restore_rate": restore_rate, "changelog_records": int(changelog), "restore_rss_mb": float(restore_rss), "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
 PY

@@ -125,11 +125,11 @@ topics() {
   create_topic payments.webhooks.raw "${RAW_PARTITIONS:-12}"
   create_topic policy.activations "${ACTIVATIONS_PARTITIONS:-12}"
   create_topic payments.webhooks.dlq "${DLQ_PARTITIONS:-3}"
-  # Internal: the processor creates its policy stage's repartition topic on start,
-  # <group_id>-policy-requests-repartition (hookstream-processor-policy-requests-repartition
-  # with the shipped config), with as many partitions as the raw topic and unlimited
-  # retention (its state is a fold of the whole topic).
-  say "internal topic hookstream-processor-policy-requests-repartition: created by the processor"
+  # Internal: the processor creates its internal topics on start, each with as many
+  # partitions as the raw topic (names with the shipped config's group id):
+  # <group_id>-policy-requests-repartition (unlimited retention) and the stores'
+  # compacted changelogs <group_id>-payments-changelog, <group_id>-policies-changelog.
+  say "internal topics hookstream-processor-policy-requests-repartition, hookstream-processor-payments-changelog, hookstream-processor-policies-changelog: created by the processor"
 }
 
 case "${1:-}" in

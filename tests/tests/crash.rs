@@ -119,15 +119,15 @@ async fn run_kill_and_restart(wipe_state: bool) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    let rebuilt = metric("hookstream_processor_rebuilt_records_total");
+    let restored = metric("hookstream_processor_restored_records_total");
     assert!(
         metric("hookstream_processor_activations_total") > 0,
         "the kill must land mid-stream: the restarted processor activates the rest"
     );
     if wipe_state {
         assert!(
-            rebuilt > 0,
-            "with its state gone the restarted processor must rebuild from the log:\n{metrics}"
+            restored > 0,
+            "with its state gone the restarted processor must restore it from the changelog:\n{metrics}"
         );
     }
     drop(second);
@@ -140,6 +140,6 @@ async fn sigkill_mid_stream_then_restart_keeps_exactly_one_activation_per_policy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_and_lost_state_dir_rebuilds_from_the_log_without_new_ids() {
+async fn sigkill_and_lost_state_dir_restores_from_the_changelog_without_new_ids() {
     run_kill_and_restart(true).await;
 }

@@ -1,6 +1,7 @@
 //! A hole in the raw log on the real broker: records above a partition's state deleted
 //! (DeleteRecords, as retention would) while no processor ran. The processor refuses to
-//! go on for that partition, loudly, until an operator acknowledges the hole.
+//! go on for that partition, loudly, until an operator acknowledges the hole — even when
+//! its state directory was lost as well.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
@@ -50,6 +51,9 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
         .await
         .expect("the broker deletes records (DeleteRecords)");
 
+    // The state directory is lost too: the state restored from the changelog still
+    // knows where it was, so the hole is found all the same.
+    std::fs::remove_dir_all(state.path()).unwrap();
     let processor = RunningProcessor::start(config).await;
     let not_ready = http::poll(&processor.admin, "/readyz", |r| r.status == 503).await;
     let v = not_ready.json();

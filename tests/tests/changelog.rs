@@ -1,0 +1,136 @@
+//! Changelog-backed state on the real broker: a payment's and a policy's state outlive
+//! the records they were folded from and the state directory, and the changelog
+//! topics are compacted topics.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap()
+}
+
+/// Delete every record of `topic`'s `partitions` (as retention would).
+async fn delete_all(bootstrap: &str, topic: &str, partitions: i32) {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = probe.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(high)).unwrap();
+    }
+    admin(bootstrap)
+        .delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("the broker deletes records (DeleteRecords)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_cancels_after_its_completion_left_the_log_and_the_state_directory_was_wiped() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 2).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+
+    let processor = RunningProcessor::start(config.clone()).await;
+    sign::send_event(&addr, "c1", "pay_c1", None, "payment.completed", Some("pol_c1")).await;
+    kafka::wait_for_activation(
+        broker.bootstrap(),
+        &topics.activations,
+        "pol_c1",
+        Duration::from_secs(60),
+    )
+    .await;
+    processor.stop().await;
+
+    // Retention took every record both stages folded; the state directory is lost.
+    delete_all(broker.bootstrap(), &topics.raw, 2).await;
+    delete_all(broker.bootstrap(), &config.kafka.requests_topic(), 2).await;
+    std::fs::remove_dir_all(state.path()).unwrap();
+
+    let processor = RunningProcessor::start(config.clone()).await;
+    sign::send_event(&addr, "c2", "pay_c1", None, "payment.refunded", Some("pol_c1")).await;
+    let mut cancelled = false;
+    let records = kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(60), |r| {
+        cancelled |= r.last().and_then(|m| m.payload()).is_some_and(|p| {
+            matches!(decode::<PolicyEvent>(p).map(|e| e.event), Ok(PolicyEventKind::Cancelled(c)) if c.payment_id == "pay_c1")
+        });
+        cancelled
+    })
+    .await;
+    assert!(cancelled, "the refund cancelled the policy: {} events", records.len());
+    let dead = kafka::read_records(broker.bootstrap(), &topics.dlq, 1, Duration::from_secs(2)).await;
+    assert!(
+        dead.is_empty(),
+        "no dead letter (invalid_transition was the old answer)"
+    );
+    processor.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changelog_topics_are_compacted_with_one_partition_per_input_partition() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 3).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let processor = RunningProcessor::start(config.clone()).await;
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let names = [
+        config
+            .kafka
+            .changelog_topic(hookstream_processor::config::PAYMENTS_STORE),
+        config
+            .kafka
+            .changelog_topic(hookstream_processor::config::POLICIES_STORE),
+    ];
+    for name in &names {
+        let mut partitions = 0;
+        for _ in 0..100 {
+            let md = probe.fetch_metadata(Some(name), Duration::from_secs(5)).unwrap();
+            partitions = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if partitions > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(partitions, 3, "{name}");
+    }
+    let resources: Vec<_> = names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let configs = admin(broker.bootstrap())
+        .describe_configs(resources.iter(), &AdminOptions::new())
+        .await
+        .unwrap();
+    for (name, c) in names.iter().zip(configs) {
+        let c = c.unwrap();
+        let policy = c.get("cleanup.policy").and_then(|e| e.value.clone());
+        assert_eq!(policy.as_deref(), Some("compact"), "{name}");
+    }
+    processor.stop().await;
+}
