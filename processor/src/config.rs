@@ -180,6 +180,12 @@ pub struct ProcessingConfig {
     /// How long (record time) an event id is remembered for dedup. Default 7 days.
     #[serde(rename = "dedup_window_secs", with = "secs")]
     pub dedup_window: Duration,
+    /// How long (record time) a payment that activated a policy is kept after its last
+    /// event so that a refund still cancels the activation, and a policy without a
+    /// holder after its last request (`crate::rules::retention`). A refund later than
+    /// this finds no payment and cancels nothing. Default 400 days.
+    #[serde(rename = "refund_window_secs", with = "secs")]
+    pub refund_window: Duration,
     /// A sequence gap open longer than this (wall clock) is resolved by a GapTimeout
     /// control record. Default 5 minutes.
     #[serde(rename = "gap_timeout_ms", with = "millis")]
@@ -232,6 +238,7 @@ impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
+            refund_window: Duration::from_secs(400 * 24 * 3600),
             gap_timeout: Duration::from_secs(300),
             gap_check_interval: Duration::from_secs(1),
             max_batch_records: 500,

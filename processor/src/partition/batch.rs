@@ -1,7 +1,6 @@
 //! Deciding one batch of a partition: decide every record against sled overlaid with
 //! the batch's own changes, send the outputs (replacing any the broker refuses for
-//! good), log the state changes to the changelog, persist them atomically and wait
-//! until they are on disk.
+//! good), then hand its changes to `persist.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +19,8 @@ use crate::rules::input::{classify, Input};
 use crate::rules::limits::Limits;
 use crate::rules::model::{Output, PaymentState, RawRecord};
 use crate::rules::policy::{decide_policy, PolicyState};
+use crate::rules::retention::{self, Retention};
 use crate::store::{Changes, StoreError};
-
-/// Expired dedup keys removed per batch: a partition that comes back after a long
-/// quiet time catches up over its next batches instead of in one huge one.
-const MAX_EXPIRED_PER_BATCH: usize = 10_000;
 
 /// An output on its way out, with the trace context and the record that caused it.
 struct Emitted {
@@ -153,6 +149,7 @@ impl<B: Backend> Worker<B> {
         let p = &cx.settings.processing;
         let limits = p.limits();
         let max_ahead = i64::try_from(p.max_record_time_ahead.as_millis()).unwrap_or(i64::MAX);
+        let keep = Retention::new(p.dedup_window, p.refund_window);
         let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
@@ -185,13 +182,15 @@ impl<B: Backend> Worker<B> {
                 }),
                 Mode::Rebuild => None,
             };
-            if let Some(p) = decision.payment {
+            if let Some(mut p) = decision.payment {
+                retention::stamp_payment(&mut p, now, &keep);
                 if mode == Mode::Live {
                     self.gaps.watch(&p.key(), p.next_sequence, p.held.len() as i64);
                 }
                 d.changes.payments.insert(p.key(), p);
             }
-            if let Some(p) = decision.policy {
+            if let Some(mut p) = decision.policy {
+                retention::stamp_policy(&mut p, now, &keep);
                 d.changes.policies.insert(p.policy_id.clone(), p);
             }
             if let Some((k, e)) = decision.dedup {
@@ -209,76 +208,6 @@ impl<B: Backend> Worker<B> {
         Ok(Some(d))
     }
 
-    /// Remove with the batch the dedup keys past the window at the partition's clock
-    /// after it (the fold already forgets them): the batch's own, and at most
-    /// [`MAX_EXPIRED_PER_BATCH`] stored ones.
-    async fn expire(&self, changes: &mut Changes, stop: &CancellationToken) -> Result<(), Stopped> {
-        let Some(now) = changes.max_ts else { return Ok(()) };
-        let window_ms = i64::try_from(self.cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now.saturating_sub(window_ms);
-        changes.dedup.retain(|_, e| e.first_seen_ms >= cutoff);
-        let store = self.store.clone();
-        changes.expired = self
-            .cx
-            .retry("store", stop, || async {
-                store.expired_dedup(cutoff, MAX_EXPIRED_PER_BATCH)
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Log the batch's changes to the changelog: the entries, acknowledged, then the
-    /// meta entry that closes them (a restore ignores entries no meta entry follows).
-    /// The offset after the meta entry, `None` when nothing was applied.
-    async fn log_changes(&self, changes: &Changes, stop: &CancellationToken) -> Result<Option<i64>, Stopped> {
-        let Some(meta) = changes.meta_entry() else {
-            return Ok(None);
-        };
-        let cx = &self.cx;
-        let topic = cx.settings.changelog(self.stage);
-        let entries = changes.entries();
-        if !entries.is_empty() {
-            cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &entries))
-                .await?;
-        }
-        let meta = [meta];
-        let last = cx
-            .retry("changelog", stop, || cx.backend.append(topic, self.partition, &meta))
-            .await?;
-        cx.metrics.changelog_records.inc_by(entries.len() as u64 + 1);
-        Ok(Some(last + 1))
-    }
-
-    /// Apply `changes` in one atomic sled batch with the changelog position it reflects,
-    /// then, for live records, wait until it is on disk. A rebuild does not wait per
-    /// batch: its records are below the committed offset, so losing the unflushed part
-    /// only means rebuilding it again; it flushes once at its end
-    /// ([`Worker::read_range`]). Waiting per batch made a rebuild's speed depend on how
-    /// many partitions shared each flush.
-    async fn persist(
-        &self,
-        changes: Changes,
-        changelog_next: Option<i64>,
-        mode: Mode,
-        stop: &CancellationToken,
-    ) -> Result<(), Stopped> {
-        let cx = &self.cx;
-        let changes = Arc::new(changes);
-        cx.retry("store", stop, || {
-            let (store, changes) = (self.store.clone(), changes.clone());
-            async move {
-                tokio::task::spawn_blocking(move || store.persist(&changes, changelog_next).map_err(|e| e.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }
-        })
-        .await?;
-        match mode {
-            Mode::Live => cx.retry("store", stop, || cx.flusher.flush()).await,
-            Mode::Rebuild => Ok(()),
-        }
-    }
-
     /// Decide one record against sled overlaid with the batch's own changes.
     fn decide_one(&self, rec: &RawRecord, changes: &Changes, limits: &Limits, now: i64) -> Result<Step, DecideError> {
         match self.stage {
@@ -291,6 +220,8 @@ impl<B: Backend> Worker<B> {
                     },
                     None => None,
                 };
+                // A payment past its retention is forgotten here, in the fold.
+                let payment = payment.filter(|st| !retention::is_expired(st.evict_at_ms, now));
                 let seen = match &input {
                     Input::Webhook(e) => {
                         let k = dedup_key(&e.source, &e.event_id);
@@ -321,6 +252,7 @@ impl<B: Backend> Worker<B> {
                     },
                     None => None,
                 };
+                let state = state.filter(|st| !retention::is_expired(st.evict_at_ms, now));
                 let d = decide_policy(rec, request, state, limits);
                 Ok(Step {
                     payment: None,

@@ -1,8 +1,10 @@
 //! The partition loop with its changelog, in memory: state that outlives the input
-//! log and the local store, and a batch whose writer stopped half-way.
+//! log and the local store, a batch whose writer stopped half-way, and state that is
+//! forgotten when its time is past.
 
 use super::memory::{Memory, RAW, RAW_CHANGELOG};
-use super::tests::{activated, applied, run};
+use super::tests::{activated, applied, context_with, run, run_with};
+use super::Stage;
 use crate::rules::model::{EventType, PaymentState};
 use crate::store::changelog::META;
 use crate::store::{Entry, Store};
@@ -57,4 +59,90 @@ async fn entries_after_the_last_meta_entry_are_not_restored() {
         "the unfinished batch is ignored"
     );
     assert_eq!(applied(&fresh), Some(0));
+}
+
+/// A log longer than the dedup window (10 s of record time here): 200 payments created
+/// a second apart; `pay_keep` completed at 0 s and refunded at 50 s, within the refund
+/// window (60 s); `pay_late` completed at 1 s and refunded at 150 s, after it.
+fn long_log(memory: &Memory) -> Vec<super::io::Incoming> {
+    let mut log = vec![
+        memory.append_at(0, "src", "pay_keep", "k1", 1, "payment.completed", "pol_keep"),
+        memory.append_at(1_000, "src", "pay_late", "l1", 1, "payment.completed", "pol_late"),
+    ];
+    for i in 0..200 {
+        let at = 2_000 + i * 1_000;
+        log.push(memory.append_at(
+            at,
+            "src",
+            &format!("pay{i}"),
+            &format!("e{i}"),
+            1,
+            "payment.created",
+            "pol",
+        ));
+        if at == 50_000 {
+            log.push(memory.append_at(at, "src", "pay_keep", "k2", 2, "payment.refunded", "pol_keep"));
+        }
+        if at == 150_000 {
+            log.push(memory.append_at(at, "src", "pay_late", "l2", 2, "payment.refunded", "pol_late"));
+        }
+    }
+    log
+}
+
+fn windows(batch: usize) -> impl FnOnce(&mut crate::config::ProcessingConfig) {
+    move |p| {
+        p.dedup_window = std::time::Duration::from_secs(10);
+        p.refund_window = std::time::Duration::from_secs(60);
+        p.max_batch_records = batch;
+    }
+}
+
+#[tokio::test]
+async fn state_stays_flat_over_a_log_longer_than_the_dedup_window_and_a_refund_within_its_window_cancels() {
+    let mut results = Vec::new();
+    for batch in [1, 500] {
+        let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+        let log = long_log(&memory);
+        run_with(Stage::Payments, context_with(&memory, &store, windows(batch)), log).await;
+        let mut state = store.partition(RAW, 0).expect("store").dump();
+        state.retain(|(k, _)| k.as_slice() != b"m:changelog");
+        let tombstones = memory
+            .records(RAW_CHANGELOG)
+            .iter()
+            .filter(|m| m.record.value.is_none() && m.record.key.as_deref().is_some_and(|k| k[0] == b'p'))
+            .count();
+        results.push((memory.sent(), state, tombstones));
+    }
+    let (sent, state, tombstones) = &results[0];
+    let payments = state.iter().filter(|(k, _)| k[0] == b'p').count();
+    let dedup = state.iter().filter(|(k, _)| k[0] == b'd').count();
+    assert!(payments <= 12, "payments kept: {payments} of 202");
+    assert!(dedup <= 12, "dedup keys kept: {dedup} of 204");
+    assert!(
+        *tombstones >= 180,
+        "evicted payments are tombstones in the changelog: {tombstones}"
+    );
+    let cancels: Vec<_> = sent.iter().filter(|s| s.starts_with("request:Cancel:")).collect();
+    assert_eq!(
+        cancels.len(),
+        1,
+        "pay_keep's refund cancels, pay_late's comes too late: {sent:?}"
+    );
+    assert!(cancels[0].ends_with(&activation_id_of("pol_keep", "k1")), "{sent:?}");
+    let (a, b) = (&results[0], &results[1]);
+    assert_eq!(a.0, b.0, "batch size 1 and 500 give the same outputs");
+    let keys = |s: &[(Vec<u8>, Vec<u8>)]| {
+        s.iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&a.1), keys(&b.1), "batch size 1 and 500 keep the same keys");
+    assert_eq!(a.1, b.1, "batch size 1 and 500 give the same state");
+    // (Not the same changelog: a state created and evicted within one batch of 500 was
+    // never written, so it needs no tombstone.)
+}
+
+fn activation_id_of(policy: &str, event_id: &str) -> String {
+    crate::rules::decide::activation_id(policy, "src", event_id)
 }

@@ -7,10 +7,12 @@
 //! whole loop — commit order, retries, reconcile, rebuild — is unit-tested in memory
 //! (`tests.rs`).
 //!
-//! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding, emitting and
-//! persisting one batch), `reconcile.rs` (where the group hands the partition over and
-//! how sled is brought up to it), `restore.rs` (reading the changelog back), `gap_timer.rs` (control records for open gaps),
-//! [`order`] (offset order of deliveries), [`gaps`], [`commit`], [`retry`].
+//! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding and emitting one
+//! batch), `persist.rs` (expiring, logging and persisting its changes),
+//! `reconcile.rs` (where the group hands the partition over and how sled is brought up
+//! to it), `restore.rs` (reading the changelog back), `gap_timer.rs` (control records
+//! for open gaps), [`order`] (offset order of deliveries), [`gaps`], [`commit`],
+//! [`retry`].
 
 pub mod commit;
 pub mod gaps;
@@ -28,6 +30,8 @@ mod changelog_tests;
 mod gap_timer;
 #[cfg(test)]
 mod memory;
+#[path = "persist.rs"]
+mod persist;
 #[path = "reconcile.rs"]
 mod reconcile;
 #[path = "restore.rs"]

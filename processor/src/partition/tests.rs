@@ -63,7 +63,7 @@ pub(super) async fn run_stage(stage: Stage, memory: &Memory, store: &Store, deli
 
 pub(super) async fn run_with(stage: Stage, cx: Arc<Context<Memory>>, delivered: Vec<Incoming>) {
     let worker = Worker::new(cx, stage, 0).expect("worker");
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(delivered.len().max(1));
     for m in delivered {
         tx.send(m).await.expect("queue");
     }

@@ -2,7 +2,7 @@
 //!
 //! [`input`] classifies a raw record, [`decide`] folds it into its payment's state and
 //! says what to emit, [`ids`] derives every output id from the record that caused it,
-//! [`limits`] bounds what one payment may hold, and [`fallback`] shrinks an output the
+//! [`limits`] bounds what one payment may hold, [`retention`] how long a state is kept, and [`fallback`] shrinks an output the
 //! broker refuses for good into a dead letter it accepts. Because nothing here reads
 //! the clock or does I/O, a replay of the same records gives the same decisions.
 
@@ -14,3 +14,4 @@ pub mod input;
 pub mod limits;
 pub mod model;
 pub mod policy;
+pub mod retention;

@@ -158,6 +158,13 @@ pub struct PaymentState {
     /// cancellation gets if this payment holds the policy.
     pub cancellation_id: Option<String>,
     pub history: Vec<HistoryEntry>,
+    /// The partition's clock when the payment last changed (ms of record time).
+    #[serde(default)]
+    pub last_event_ms: i64,
+    /// When the state is forgotten (record time; `None`: not while events are held),
+    /// see [`crate::rules::retention`].
+    #[serde(default)]
+    pub evict_at_ms: Option<i64>,
 }
 
 impl PaymentState {
@@ -172,6 +179,8 @@ impl PaymentState {
             activation: None,
             cancellation_id: None,
             history: Vec::new(),
+            last_event_ms: 0,
+            evict_at_ms: None,
         }
     }
 

@@ -83,6 +83,13 @@ pub struct PolicyState {
     /// Every payment that asked, in the order they were first decided.
     pub payments: Vec<PolicyPayment>,
     pub history: Vec<PolicyHistoryEntry>,
+    /// The partition's clock at the policy's last request (ms of record time).
+    #[serde(default)]
+    pub last_request_ms: i64,
+    /// When the state is forgotten (`None`: while a payment holds the policy), see
+    /// [`crate::rules::retention`].
+    #[serde(default)]
+    pub evict_at_ms: Option<i64>,
 }
 
 impl PolicyState {
@@ -91,6 +98,8 @@ impl PolicyState {
             policy_id: policy_id.to_owned(),
             payments: Vec::new(),
             history: Vec::new(),
+            last_request_ms: 0,
+            evict_at_ms: None,
         }
     }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{expiry_key, key, to_json, Changes, PartitionStore, StoreError, APPLIED, MAX_TS};
 use crate::rules::model::{DedupEntry, PaymentState};
+use crate::rules::policy::PolicyState;
 
 /// The key of a batch's closing entry.
 pub const META: &[u8] = b"m:applied";
@@ -63,6 +64,12 @@ impl Changes {
             out.push(Entry {
                 key: key(b'd', k),
                 value: Some(to_json(e)),
+            });
+        }
+        for k in &self.evicted {
+            out.push(Entry {
+                key: k.clone(),
+                value: None,
             });
         }
         for x in &self.expired {
@@ -124,9 +131,18 @@ impl PartitionStore {
         if start > 0 {
             self.clear()?;
         }
+        // Only the last version of each key: the eviction index reads the previous
+        // one from the tree, not from the batch being built.
+        let live = &entries[start..];
+        let mut last = std::collections::HashMap::with_capacity(live.len());
+        for (i, e) in live.iter().enumerate() {
+            last.insert(e.key.as_slice(), i);
+        }
         let mut batch = sled::Batch::default();
-        for e in &entries[start..] {
-            self.restore_one(&mut batch, e)?;
+        for (i, e) in live.iter().enumerate() {
+            if last.get(e.key.as_slice()) == Some(&i) {
+                self.restore_one(&mut batch, e)?;
+            }
         }
         Self::changelog_mark(&mut batch, next);
         self.tree.apply_batch(batch)?;
@@ -153,6 +169,7 @@ impl PartitionStore {
                 } else {
                     batch.insert(g, &[][..]);
                 }
+                self.reindex(batch, k, st.evict_at_ms)?;
                 batch.insert(k.as_slice(), v.as_slice());
             }
             (Some(b'd'), Some(v)) => {
@@ -168,10 +185,18 @@ impl PartitionStore {
             (Some(b'p'), None) => {
                 let payment_key = String::from_utf8_lossy(&k[1..]);
                 batch.remove(key(b'g', &payment_key));
+                self.reindex(batch, k, None)?;
                 batch.remove(k.as_slice());
             }
-            (Some(b'P'), Some(v)) => batch.insert(k.as_slice(), v.as_slice()),
-            (Some(b'P'), None) => batch.remove(k.as_slice()),
+            (Some(b'P'), Some(v)) => {
+                let st: PolicyState = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
+                self.reindex(batch, k, st.evict_at_ms)?;
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            (Some(b'P'), None) => {
+                self.reindex(batch, k, None)?;
+                batch.remove(k.as_slice());
+            }
             // Keys of a later version: ignored rather than guessed at.
             _ => tracing::warn!(key = %String::from_utf8_lossy(k), "unknown changelog key ignored"),
         }

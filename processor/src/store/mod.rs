@@ -17,6 +17,7 @@
 //! | `m:hole_ack` | a log start an operator acknowledged: the records between the applied offset and it are gone (the partition loop's hole check) |
 //! | `m:committed` | highest offset this instance handed the partition over at (synchronous commit on revocation or shutdown) |
 //! | `m:changelog` | the changelog offset after the last entry the state reflects ([`changelog`]) |
+//! | `e`…, `E`… | when each payment and policy state expires ([`evict`]) |
 //!
 //! sled is a cache of the changelog ([`changelog`]): every change is logged before it is
 //! applied here, so a lost, wiped or corrupt directory is restored from the changelog,
@@ -31,6 +32,7 @@ use crate::rules::model::{DedupEntry, PaymentState};
 use crate::rules::policy::PolicyState;
 
 pub mod changelog;
+mod evict;
 mod flusher;
 
 pub use changelog::Entry;
@@ -191,6 +193,9 @@ pub struct Changes {
     /// Expiry-index keys (`x`…) of dedup entries past the window at the partition's
     /// clock: deleted with the batch, logged as tombstones.
     pub expired: Vec<Vec<u8>>,
+    /// Store keys (`p`…, `P`…) of payment and policy states past their time at the
+    /// partition's clock: deleted with the batch, logged as tombstones.
+    pub evicted: Vec<Vec<u8>>,
 }
 
 /// One raw partition's tree.
@@ -208,6 +213,15 @@ impl PartitionStore {
     /// Newest record time applied (ms).
     pub fn max_ts(&self) -> Result<Option<i64>, StoreError> {
         Ok(read_i64(self.tree.get(MAX_TS)?))
+    }
+
+    /// The store key of a payment (`p`…) and of a policy (`P`…).
+    pub fn payment_key(payment_key: &str) -> Vec<u8> {
+        key(b'p', payment_key)
+    }
+
+    pub fn policy_key(policy_id: &str) -> Vec<u8> {
+        key(b'P', policy_id)
     }
 
     /// The payment under `payment_key` ([`crate::rules::model::payment_key`]).
@@ -245,8 +259,13 @@ impl PartitionStore {
         if let Some(next) = changelog_next {
             Self::changelog_mark(&mut batch, next);
         }
+        for k in &changes.evicted {
+            self.evict(&mut batch, k)?;
+        }
         for (id, st) in &changes.payments {
-            batch.insert(key(b'p', id), to_json(st));
+            let k = key(b'p', id);
+            self.reindex(&mut batch, &k, st.evict_at_ms)?;
+            batch.insert(k, to_json(st));
             if st.held.is_empty() {
                 batch.remove(key(b'g', id));
             } else {
@@ -254,7 +273,9 @@ impl PartitionStore {
             }
         }
         for (id, st) in &changes.policies {
-            batch.insert(key(b'P', id), to_json(st));
+            let k = key(b'P', id);
+            self.reindex(&mut batch, &k, st.evict_at_ms)?;
+            batch.insert(k, to_json(st));
         }
         for (k, e) in &changes.dedup {
             batch.insert(key(b'd', k), to_json(e));

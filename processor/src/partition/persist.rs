@@ -1,0 +1,129 @@
+//! The end of a batch: forgetting what is past its time, logging the changes to the
+//! changelog, applying them to sled.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::io::Backend;
+use super::worker::{Mode, Worker};
+use super::Stopped;
+use crate::rules::retention;
+use crate::store::{Changes, PartitionStore};
+
+/// Expired dedup keys removed per batch: a partition that comes back after a long
+/// quiet time catches up over its next batches instead of in one huge one.
+const MAX_EXPIRED_PER_BATCH: usize = 10_000;
+
+impl<B: Backend> Worker<B> {
+    /// Remove with the batch what is past its time at the partition's clock after it
+    /// (the fold already forgets it): dedup keys, the batch's own and at most
+    /// [`MAX_EXPIRED_PER_BATCH`] stored ones, and as many payment and policy states
+    /// that the batch did not change.
+    pub(super) async fn expire(&self, changes: &mut Changes, stop: &CancellationToken) -> Result<(), Stopped> {
+        let Some(now) = changes.max_ts else { return Ok(()) };
+        let window_ms = i64::try_from(self.cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(window_ms);
+        changes.dedup.retain(|_, e| e.first_seen_ms >= cutoff);
+        let store = self.store.clone();
+        changes.expired = self
+            .cx
+            .retry("store", stop, || async {
+                store.expired_dedup(cutoff, MAX_EXPIRED_PER_BATCH)
+            })
+            .await?;
+        // States the batch changed and that are past their time already (changed early
+        // in a long batch) go now, as they would have with smaller batches.
+        let gone = |at: Option<i64>| retention::is_expired(at, now);
+        let mut evicted: Vec<Vec<u8>> = Vec::new();
+        changes.payments.retain(|k, st| {
+            let keep = !gone(st.evict_at_ms);
+            if !keep {
+                evicted.push(PartitionStore::payment_key(k));
+            }
+            keep
+        });
+        changes.policies.retain(|k, st| {
+            let keep = !gone(st.evict_at_ms);
+            if !keep {
+                evicted.push(PartitionStore::policy_key(k));
+            }
+            keep
+        });
+        let due = self
+            .cx
+            .retry("store", stop, || async {
+                store.due_evictions(now, MAX_EXPIRED_PER_BATCH)
+            })
+            .await?;
+        // A stored state the batch changed is replaced, not evicted.
+        let changed = |k: &[u8]| match k.split_first() {
+            Some((b'p', id)) => changes.payments.contains_key(String::from_utf8_lossy(id).as_ref()),
+            Some((b'P', id)) => changes.policies.contains_key(String::from_utf8_lossy(id).as_ref()),
+            _ => false,
+        };
+        let stored: Vec<Vec<u8>> = due
+            .into_iter()
+            .filter(|k| !changed(k) && !evicted.contains(k))
+            .collect();
+        evicted.extend(stored);
+        changes.evicted = evicted;
+        Ok(())
+    }
+
+    /// Log the batch's changes to the changelog: the entries, acknowledged, then the
+    /// meta entry that closes them (a restore ignores entries no meta entry follows).
+    /// The offset after the meta entry, `None` when nothing was applied.
+    pub(super) async fn log_changes(
+        &self,
+        changes: &Changes,
+        stop: &CancellationToken,
+    ) -> Result<Option<i64>, Stopped> {
+        let Some(meta) = changes.meta_entry() else {
+            return Ok(None);
+        };
+        let cx = &self.cx;
+        let topic = cx.settings.changelog(self.stage);
+        let entries = changes.entries();
+        if !entries.is_empty() {
+            cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &entries))
+                .await?;
+        }
+        let meta = [meta];
+        let last = cx
+            .retry("changelog", stop, || cx.backend.append(topic, self.partition, &meta))
+            .await?;
+        cx.metrics.changelog_records.inc_by(entries.len() as u64 + 1);
+        Ok(Some(last + 1))
+    }
+
+    /// Apply `changes` in one atomic sled batch with the changelog position it reflects,
+    /// then, for live records, wait until it is on disk. A rebuild does not wait per
+    /// batch: its records are below the committed offset, so losing the unflushed part
+    /// only means rebuilding it again; it flushes once at its end
+    /// ([`Worker::read_range`]). Waiting per batch made a rebuild's speed depend on how
+    /// many partitions shared each flush.
+    pub(super) async fn persist(
+        &self,
+        changes: Changes,
+        changelog_next: Option<i64>,
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let cx = &self.cx;
+        let changes = Arc::new(changes);
+        cx.retry("store", stop, || {
+            let (store, changes) = (self.store.clone(), changes.clone());
+            async move {
+                tokio::task::spawn_blocking(move || store.persist(&changes, changelog_next).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        })
+        .await?;
+        match mode {
+            Mode::Live => cx.retry("store", stop, || cx.flusher.flush()).await,
+            Mode::Rebuild => Ok(()),
+        }
+    }
+}
