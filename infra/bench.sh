@@ -105,7 +105,7 @@ spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that m
   "$T" topic create $raw --broker "tcp://$B" --partitions "$n" >/dev/null
   "$T" topic create $act --broker "tcp://$B" --partitions "$n" >/dev/null
   "$T" topic create $dlq --broker "tcp://$B" --partitions 1 >/dev/null
-  # A group per run: the policy stage's repartition topic (<group>-policy-requests-repartition)
+  # A group per run: the policy stage's repartition topic (<group>.policy-requests)
   # is created with as many partitions as the raw topic.
   sed "s/^group_id = .*/group_id = \"bench-spike$n\"/; s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
     infra/config/processor.toml >"$DIR/processor-$n.toml"
@@ -199,7 +199,7 @@ rm -rf "$DIR/drain-state"
 read -r restored restore_s restore_rss _ < <(drain_run restore "$requests" "$changelog")
 say "3/4 rebuild: state and changelogs deleted, replayed from the logs"
 rm -rf "$DIR/drain-state"
-for store in payments policies; do "$T" topic delete "bench-drain-$store-changelog" --broker "tcp://$B" >/dev/null; done
+for store in payments policies; do "$T" topic delete "bench-drain.$store-changelog" --broker "tcp://$B" >/dev/null; done
 read -r rebuilt rebuild_s rebuild_rss _ < <(drain_run rebuild "$requests")
 
 python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" "$restore_s" "$restore_rss" "$changelog" <<'PY'

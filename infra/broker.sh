@@ -127,9 +127,9 @@ topics() {
   create_topic payments.webhooks.dlq "${DLQ_PARTITIONS:-3}"
   # Internal: the processor creates its internal topics on start, each with as many
   # partitions as the raw topic (names with the shipped config's group id):
-  # <group_id>-policy-requests-repartition (unlimited retention) and the stores'
-  # compacted changelogs <group_id>-payments-changelog, <group_id>-policies-changelog.
-  say "internal topics hookstream-processor-policy-requests-repartition, hookstream-processor-payments-changelog, hookstream-processor-policies-changelog: created by the processor"
+  # <group_id>.policy-requests (unlimited retention) and the stores'
+  # compacted changelogs <group_id>.payments-changelog, <group_id>.policies-changelog.
+  say "internal topics hookstream-processor.policy-requests, hookstream-processor.payments-changelog, hookstream-processor.policies-changelog: created by the processor"
 }
 
 case "${1:-}" in

@@ -19,7 +19,7 @@ use crate::rules::limits::Limits;
 /// The environment prefix.
 pub const ENV_PREFIX: &str = "PROCESSOR";
 
-/// The store names in the changelog topics' names (`<group_id>-<store>-changelog`):
+/// The store names in the changelog topics' names (`<group_id>.<store>-changelog`):
 /// the payment stage's and the policy stage's.
 pub const PAYMENTS_STORE: &str = "payments";
 pub const POLICIES_STORE: &str = "policies";
@@ -134,8 +134,8 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     /// The policy stage's input, the repartition topic keyed by policy_id:
-    /// `<group_id>-policy-requests-repartition`, named like Kafka Streams' internal
-    /// topics so that each processor group has its own.
+    /// `<group_id>.policy-requests` (DESIGN.md, "Topics"): each processor group has its
+    /// own.
     pub fn requests_topic(&self) -> String {
         format!(
             "{}{}",
@@ -144,10 +144,10 @@ impl KafkaConfig {
         )
     }
 
-    /// The compacted changelog of a stage's `store` ([`PAYMENTS_STORE`], [`POLICIES_STORE`]): `<group_id>-<store>-changelog`,
-    /// Kafka Streams' naming.
+    /// The compacted changelog of a stage's `store` ([`PAYMENTS_STORE`],
+    /// [`POLICIES_STORE`]): `<group_id>.<store>-changelog` (DESIGN.md, "Topics").
     pub fn changelog_topic(&self, store: &str) -> String {
-        format!("{}-{store}-changelog", self.group_id)
+        format!("{}.{store}-changelog", self.group_id)
     }
 }
 

@@ -8,10 +8,9 @@ pub const ACTIVATIONS_TOPIC: &str = "policy.activations";
 /// Dead letters, key = payment_id, value = `DeadLetter`.
 pub const DLQ_TOPIC: &str = "payments.webhooks.dlq";
 
-/// The suffix of the processor's internal repartition topic, named like Kafka Streams'
-/// internal topics: `<group_id>-policy-requests-repartition`, key = policy_id, value =
-/// `PolicyRequest`. The processor creates it with as many partitions as the raw topic.
-pub const POLICY_REQUESTS_SUFFIX: &str = "-policy-requests-repartition";
+/// The suffix of the processor's internal repartition topic (DESIGN.md, "Topics"):
+/// `<group_id>.policy-requests`, key = policy_id, value = `PolicyRequest`. The processor creates it with as many partitions as the raw topic.
+pub const POLICY_REQUESTS_SUFFIX: &str = ".policy-requests";
 
 /// Kafka header names.
 pub mod headers {

@@ -53,7 +53,7 @@ fn reset_to(resets: &[replay::PartitionReset]) -> Vec<(i32, i64)> {
     // The raw topic's partitions (the policy stage's follow for a time or the beginning).
     resets
         .iter()
-        .filter(|r| !r.topic.ends_with("-repartition"))
+        .filter(|r| !r.topic.ends_with(hookstream_schemas::topics::POLICY_REQUESTS_SUFFIX))
         .map(|r| (r.partition, r.reset_to))
         .collect()
 }

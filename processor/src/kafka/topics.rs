@@ -1,9 +1,9 @@
 //! The processor's internal topics, created on start like Kafka Streams creates its
 //! internal topics, each with as many partitions as the raw topic it is derived from:
-//! - the policy stage's repartition topic (`<group_id>-policy-requests-repartition`,
+//! - the policy stage's repartition topic (`<group_id>.policy-requests`,
 //!   key = policy_id);
-//! - the two stores' changelogs (`<group_id>-payments-changelog`,
-//!   `<group_id>-policies-changelog`, compacted; partition n holds the state of input
+//! - the two stores' changelogs (`<group_id>.payments-changelog`,
+//!   `<group_id>.policies-changelog`, compacted; partition n holds the state of input
 //!   partition n, see [`crate::store::changelog`]).
 //!
 //! An existing one with another partition count is refused: a policy would then be
