@@ -134,3 +134,59 @@ async fn the_changelog_topics_are_compacted_with_one_partition_per_input_partiti
     }
     processor.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_stays_flat_over_a_run_longer_than_the_dedup_window() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 2).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.bootstrap(), &topics, state.path());
+    config.processing.dedup_window = Duration::from_secs(2);
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+    let processor = RunningProcessor::start(config.clone()).await;
+    // 40 payments, one every 200 ms: 8 s of record time, four dedup windows.
+    for i in 0..40 {
+        sign::send_event(
+            &addr,
+            &format!("f{i}"),
+            &format!("pay_f{i}"),
+            None,
+            "payment.created",
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Until the last ones are decided.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    processor.stop().await;
+    ingest.stop().await;
+
+    let store = hookstream_processor::store::Store::open(state.path(), 1 << 20).unwrap();
+    let kept: Vec<usize> = (0..40)
+        .filter(|i| {
+            !store
+                .find_payments(&topics.raw, &format!("pay_f{i}"))
+                .unwrap()
+                .is_empty()
+        })
+        .collect();
+    assert!(kept.len() <= 16, "payments still stored: {kept:?}");
+    assert!(
+        kept.iter().all(|i| *i >= 20),
+        "the first half is older than the window: {kept:?}"
+    );
+    let changelog = config
+        .kafka
+        .changelog_topic(hookstream_processor::config::PAYMENTS_STORE);
+    let records = kafka::read_records(broker.bootstrap(), &changelog, usize::MAX, Duration::from_secs(3)).await;
+    let tombstones = records
+        .iter()
+        .filter(|m| m.payload().is_none() && m.key().is_some_and(|k| k.starts_with(b"p")))
+        .count();
+    assert!(
+        tombstones >= 20,
+        "evicted payments are tombstones in the changelog: {tombstones}"
+    );
+}
