@@ -31,9 +31,6 @@ STATE=${HOOKSTREAM_STATE:-$REPO/.hookstream}
 PIDFILE=$STATE/broker-$PORT.pid
 LOG=$STATE/broker-$PORT.log
 URL=tcp://127.0.0.1:$PORT
-# 30 days: the raw topic is the source of truth, its retention must cover the dedup
-# window (7 days) plus the replay horizon (DESIGN.md, "Topics").
-RETENTION_MS=$((30 * 24 * 3600 * 1000))
 
 say() { echo "broker: $*" >&2; }
 
@@ -111,25 +108,20 @@ stop() {
   say "stopped"
 }
 
-create_topic() { # name partitions
-  if "$BROKER" topic list --broker "$URL" 2>/dev/null | grep -qF -- "\"name\":\"$1\""; then
-    say "topic $1 exists"; return 0
-  fi
-  "$BROKER" topic create "$1" --broker "$URL" --partitions "$2" --config "retention.ms=$RETENTION_MS" >/dev/null
-  say "created topic $1 ($2 partitions)"
-}
-
 topics() {
   port_open || { say "no broker on $URL: run infra/broker.sh start"; exit 1; }
-  # 12 raw partitions: enough processor parallelism for a spike on a few machines.
-  create_topic payments.webhooks.raw "${RAW_PARTITIONS:-12}"
-  create_topic policy.activations "${ACTIVATIONS_PARTITIONS:-12}"
-  create_topic payments.webhooks.dlq "${DLQ_PARTITIONS:-3}"
-  # Internal: the processor creates its internal topics on start, each with as many
-  # partitions as the raw topic (names with the shipped config's group id):
-  # <group_id>.policy-requests (unlimited retention) and the stores'
-  # compacted changelogs <group_id>.payments-changelog, <group_id>.policies-changelog.
-  say "internal topics hookstream-processor.policy-requests, hookstream-processor.payments-changelog, hookstream-processor.policies-changelog: created by the processor"
+  # Every topic, public and internal, as `processor topics apply` plans it from
+  # infra/config/processor.toml's [topics] (one replica on this one-broker cluster; 12
+  # raw partitions, enough processor parallelism for a spike on a few machines). It
+  # creates what is missing and fails on a topic that exists with other settings.
+  local report
+  report=$(KAFKA_BROKERS=127.0.0.1:$PORT \
+    PROCESSOR_TOPICS_RAW_PARTITIONS=${RAW_PARTITIONS:-12} \
+    PROCESSOR_TOPICS_ACTIVATIONS_PARTITIONS=${ACTIVATIONS_PARTITIONS:-12} \
+    PROCESSOR_TOPICS_DLQ_PARTITIONS=${DLQ_PARTITIONS:-3} \
+    cargo run --release --locked -q -p hookstream-processor --bin processor -- \
+      --config infra/config/processor.toml topics apply 2>/dev/null) || { echo "$report"; say "topics are not as planned"; exit 1; }
+  echo "$report" | python3 -c 'import json, sys; [print(f"broker: topic {t[\"name\"]}: {t[\"status\"]}", file=sys.stderr) for t in json.load(sys.stdin)]'
 }
 
 case "${1:-}" in

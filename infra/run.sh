@@ -58,11 +58,13 @@ if ! infra/broker.sh status 2>/dev/null; then
   # A fresh in-memory broker: the processor's projection of the old log is stale.
   rm -rf "$STATE/processor-state"
 fi
-infra/broker.sh topics
 
 echo "==> build (release)"
 cargo build --release --locked -q -p hookstream-ingest -p hookstream-processor -p hookstream-tests --bins
 cargo build --release --locked -q -p hookstream-processor --example activations
+
+echo "==> topics"
+infra/broker.sh topics
 
 wait_ready() { # url name
   for _ in $(seq 1 100); do

@@ -13,6 +13,10 @@ use std::time::Duration;
 use hookstream_schemas::config::{self, millis, secs, LoadError};
 use serde::{Deserialize, Serialize};
 
+mod topics;
+
+pub use topics::TopicsConfig;
+
 use crate::rules::input::BodyFields;
 use crate::rules::limits::Limits;
 
@@ -65,6 +69,8 @@ pub struct ProcessorConfig {
     pub processing: ProcessingConfig,
     /// Where the processor finds policy and amount in webhook bodies.
     pub fields: BodyFields,
+    /// What `processor topics` creates and checks.
+    pub topics: TopicsConfig,
 }
 
 impl Default for ProcessorConfig {
@@ -76,6 +82,7 @@ impl Default for ProcessorConfig {
             kafka: KafkaConfig::default(),
             processing: ProcessingConfig::default(),
             fields: BodyFields::default(),
+            topics: TopicsConfig::default(),
         }
     }
 }
@@ -296,6 +303,29 @@ impl ProcessorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The TOML document a Kubernetes ConfigMap in `yaml` holds under `key: |`.
+    fn embedded_toml(yaml: &str, key: &str) -> String {
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+        lines.next();
+        lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.get(4..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_kubernetes_config_parses_with_the_production_settings() {
+        let text = embedded_toml(include_str!("../../infra/k8s/processor-config.yaml"), "processor.toml");
+        let c = ProcessorConfig::from_toml_str(&text).expect("infra/k8s/processor-config.yaml");
+        assert_eq!(c.kafka.internal_replication_factor, 3);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/hookstream/state"));
+        assert_eq!(
+            c.kafka.librdkafka.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

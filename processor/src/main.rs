@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use hookstream_processor::cli::{dlq, replay};
+use hookstream_processor::cli::{dlq, replay, topics};
 use hookstream_processor::ProcessorConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,21 @@ enum Command {
     /// Dead letters: list, show or re-drive them.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Every topic the pipeline uses, with the settings of `[topics]`: print the plan,
+    /// check the broker against it, or create what is missing. Prints a JSON report;
+    /// fails when a topic is missing (check) or differs from the plan (drift).
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// The planned topics and their settings.
+    Print,
+    /// Compare the broker's topics with the plan; change nothing.
+    Check,
+    /// Create the missing topics; report drift in the others, change nothing in them.
+    Apply,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +141,28 @@ fn filter(select: Select, id: Option<String>) -> anyhow::Result<dlq::Filter> {
     Ok(dlq::Filter { reason, since_ms, id })
 }
 
+async fn topic_command(config: ProcessorConfig, cmd: TopicsCommand) -> anyhow::Result<()> {
+    let plan = topics::plan(&config)?;
+    let report = match cmd {
+        TopicsCommand::Print => {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            return Ok(());
+        }
+        TopicsCommand::Check => topics::check(&config, &plan).await?,
+        TopicsCommand::Apply => topics::apply(&config, &plan).await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let bad: Vec<&str> = report
+        .iter()
+        .filter(|r| matches!(r.status, topics::Status::Missing | topics::Status::Drift))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !bad.is_empty() {
+        anyhow::bail!("topics missing or not as planned: {}", bad.join(", "));
+    }
+    Ok(())
+}
+
 async fn dead_letters(config: ProcessorConfig, cmd: DlqCommand) -> anyhow::Result<()> {
     match cmd {
         DlqCommand::List(select) => {
@@ -170,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => run(config).await,
         Command::Replay(args) => replay(config, args).await,
         Command::Dlq(cmd) => dead_letters(config, cmd).await,
+        Command::Topics(cmd) => topic_command(config, cmd).await,
     }
 }
 

@@ -55,8 +55,15 @@ fn partitions(probe: &BaseConsumer, topic: &str) -> Result<Option<usize>, KafkaE
         .filter(|n| *n > 0))
 }
 
+/// The settings the repartition topic is created with.
+pub fn requests_settings() -> [(&'static str, String); 1] {
+    // Unlimited: a raw replay re-sends requests, and the requests of a policy whose
+    // changelog entry is lost can be folded again.
+    [("retention.ms", "-1".to_owned())]
+}
+
 /// The settings every changelog topic is created with.
-fn changelog_settings() -> [(&'static str, String); 3] {
+pub fn changelog_settings() -> [(&'static str, String); 3] {
     [
         // Only the latest value of each store key is needed to restore a store.
         ("cleanup.policy", "compact".to_owned()),
@@ -88,9 +95,7 @@ pub async fn ensure_internal(cfg: &KafkaConfig, stop: &CancellationToken) -> Res
         }
     };
     let admin: AdminClient<DefaultClientContext> = super::client::admin(cfg).create()?;
-    // Unlimited: a raw replay re-sends requests, and the requests of a policy whose
-    // changelog entry is lost can be folded again.
-    let requests = (cfg.requests_topic(), vec![("retention.ms", "-1".to_owned())]);
+    let requests = (cfg.requests_topic(), requests_settings().to_vec());
     let payments = (cfg.changelog_topic(PAYMENTS_STORE), changelog_settings().to_vec());
     let policies = (cfg.changelog_topic(POLICIES_STORE), changelog_settings().to_vec());
     for (name, settings) in [requests, payments, policies] {
