@@ -3,6 +3,8 @@
 #
 # - nisshi (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~10 min);
 # - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
+# - the validators of the production files (infra/validate.sh) into
+#   $HOME/.cache/hookstream/venv-infra, once;
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
 #   their own broker on a free loopback port), and the fastavro check of the golden samples.
 set -euo pipefail
@@ -21,6 +23,9 @@ if ! "$VENV/bin/python" -c 'import fastavro' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet 'fastavro==1.13.1'
 fi
+
+step "production files: yamllint, kubernetes-validate, checkov (infra/validate.sh)"
+infra/validate.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -228,6 +228,31 @@ const MAPS: &[&str] = &["kafka.librdkafka"];
 mod tests {
     use super::*;
 
+    /// The TOML document a Kubernetes ConfigMap in `yaml` holds under `key: |`.
+    fn embedded_toml(yaml: &str, key: &str) -> String {
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+        lines.next();
+        lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.get(4..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_kubernetes_config_parses_with_secrets_from_files() {
+        let text = embedded_toml(include_str!("../../infra/k8s/ingest-config.yaml"), "ingest.toml");
+        let c = IngestConfig::from_toml_str(&text).expect("infra/k8s/ingest-config.yaml");
+        assert_eq!(c.sources.len(), 4);
+        for s in c.sources.values() {
+            assert!(s.secrets_env.is_none() && s.secrets_file.is_some(), "{s:?}");
+        }
+        assert_eq!(
+            c.kafka.librdkafka.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+    }
+
     #[test]
     fn shipped_config_parses_with_the_documented_defaults() {
         let text = include_str!("../../infra/config/ingest.toml");
