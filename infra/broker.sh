@@ -114,14 +114,16 @@ topics() {
   # infra/config/processor.toml's [topics] (one replica on this one-broker cluster; 12
   # raw partitions, enough processor parallelism for a spike on a few machines). It
   # creates what is missing and fails on a topic that exists with other settings.
-  local report
+  # The release binary run.sh and bench.sh build; built here when missing.
+  local bin=$REPO/target/release/processor report
+  [ -x "$bin" ] || cargo build --release --locked -q -p hookstream-processor --bin processor
   report=$(KAFKA_BROKERS=127.0.0.1:$PORT \
     PROCESSOR_TOPICS_RAW_PARTITIONS=${RAW_PARTITIONS:-12} \
     PROCESSOR_TOPICS_ACTIVATIONS_PARTITIONS=${ACTIVATIONS_PARTITIONS:-12} \
     PROCESSOR_TOPICS_DLQ_PARTITIONS=${DLQ_PARTITIONS:-3} \
-    cargo run --release --locked -q -p hookstream-processor --bin processor -- \
-      --config infra/config/processor.toml topics apply 2>/dev/null) || { echo "$report"; say "topics are not as planned"; exit 1; }
-  echo "$report" | python3 -c 'import json, sys; [print(f"broker: topic {t[\"name\"]}: {t[\"status\"]}", file=sys.stderr) for t in json.load(sys.stdin)]'
+    "$bin" --config "$REPO/infra/config/processor.toml" topics apply 2>/dev/null) || { echo "$report"; say "topics are not as planned"; exit 1; }
+  echo "$report" | python3 -c 'import json, sys
+for t in json.load(sys.stdin): print("broker: topic %s: %s" % (t["name"], t["status"]), file=sys.stderr)'
 }
 
 case "${1:-}" in
