@@ -116,12 +116,22 @@ impl<B: Backend> Worker<B> {
         let Some(last) = decided.changes.applied else {
             return Ok(Folded::Done(applied));
         };
-        if mode == Mode::Live && !decided.outputs.is_empty() {
-            self.emit(&mut decided.outputs, stop).await?;
+        self.expire(&mut decided.changes, stop).await?;
+        // The outputs and the state's changelog entries go out together; the meta entry
+        // that closes the batch only once both are acknowledged.
+        let entries = decided.changes.entries();
+        let outputs = &mut decided.outputs;
+        let emit = async {
+            if mode == Mode::Live && !outputs.is_empty() {
+                self.emit(outputs, stop).await?;
+            }
+            Ok::<(), Stopped>(())
+        };
+        tokio::try_join!(emit, self.log_entries(&entries, stop))?;
+        if mode == Mode::Live {
             self.count_outputs(&decided.outputs);
         }
-        self.expire(&mut decided.changes, stop).await?;
-        let next = self.log_changes(&decided.changes, stop).await?;
+        let next = self.log_meta(&decided.changes, stop).await?;
         self.persist(decided.changes, next, mode, stop).await?;
         if mode == Mode::Live {
             let now = now_ms();

@@ -9,7 +9,7 @@ use super::io::Backend;
 use super::worker::{Mode, Worker};
 use super::Stopped;
 use crate::rules::retention;
-use crate::store::{Changes, PartitionStore};
+use crate::store::{Changes, Entry, PartitionStore};
 
 /// Expired dedup keys removed per batch: a partition that comes back after a long
 /// quiet time catches up over its next batches instead of in one huge one.
@@ -71,29 +71,33 @@ impl<B: Backend> Worker<B> {
         Ok(())
     }
 
-    /// Log the batch's changes to the changelog: the entries, acknowledged, then the
-    /// meta entry that closes them (a restore ignores entries no meta entry follows).
-    /// The offset after the meta entry, `None` when nothing was applied.
-    pub(super) async fn log_changes(
-        &self,
-        changes: &Changes,
-        stop: &CancellationToken,
-    ) -> Result<Option<i64>, Stopped> {
+    /// Write the batch's state changes to the changelog and wait for every one.
+    pub(super) async fn log_entries(&self, entries: &[Entry], stop: &CancellationToken) -> Result<(), Stopped> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let cx = &self.cx;
+        let topic = cx.settings.changelog(self.stage);
+        cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, entries))
+            .await?;
+        cx.metrics.changelog_records.inc_by(entries.len() as u64);
+        Ok(())
+    }
+
+    /// Close the batch in the changelog with its meta entry, once its entries (and its
+    /// outputs) are acknowledged: a restore ignores entries no meta entry follows. The
+    /// offset after it, `None` when nothing was applied.
+    pub(super) async fn log_meta(&self, changes: &Changes, stop: &CancellationToken) -> Result<Option<i64>, Stopped> {
         let Some(meta) = changes.meta_entry() else {
             return Ok(None);
         };
         let cx = &self.cx;
         let topic = cx.settings.changelog(self.stage);
-        let entries = changes.entries();
-        if !entries.is_empty() {
-            cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &entries))
-                .await?;
-        }
         let meta = [meta];
         let last = cx
             .retry("changelog", stop, || cx.backend.append(topic, self.partition, &meta))
             .await?;
-        cx.metrics.changelog_records.inc_by(entries.len() as u64 + 1);
+        cx.metrics.changelog_records.inc();
         Ok(Some(last + 1))
     }
 

@@ -25,8 +25,20 @@ fn is_boundary(m: &Incoming) -> bool {
 }
 
 impl<B: Backend> Worker<B> {
-    /// Bring sled up to the last complete batch of the partition's changelog.
+    /// Bring sled up to the last complete batch of the partition's changelog, at most
+    /// `max_concurrent_rebuilds` partitions at once (each reader has its pre-fetch).
     pub(super) async fn restore(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
+        let _permit = tokio::select! {
+            p = cx.rebuilds.acquire() => p.ok(),
+            () = stop.cancelled() => return Err(Stopped),
+        };
+        self.restore_now(stop).await
+    }
+
+    /// [`Worker::restore`] without waiting for a turn: for a partition that already
+    /// holds one (its stored state turned out not to read back while it rebuilt).
+    pub(super) async fn restore_now(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
         let cx = self.cx.clone();
         let topic = cx.settings.changelog(self.stage).to_owned();
         let partition = self.partition;

@@ -212,7 +212,7 @@ impl<B: Backend> Worker<B> {
         self.cx.metrics.corrupt_rebuilds.inc();
         let store = self.store.clone();
         self.cx.retry("store", stop, || async { store.clear() }).await?;
-        self.restore(stop).await?;
+        self.restore_now(stop).await?;
         let applied = self
             .cx
             .retry("store", stop, || async { store.applied_offset() })
