@@ -101,6 +101,7 @@ impl Reject {
             Reject::Extract(ExtractError::InvalidJson) => "invalid_json",
             Reject::Extract(ExtractError::MissingField { .. }) => "missing_field",
             Reject::Extract(ExtractError::InvalidField { .. }) => "invalid_field",
+            Reject::Extract(ExtractError::EventIdMismatch) => "event_id_mismatch",
             Reject::Overloaded => "overloaded",
             Reject::QueueFull => "producer_queue_full",
             Reject::BrokerUnavailable => "broker_unavailable",

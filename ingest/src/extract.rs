@@ -2,9 +2,11 @@
 //!
 //! Only reads the body: the bytes sent to Kafka are the original ones, untouched.
 
-use serde_json::Value;
-
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::verify::HeaderId;
 
 /// Why a body is refused; the error module's `Reject` turns it into the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +20,9 @@ pub enum ExtractError {
     /// A field has an unusable value.
     #[error("field {field}: {detail}")]
     InvalidField { field: &'static str, detail: &'static str },
+    /// The id header and the body's id name different events.
+    #[error("the id header and the body's id differ")]
+    EventIdMismatch,
 }
 
 /// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
@@ -79,24 +84,50 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Extract
     }
 }
 
-/// Parse `body` and extract the fields. `header_event_id` is the scheme's id header,
-/// which wins over the body's id when present.
-pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) -> Result<Extracted, ExtractError> {
-    let doc: Value = serde_json::from_slice(body).map_err(|_| ExtractError::InvalidJson)?;
-    if !doc.is_object() {
-        return Err(ExtractError::InvalidJson);
-    }
-    let payment_id = id(&doc, "payment_id", &fields.payment_id)?;
-    let event_id = match header_event_id {
-        Some(h) if h.len() > MAX_ID_BYTES => {
+/// The event id of a request (README > Ingest, "Which id identifies an event"):
+/// - an id header and a body id that differ are refused (`event_id_mismatch`);
+/// - a signed id header, or the body's id, is the id;
+/// - an unsigned id header alone is not: the id is `sha256:` + the hex SHA-256 of the
+///   (signed) body, so a captured request sent again with a new header id is still the
+///   same event to dedup;
+/// - with no id header, the body's id is required.
+fn event_id(doc: &Value, body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<String, ExtractError> {
+    let body_id = match id(doc, "event_id", &fields.event_id) {
+        Ok(b) => Some(b),
+        Err(ExtractError::MissingField { .. }) if header != HeaderId::None => None,
+        Err(e) => return Err(e),
+    };
+    let header = match header {
+        HeaderId::Signed(h) | HeaderId::Unsigned(h) if h.len() > MAX_ID_BYTES => {
             return Err(ExtractError::InvalidField {
                 field: "event_id",
                 detail: "longer than 256 bytes",
             })
         }
-        Some(h) if !h.is_empty() => h,
-        _ => id(&doc, "event_id", &fields.event_id)?,
+        h => h,
     };
+    match (header, body_id) {
+        (HeaderId::Signed(h) | HeaderId::Unsigned(h), Some(b)) if h != b => Err(ExtractError::EventIdMismatch),
+        (HeaderId::Signed(h), _) if !h.is_empty() => Ok(h),
+        (_, Some(b)) => Ok(b),
+        (HeaderId::Unsigned(_) | HeaderId::Signed(_), None) => {
+            Ok(format!("sha256:{}", hex::encode(Sha256::digest(body))))
+        }
+        (HeaderId::None, None) => Err(ExtractError::MissingField {
+            field: "event_id",
+            pointer: fields.event_id.clone(),
+        }),
+    }
+}
+
+/// Parse `body` and extract the fields; `header` is the scheme's id header.
+pub fn extract(body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<Extracted, ExtractError> {
+    let doc: Value = serde_json::from_slice(body).map_err(|_| ExtractError::InvalidJson)?;
+    if !doc.is_object() {
+        return Err(ExtractError::InvalidJson);
+    }
+    let payment_id = id(&doc, "payment_id", &fields.payment_id)?;
+    let event_id = event_id(&doc, body, fields, header)?;
     let sequence = match doc.pointer(&fields.sequence) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
@@ -131,15 +162,19 @@ pub fn extract(body: &[u8], fields: &FieldMap, header_event_id: Option<String>) 
 mod tests {
     use super::*;
 
-    fn ex(body: &str, header: Option<&str>) -> Result<Extracted, ExtractError> {
-        extract(body.as_bytes(), &FieldMap::default(), header.map(str::to_owned))
+    fn ex(body: &str, header: HeaderId) -> Result<Extracted, ExtractError> {
+        extract(body.as_bytes(), &FieldMap::default(), header)
+    }
+
+    fn unsigned(id: &str) -> HeaderId {
+        HeaderId::Unsigned(id.to_owned())
     }
 
     #[test]
     fn canonical_event() {
         let e = ex(
             r#"{"id":"evt_1","payment_id":"pay_1","sequence":3,"type":"payment.completed"}"#,
-            None,
+            HeaderId::None,
         )
         .unwrap();
         assert_eq!(
@@ -154,27 +189,50 @@ mod tests {
     }
 
     #[test]
-    fn header_id_wins_and_optional_fields_may_be_absent() {
-        let e = ex(r#"{"id":"evt_body","payment_id":"pay_1"}"#, Some("evt_header")).unwrap();
+    fn an_id_header_that_contradicts_the_body_is_refused_and_optional_fields_may_be_absent() {
+        let body = r#"{"id":"evt_body","payment_id":"pay_1"}"#;
+        for h in [unsigned("evt_header"), HeaderId::Signed("evt_header".into())] {
+            assert_eq!(ex(body, h), Err(ExtractError::EventIdMismatch));
+        }
+        let e = ex(body, unsigned("evt_body")).unwrap();
         assert_eq!(
             (e.event_id.as_str(), e.sequence, e.event_type),
-            ("evt_header", None, None)
+            ("evt_body", None, None)
         );
     }
 
     #[test]
+    fn an_unsigned_id_header_alone_does_not_name_the_event_the_signed_body_does() {
+        // A GitHub delivery replayed with a fresh X-GitHub-Delivery: the same event.
+        let body = r#"{"action":"completed","payment_id":"pay_1"}"#;
+        let first = ex(body, unsigned("delivery-1")).unwrap();
+        let replayed = ex(body, unsigned("delivery-2")).unwrap();
+        assert_eq!(first.event_id, replayed.event_id);
+        assert!(
+            first.event_id.starts_with("sha256:") && first.event_id.len() == 71,
+            "{}",
+            first.event_id
+        );
+        let other = ex(r#"{"action":"refunded","payment_id":"pay_1"}"#, unsigned("delivery-1")).unwrap();
+        assert_ne!(first.event_id, other.event_id);
+        // A signed id header alone is the id.
+        let signed = ex(body, HeaderId::Signed("msg_1".into())).unwrap();
+        assert_eq!(signed.event_id, "msg_1");
+    }
+
+    #[test]
     fn bad_bodies_are_named() {
-        assert_eq!(ex("not json", None), Err(ExtractError::InvalidJson));
-        assert_eq!(ex("[1,2]", None), Err(ExtractError::InvalidJson));
+        assert_eq!(ex("not json", HeaderId::None), Err(ExtractError::InvalidJson));
+        assert_eq!(ex("[1,2]", HeaderId::None), Err(ExtractError::InvalidJson));
         assert_eq!(
-            ex(r#"{"id":"e"}"#, None),
+            ex(r#"{"id":"e"}"#, HeaderId::None),
             Err(ExtractError::MissingField {
                 field: "payment_id",
                 pointer: "/payment_id".into()
             })
         );
         assert_eq!(
-            ex(r#"{"payment_id":"p"}"#, None),
+            ex(r#"{"payment_id":"p"}"#, HeaderId::None),
             Err(ExtractError::MissingField {
                 field: "event_id",
                 pointer: "/id".into()
@@ -185,7 +243,10 @@ mod tests {
             r#"{"id":"e","payment_id":"p","sequence":0}"#,
             r#"{"id":"e","payment_id":"p","sequence":"2"}"#,
         ] {
-            assert!(matches!(ex(bad, None), Err(ExtractError::InvalidField { .. })), "{bad}");
+            assert!(
+                matches!(ex(bad, HeaderId::None), Err(ExtractError::InvalidField { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -198,7 +259,7 @@ mod tests {
             event_type: "/type".into(),
         };
         let body = br#"{"id":"evt_s","type":"payment.completed","data":{"object":{"payment_intent":"pi_9"}}}"#;
-        let e = extract(body, &fields, None).unwrap();
+        let e = extract(body, &fields, HeaderId::None).unwrap();
         assert_eq!((e.payment_id.as_str(), e.event_id.as_str()), ("pi_9", "evt_s"));
     }
 }

@@ -108,11 +108,23 @@ impl Secrets {
     }
 }
 
+/// The event id a scheme's id header carries, and whether the signature covers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderId {
+    /// Signed with the body (standard-webhooks' `webhook-id`): it identifies the event.
+    Signed(String),
+    /// Outside the signature (`x-event-id`, `X-GitHub-Delivery`): anyone who captured a
+    /// request can send it again with another one, so it cannot identify the event alone.
+    Unsigned(String),
+    /// The scheme has no id header (stripe: the id is in the signed body).
+    None,
+}
+
 /// What a successful verification established.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The event id from the scheme's id header; `None` for schemes without one (stripe).
-    pub event_id: Option<String>,
+    /// The scheme's id header.
+    pub event_id: HeaderId,
     /// Index of the secret that matched.
     pub secret_index: usize,
 }
@@ -202,7 +214,7 @@ pub fn verify(
             timestamp(ts, "x-timestamp", now_unix, tolerance_secs)?;
             let secret_index = match_secret(secrets, &[ts.as_bytes(), b".", body], &sha256_hex(sig))?;
             Ok(Verified {
-                event_id: Some(id.to_owned()),
+                event_id: HeaderId::Unsigned(id.to_owned()),
                 secret_index,
             })
         }
@@ -219,7 +231,7 @@ pub fn verify(
             let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", body];
             let secret_index = match_secret(secrets, &parts, &candidates)?;
             Ok(Verified {
-                event_id: Some(id.to_owned()),
+                event_id: HeaderId::Signed(id.to_owned()),
                 secret_index,
             })
         }
@@ -241,7 +253,7 @@ pub fn verify(
             timestamp(ts, "stripe-signature", now_unix, tolerance_secs)?;
             let secret_index = match_secret(secrets, &[ts.as_bytes(), b".", body], &candidates)?;
             Ok(Verified {
-                event_id: None,
+                event_id: HeaderId::None,
                 secret_index,
             })
         }
@@ -250,7 +262,7 @@ pub fn verify(
             let sig = header(headers, "x-hub-signature-256")?;
             let secret_index = match_secret(secrets, &[body], &sha256_hex(sig))?;
             Ok(Verified {
-                event_id: Some(id.to_owned()),
+                event_id: HeaderId::Unsigned(id.to_owned()),
                 secret_index,
             })
         }

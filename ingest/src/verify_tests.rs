@@ -53,7 +53,7 @@ fn standard_webhooks_vector_1() {
     assert_eq!(
         v,
         Verified {
-            event_id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
+            event_id: HeaderId::Signed("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
             secret_index: 0
         }
     );
@@ -93,7 +93,10 @@ fn github_vector() {
         ),
     ]);
     let v = verify(Scheme::Github, &h, b"Hello, World!", &secrets, 0, 300).unwrap();
-    assert_eq!(v.event_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+    assert_eq!(
+        v.event_id,
+        HeaderId::Unsigned("72d3162e-cc78-11e3-81ab-4c9367dc0958".into())
+    );
 }
 
 #[test]
@@ -110,7 +113,7 @@ fn hmac_sha256_rotation_reports_which_secret_matched() {
     assert_eq!(
         v,
         Verified {
-            event_id: Some("evt_1".into()),
+            event_id: HeaderId::Unsigned("evt_1".into()),
             secret_index: 1
         }
     );
@@ -153,7 +156,7 @@ fn stripe_accepts_any_v1_and_ignores_v0() {
     let h = headers(&[("stripe-signature", &two)]);
     assert_eq!(
         verify(Scheme::Stripe, &h, body, &s, 1700000000, 300).unwrap().event_id,
-        None
+        HeaderId::None
     );
 }
 
