@@ -143,6 +143,44 @@ async fn rotated_secret_is_accepted_and_recorded_by_position() {
 }
 
 #[tokio::test]
+async fn a_captured_request_re_sent_with_a_fresh_unsigned_id_is_the_same_event() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    let ingest = start(broker.bootstrap(), &topic, |_| {}).await;
+    let addr = ingest.addr();
+    // A GitHub-style body: no id of its own; the delivery id header is not signed.
+    let body = br#"{"payment_id":"pay_gh","type":"payment.completed","metadata":{"policy_id":"pol_gh"}}"#.to_vec();
+    let mut ids = Vec::new();
+    for delivery in ["delivery-1", "delivery-2-forged"] {
+        let r = post(
+            &addr,
+            "/webhooks/github",
+            &signed("github", 0, delivery, 0, &body),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        ids.push(r.json()["event_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "the processor sees one event twice: a duplicate");
+    assert!(ids[0].starts_with("sha256:"), "{}", ids[0]);
+    // The same for hmac-sha256 with a body id: a fresh x-event-id is refused outright.
+    let body = sign::payment_body("evt_cap", "pay_cap", None, "payment.completed", Some("pol_cap"));
+    let r = post(
+        &addr,
+        "/webhooks/paymenthub",
+        &signed("paymenthub", 0, "evt_fresh", sign::now(), &body),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (400, "event_id_mismatch".into())
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test]
 async fn every_rejection_has_its_status_and_json_error() {
     let broker = Broker::shared();
     let topic = raw_topic(broker).await;
@@ -223,6 +261,21 @@ async fn every_rejection_has_its_status_and_json_error() {
     let no_id = br#"{"payment_id":"pay_r"}"#.to_vec();
     let r = post(&addr, "/webhooks/stripe", &signed("stripe", 0, "", now, &no_id), no_id).await;
     assert_eq!((r.status.as_u16(), r.json()["field"].clone()), (400, "event_id".into()));
+    // 400: an id header that contradicts the signed body's id, for every scheme with one.
+    for source in ["paymenthub", "standard", "github"] {
+        let r = post(
+            &addr,
+            &format!("/webhooks/{source}"),
+            &signed(source, 0, "evt_other", now, &body),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.json()["error"].clone()),
+            (400, "event_id_mismatch".into()),
+            "{source}"
+        );
+    }
     // 404: unknown source; unknown route.
     let r = post(
         &addr,
