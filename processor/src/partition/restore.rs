@@ -160,8 +160,10 @@ impl<B: Backend> Worker<B> {
         let mut n = 0u64;
         let mut failed = None;
         let store = self.store.clone();
+        let restored = self.cx.metrics.restored_records.clone();
         self.read_changelog(topic, from, limit, stop, |m| {
             n += 1;
+            restored.inc();
             if failed.is_some() {
                 return;
             }
@@ -179,7 +181,6 @@ impl<B: Backend> Worker<B> {
             }
         })
         .await?;
-        self.cx.metrics.restored_records.inc_by(n);
         Ok(failed.map_or(Ok(n), Err))
     }
 

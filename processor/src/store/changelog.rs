@@ -16,8 +16,26 @@
 use serde::{Deserialize, Serialize};
 
 use super::{expiry_key, key, to_json, Changes, PartitionStore, StoreError, APPLIED, MAX_TS};
+#[cfg(test)]
 use crate::rules::model::{DedupEntry, PaymentState};
-use crate::rules::policy::PolicyState;
+
+/// What a restore reads of a payment's or a policy's state: the fields its indexes are
+/// derived from. The rest of the JSON is skipped, not built (a restore reads every
+/// state once); the fold reads the whole value, and one that does not read back is
+/// rebuilt then.
+#[derive(Deserialize)]
+struct Indexed {
+    #[serde(default)]
+    held: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+    #[serde(default)]
+    evict_at_ms: Option<i64>,
+}
+
+/// What a restore reads of a dedup entry.
+#[derive(Deserialize)]
+struct FirstSeen {
+    first_seen_ms: i64,
+}
 
 /// The key of a batch's closing entry.
 pub const META: &[u8] = b"m:applied";
@@ -162,8 +180,9 @@ impl PartitionStore {
         }
         match (k.first(), &e.value) {
             (Some(b'p'), Some(v)) => {
-                let st: PaymentState = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
-                let g = key(b'g', &st.key());
+                let st: Indexed = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
+                let mut g = vec![b'g'];
+                g.extend_from_slice(&k[1..]);
                 if st.held.is_empty() {
                     batch.remove(g);
                 } else {
@@ -173,7 +192,7 @@ impl PartitionStore {
                 batch.insert(k.as_slice(), v.as_slice());
             }
             (Some(b'd'), Some(v)) => {
-                let d: DedupEntry = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
+                let d: FirstSeen = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
                 let dedup_key = String::from_utf8_lossy(&k[1..]);
                 batch.insert(expiry_key(d.first_seen_ms, &dedup_key), &[][..]);
                 batch.insert(k.as_slice(), v.as_slice());
@@ -189,7 +208,7 @@ impl PartitionStore {
                 batch.remove(k.as_slice());
             }
             (Some(b'P'), Some(v)) => {
-                let st: PolicyState = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
+                let st: Indexed = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
                 self.reindex(batch, k, st.evict_at_ms)?;
                 batch.insert(k.as_slice(), v.as_slice());
             }
