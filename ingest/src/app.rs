@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::body::BodyBudget;
+
 use crate::config::{HttpConfig, IngestConfig, SourceConfig};
 use crate::error::{ConfigError, IngestError};
 use crate::metrics::Metrics;
@@ -30,6 +32,8 @@ pub struct App {
     pub http: HttpConfig,
     /// Bounds requests in processing; a request that finds none free is answered 429.
     pub in_flight: Arc<Semaphore>,
+    /// Memory for the bodies of the requests in flight (`crate::body`).
+    pub body_budget: BodyBudget,
 }
 
 /// Load each source's secrets from its environment variable or file.
@@ -90,6 +94,7 @@ impl App {
             tracer: RequestTracer::new(),
             http: config.http.clone(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight_requests)),
+            body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),
         })
     }
 }

@@ -119,6 +119,20 @@ pub struct HttpConfig {
     /// A client must send the whole body within this time, else 408. Default 15 s.
     #[serde(rename = "body_read_timeout_ms", with = "millis")]
     pub body_read_timeout: Duration,
+    /// After this grace period a client must keep sending its body at
+    /// `min_body_bytes_per_sec` on average, else 408: a trickle cannot hold a request
+    /// slot for the whole body timeout. Default 2 s.
+    #[serde(rename = "body_grace_ms", with = "millis")]
+    pub body_grace: Duration,
+    /// The minimum average body rate after `body_grace_ms`. Default 65536 (64 KiB/s:
+    /// a 900 KiB body within 16 s, so the body timeout is the bound for the largest).
+    pub min_body_bytes_per_sec: u64,
+    /// Memory for request bodies being read and published at once, shared by every
+    /// request (each body counts three times: it, its copy in the record, the encoded
+    /// record); a body that does not fit is answered 429 `body_budget_exhausted` with
+    /// `Retry-After`, before it is read. Default 50331648 (48 MiB: ingest's RSS target
+    /// is 100 MB).
+    pub max_buffered_body_bytes: usize,
     /// `Retry-After` on 429 and 503, in whole seconds. Default 1 s.
     #[serde(rename = "retry_after_secs", with = "secs")]
     pub retry_after: Duration,
@@ -134,6 +148,9 @@ impl Default for HttpConfig {
             max_in_flight_requests: 8192,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(15),
+            body_grace: Duration::from_secs(2),
+            min_body_bytes_per_sec: 64 * 1024,
+            max_buffered_body_bytes: 48 << 20,
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
         }

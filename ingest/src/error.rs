@@ -62,6 +62,8 @@ pub enum Reject {
     Extract(ExtractError),
     /// Too many requests in flight.
     Overloaded,
+    /// The request bodies being buffered already use the whole body budget.
+    BodyBudgetExhausted,
     /// The producer queue is full.
     QueueFull,
     /// The broker did not acknowledge within the ack deadline, or refused the record.
@@ -80,7 +82,7 @@ impl Reject {
             // 400 for malformed requests, 403 for failed authentication.
             Reject::Verify(Rejection::MissingHeader(_) | Rejection::InvalidHeader { .. }) => 400,
             Reject::Verify(Rejection::TimestampOutOfTolerance | Rejection::SignatureMismatch) => 403,
-            Reject::Overloaded => 429,
+            Reject::Overloaded | Reject::BodyBudgetExhausted => 429,
             Reject::QueueFull | Reject::BrokerUnavailable => 503,
         }
     }
@@ -103,6 +105,7 @@ impl Reject {
             Reject::Extract(ExtractError::InvalidField { .. }) => "invalid_field",
             Reject::Extract(ExtractError::EventIdMismatch) => "event_id_mismatch",
             Reject::Overloaded => "overloaded",
+            Reject::BodyBudgetExhausted => "body_budget_exhausted",
             Reject::QueueFull => "producer_queue_full",
             Reject::BrokerUnavailable => "broker_unavailable",
         }
@@ -110,7 +113,10 @@ impl Reject {
 
     /// Whether the answer carries `Retry-After` (the provider should retry).
     pub fn retry_after(&self) -> bool {
-        matches!(self, Reject::Overloaded | Reject::QueueFull | Reject::BrokerUnavailable)
+        matches!(
+            self,
+            Reject::Overloaded | Reject::BodyBudgetExhausted | Reject::QueueFull | Reject::BrokerUnavailable
+        )
     }
 
     /// The JSON body: `{"error": code, ...details}`. Never contains a secret or the body.

@@ -11,6 +11,7 @@
 //! testable entry point: tests start it in-process on port 0.
 
 pub mod app;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -196,6 +196,54 @@ fn sha256_hex(value: &str) -> Vec<Vec<u8>> {
     value.strip_prefix("sha256=").and_then(strict_hex).into_iter().collect()
 }
 
+/// What can be refused before the body is read: every header the scheme needs is
+/// there, its timestamp is within the tolerance, and its signature header has the
+/// scheme's shape. [`verify`] checks all of it again with the body.
+pub fn precheck(scheme: Scheme, headers: &HeaderMap, now_unix: i64, tolerance_secs: u64) -> Result<(), Rejection> {
+    let shape = |header: &'static str, ok: bool| {
+        ok.then_some(()).ok_or(Rejection::InvalidHeader {
+            header,
+            detail: "not a signature of this scheme",
+        })
+    };
+    match scheme {
+        Scheme::HmacSha256 => {
+            header(headers, "x-event-id")?;
+            timestamp(header(headers, "x-timestamp")?, "x-timestamp", now_unix, tolerance_secs)?;
+            shape("x-signature", !sha256_hex(header(headers, "x-signature")?).is_empty())
+        }
+        Scheme::StandardWebhooks => {
+            header(headers, "webhook-id")?;
+            let ts = header(headers, "webhook-timestamp")?;
+            timestamp(ts, "webhook-timestamp", now_unix, tolerance_secs)?;
+            let sigs = header(headers, "webhook-signature")?;
+            shape("webhook-signature", sigs.split(' ').any(|s| s.starts_with("v1,")))
+        }
+        Scheme::Stripe => {
+            let value = header(headers, "stripe-signature")?;
+            let t = value
+                .split(',')
+                .find_map(|i| i.trim().strip_prefix("t="))
+                .ok_or(Rejection::InvalidHeader {
+                    header: "stripe-signature",
+                    detail: "no t=<timestamp>",
+                })?;
+            timestamp(t, "stripe-signature", now_unix, tolerance_secs)?;
+            shape(
+                "stripe-signature",
+                value.split(',').any(|i| i.trim().starts_with("v1=")),
+            )
+        }
+        Scheme::Github => {
+            header(headers, "x-github-delivery")?;
+            shape(
+                "x-hub-signature-256",
+                !sha256_hex(header(headers, "x-hub-signature-256")?).is_empty(),
+            )
+        }
+    }
+}
+
 /// Verify a request. `now_unix` is the current time in seconds; schemes without a
 /// timestamp ignore it.
 pub fn verify(

@@ -3,9 +3,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{header, Method, Request};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::json;
@@ -13,12 +11,13 @@ use serde_json::json;
 use hookstream_schemas::{encode, topics::headers as kh, HttpHeader, RawWebhook};
 
 use crate::app::{App, Source};
+use crate::body::{Body, BodyLimits};
 use crate::config::DEAD_LETTER_RESERVE_BYTES;
 use crate::error::Reject;
 use crate::extract::extract;
 use crate::publish::{Delivered, PublishError};
 use crate::response::{json_response, reject_response, Resp};
-use crate::verify::verify;
+use crate::verify::{precheck, verify};
 
 /// Counts a request in the in-flight gauge until dropped: also when hyper drops the
 /// request's future because the client hung up.
@@ -83,19 +82,29 @@ async fn accept(
     traceparent: &str,
 ) -> Result<(String, Delivered), Reject> {
     let (parts, body) = req.into_parts();
-    let body = read_body(app, source, &parts.headers, body).await?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let scheme = source.config.scheme;
+    // What can be refused without the body is refused before it is read.
+    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    precheck(
+        scheme,
+        &parts.headers,
+        unix_now.as_secs() as i64,
+        source.config.tolerance.as_secs(),
+    )
+    .map_err(Reject::Verify)?;
+    let body = read_body(app, source, &parts.headers, body).await?;
+    let body = &body.bytes;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let verified = verify(
         scheme,
         &parts.headers,
-        &body,
+        body,
         &source.secrets,
         now.as_secs() as i64,
         source.config.tolerance.as_secs(),
     )
     .map_err(Reject::Verify)?;
-    let fields = extract(&body, &source.config.fields, verified.event_id).map_err(Reject::Extract)?;
+    let fields = extract(body, &source.config.fields, verified.event_id).map_err(Reject::Extract)?;
     let record = RawWebhook {
         event_id: fields.event_id.clone(),
         source: source_name.to_owned(),
@@ -123,24 +132,19 @@ async fn accept(
 }
 
 /// The body, read within the source's size limit (Content-Length first, then as it
-/// arrives) and the body deadline.
-async fn read_body(app: &App, source: &Source, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Reject> {
-    let limit = source.config.max_body_bytes;
+/// arrives), the body budget, the minimum rate and the body deadline (`crate::body`).
+async fn read_body(app: &App, source: &Source, headers: &http::HeaderMap, body: Incoming) -> Result<Body, Reject> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Reject::PayloadTooLarge { limit_bytes: limit });
-    }
-    let read = tokio::time::timeout(app.http.body_read_timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| Reject::BodyTimeout)?;
-    match read {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reject::PayloadTooLarge { limit_bytes: limit }),
-        Err(_) => Err(Reject::BodyRead),
-    }
+    let limits = BodyLimits {
+        max_bytes: source.config.max_body_bytes,
+        deadline: app.http.body_read_timeout,
+        grace: app.http.body_grace,
+        min_bytes_per_sec: app.http.min_body_bytes_per_sec,
+    };
+    crate::body::read(&app.body_budget, limits, declared, body).await
 }
 
 /// The record's bytes, if they and a dead letter that may carry them later fit the

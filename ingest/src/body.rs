@@ -1,0 +1,172 @@
+//! Reading a request body within bounds: the source's size limit, a budget of buffered
+//! body bytes shared by every request, and a minimum transfer rate.
+//!
+//! The in-flight bound counts requests, not bytes: with the defaults, 8,192 requests ×
+//! 900 KiB would be 7 GiB, and anyone can open them, signed or not. So a body is
+//! charged against [`BodyBudget`] before it is read (its `Content-Length`) or as it
+//! arrives (chunked), for the whole time the request is processed; a request that does
+//! not fit is answered at once (429 `body_budget_exhausted` + `Retry-After`) instead of
+//! growing memory. And a sender must keep up a minimum rate (after a grace period), so a
+//! trickle of bytes cannot hold an in-flight permit for the whole body timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::error::Reject;
+
+/// Bytes of memory charged per body byte: the body, its copy in the `RawWebhook`
+/// record, and the encoded value, which live together until the broker answers.
+pub const COPIES: usize = 3;
+
+/// The budget's unit: permits are KiB, so a budget of GiBs fits a semaphore.
+const UNIT: usize = 1024;
+
+/// Memory for request bodies, shared by every request.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+    total_kib: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (at least one unit).
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = (bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            kib: Arc::new(Semaphore::new(total_kib)),
+            total_kib,
+        }
+    }
+
+    /// Charge `body_bytes` (× [`COPIES`]) now, or `None` when the budget lacks it.
+    fn take(&self, body_bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = body_bytes.saturating_mul(COPIES).div_ceil(UNIT);
+        let kib = u32::try_from(kib.min(self.total_kib)).ok()?;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Bytes charged right now.
+    pub fn used_bytes(&self) -> usize {
+        (self.total_kib - self.kib.available_permits()) * UNIT
+    }
+}
+
+/// The bounds one body is read within.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// The source's body limit.
+    pub max_bytes: usize,
+    /// The whole body must arrive within this.
+    pub deadline: Duration,
+    /// Time before the minimum rate applies.
+    pub grace: Duration,
+    /// Bytes per second a sender must average after the grace period.
+    pub min_bytes_per_sec: u64,
+}
+
+impl BodyLimits {
+    /// How long after the start `received` bytes may have taken.
+    fn allowance(&self, received: usize) -> Duration {
+        let rate = self.min_bytes_per_sec.max(1);
+        let earned = Duration::from_millis((received as u64).saturating_mul(1000) / rate);
+        (self.grace + earned).min(self.deadline)
+    }
+}
+
+/// A body read within its bounds, with the budget it holds until dropped.
+#[derive(Debug)]
+pub struct Body {
+    pub bytes: Bytes,
+    pub _charge: Option<OwnedSemaphorePermit>,
+}
+
+/// Read `body` within `limits`, charging `budget` (`declared`: its `Content-Length`).
+pub async fn read(
+    budget: &BodyBudget,
+    limits: BodyLimits,
+    declared: Option<u64>,
+    mut body: Incoming,
+) -> Result<Body, Reject> {
+    let too_large = Reject::PayloadTooLarge {
+        limit_bytes: limits.max_bytes,
+    };
+    let declared = match declared {
+        Some(n) if n > limits.max_bytes as u64 => return Err(too_large),
+        Some(n) => Some(n as usize),
+        None => None,
+    };
+    let mut charge = match declared {
+        Some(n) => Some(budget.take(n).ok_or(Reject::BodyBudgetExhausted)?),
+        None => None,
+    };
+    let mut charged = declared.unwrap_or(0);
+    let start = Instant::now();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    loop {
+        let until = start + limits.allowance(buf.len());
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => return Err(Reject::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(Reject::BodyRead),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let len = buf.len() + data.len();
+        if len > limits.max_bytes {
+            return Err(too_large);
+        }
+        if len > charged {
+            let more = budget.take(len - charged).ok_or(Reject::BodyBudgetExhausted)?;
+            match charge.as_mut() {
+                Some(c) => c.merge(more),
+                None => charge = Some(more),
+            }
+            charged = len;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Body {
+        bytes: buf.freeze(),
+        _charge: charge,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_charges_every_copy_and_refuses_what_does_not_fit() {
+        let b = BodyBudget::new(30 * 1024);
+        let first = b.take(5 * 1024).expect("15 KiB of 30");
+        assert_eq!(b.used_bytes(), 15 * 1024);
+        assert!(b.take(6 * 1024).is_none(), "18 KiB more does not fit");
+        let second = b.take(5 * 1024).expect("the last 15 KiB");
+        drop(first);
+        drop(second);
+        assert_eq!(b.used_bytes(), 0, "released when the request ends");
+    }
+
+    #[test]
+    fn a_sender_earns_time_by_sending() {
+        let l = BodyLimits {
+            max_bytes: 1 << 20,
+            deadline: Duration::from_secs(15),
+            grace: Duration::from_secs(2),
+            min_bytes_per_sec: 64 * 1024,
+        };
+        assert_eq!(l.allowance(0), Duration::from_secs(2));
+        assert_eq!(l.allowance(64 * 1024), Duration::from_secs(3));
+        assert_eq!(
+            l.allowance(10 << 20),
+            Duration::from_secs(15),
+            "never past the deadline"
+        );
+    }
+}
