@@ -6,7 +6,9 @@
 # - the validators of the production files (infra/validate.sh) into
 #   $HOME/.cache/hookstream/venv-infra, once;
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
-#   their own broker on a free loopback port), and the fastavro check of the golden samples.
+#   their own broker on a free loopback port), and the fastavro check of the golden samples;
+# - every fuzz target for 60 s (infra/fuzz.sh; cargo-fuzz installed when missing, the
+#   nightly toolchain builds it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,3 +40,6 @@ cargo test --workspace --locked
 
 step "golden samples decode with fastavro"
 "$VENV/bin/python" schemas/check_golden.py
+
+step "fuzzing: every target ${FUZZ_SECONDS:-60} s from the committed corpus (infra/fuzz.sh)"
+infra/fuzz.sh
