@@ -108,8 +108,13 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Open connections at most; further clients wait in the kernel's accept queue. Default 10000.
+    /// Open connections at most; further clients wait in the kernel's accept queue.
+    /// Default 4096: with `max_header_bytes` this bounds what headers can hold (64 MiB).
     pub max_connections: usize,
+    /// A connection's read buffer, so the most a request's line and headers may take;
+    /// beyond it 431. At least 8192 (hyper's minimum). Default 16384: a webhook's headers
+    /// are a few hundred bytes, and 4096 connections × 16 KiB stay within the RSS target.
+    pub max_header_bytes: usize,
     /// Requests being processed at once at most; beyond it a request is answered 429
     /// with `Retry-After`. Default 8192.
     pub max_in_flight_requests: usize,
@@ -144,7 +149,8 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
             max_in_flight_requests: 8192,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(15),

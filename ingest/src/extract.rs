@@ -76,6 +76,12 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Extract
             field,
             detail: "longer than 256 bytes",
         }),
+        // Ids become Kafka keys, store keys and log fields: no NUL or other control
+        // characters (the processor refuses them too, later and more expensively).
+        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(ExtractError::InvalidField {
+            field,
+            detail: "contains control characters",
+        }),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(ExtractError::InvalidField {
             field,
@@ -102,6 +108,12 @@ fn event_id(doc: &Value, body: &[u8], fields: &FieldMap, header: HeaderId) -> Re
             return Err(ExtractError::InvalidField {
                 field: "event_id",
                 detail: "longer than 256 bytes",
+            })
+        }
+        HeaderId::Signed(h) | HeaderId::Unsigned(h) if h.chars().any(char::is_control) => {
+            return Err(ExtractError::InvalidField {
+                field: "event_id",
+                detail: "contains control characters",
             })
         }
         h => h,

@@ -24,6 +24,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
     let connections = Arc::new(Semaphore::new(app.http.max_connections));
     let graceful = GracefulShutdown::new();
     let header_timeout = app.http.header_read_timeout;
+    let max_buf = app.http.max_header_bytes.max(8192);
     loop {
         // Take a connection slot first: at the limit, new clients wait in the accept queue.
         let permit = tokio::select! {
@@ -47,6 +48,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
+            // Bounds the request line and headers (431 beyond), and what one
+            // connection buffers of a body before the handler reads it.
+            .max_buf_size(max_buf)
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {

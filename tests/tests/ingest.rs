@@ -562,6 +562,9 @@ async fn a_record_the_broker_would_refuse_for_its_size_is_413_not_503() {
         if let Some(s) = c.sources.get_mut("stripe") {
             s.max_body_bytes = 900 * 1024;
         }
+        // Headers this large are refused with 431 by default (max_header_bytes 16 KiB);
+        // raised here so that the record, not the headers, is what is too large.
+        c.http.max_header_bytes = 512 * 1024;
     })
     .await;
     // A valid body under the body limit, signed, with a Stripe-Signature header padded
