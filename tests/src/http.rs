@@ -21,23 +21,36 @@ impl Reply {
     }
 }
 
-/// Send one request to `addr` (`host:port`).
+/// Send one request to `addr` (`host:port`); panics when there is no answer.
 pub async fn request(addr: &str, method: Method, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Reply {
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{addr}{path}: {e}"))
+}
+
+/// [`request`], with no answer (refused, reset) as an error instead of a panic.
+pub async fn try_request(
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("HTTP handshake");
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut req = Request::builder().method(method).uri(path).header("host", addr);
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
-        .await
-        .expect("response");
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
@@ -45,8 +58,15 @@ pub async fn request(addr: &str, method: Method, path: &str, headers: &[(String,
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    Reply { status, headers, body }
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(Reply { status, headers, body })
+}
+
+/// POST a webhook; no answer is an error.
+pub async fn try_post(addr: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply, String> {
+    let mut h = headers.to_vec();
+    h.push(("content-type".into(), "application/json".into()));
+    try_request(addr, Method::POST, path, &h, body).await
 }
 
 /// POST a webhook.
