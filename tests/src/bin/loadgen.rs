@@ -1,14 +1,15 @@
 //! `loadgen`: measure hookstream with realistic, signed webhook traffic.
 //!
-//! `loadgen send | produce | consume` (`loadgen --help`, `loadgen send --help`): signed
-//! traffic through ingest with optional verification, and the bare-client baselines.
+//! `loadgen send | produce | consume | flood` (`loadgen --help`, `loadgen send --help`):
+//! signed traffic through ingest with optional verification, the bare-client baselines,
+//! and hostile connections.
 //! Every mode prints one JSON object with its numbers on stdout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use hookstream_tests::load::{baseline, sender, verify, wire, workload};
+use hookstream_tests::load::{baseline, flood, sender, verify, wire, workload};
 
 /// Measure hookstream with realistic, signed webhook traffic. Every mode prints one
 /// JSON object with its numbers on stdout.
@@ -42,6 +43,20 @@ enum Mode {
     Consume {
         #[arg(long, default_value = "payments.webhooks.raw")]
         topic: String,
+    },
+    /// Hostile connections that hold ingest's resources without completing a request
+    /// (see `load/flood.rs`); prints the answers they got, by status.
+    Flood {
+        /// Ingest's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        target: String,
+        #[arg(long, value_enum)]
+        attack: flood::Attack,
+        /// Connections kept open at once.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
     },
 }
 
@@ -151,6 +166,15 @@ async fn main() {
             let (planned, _) = workload::plan(&run_id(), events, &mix.mix(), mix.seed);
             let (n, secs, bytes) = baseline::produce(&brokers, &topic, Arc::new(planned), in_flight).await;
             serde_json::json!({ "mode": "produce", "records": n, "elapsed_s": secs, "throughput_rps": n as f64 / secs, "mean_value_bytes": bytes })
+        }
+        Mode::Flood {
+            target,
+            attack,
+            connections,
+            seconds,
+        } => {
+            let answers = flood::run(target, attack, connections, seconds).await;
+            serde_json::json!({ "mode": "flood", "attack": format!("{attack:?}"), "connections": connections, "answers": answers })
         }
         Mode::Consume { topic } => {
             let (n, secs) = baseline::consume_all(&brokers, &topic).await;
