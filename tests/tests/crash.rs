@@ -1,5 +1,6 @@
 //! Chaos: the processor binary is killed with SIGKILL mid-stream and started again
-//! (with its state, and with its state directory wiped). Every completed payment still
+//! (with its state, with its state directory wiped, and several times in a row under
+//! steady load, reporting the time from each restart to its first decision). Every completed payment still
 //! has exactly one activation id, nothing is lost, and any activation sent twice has
 //! the same id.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -142,4 +143,77 @@ async fn sigkill_mid_stream_then_restart_keeps_exactly_one_activation_per_policy
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_lost_state_dir_restores_from_the_changelog_without_new_ids() {
     run_kill_and_restart(true).await;
+}
+
+/// Decisions the processor at `admin` has made (its records_total, every stage and outcome).
+async fn decisions(admin: &str) -> u64 {
+    let Ok(r) = hookstream_tests::http::try_request(admin, http::Method::GET, "/metrics", &[], Vec::new()).await else {
+        return 0;
+    };
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| l.starts_with("hookstream_processor_records_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
+    const PAYMENTS: usize = 240;
+    const KILLS: usize = 4;
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let mut child = ChildProcessor::spawn(&config, dir.path());
+    child.wait_assigned(Duration::from_secs(60)).await;
+    let sender = sign::paced_lifecycles(ingest.addr(), "k", PAYMENTS, 3, Duration::from_millis(300));
+    let mut to_first_decision = Vec::new();
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Kill only while webhooks keep coming: a restart then has records to decide.
+        if sender.is_finished() {
+            break;
+        }
+        child.kill();
+        let started = tokio::time::Instant::now();
+        child = ChildProcessor::spawn(&config, dir.path());
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no decision within 60 s of a restart"
+            );
+            if decisions(&child.admin).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        to_first_decision.push(started.elapsed());
+    }
+    sender.await.unwrap();
+    eprintln!("restart to first decision: {to_first_decision:?}");
+    assert!(
+        to_first_decision.len() >= 2,
+        "the load outlasted only {} kills",
+        to_first_decision.len()
+    );
+    let (_, by) = activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
+    let want: BTreeMap<String, BTreeSet<String>> = (0..PAYMENTS)
+        .map(|i| {
+            let pol = format!("pol_k{i}");
+            (
+                pol.clone(),
+                BTreeSet::from([activation_id(&pol, "paymenthub", &format!("evt_k{i}_3"))]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        want,
+        "one deterministic activation id per completed payment, after {KILLS} kills:\n{}",
+        logs(dir.path())
+    );
+    drop(child);
+    ingest.stop().await;
 }
