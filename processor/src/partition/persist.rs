@@ -26,12 +26,13 @@ impl<B: Backend> Worker<B> {
         let cutoff = now.saturating_sub(window_ms);
         changes.dedup.retain(|_, e| e.first_seen_ms >= cutoff);
         let store = self.store.clone();
-        changes.expired = self
+        let expired = self
             .cx
             .retry("store", stop, || async {
                 store.expired_dedup(cutoff, MAX_EXPIRED_PER_BATCH)
             })
             .await?;
+        changes.set_expired(expired);
         // States the batch changed and that are past their time already (changed early
         // in a long batch) go now, as they would have with smaller batches.
         let gone = |at: Option<i64>| retention::is_expired(at, now);
@@ -62,9 +63,10 @@ impl<B: Backend> Worker<B> {
             Some((b'P', id)) => changes.policies.contains_key(String::from_utf8_lossy(id).as_ref()),
             _ => false,
         };
+        let already: std::collections::HashSet<Vec<u8>> = evicted.iter().cloned().collect();
         let stored: Vec<Vec<u8>> = due
             .into_iter()
-            .filter(|k| !changed(k) && !evicted.contains(k))
+            .filter(|k| !changed(k) && !already.contains(k))
             .collect();
         evicted.extend(stored);
         changes.evicted = evicted;

@@ -224,13 +224,28 @@ impl PartitionStore {
 
     /// Expiry-index keys of dedup entries first seen before `cutoff_ms` (record time),
     /// at most `limit`, oldest first: the batch being persisted deletes them and logs
-    /// their tombstones ([`Changes::expired`]).
+    /// their tombstones ([`Changes::set_expired`]). An index entry whose dedup entry
+    /// has since been written again (a restore leaves the old one) is removed here
+    /// instead: it must not expire the newer entry.
     pub fn expired_dedup(&self, cutoff_ms: i64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let end = expiry_key(cutoff_ms, "");
         let mut out = Vec::new();
         for item in self.tree.range(&b"x"[..]..end.as_slice()).take(limit) {
-            let (k, _) = item?;
-            out.push(k.to_vec());
+            let (x, _) = item?;
+            let at = <[u8; 8]>::try_from(&x[1..9]).map(u64::from_be_bytes).ok();
+            let mut d = vec![b'd'];
+            d.extend_from_slice(&x[9..]);
+            let current = match self.tree.get(&d)? {
+                Some(v) => serde_json::from_slice::<FirstSeen>(&v)
+                    .ok()
+                    .map(|f| f.first_seen_ms.max(0) as u64),
+                None => None,
+            };
+            if current.is_some() && current == at {
+                out.push(x.to_vec());
+            } else {
+                self.tree.remove(&x)?;
+            }
         }
         Ok(out)
     }
@@ -281,6 +296,43 @@ mod tests {
         assert_eq!(b.applied_offset().unwrap(), Some(8));
         assert!(b.dedup("src\0e1").unwrap().is_none());
         assert_eq!(b.changelog_next().unwrap(), Some(9));
+    }
+
+    #[test]
+    fn a_dedup_key_seen_again_after_its_window_keeps_its_new_entry() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = (store.partition("raw", 0).unwrap(), store.partition("raw", 1).unwrap());
+        let k = "src\0e1";
+        let mut first = Changes::default();
+        first.dedup.insert(k.into(), dedup(1_000));
+        first.applied = Some(0);
+        a.persist(&first, Some(2)).unwrap();
+        // Seen again at 50 s, past a 10 s window: the batch writes a new entry while the
+        // old one is due to expire.
+        let mut again = Changes::default();
+        again.dedup.insert(k.into(), dedup(50_000));
+        again.applied = Some(1);
+        again.set_expired(a.expired_dedup(40_000, 10).unwrap());
+        a.persist(&again, Some(4)).unwrap();
+        assert_eq!(
+            a.dedup(k).unwrap().map(|d| d.first_seen_ms),
+            Some(50_000),
+            "the new entry stays"
+        );
+        let mut log = first.entries();
+        log.extend(first.meta_entry());
+        log.extend(again.entries());
+        log.extend(again.meta_entry());
+        b.restore(&log[..2], 2).unwrap();
+        b.restore(&log[2..], 4).unwrap();
+        assert_eq!(
+            b.dedup(k).unwrap().map(|d| d.first_seen_ms),
+            Some(50_000),
+            "restored too"
+        );
+        // The old index entry left by the restore does not expire the new entry early.
+        assert!(b.expired_dedup(40_000, 10).unwrap().is_empty());
+        assert_eq!(b.dedup(k).unwrap().map(|d| d.first_seen_ms), Some(50_000));
     }
 
     #[test]

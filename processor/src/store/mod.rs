@@ -196,6 +196,21 @@ pub struct Changes {
     /// Store keys (`p`…, `P`…) of payment and policy states past their time at the
     /// partition's clock: deleted with the batch, logged as tombstones.
     pub evicted: Vec<Vec<u8>>,
+    /// Expiry-index keys of dedup entries the batch writes again (seen anew after their
+    /// window): only the old index entry goes, not the entry, and nothing is logged.
+    pub replaced_expiry: Vec<Vec<u8>>,
+}
+
+impl Changes {
+    /// Set the dedup keys past their window ([`PartitionStore::expired_dedup`]): those
+    /// the batch writes again keep their new entry, only their old index entry goes.
+    pub fn set_expired(&mut self, expiry_keys: Vec<Vec<u8>>) {
+        let (replaced, expired) = expiry_keys
+            .into_iter()
+            .partition(|x| self.dedup.contains_key(String::from_utf8_lossy(&x[9..]).as_ref()));
+        self.expired = expired;
+        self.replaced_expiry = replaced;
+    }
 }
 
 /// One raw partition's tree.
@@ -285,6 +300,9 @@ impl PartitionStore {
             let mut d = vec![b'd'];
             d.extend_from_slice(&x[9..]);
             batch.remove(d);
+            batch.remove(x.as_slice());
+        }
+        for x in &changes.replaced_expiry {
             batch.remove(x.as_slice());
         }
         if let Some(off) = changes.applied {
