@@ -132,7 +132,7 @@ impl<B: Backend> Worker<B> {
             self.count_outputs(&decided.outputs);
         }
         let next = self.log_meta(&decided.changes, stop).await?;
-        self.persist(decided.changes, next, mode, stop).await?;
+        self.persist(decided.changes, entries, next, mode, stop).await?;
         if mode == Mode::Live {
             let now = now_ms();
             for ts in decided.timestamps {

@@ -103,7 +103,8 @@ impl<B: Backend> Worker<B> {
         Ok(Some(last + 1))
     }
 
-    /// Apply `changes` in one atomic sled batch with the changelog position it reflects,
+    /// Apply `changes` (their values as serialized for the changelog: `entries`) in one
+    /// atomic sled batch with the changelog position it reflects,
     /// then, for live records, wait until it is on disk. A rebuild does not wait per
     /// batch: its records are below the committed offset, so losing the unflushed part
     /// only means rebuilding it again; it flushes once at its end
@@ -112,18 +113,23 @@ impl<B: Backend> Worker<B> {
     pub(super) async fn persist(
         &self,
         changes: Changes,
+        entries: Vec<Entry>,
         changelog_next: Option<i64>,
         mode: Mode,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let cx = &self.cx;
-        let changes = Arc::new(changes);
+        let batch = Arc::new((changes, entries));
         cx.retry("store", stop, || {
-            let (store, changes) = (self.store.clone(), changes.clone());
+            let (store, batch) = (self.store.clone(), batch.clone());
             async move {
-                tokio::task::spawn_blocking(move || store.persist(&changes, changelog_next).map_err(|e| e.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
+                tokio::task::spawn_blocking(move || {
+                    store
+                        .persist(&batch.0, &batch.1, changelog_next)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
             }
         })
         .await?;

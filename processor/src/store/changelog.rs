@@ -275,7 +275,7 @@ mod tests {
         c.dedup.insert("src\0e2".into(), dedup(9_000));
         c.applied = Some(7);
         c.max_ts = Some(9_000);
-        a.persist(&c, Some(5)).unwrap();
+        a.persist(&c, &c.entries(), Some(5)).unwrap();
         let mut second = Changes {
             expired: a.expired_dedup(2_000, 10).unwrap(),
             applied: Some(8),
@@ -284,7 +284,7 @@ mod tests {
         };
         assert_eq!(second.expired.len(), 1);
         second.payments.insert(pay.key(), pay.clone());
-        a.persist(&second, Some(9)).unwrap();
+        a.persist(&second, &second.entries(), Some(9)).unwrap();
 
         let mut log = c.entries();
         log.extend(c.meta_entry());
@@ -306,14 +306,14 @@ mod tests {
         let mut first = Changes::default();
         first.dedup.insert(k.into(), dedup(1_000));
         first.applied = Some(0);
-        a.persist(&first, Some(2)).unwrap();
+        a.persist(&first, &first.entries(), Some(2)).unwrap();
         // Seen again at 50 s, past a 10 s window: the batch writes a new entry while the
         // old one is due to expire.
         let mut again = Changes::default();
         again.dedup.insert(k.into(), dedup(50_000));
         again.applied = Some(1);
         again.set_expired(a.expired_dedup(40_000, 10).unwrap());
-        a.persist(&again, Some(4)).unwrap();
+        a.persist(&again, &again.entries(), Some(4)).unwrap();
         assert_eq!(
             a.dedup(k).unwrap().map(|d| d.first_seen_ms),
             Some(50_000),

@@ -268,8 +268,15 @@ impl PartitionStore {
         Ok(out)
     }
 
-    /// Apply a batch's changes atomically (not yet durable: see [`PartitionStore::flush`]).
-    pub fn apply(&self, changes: &Changes, changelog_next: Option<i64>) -> Result<(), StoreError> {
+    /// Apply a batch atomically: its values as serialized once for the changelog
+    /// (`entries`, [`Changes::entries`]), the indexes derived from `changes`, expired
+    /// and evicted keys removed, the changelog position (`changelog_next`: the offset
+    /// after the batch's meta entry) recorded. Not yet durable: the caller waits for the
+    /// [`Flusher`] before it commits offsets.
+    ///
+    /// Blocking (sled does disk I/O and may wait for its own flusher): call it from
+    /// `spawn_blocking`.
+    pub fn persist(&self, changes: &Changes, entries: &[Entry], changelog_next: Option<i64>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         if let Some(next) = changelog_next {
             Self::changelog_mark(&mut batch, next);
@@ -278,9 +285,7 @@ impl PartitionStore {
             self.evict(&mut batch, k)?;
         }
         for (id, st) in &changes.payments {
-            let k = key(b'p', id);
-            self.reindex(&mut batch, &k, st.evict_at_ms)?;
-            batch.insert(k, to_json(st));
+            self.reindex(&mut batch, &key(b'p', id), st.evict_at_ms)?;
             if st.held.is_empty() {
                 batch.remove(key(b'g', id));
             } else {
@@ -288,13 +293,17 @@ impl PartitionStore {
             }
         }
         for (id, st) in &changes.policies {
-            let k = key(b'P', id);
-            self.reindex(&mut batch, &k, st.evict_at_ms)?;
-            batch.insert(k, to_json(st));
+            self.reindex(&mut batch, &key(b'P', id), st.evict_at_ms)?;
         }
         for (k, e) in &changes.dedup {
-            batch.insert(key(b'd', k), to_json(e));
             batch.insert(expiry_key(e.first_seen_ms, k), &[][..]);
+        }
+        // The states and dedup entries; their deletions are the expiries and
+        // evictions here.
+        for e in entries {
+            if let Some(v) = &e.value {
+                batch.insert(e.key.as_slice(), v.as_slice());
+            }
         }
         for x in &changes.expired {
             let mut d = vec![b'd'];
@@ -313,16 +322,6 @@ impl PartitionStore {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
-    }
-
-    /// Apply a batch atomically, expired dedup keys removed and the changelog position
-    /// (`changelog_next`: the offset after the batch's meta entry) recorded. Not yet
-    /// durable: the caller waits for the [`Flusher`] before it commits offsets.
-    ///
-    /// Blocking (sled does disk I/O and may wait for its own flusher): call it from
-    /// `spawn_blocking`.
-    pub fn persist(&self, changes: &Changes, changelog_next: Option<i64>) -> Result<(), StoreError> {
-        self.apply(changes, changelog_next)
     }
 
     /// The highest offset this instance has committed for the partition (see
@@ -408,19 +407,16 @@ mod tests {
         }
         c.applied = Some(41);
         c.max_ts = Some(5_000);
-        p.apply(&c, None).unwrap();
+        p.persist(&c, &c.entries(), None).unwrap();
         assert_eq!(p.applied_offset().unwrap(), Some(41));
         assert_eq!(p.payment(&pay.key()).unwrap(), Some(pay.clone()));
         let expired = p.expired_dedup(2_000, 10).unwrap();
         assert_eq!(expired.len(), 1);
-        p.apply(
-            &Changes {
-                expired,
-                ..Changes::default()
-            },
-            None,
-        )
-        .unwrap();
+        let expiry = Changes {
+            expired,
+            ..Changes::default()
+        };
+        p.persist(&expiry, &expiry.entries(), None).unwrap();
         assert!(p.dedup("a").unwrap().is_none());
         assert!(p.dedup("b").unwrap().is_some());
         let found = store.find_payments("raw", "pay").unwrap();
