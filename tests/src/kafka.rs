@@ -1,6 +1,7 @@
 //! Kafka helpers for tests: unique topics, a producer configured like ingest's, and a
 //! reader that collects what a topic holds.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,36 @@ pub async fn wait_for_activation(bootstrap: &str, topic: &str, policy_id: &str, 
     })
     .await;
     assert!(found, "{policy_id} was not activated within {timeout:?}");
+}
+
+/// Activations by policy once `policies` distinct policies have one (or the timeout
+/// passed); also the number of activation records (re-sends included).
+pub async fn activations_by_policy(
+    bootstrap: &str,
+    topic: &str,
+    policies: usize,
+) -> (usize, BTreeMap<String, BTreeSet<String>>) {
+    use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+    let group = |records: &[OwnedMessage]| {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut n = 0;
+        for m in records {
+            if let PolicyEventKind::Activated(a) = decode::<PolicyEvent>(m.payload().unwrap_or_default())
+                .expect("a policy event")
+                .event
+            {
+                by.entry(a.policy_id).or_default().insert(a.activation_id);
+                n += 1;
+            }
+        }
+        (n, by)
+    };
+    // Re-sent activations (same id) are legitimate after a crash: wait for distinct policies.
+    let records = read_until(bootstrap, topic, Duration::from_secs(90), |r| {
+        r.len() >= policies && group(r).1.len() >= policies
+    })
+    .await;
+    group(&records)
 }
 
 /// `group`'s committed offset of each of `topic`'s first `partitions` partitions (`None`

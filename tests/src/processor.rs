@@ -130,6 +130,12 @@ pub fn spawn_instance(base: &ProcessorConfig, dir: &Path, name: &str) -> ChildPr
 
 impl ChildProcessor {
     pub fn spawn(config: &ProcessorConfig, dir: &Path) -> ChildProcessor {
+        ChildProcessor::spawn_with_env(config, dir, &[])
+    }
+
+    /// [`ChildProcessor::spawn`] with extra environment variables (e.g. a secret's
+    /// `PROCESSOR_LIBRDKAFKA_..._FILE`, or `RUST_LOG`).
+    pub fn spawn_with_env(config: &ProcessorConfig, dir: &Path, env: &[(&str, &str)]) -> ChildProcessor {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -154,6 +160,7 @@ impl ChildProcessor {
             .env_remove("KAFKA_BROKERS")
             .env_remove("PROCESSOR_STATE_DIR")
             .env_remove("PROCESSOR_ADMIN_LISTEN")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .stderr(log)
             .spawn()

@@ -1,18 +1,21 @@
 //! Chaos on the real broker: ingest SIGKILLed under concurrent load and started again —
-//! every event id it answered 200 is in the raw topic — and no configured secret ever
-//! shows up in its log or in the records it wrote.
+//! every event id it answered 200 is in the raw topic; the broker SIGKILLed under load
+//! while the processor runs — 503 meanwhile, no acknowledged webhook lost, one activation
+//! per completed payment; and no configured secret ever shows up in a log, a metric, a
+//! raw record or a dead letter. (The processor's own SIGKILLs are in `crash.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, RawWebhook};
-use hookstream_tests::broker::Broker;
+use hookstream_tests::broker::{Broker, Storage};
 use hookstream_tests::ingest::{scheme_of, secrets_of, test_config};
-use hookstream_tests::processor::workspace_bin;
+use hookstream_tests::processor::{self, workspace_bin, ChildProcessor, Topics};
 use hookstream_tests::{http, kafka, sign};
 use rdkafka::Message;
 
@@ -166,4 +169,260 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
         "some requests met the kill: {sent} sent, {} acknowledged",
         acked.len()
     );
+}
+
+/// What the retrying senders saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Event ids answered 200.
+    acked: BTreeSet<String>,
+    /// Payments whose three events were all answered 200.
+    completed: BTreeSet<usize>,
+    /// 503 answers that carried `Retry-After`.
+    unavailable: usize,
+    /// Any other answer: status and body, or the transport error.
+    other: Vec<String>,
+}
+
+/// Note one answer to `id`; whether it was a 200.
+fn record(seen: &mut Seen, id: &str, answer: Result<http::Reply, String>) -> bool {
+    match answer {
+        Ok(r) if r.status == 200 => {
+            seen.acked.insert(id.to_owned());
+            return true;
+        }
+        Ok(r) if r.status == 503 && r.headers.contains_key("retry-after") => seen.unavailable += 1,
+        Ok(r) => seen
+            .other
+            .push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body))),
+        Err(e) => seen.other.push(e),
+    }
+    false
+}
+
+/// `workers` providers sending payment lifecycles (created, processing, completed, with
+/// policy `pol_b<i>`) until `stop`, each event retried as a provider does (after
+/// `Retry-After`) until it is answered 200. A worker finishes the lifecycle it started.
+fn retrying_lifecycles(
+    addr: String,
+    workers: usize,
+    seen: Arc<Mutex<Seen>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let secret = secrets_of("paymenthub")[0];
+    (0..workers)
+        .map(|w| {
+            let (addr, seen, stop) = (addr.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.is_cancelled() {
+                    for (seq, ty) in [
+                        (1, "payment.created"),
+                        (2, "payment.processing"),
+                        (3, "payment.completed"),
+                    ] {
+                        let (id, pol) = (format!("evt_b{i}_{seq}"), format!("pol_b{i}"));
+                        let body = sign::payment_body(&id, &format!("pay_b{i}"), Some(seq), ty, Some(&pol));
+                        let started = tokio::time::Instant::now();
+                        loop {
+                            assert!(started.elapsed() < Duration::from_secs(90), "{id} never answered 200");
+                            let h = sign::sign(scheme_of("paymenthub"), secret, &id, sign::now(), &body);
+                            let r = http::try_post(&addr, "/webhooks/paymenthub", &h, body.clone()).await;
+                            if record(&mut seen.lock().unwrap(), &id, r) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await; // Retry-After: 1
+                        }
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                    }
+                    seen.lock().unwrap().completed.insert(i);
+                    i += workers;
+                }
+            })
+        })
+        .collect()
+}
+
+/// The broker (durable sqlite storage) SIGKILLed under load through ingest while the
+/// processor runs, and started again after 5 s: ingest answers 503 + Retry-After while it
+/// is gone and 200 again by itself once it is back, every webhook answered 200 is in the
+/// raw topic, the processor (never restarted) activates each completed payment exactly
+/// once, and no configured secret shows up in a log, a metric, a raw record or a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_activates_once() {
+    let broker = Broker::dedicated(Storage::Sqlite);
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(broker.bootstrap(), &topics.raw, dir.path());
+    config.kafka.ack_deadline = Duration::from_secs(2);
+    let port = free_port();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let config_path = dir.path().join("ingest.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let (ingest_log, addr) = (dir.path().join("ingest.log"), format!("127.0.0.1:{port}"));
+    let mut ingest = spawn_ingest(&config_path, &ingest_log);
+
+    // The processor's own secret: a SASL password (unused on this plaintext listener)
+    // given the way production gives it, in a file named by the environment.
+    let processor_secret = "processor-sasl-password-4f1c9e";
+    let secret_file = dir.path().join("sasl-password");
+    std::fs::write(&secret_file, processor_secret).unwrap();
+    let mut processor_config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    // librdkafka's `conf` debug context logs the client configuration, redacting secrets.
+    processor_config.kafka.debug = "conf".into();
+    let processor = ChildProcessor::spawn_with_env(
+        &processor_config,
+        dir.path(),
+        &[
+            ("PROCESSOR_LIBRDKAFKA_SASL_PASSWORD_FILE", secret_file.to_str().unwrap()),
+            ("RUST_LOG", "debug,rdkafka=info"),
+        ],
+    );
+    wait_ready(&addr).await;
+    processor.wait_assigned(Duration::from_secs(60)).await;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = retrying_lifecycles(addr.clone(), 6, seen.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = seen.lock().unwrap().acked.len();
+    broker.stop(false); // SIGKILL
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = seen.lock().unwrap().unavailable;
+    broker.start();
+    let restarted = tokio::time::Instant::now();
+    let acked_at_restart = seen.lock().unwrap().acked.len();
+    while seen.lock().unwrap().acked.len() < acked_at_restart + 50 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "ingest did not recover within 60 s of the broker's restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    eprintln!(
+        "broker kill: {before_kill} acknowledged before, {during} answers 503 while it was down, \
+         200 again {recovered:?} after its restart, {} acknowledged, {} payments completed",
+        seen.acked.len(),
+        seen.completed.len()
+    );
+    assert!(before_kill > 0, "load before the kill");
+    assert!(during > 0, "503 + Retry-After while the broker was down");
+    assert!(
+        seen.other.is_empty(),
+        "answers other than 200 and 503 + Retry-After: {:?}",
+        seen.other
+    );
+
+    // Every acknowledged webhook is in the raw topic.
+    let mut in_topic = BTreeSet::new();
+    let raw = kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(60), |r| {
+        if let Some(w) = r
+            .last()
+            .and_then(|m| m.payload())
+            .and_then(|v| decode::<RawWebhook>(v).ok())
+        {
+            in_topic.insert(w.event_id);
+        }
+        seen.acked.is_subset(&in_topic)
+    })
+    .await;
+    let lost: Vec<_> = seen.acked.difference(&in_topic).collect();
+    assert!(lost.is_empty(), "answered 200 but not in the raw topic: {lost:?}");
+
+    // The processor rode out the outage and activated each completed payment once.
+    let (_, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, seen.completed.len()).await;
+    let want: BTreeMap<String, BTreeSet<String>> = seen
+        .completed
+        .iter()
+        .map(|i| {
+            let pol = format!("pol_b{i}");
+            let id = activation_id(&pol, "paymenthub", &format!("evt_b{i}_3"));
+            (pol, BTreeSet::from([id]))
+        })
+        .collect();
+    assert_eq!(by, want, "one deterministic activation id per completed payment");
+
+    // A dead letter (a completed payment that names no policy), then the secrets grep.
+    let body = sign::payment_body("evt_b_nopol", "pay_b_nopol", None, "payment.completed", None);
+    let h = sign::sign(
+        scheme_of("paymenthub"),
+        secrets_of("paymenthub")[1],
+        "evt_b_nopol",
+        sign::now(),
+        &body,
+    );
+    assert_eq!(http::post(&addr, "/webhooks/paymenthub", &h, body).await.status, 200);
+    let dead = kafka::read_records(broker.bootstrap(), &topics.dlq, 1, Duration::from_secs(30)).await;
+    assert!(!dead.is_empty(), "the payment without a policy is dead-lettered");
+    let mut texts = vec![
+        ("ingest's log", std::fs::read_to_string(&ingest_log).unwrap()),
+        ("the processor's log", processor_logs(dir.path())),
+        ("ingest's metrics", metrics_text(&addr).await),
+        ("the processor's metrics", metrics_text(&processor.admin).await),
+    ];
+    for (what, records) in [("a raw record", &raw), ("a dead letter", &dead)] {
+        for m in records {
+            texts.push((
+                what,
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    let mut secrets: Vec<&str> = ["paymenthub", "standard", "stripe", "github"]
+        .iter()
+        .flat_map(|s| secrets_of(s).iter().copied())
+        .collect();
+    secrets.push(processor_secret);
+    for (what, text) in &texts {
+        assert!(
+            !text.is_empty() || what.starts_with('a'),
+            "{what} is empty: nothing was checked"
+        );
+        for s in &secrets {
+            assert!(!text.contains(s), "a configured secret in {what}");
+        }
+    }
+    assert!(
+        texts[1].1.contains("sasl.password = [redacted]"),
+        "the processor was given its secret (librdkafka logs it redacted)"
+    );
+    let mut processor = processor;
+    assert!(
+        processor.wait_exit(Duration::ZERO).is_none(),
+        "the processor exited during the outage instead of resuming:\n{}",
+        processor_logs(dir.path())
+    );
+    let _ = ingest.kill();
+    let _ = ingest.wait();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every processor log in `dir`.
+fn processor_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("processor-") && name.ends_with(".log") {
+            out.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    out
+}
+
+async fn metrics_text(addr: &str) -> String {
+    String::from_utf8_lossy(&http::get(addr, "/metrics").await.body).into_owned()
 }

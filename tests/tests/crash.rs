@@ -1,47 +1,19 @@
 //! Chaos: the processor binary is killed with SIGKILL mid-stream and started again
-//! (with its state, with its state directory wiped, and several times in a row under
-//! steady load, reporting the time from each restart to its first decision). Every completed payment still
-//! has exactly one activation id, nothing is lost, and any activation sent twice has
-//! the same id.
+//! (with its state, with its state directory wiped, and 10 times within 2 minutes under
+//! steady load with static membership as in production, reporting the time from each
+//! restart to its first decision). Every completed payment still has exactly one
+//! activation id, nothing is lost, and any activation sent twice has the same id.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hookstream_processor::rules::decide::activation_id;
-use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
-use rdkafka::Message;
 
 const PAYMENTS: usize = 150;
-
-/// Activations by policy once `policies` distinct policies have one (or the timeout
-/// passed); also the number of activation records (re-sends included).
-async fn activations_by_policy(
-    bootstrap: &str,
-    topic: &str,
-    policies: usize,
-) -> (usize, BTreeMap<String, BTreeSet<String>>) {
-    let group = |records: &[rdkafka::message::OwnedMessage]| {
-        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut n = 0;
-        for m in records {
-            if let PolicyEventKind::Activated(a) = decode::<PolicyEvent>(m.payload().unwrap()).unwrap().event {
-                by.entry(a.policy_id).or_default().insert(a.activation_id);
-                n += 1;
-            }
-        }
-        (n, by)
-    };
-    // Re-sent activations (same id) are legitimate after a crash: wait for distinct policies.
-    let records = kafka::read_until(bootstrap, topic, Duration::from_secs(90), |r| {
-        r.len() >= policies && group(r).1.len() >= policies
-    })
-    .await;
-    group(&records)
-}
 
 /// The processors' log lines that tell what happened (for failure messages).
 fn logs(dir: &std::path::Path) -> String {
@@ -75,7 +47,7 @@ async fn run_kill_and_restart(wipe_state: bool) {
     // ...and once the group has committed an offset, so a restart without state has
     // something to rebuild from the log (commits go out every 500 ms; on a broker whose
     // first rebalance is slow, the first activations can all come before the first one).
-    let (n, _) = activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;
+    let (n, _) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, 20).await;
     assert!(n >= 20, "the processor made progress before the kill (saw {n})");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let committed = || kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 4);
@@ -93,7 +65,7 @@ async fn run_kill_and_restart(wipe_state: bool) {
     let second = ChildProcessor::spawn(&config, dir.path());
     sender.await.unwrap();
 
-    let (n, by) = activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
+    let (n, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
     let want: BTreeMap<String, BTreeSet<String>> = (0..PAYMENTS)
         .map(|i| {
             let pol = format!("pol_c{i}");
@@ -159,17 +131,21 @@ async fn decisions(admin: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
-    const PAYMENTS: usize = 240;
-    const KILLS: usize = 4;
+    const PAYMENTS: usize = 400;
+    const KILLS: usize = 10;
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    // Static membership, as the production StatefulSet runs it: a restarted instance is
+    // given its partitions back at once instead of after the dead member's session timeout.
+    config.kafka.group_instance_id = "chaos-0".into();
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let mut child = ChildProcessor::spawn(&config, dir.path());
     child.wait_assigned(Duration::from_secs(60)).await;
-    let sender = sign::paced_lifecycles(ingest.addr(), "k", PAYMENTS, 3, Duration::from_millis(300));
+    let sender = sign::paced_lifecycles(ingest.addr(), "k", PAYMENTS, 4, Duration::from_millis(400));
     let mut to_first_decision = Vec::new();
+    let kills_started = tokio::time::Instant::now();
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_secs(3)).await;
         // Kill only while webhooks keep coming: a restart then has records to decide.
@@ -191,14 +167,20 @@ async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
         }
         to_first_decision.push(started.elapsed());
     }
+    let kill_phase = kills_started.elapsed();
     sender.await.unwrap();
     eprintln!("restart to first decision: {to_first_decision:?}");
-    assert!(
-        to_first_decision.len() >= 2,
+    assert_eq!(
+        to_first_decision.len(),
+        KILLS,
         "the load outlasted only {} kills",
         to_first_decision.len()
     );
-    let (_, by) = activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
+    assert!(
+        kill_phase < Duration::from_secs(120),
+        "{KILLS} kills took {kill_phase:?}, not 2 minutes"
+    );
+    let (_, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, PAYMENTS).await;
     let want: BTreeMap<String, BTreeSet<String>> = (0..PAYMENTS)
         .map(|i| {
             let pol = format!("pol_k{i}");
