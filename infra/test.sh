@@ -5,6 +5,8 @@
 # - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
 # - the validators of the production files (infra/validate.sh) into
 #   $HOME/.cache/hookstream/venv-infra, once;
+# - Debian's prometheus package (server and promtool), once, for the rule checks and
+#   the test that runs a real Prometheus (infra/prometheus.sh);
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
 #   their own broker on a free loopback port), and the fastavro check of the golden samples;
 # - every fuzz target for 60 s (infra/fuzz.sh; cargo-fuzz installed when missing, the
@@ -28,6 +30,9 @@ fi
 
 step "production files: yamllint, kubernetes-validate, checkov (infra/validate.sh)"
 infra/validate.sh
+
+step "Prometheus: promtool check and the alert rules' unit tests (infra/prometheus.sh check)"
+infra/prometheus.sh check
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,8 @@
 //! Every metric ingest exposes at `/metrics`, defined in one place.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Ingest's metrics and their registry.
 #[derive(Debug, Clone)]
@@ -16,6 +18,11 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Records queued or in flight in the producer (sampled at scrape).
     pub queue_depth: IntGauge,
+    /// One past the highest offset acknowledged per raw partition: the log's end as this
+    /// instance knows it (with the processor's `committed_offset`, the lag).
+    pub raw_end_offset: IntGaugeVec,
+    /// The process's own metrics (resident memory, CPU, open files), unprefixed.
+    process: Registry,
 }
 
 impl Metrics {
@@ -53,12 +60,25 @@ impl Metrics {
             "Records queued or in flight in the Kafka producer",
         )
         .expect("metric");
+        let raw_end_offset = IntGaugeVec::new(
+            Opts::new(
+                "raw_end_offset",
+                "One past the highest offset the broker acknowledged, per raw partition",
+            ),
+            &["partition"],
+        )
+        .expect("metric");
+        let process = Registry::new();
+        process
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("a fresh registry");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejections.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(raw_end_offset.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -69,6 +89,8 @@ impl Metrics {
             delivery_seconds,
             in_flight,
             queue_depth,
+            raw_end_offset,
+            process,
         }
     }
 
@@ -76,7 +98,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -169,6 +169,11 @@ fn encode_within_budget(app: &App, source: &Source, record: &RawWebhook) -> Resu
     Ok(value)
 }
 
+/// The trace id of a `traceparent` value (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or_default()
+}
+
 /// Publish keyed by payment id and wait for the broker's acknowledgement.
 async fn publish(
     app: &App,
@@ -200,12 +205,17 @@ async fn publish(
     let (event_id, payment_id) = (&record.event_id, &record.payment_id);
     match result {
         Ok(d) => {
-            // Debug, not info: the raw topic is the record of every accepted webhook and
-            // the metrics count them; a JSON line per request at 5,000/s cost ingest about
-            // 15% of its CPU (14 s → 12 s for 150k requests) and 42 MB of log per 30 s.
-            tracing::debug!(
-                %event_id, %payment_id, source = source_name,
-                outcome = "published", partition = d.partition, offset = d.offset, "webhook accepted"
+            let end = app.metrics.raw_end_offset.with_label_values(&[&d.partition.to_string()]);
+            if end.get() <= d.offset {
+                end.set(d.offset + 1);
+            }
+            // The receipt trail (README > Operations): one line per acknowledged webhook,
+            // under its own target so that it can be turned off alone
+            // (`RUST_LOG=info,hookstream_ingest::received=off`). Its cost is in README > Benchmarks.
+            tracing::info!(
+                target: "hookstream_ingest::received",
+                %event_id, %payment_id, source = source_name, partition = d.partition, offset = d.offset,
+                trace_id = trace_id_of(traceparent), "webhook received"
             );
             Ok(d)
         }

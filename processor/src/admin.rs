@@ -82,6 +82,7 @@ fn payment_view(shared: &View, payment_id: &str, source: Option<&str>) -> Respon
             "payment_id": st.payment_id,
             "source": st.source,
             "other_sources": other_sources,
+            "topic": shared.raw_topic,
             "partition": partition,
             "status": st.status,
             "applied_sequence": st.next_sequence - 1,

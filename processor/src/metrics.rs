@@ -47,6 +47,14 @@ pub struct Metrics {
     pub outputs_refused: IntCounter,
     /// Partitions rebuilt from the log because their stored state did not read back.
     pub corrupt_rebuilds: IntCounter,
+    /// The offset last committed per input partition, by stage: with ingest's
+    /// `raw_end_offset` it gives the lag even while the processor is down.
+    pub committed_offset: IntGaugeVec,
+    /// Rebalances seen by this instance's group consumers, by kind (assigned, revoked).
+    pub rebalances: IntCounterVec,
+    /// The process's own metrics (resident memory, CPU, open files), unprefixed as
+    /// every Prometheus client names them.
+    process: Registry,
 }
 
 impl Metrics {
@@ -131,7 +139,26 @@ impl Metrics {
                 "Partitions whose stored state did not read back and was rebuilt from the log",
             )
             .expect("metric"),
+            committed_offset: IntGaugeVec::new(
+                Opts::new(
+                    "committed_offset",
+                    "Offset last committed per input partition, by stage (payments: the raw topic)",
+                ),
+                &["stage", "partition"],
+            )
+            .expect("metric"),
+            rebalances: IntCounterVec::new(
+                Opts::new("rebalances_total", "Rebalances seen by the group consumers, by kind"),
+                &["kind"],
+            )
+            .expect("metric"),
+            process: process_registry(),
         };
+        // Every reason from the start, so that a rate by reason exists (as 0) before the
+        // first dead letter.
+        for reason in hookstream_schemas::DeadLetterReason::ALL {
+            m.dead_letters.with_label_values(&[reason.as_str()]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.records.clone()),
             Box::new(m.dead_letters.clone()),
@@ -152,6 +179,8 @@ impl Metrics {
             Box::new(m.skipped_refetched.clone()),
             Box::new(m.outputs_refused.clone()),
             Box::new(m.corrupt_rebuilds.clone()),
+            Box::new(m.committed_offset.clone()),
+            Box::new(m.rebalances.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");
@@ -162,9 +191,20 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A registry with the process collector (`process_resident_memory_bytes`, ...).
+#[allow(clippy::expect_used)]
+fn process_registry() -> Registry {
+    let r = Registry::new();
+    r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("a fresh registry");
+    r
 }
 
 impl Default for Metrics {

@@ -137,6 +137,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions revoked; finishing their in-flight work");
+                self.metrics.rebalances.with_label_values(&["revoked"]).inc();
                 let started = std::time::Instant::now();
                 self.revoke(partitions.clone());
                 tracing::info!(
@@ -148,6 +149,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions assigned");
+                self.metrics.rebalances.with_label_values(&["assigned"]).inc();
                 let _ = self.membership.send(Membership::Assigned(partitions));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

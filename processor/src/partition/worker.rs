@@ -237,6 +237,8 @@ impl<B: Backend> Worker<B> {
             .commit(&self.topic, self.partition, applied + 1, CommitMode::Async)
         {
             tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
+        } else {
+            self.report_committed(applied + 1);
         }
         self.commits.done(applied, now);
     }
@@ -263,12 +265,21 @@ impl<B: Backend> Worker<B> {
         match committed {
             Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
             Ok(()) => {
+                self.report_committed(applied + 1);
                 if let Err(e) = self.store.record_commit(applied + 1) {
                     tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
                 }
             }
         }
         self.commits.done(applied, now);
+    }
+
+    fn report_committed(&self, next: i64) {
+        self.cx
+            .metrics
+            .committed_offset
+            .with_label_values(&[self.stage.as_str(), &self.partition.to_string()])
+            .set(next);
     }
 
     pub(super) fn update_held_gauge(&mut self) {
