@@ -205,7 +205,10 @@ async fn publish(
     let (event_id, payment_id) = (&record.event_id, &record.payment_id);
     match result {
         Ok(d) => {
-            let end = app.metrics.raw_end_offset.with_label_values(&[&d.partition.to_string()]);
+            let end = app
+                .metrics
+                .raw_end_offset
+                .with_label_values(&[&d.partition.to_string()]);
             if end.get() <= d.offset {
                 end.set(d.offset + 1);
             }
