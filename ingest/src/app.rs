@@ -91,7 +91,7 @@ impl App {
             sources,
             publisher,
             metrics: Metrics::new(),
-            tracer: RequestTracer::new(),
+            tracer: RequestTracer::new(&config.tracing)?,
             http: config.http.clone(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight_requests)),
             body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),

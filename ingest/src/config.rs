@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 pub use crate::extract::FieldMap;
 use crate::verify::Scheme;
+pub use hookstream_schemas::telemetry::TracingConfig;
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -32,6 +33,8 @@ pub struct IngestConfig {
     pub http: HttpConfig,
     /// Webhook sources by name: the `{source}` in `POST /webhooks/{source}`.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Trace export (OTLP) and sampling; also the `OTEL_*` variables. Default: no export.
+    pub tracing: TracingConfig,
 }
 
 impl Default for IngestConfig {
@@ -41,6 +44,7 @@ impl Default for IngestConfig {
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
             sources: BTreeMap::new(),
+            tracing: TracingConfig::default(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum IngestError {
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("HTTP listener failed")]
     Listener(#[source] std::io::Error),
+    #[error("tracing settings")]
+    Tracing(#[from] hookstream_schemas::telemetry::TelemetryError),
 }
 
 /// A request answered with something other than 200. `status()` and `body()` are

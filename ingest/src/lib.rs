@@ -43,5 +43,8 @@ pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: Cancella
         sources = ?config.sources.keys().collect::<Vec<_>>(),
         "ingest started"
     );
-    server::serve(app, listener, shutdown).await
+    let served = server::serve(app.clone(), listener, shutdown).await;
+    // Flush the spans still queued; blocking, so off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || app.tracer.shutdown()).await;
+    served
 }

@@ -17,6 +17,7 @@ use crate::error::Reject;
 use crate::extract::extract;
 use crate::publish::{Delivered, PublishError};
 use crate::response::{json_response, reject_response, Resp};
+use crate::trace::RequestSpan;
 use crate::verify::{precheck, verify};
 
 /// Counts a request in the in-flight gauge until dropped: also when hyper drops the
@@ -49,7 +50,7 @@ pub async fn webhook(app: &App, source_name: &str, req: Request<Incoming>) -> Re
             Err(_) => Err(Reject::Overloaded),
             Ok(_permit) => {
                 let _counted = InFlight::enter(&app.metrics.in_flight);
-                accept(app, source_name, source, req, span.traceparent()).await
+                accept(app, source_name, source, req, &span).await
             }
         },
     };
@@ -79,8 +80,10 @@ async fn accept(
     source_name: &str,
     source: &Source,
     req: Request<Incoming>,
-    traceparent: &str,
+    span: &RequestSpan,
 ) -> Result<(String, Delivered), Reject> {
+    let started = SystemTime::now();
+    span.attribute("hookstream.source", source_name.to_owned());
     let (parts, body) = req.into_parts();
     let scheme = source.config.scheme;
     // What can be refused without the body is refused before it is read.
@@ -126,8 +129,16 @@ async fn accept(
             .collect(),
         body: body.to_vec(),
     };
+    span.attribute("hookstream.event_id", record.event_id.clone());
+    span.attribute("hookstream.payment_id", record.payment_id.clone());
     let value = encode_within_budget(app, source, &record)?;
-    let d = publish(app, source_name, source, &record, &value, traceparent).await?;
+    app.tracer.phase(span, "ingest.verify", started);
+    let publishing = SystemTime::now();
+    let published = publish(app, source_name, source, &record, &value, span.traceparent()).await;
+    app.tracer.phase(span, "ingest.publish", publishing);
+    let d = published?;
+    span.attribute("messaging.destination.partition.id", i64::from(d.partition));
+    span.attribute("messaging.kafka.offset", d.offset);
     Ok((record.event_id, d))
 }
 

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It decodes each record with the Avro contract and prints one JSON line per *new*
-//! event. hookstream delivers at least once: after a processor crash or a `processor
+//! event, with the `trace_id` of the trace the event continues (the webhook's, from
+//! ingest through the processor) and this consumer's own `traceparent` in it. hookstream delivers at least once: after a processor crash or a `processor
 //! replay` the same event arrives again, always with the same `activation_id` /
 //! `cancellation_id`. A consumer therefore de-duplicates by that id. This one keeps the
 //! ids in memory; a real one keeps them where it keeps its own effects (e.g. a unique
@@ -24,9 +25,11 @@ use std::time::Duration;
 
 use hookstream_processor::cli::replay::{self, ReplayFrom};
 use hookstream_processor::kafka::offsets;
+use hookstream_processor::trace::RecordTracer;
 use hookstream_schemas::{decode, topics, PolicyEvent, PolicyEventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// Read policy events, print each new one as a JSON line, de-duplicate by id.
@@ -124,6 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     eprintln!("reading {topic} on {brokers} (group {group}, from {from}, time {time:?}); ctrl-c to stop");
 
     let mut seen = HashSet::new();
+    let tracer = RecordTracer::default();
     loop {
         let m = tokio::select! {
             m = consumer.recv() => m?,
@@ -153,6 +157,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                             "partition": m.partition(), "offset": m.offset()
                         }),
                     };
+                    let mut line = line;
+                    // Continue the trace the record carries (ingest → processor → here):
+                    // a consumer with an exporter configured would time its own work in it.
+                    let parent = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == topics::headers::TRACEPARENT))
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok());
+                    if let Some((traceparent, trace_id)) = tracer.child(parent) {
+                        line["trace_id"] = trace_id.into();
+                        line["traceparent"] = traceparent.into();
+                    }
                     println!("{line}");
                 } else {
                     eprintln!("duplicate delivery of {} ignored", event.id());

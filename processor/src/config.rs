@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 mod topics;
 
+pub use hookstream_schemas::telemetry::TracingConfig;
 pub use topics::TopicsConfig;
 
 use crate::rules::input::BodyFields;
@@ -71,6 +72,8 @@ pub struct ProcessorConfig {
     pub fields: BodyFields,
     /// What `processor topics` creates and checks.
     pub topics: TopicsConfig,
+    /// Trace export (OTLP) and sampling; also the `OTEL_*` variables. Default: no export.
+    pub tracing: TracingConfig,
 }
 
 impl Default for ProcessorConfig {
@@ -83,6 +86,7 @@ impl Default for ProcessorConfig {
             processing: ProcessingConfig::default(),
             fields: BodyFields::default(),
             topics: TopicsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

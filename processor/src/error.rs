@@ -17,4 +17,6 @@ pub enum ProcessorError {
     Topics(#[from] crate::kafka::topics::TopicError),
     #[error("admin HTTP listener")]
     Listener(#[source] std::io::Error),
+    #[error("tracing settings")]
+    Tracing(#[from] hookstream_schemas::telemetry::TelemetryError),
 }

@@ -93,7 +93,7 @@ pub async fn run(
         store: store.clone(),
         backend,
         metrics: metrics.clone(),
-        tracer: trace::RecordTracer::default(),
+        tracer: trace::RecordTracer::new(&config.tracing)?,
         rebuilds: tokio::sync::Semaphore::new(config.processing.max_concurrent_rebuilds.max(1)),
         holes: holes.clone(),
     });
@@ -106,8 +106,10 @@ pub async fn run(
         consumer: members.payments.clone(),
     };
     let admin_task = tokio::spawn(admin::serve(view, admin, shutdown.clone()));
-    group::run(cx, members, membership, shutdown).await;
+    group::run(cx.clone(), members, membership, shutdown).await;
     let _ = admin_task.await;
+    // Flush the spans still queued; blocking, so off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || cx.tracer.shutdown()).await;
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::ReportableBug(e.to_string()))))??;

@@ -28,7 +28,8 @@ pub enum LoadError {
 }
 
 /// Parse `text` as a `T`, with the environment `vars` applied on top (see the module
-/// doc); `KAFKA_BROKERS` stands for `<PREFIX>_KAFKA_BROKERS` when that is not set.
+/// doc); `KAFKA_BROKERS` stands for `<PREFIX>_KAFKA_BROKERS` when that is not set, and
+/// OpenTelemetry's variables for the `[tracing]` fields ([`crate::telemetry::OTEL_VARIABLES`]).
 pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     text: &str,
     prefix: &str,
@@ -38,10 +39,13 @@ pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     let mut doc: Table = toml::from_str(text).map_err(LoadError::Parse)?;
     let defaults = Table::try_from(T::default()).map_err(LoadError::Defaults)?;
     let mut vars = vars.to_vec();
-    let specific = format!("{prefix}_KAFKA_BROKERS");
-    if let Some((_, b)) = vars.iter().find(|(k, _)| k == "KAFKA_BROKERS").cloned() {
-        if !vars.iter().any(|(k, v)| *k == specific && !v.trim().is_empty()) {
-            vars.push((specific, b));
+    let shared = std::iter::once(("KAFKA_BROKERS", "KAFKA_BROKERS")).chain(crate::telemetry::OTEL_VARIABLES);
+    for (name, field) in shared {
+        let specific = format!("{prefix}_{field}");
+        if let Some((_, v)) = vars.iter().find(|(k, _)| k == name).cloned() {
+            if !vars.iter().any(|(k, v)| *k == specific && !v.trim().is_empty()) {
+                vars.push((specific, v));
+            }
         }
     }
     apply_env(&mut doc, &defaults, prefix, maps, &vars)?;

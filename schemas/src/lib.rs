@@ -21,6 +21,7 @@ mod policy_request;
 mod raw_webhook;
 #[cfg(feature = "testing")]
 pub mod samples;
+pub mod telemetry;
 pub mod topics;
 mod value;
 

@@ -90,3 +90,37 @@ pub fn scheme_of(source: &str) -> &'static str {
         .map(|s| s.1)
         .expect("known test source")
 }
+
+/// The ingest binary as a child process with `config_path`, its output appended to
+/// `log`, at `RUST_LOG=debug,rdkafka=info` unless `env` says otherwise.
+pub fn spawn_child(config_path: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("ingest log");
+    Command::new(crate::processor::workspace_bin("hookstream-ingest", "ingest"))
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "debug,rdkafka=info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::from(out.try_clone().expect("log handle")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("spawn ingest")
+}
+
+/// Wait until the ingest at `addr` answers `/readyz` with 200 (20 s at most).
+pub async fn wait_ready(addr: &str) {
+    for _ in 0..200 {
+        let probe = crate::http::try_request(addr, http::Method::GET, "/readyz", &[], Vec::new());
+        if let Ok(Ok(r)) = tokio::time::timeout(std::time::Duration::from_millis(500), probe).await {
+            if r.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("ingest at {addr} never became ready");
+}

@@ -1,6 +1,7 @@
 //! Support for hookstream's integration tests: a real local broker (nisshi) started on a free
 //! loopback port (or the one `KAFKA_BROKERS` names), uniquely named topics, small
-//! Kafka and HTTP helpers, an independent request signer, and in-process services.
+//! Kafka and HTTP helpers, an independent request signer, in-process services, and an
+//! OTLP receiver.
 //! Nothing here mocks Kafka.
 //!
 //! When the broker binary is missing, starting a broker panics with the command that
@@ -11,5 +12,6 @@ pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod load;
+pub mod otlp;
 pub mod processor;
 pub mod sign;

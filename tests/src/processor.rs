@@ -110,6 +110,56 @@ fn cargo_build(package: &str, kind: &str, name: &str) -> PathBuf {
     target.join("debug")
 }
 
+/// Run the example downstream consumer until it printed `want` events (or 60 s passed);
+/// returns the events and how many duplicate deliveries it reported ignoring.
+pub fn downstream_example(brokers: &str, topic: &str, args: &[&str], want: usize) -> (Vec<serde_json::Value>, usize) {
+    use std::io::{BufRead, BufReader};
+    let bin = workspace_example("hookstream-processor", "activations");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--group",
+            &crate::kafka::unique_topic("downstream"),
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example consumer");
+    let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let dups = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("duplicate delivery"))
+            .count()
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lines.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(serde_json::from_str(&l).expect("a JSON line")),
+            Err(_) => break,
+        }
+    }
+    // Anything beyond `want` would show up now.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    lines.extend(rx.try_iter().map(|l| serde_json::from_str(&l).expect("a JSON line")));
+    let _ = child.kill();
+    let _ = child.wait();
+    (lines, dups.join().unwrap_or(0))
+}
+
 /// The processor binary as a child process with a config file written from `config`.
 #[derive(Debug)]
 pub struct ChildProcessor {

@@ -7,43 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, RawWebhook};
 use hookstream_tests::broker::{Broker, Storage};
-use hookstream_tests::ingest::{scheme_of, secrets_of, test_config};
-use hookstream_tests::processor::{self, workspace_bin, ChildProcessor, Topics};
+use hookstream_tests::ingest::{scheme_of, secrets_of, spawn_child, test_config, wait_ready};
+use hookstream_tests::processor::{self, ChildProcessor, Topics};
 use hookstream_tests::{http, kafka, sign};
 use rdkafka::Message;
-
-/// The ingest binary with `config_path`, its output appended to `log`.
-fn spawn_ingest(config_path: &Path, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(workspace_bin("hookstream-ingest", "ingest"))
-        .arg("--config")
-        .arg(config_path)
-        .env("RUST_LOG", "debug,rdkafka=info")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn ingest")
-}
-
-async fn wait_ready(addr: &str) {
-    for _ in 0..200 {
-        let probe = http::try_request(addr, ::http::Method::GET, "/readyz", &[], Vec::new());
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("ingest at {addr} never became ready");
-}
 
 /// Send signed webhooks with fresh ids from `workers` tasks until `stop`; every id
 /// answered 200 goes to `acked`.
@@ -105,7 +78,7 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
     let log = dir.path().join("ingest.log");
     let addr = format!("127.0.0.1:{port}");
 
-    let mut ingest = spawn_ingest(&config_path, &log);
+    let mut ingest = spawn_child(&config_path, &log, &[]);
     wait_ready(&addr).await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -115,7 +88,7 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
     ingest.kill().unwrap(); // SIGKILL, mid-load
     ingest.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ingest = spawn_ingest(&config_path, &log);
+    let mut ingest = spawn_child(&config_path, &log, &[]);
     wait_ready(&addr).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.cancel();
@@ -260,7 +233,7 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
     let config_path = dir.path().join("ingest.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
     let (ingest_log, addr) = (dir.path().join("ingest.log"), format!("127.0.0.1:{port}"));
-    let mut ingest = spawn_ingest(&config_path, &ingest_log);
+    let mut ingest = spawn_child(&config_path, &ingest_log, &[]);
 
     // The processor's own secret: a SASL password (unused on this plaintext listener)
     // given the way production gives it, in a file named by the environment.

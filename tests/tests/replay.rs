@@ -227,56 +227,6 @@ fn after(records: &[OwnedMessage], ends: &[i64]) -> Vec<OwnedMessage> {
         .collect()
 }
 
-/// Run the example downstream consumer until it printed `want` events (or 60 s passed);
-/// returns the events and how many duplicate deliveries it reported ignoring.
-fn downstream_example(brokers: &str, topic: &str, args: &[&str], want: usize) -> (Vec<serde_json::Value>, usize) {
-    use std::io::{BufRead, BufReader};
-    let bin = hookstream_tests::processor::workspace_example("hookstream-processor", "activations");
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "--brokers",
-            brokers,
-            "--topic",
-            topic,
-            "--group",
-            &kafka::unique_topic("downstream"),
-        ])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the example consumer");
-    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let dups = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| l.contains("duplicate delivery"))
-            .count()
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while lines.len() < want {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => lines.push(serde_json::from_str(&l).expect("a JSON line")),
-            Err(_) => break,
-        }
-    }
-    // Anything beyond `want` would show up now.
-    std::thread::sleep(Duration::from_secs(2));
-    lines.extend(rx.try_iter().map(|l| serde_json::from_str(&l).expect("a JSON line")));
-    let _ = child.kill();
-    let _ = child.wait();
-    (lines, dups.join().unwrap())
-}
-
 /// Activations in topic order, per policy: (activation_id, payment_id).
 fn activations_by_policy(records: &[OwnedMessage]) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -511,7 +461,12 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
 
     // Downstream: the example consumer de-duplicates by id, whether it re-reads
     // everything or from a time (here: only the replay's re-published events).
-    let (lines, dups) = downstream_example(broker.bootstrap(), &topics.activations, &["--from", "beginning"], 13);
+    let (lines, dups) = hookstream_tests::processor::downstream_example(
+        broker.bootstrap(),
+        &topics.activations,
+        &["--from", "beginning"],
+        13,
+    );
     assert_eq!((lines.len(), dups), (13, 13), "{lines:#?}");
     let ids = |lines: &[serde_json::Value]| {
         let mut v: Vec<String> = lines
@@ -532,7 +487,7 @@ async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_lett
     first_ids.extend(duplicates_before.iter().cloned());
     first_ids.sort();
     assert_eq!(ids(&lines), first_ids);
-    let (lines, dups) = downstream_example(
+    let (lines, dups) = hookstream_tests::processor::downstream_example(
         broker.bootstrap(),
         &topics.activations,
         &["--from-time", &replayed_at],

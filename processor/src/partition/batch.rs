@@ -3,7 +3,7 @@
 //! good), then hand its changes to `persist.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hookstream_schemas::{PolicyEventKind, PolicyRequest};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use crate::rules::model::{Output, PaymentState, RawRecord};
 use crate::rules::policy::{decide_policy, PolicyState};
 use crate::rules::retention::{self, Retention};
 use crate::store::{Changes, StoreError};
+use crate::trace::RecordSpan;
 
 /// An output on its way out, with the trace context and the record that caused it.
 struct Emitted {
@@ -29,12 +30,14 @@ struct Emitted {
     cause: Arc<RawRecord>,
 }
 
-/// A decided batch: its state changes, its outputs, and its records' times.
+/// A decided batch: its state changes, its outputs, its records' times, and their
+/// spans (live records with a trace context), open until the batch is persisted.
 #[derive(Default)]
 struct Decided {
     changes: Changes,
     outputs: Vec<Emitted>,
     timestamps: Vec<i64>,
+    spans: Vec<RecordSpan>,
 }
 
 /// What one record changes and emits, in either stage.
@@ -120,6 +123,7 @@ impl<B: Backend> Worker<B> {
         // The outputs and the state's changelog entries go out together; the meta entry
         // that closes the batch only once both are acknowledged.
         let entries = decided.changes.entries();
+        let emitting = SystemTime::now();
         let outputs = &mut decided.outputs;
         let emit = async {
             if mode == Mode::Live && !outputs.is_empty() {
@@ -132,7 +136,14 @@ impl<B: Backend> Worker<B> {
             self.count_outputs(&decided.outputs);
         }
         let next = self.log_meta(&decided.changes, stop).await?;
+        let persisting = SystemTime::now();
         self.persist(decided.changes, entries, next, mode, stop).await?;
+        let persisted = SystemTime::now();
+        for span in decided.spans {
+            self.cx.tracer.phase(&span, "processor.emit", emitting, persisting);
+            self.cx.tracer.phase(&span, "processor.persist", persisting, persisted);
+            span.end();
+        }
         if mode == Mode::Live {
             let now = now_ms();
             for ts in decided.timestamps {
@@ -167,6 +178,7 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             let rec = inc.record.clone();
+            let deciding = SystemTime::now();
             let now = clock::advance(clock, rec.origin.timestamp_ms, max_ahead);
             clock = Some(now);
             let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
@@ -185,13 +197,26 @@ impl<B: Backend> Worker<B> {
                 .records
                 .with_label_values(&[self.stage.as_str(), outcome])
                 .inc();
-            let traceparent = match mode {
-                Mode::Live => cx.tracer.child(inc.traceparent.as_deref()).map(|(tp, trace_id)| {
-                    tracing::debug!(trace_id, partition = self.partition, offset, outcome, "record decided");
-                    tp
-                }),
+            let span = match mode {
+                Mode::Live => {
+                    let at = (self.stage.as_str(), self.partition, offset);
+                    cx.tracer.start(inc.traceparent.as_deref(), deciding, at)
+                }
                 Mode::Rebuild => None,
             };
+            let traceparent = span.as_ref().map(|s| {
+                tracing::debug!(
+                    trace_id = s.trace_id,
+                    partition = self.partition,
+                    offset,
+                    outcome,
+                    "record decided"
+                );
+                s.outcome(outcome);
+                cx.tracer.phase(s, "processor.decide", deciding, SystemTime::now());
+                s.traceparent.clone()
+            });
+            d.spans.extend(span);
             if let Some(mut p) = decision.payment {
                 retention::stamp_payment(&mut p, now, &keep);
                 if mode == Mode::Live {
