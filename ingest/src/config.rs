@@ -271,6 +271,8 @@ mod tests {
         let text = embedded_toml(include_str!("../../infra/k8s/ingest-config.yaml"), "ingest.toml");
         let c = IngestConfig::from_toml_str(&text).expect("infra/k8s/ingest-config.yaml");
         assert_eq!(c.sources.len(), 4);
+        c.tracing.validate().expect("valid tracing settings");
+        assert!(c.tracing.traces_url().is_some());
         for s in c.sources.values() {
             assert!(s.secrets_env.is_none() && s.secrets_file.is_some(), "{s:?}");
         }
@@ -278,6 +280,27 @@ mod tests {
             c.kafka.librdkafka.get("security.protocol").map(String::as_str),
             Some("SASL_SSL")
         );
+    }
+
+    #[test]
+    fn opentelemetry_variables_set_the_tracing_table_and_ingests_own_win() {
+        let vars: Vec<(String, String)> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ("OTEL_SERVICE_NAME", "from-otel"),
+            ("INGEST_TRACING_SERVICE_NAME", "ingest-eu"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let c = IngestConfig::from_toml_with_env("[tracing]\nservice_name = \"file\"\n", &vars).unwrap();
+        assert_eq!(c.tracing.traces_url().as_deref(), Some("http://collector:4318/v1/traces"));
+        assert_eq!(c.tracing.sampler, "parentbased_traceidratio");
+        assert!((c.tracing.sampler_arg - 0.01).abs() < 1e-12);
+        assert_eq!(c.tracing.service_name, "ingest-eu");
+        let none = IngestConfig::from_toml_with_env("", &[]).unwrap();
+        assert_eq!(none.tracing.traces_url(), None, "no export unless asked for");
     }
 
     #[test]
@@ -289,6 +312,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, d.kafka.brokers);
         assert_eq!(c.kafka.ack_deadline, d.kafka.ack_deadline);
         assert_eq!(c.http.max_in_flight_requests, d.http.max_in_flight_requests);
+        assert_eq!(c.tracing, d.tracing);
         let names: Vec<_> = c.sources.keys().map(String::as_str).collect();
         assert_eq!(names, ["github", "paymenthub", "standard", "stripe"]);
         assert_eq!(c.sources["standard"].scheme, Scheme::StandardWebhooks);

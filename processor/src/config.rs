@@ -323,6 +323,8 @@ mod tests {
     fn the_kubernetes_config_parses_with_the_production_settings() {
         let text = embedded_toml(include_str!("../../infra/k8s/processor-config.yaml"), "processor.toml");
         let c = ProcessorConfig::from_toml_str(&text).expect("infra/k8s/processor-config.yaml");
+        c.tracing.validate().expect("valid tracing settings");
+        assert!(c.tracing.traces_url().is_some());
         assert_eq!(c.kafka.internal_replication_factor, 3);
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/hookstream/state"));
         assert_eq!(
@@ -345,6 +347,7 @@ mod tests {
         assert_eq!(c.processing.dedup_window, d.processing.dedup_window);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
         assert_eq!(c.fields.policy_id, "/metadata/policy_id");
+        assert_eq!(c.tracing, d.tracing);
     }
 
     #[test]
