@@ -33,12 +33,21 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// What the receiver keeps.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Whether to keep the spans themselves (else only counts).
+    keep: bool,
+    spans: Vec<ReceivedSpan>,
+    by_service: BTreeMap<String, usize>,
+}
+
 /// A running receiver; stops when dropped.
 #[derive(Debug)]
 pub struct Receiver {
     /// `http://127.0.0.1:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: String,
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    kept: Arc<Mutex<Kept>>,
     stop: CancellationToken,
 }
 
@@ -85,7 +94,7 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
 }
 
 async fn handle(
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    kept: Arc<Mutex<Kept>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path_ok = req.uri().path() == "/v1/traces";
@@ -97,7 +106,14 @@ async fn handle(
         .unwrap_or_default();
     let status = match ExportTraceServiceRequest::decode(body) {
         Ok(r) if path_ok => {
-            spans.lock().unwrap_or_else(|p| p.into_inner()).extend(spans_of(r));
+            let spans = spans_of(r);
+            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &spans {
+                *kept.by_service.entry(s.service.clone()).or_default() += 1;
+            }
+            if kept.keep {
+                kept.spans.extend(spans);
+            }
             200
         }
         _ => 400,
@@ -112,20 +128,28 @@ async fn handle(
 }
 
 impl Receiver {
-    /// Listen on a free loopback port.
+    /// Listen on a free loopback port, keeping every span.
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Receiver::start_on("127.0.0.1:0", true).await
+    }
+
+    /// Listen on `addr` (`host:port`); `keep`: keep the spans, else only count them.
+    pub async fn start_on(addr: &str, keep: bool) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::new(Mutex::new(Kept {
+            keep,
+            ..Kept::default()
+        }));
         let stop = CancellationToken::new();
-        let (kept, token) = (spans.clone(), stop.clone());
+        let (shared, token) = (kept.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     () = token.cancelled() => return,
                     s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
                 };
-                let kept = kept.clone();
+                let kept = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(kept.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -134,11 +158,16 @@ impl Receiver {
                 });
             }
         });
-        Receiver { endpoint, spans, stop }
+        Receiver { endpoint, kept, stop }
     }
 
-    /// Every span received so far.
+    /// Every span received so far (none unless started to keep them).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).spans.clone()
+    }
+
+    /// How many spans each service sent.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).by_service.clone()
     }
 }

@@ -39,6 +39,12 @@ enum Mode {
         #[command(flatten)]
         mix: MixArgs,
     },
+    /// An OTLP/HTTP receiver standing in for a collector (for the tracing benchmark):
+    /// takes spans at `<listen>/v1/traces` until SIGINT, then prints how many, by service.
+    OtlpSink {
+        #[arg(long, default_value = "127.0.0.1:4318")]
+        listen: String,
+    },
     /// Bare consumer baseline: read the whole topic.
     Consume {
         #[arg(long, default_value = "payments.webhooks.raw")]
@@ -175,6 +181,13 @@ async fn main() {
         } => {
             let answers = flood::run(target, attack, connections, seconds).await;
             serde_json::json!({ "mode": "flood", "attack": format!("{attack:?}"), "connections": connections, "answers": answers })
+        }
+        Mode::OtlpSink { listen } => {
+            let receiver = hookstream_tests::otlp::Receiver::start_on(&listen, false).await;
+            let _ = tokio::signal::ctrl_c().await;
+            let by_service = receiver.counts();
+            let spans: usize = by_service.values().sum();
+            serde_json::json!({ "mode": "otlp-sink", "spans": spans, "by_service": by_service })
         }
         Mode::Consume { topic } => {
             let (n, secs) = baseline::consume_all(&brokers, &topic).await;
