@@ -295,7 +295,10 @@ mod tests {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
         let c = IngestConfig::from_toml_with_env("[tracing]\nservice_name = \"file\"\n", &vars).unwrap();
-        assert_eq!(c.tracing.traces_url().as_deref(), Some("http://collector:4318/v1/traces"));
+        assert_eq!(
+            c.tracing.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
         assert_eq!(c.tracing.sampler, "parentbased_traceidratio");
         assert!((c.tracing.sampler_arg - 0.01).abs() < 1e-12);
         assert_eq!(c.tracing.service_name, "ingest-eu");

@@ -93,10 +93,7 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     out
 }
 
-async fn handle(
-    kept: Arc<Mutex<Kept>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(kept: Arc<Mutex<Kept>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path_ok = req.uri().path() == "/v1/traces";
     let body = req
         .into_body()
