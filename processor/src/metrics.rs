@@ -47,8 +47,9 @@ pub struct Metrics {
     pub outputs_refused: IntCounter,
     /// Partitions rebuilt from the log because their stored state did not read back.
     pub corrupt_rebuilds: IntCounter,
-    /// The offset last committed per input partition, by stage: with ingest's
-    /// `raw_end_offset` it gives the lag even while the processor is down.
+    /// The offset last committed per input partition, by stage (a periodic commit is
+    /// asynchronous: the offset as sent; the next one supersedes a lost one). With
+    /// ingest's `raw_end_offset` it gives the lag even while the processor is down.
     pub committed_offset: IntGaugeVec,
     /// Rebalances seen by this instance's group consumers, by kind (assigned, revoked).
     pub rebalances: IntCounterVec,
