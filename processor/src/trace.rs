@@ -1,7 +1,8 @@
 //! Continue the W3C trace context from a raw record's `traceparent` header: the
 //! processor's work on a record is a child span of ingest's (`processor.record`, with
 //! its stage, partition, offset and outcome, and its phases `processor.decide`,
-//! `processor.emit`, `processor.persist`), and its outputs carry the record span's
+//! `processor.emit`, `processor.persist`, and `processor.commit` once the group's offset
+//! covers it), and its outputs carry the record span's
 //! context onward, so a downstream consumer continues the same trace. Spans are exported
 //! over OTLP when `[tracing]` names an endpoint ([`hookstream_schemas::telemetry`]).
 
@@ -10,7 +11,7 @@ use std::time::SystemTime;
 
 use hookstream_schemas::telemetry::{TelemetryError, TracingConfig};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -37,6 +38,8 @@ impl Default for RecordTracer {
 #[derive(Debug)]
 pub struct RecordSpan {
     cx: Context,
+    /// The record's offset in its input partition.
+    pub offset: i64,
     /// The record span's context, for the outputs' `traceparent` header.
     pub traceparent: String,
     /// The trace id as hex, for logs.
@@ -86,6 +89,7 @@ impl RecordTracer {
         let traceparent = out.remove("traceparent")?;
         Some(RecordSpan {
             cx,
+            offset,
             traceparent,
             trace_id,
         })
@@ -114,6 +118,20 @@ impl RecordTracer {
         span.end_with_timestamp(ended);
     }
 
+    /// The commit that covers a record whose span (ended) had `record` as its context:
+    /// a `processor.commit` child from `started` to `ended`, with the committed offset
+    /// (the periodic commit is asynchronous: `ended` is when it was sent).
+    pub fn commit(&self, record: &SpanContext, next: i64, started: SystemTime, ended: SystemTime) {
+        let parent = Context::new().with_remote_span_context(record.clone());
+        let mut span = self
+            .tracer
+            .span_builder("processor.commit")
+            .with_start_time(started)
+            .with_attributes([KeyValue::new("messaging.kafka.committed_offset", next)])
+            .start_with_context(&self.tracer, &parent);
+        span.end_with_timestamp(ended);
+    }
+
     /// Send what is queued and stop exporting (blocks up to the exporter's timeout).
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {
@@ -130,9 +148,12 @@ impl RecordSpan {
             .set_attribute(KeyValue::new("hookstream.outcome", outcome.to_owned()));
     }
 
-    /// End the record's span.
-    pub fn end(self) {
-        self.cx.span().end();
+    /// End the record's span; its context when it is sampled (for the commit's span).
+    pub fn end(self) -> Option<SpanContext> {
+        let span = self.cx.span();
+        span.end();
+        let sc = span.span_context();
+        sc.is_sampled().then(|| sc.clone())
     }
 }
 

@@ -111,7 +111,12 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
                 .all(|n| spans.iter().any(|s| s.name == *n && s.parent_span_id == parent.span_id))
         };
         if let (Some(r), Some(pay), Some(pol)) = (request, payments, policies) {
-            let decide = ["processor.decide", "processor.emit", "processor.persist"];
+            let decide = [
+                "processor.decide",
+                "processor.emit",
+                "processor.persist",
+                "processor.commit",
+            ];
             if phases_done(r, &["ingest.verify", "ingest.publish"])
                 && phases_done(pay, &decide)
                 && phases_done(pol, &decide)

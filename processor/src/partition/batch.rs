@@ -142,7 +142,10 @@ impl<B: Backend> Worker<B> {
         for span in decided.spans {
             self.cx.tracer.phase(&span, "processor.emit", emitting, persisting);
             self.cx.tracer.phase(&span, "processor.persist", persisting, persisted);
-            span.end();
+            let offset = span.offset;
+            if let Some(sc) = span.end() {
+                self.await_commit(offset, sc);
+            }
         }
         if mode == Mode::Live {
             let now = now_ms();

@@ -25,8 +25,11 @@
 //! (`reconcile.rs`); while it runs, a timer writes `GapTimeout` control records for
 //! gaps open too long (`gap_timer.rs`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::SpanContext;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +77,13 @@ pub struct Worker<B> {
     /// The next offset to decide: everything below it is decided, so a record below it
     /// is dropped and a later one means a hole that is read from the log first.
     pub(super) next_offset: Option<i64>,
+    /// Sampled record spans whose offset no commit covers yet, oldest first (at most
+    /// [`MAX_AWAITING_COMMIT`]: beyond it the oldest get no commit span).
+    awaiting_commit: VecDeque<(i64, SpanContext)>,
 }
+
+/// Most sampled records a worker remembers until a commit covers them.
+const MAX_AWAITING_COMMIT: usize = 10_000;
 
 impl<B: Backend> Worker<B> {
     pub fn new(cx: Arc<Context<B>>, stage: Stage, partition: i32) -> Result<Self, StoreError> {
@@ -91,6 +100,7 @@ impl<B: Backend> Worker<B> {
             held_reported: 0,
             commits,
             next_offset: None,
+            awaiting_commit: VecDeque::new(),
         })
     }
 
@@ -231,6 +241,7 @@ impl<B: Backend> Worker<B> {
         let Some(applied) = self.commits.due(now, false) else {
             return;
         };
+        let started = SystemTime::now();
         if let Err(e) = self
             .cx
             .backend
@@ -238,7 +249,7 @@ impl<B: Backend> Worker<B> {
         {
             tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
         } else {
-            self.report_committed(applied + 1);
+            self.report_committed(applied + 1, started);
         }
         self.commits.done(applied, now);
     }
@@ -254,6 +265,7 @@ impl<B: Backend> Worker<B> {
             return;
         };
         let (cx, topic, partition) = (self.cx.clone(), self.topic.clone(), self.partition);
+        let started = SystemTime::now();
         let committed = tokio::task::spawn_blocking(move || {
             cx.backend
                 .commit(&topic, partition, applied + 1, CommitMode::Sync)
@@ -265,7 +277,7 @@ impl<B: Backend> Worker<B> {
         match committed {
             Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
             Ok(()) => {
-                self.report_committed(applied + 1);
+                self.report_committed(applied + 1, started);
                 if let Err(e) = self.store.record_commit(applied + 1) {
                     tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
                 }
@@ -274,12 +286,28 @@ impl<B: Backend> Worker<B> {
         self.commits.done(applied, now);
     }
 
-    fn report_committed(&self, next: i64) {
+    /// `next` was committed (or sent, asynchronously) after `started`: the gauge, and
+    /// the commit spans of the sampled records it covers.
+    fn report_committed(&mut self, next: i64, started: SystemTime) {
         self.cx
             .metrics
             .committed_offset
             .with_label_values(&[self.stage.as_str(), &self.partition.to_string()])
             .set(next);
+        let ended = SystemTime::now();
+        while self.awaiting_commit.front().is_some_and(|(o, _)| *o < next) {
+            if let Some((_, sc)) = self.awaiting_commit.pop_front() {
+                self.cx.tracer.commit(&sc, next, started, ended);
+            }
+        }
+    }
+
+    /// A sampled record at `offset` waits for the commit that covers it.
+    pub(super) fn await_commit(&mut self, offset: i64, record: SpanContext) {
+        if self.awaiting_commit.len() >= MAX_AWAITING_COMMIT {
+            self.awaiting_commit.pop_front();
+        }
+        self.awaiting_commit.push_back((offset, record));
     }
 
     pub(super) fn update_held_gauge(&mut self) {
