@@ -77,6 +77,8 @@ run() {
   kill "$ip" "$pp"; wait "$ip" "$pp" 2>/dev/null || true
   kill -INT "$sp"; wait "$sp" 2>/dev/null || true
   wc -c <"$DIR/ingest-$n.log" >"$DIR/$n.logbytes"
+  # Each run's sled state and receipt log take ~200 MB: keep only the numbers.
+  rm -rf "$DIR/state-$n" "$DIR/ingest-$n.log"
 }
 
 for r in $(seq 1 "$ROUNDS"); do
