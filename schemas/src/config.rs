@@ -27,9 +27,22 @@ pub enum LoadError {
     Defaults(#[source] toml::ser::Error),
 }
 
+/// Variables every binary reads under their common name, and the field (after the
+/// binary's prefix) each sets unless the prefixed variable is set: the brokers, and
+/// OpenTelemetry's standard variables for the `[tracing]` table.
+pub const SHARED_VARIABLES: [(&str, &str); 7] = [
+    ("KAFKA_BROKERS", "KAFKA_BROKERS"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "TRACING_OTLP_ENDPOINT"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "TRACING_OTLP_TRACES_ENDPOINT"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "TRACING_OTLP_PROTOCOL"),
+    ("OTEL_TRACES_SAMPLER", "TRACING_SAMPLER"),
+    ("OTEL_TRACES_SAMPLER_ARG", "TRACING_SAMPLER_ARG"),
+    ("OTEL_SERVICE_NAME", "TRACING_SERVICE_NAME"),
+];
+
 /// Parse `text` as a `T`, with the environment `vars` applied on top (see the module
 /// doc); `KAFKA_BROKERS` stands for `<PREFIX>_KAFKA_BROKERS` when that is not set, and
-/// OpenTelemetry's variables for the `[tracing]` fields ([`crate::telemetry::OTEL_VARIABLES`]).
+/// OpenTelemetry's variables for the `[tracing]` fields ([`SHARED_VARIABLES`]).
 pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     text: &str,
     prefix: &str,
@@ -39,8 +52,7 @@ pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     let mut doc: Table = toml::from_str(text).map_err(LoadError::Parse)?;
     let defaults = Table::try_from(T::default()).map_err(LoadError::Defaults)?;
     let mut vars = vars.to_vec();
-    let shared = std::iter::once(("KAFKA_BROKERS", "KAFKA_BROKERS")).chain(crate::telemetry::OTEL_VARIABLES);
-    for (name, field) in shared {
+    for (name, field) in SHARED_VARIABLES {
         let specific = format!("{prefix}_{field}");
         if let Some((_, v)) = vars.iter().find(|(k, _)| k == name).cloned() {
             if !vars.iter().any(|(k, v)| *k == specific && !v.trim().is_empty()) {

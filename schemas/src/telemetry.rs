@@ -2,8 +2,8 @@
 //! user expects: the `[tracing]` table of the binary's config file, overridden by the
 //! standard variables `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and
-//! `OTEL_SERVICE_NAME` (see [`crate::config`]; the binary's own `<PREFIX>_TRACING_*`
-//! win over them). Export is off until an endpoint is set: trace ids are still made and
+//! `OTEL_SERVICE_NAME` (the config loader maps them, see `config::SHARED_VARIABLES`; the
+//! binary's own `<PREFIX>_TRACING_*` win over them). Export is off until an endpoint is set: trace ids are still made and
 //! propagated, so logs and records carry them either way.
 //!
 //! The exporter (feature `otlp`) sends OTLP over HTTP with protobuf from the SDK's batch
@@ -11,16 +11,6 @@
 //! the queue are dropped. `OTEL_BSP_*` tune that processor as usual.
 
 use serde::{Deserialize, Serialize};
-
-/// The environment variables OpenTelemetry defines, and the `[tracing]` field each sets.
-pub const OTEL_VARIABLES: [(&str, &str); 6] = [
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "TRACING_OTLP_ENDPOINT"),
-    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "TRACING_OTLP_TRACES_ENDPOINT"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "TRACING_OTLP_PROTOCOL"),
-    ("OTEL_TRACES_SAMPLER", "TRACING_SAMPLER"),
-    ("OTEL_TRACES_SAMPLER_ARG", "TRACING_SAMPLER_ARG"),
-    ("OTEL_SERVICE_NAME", "TRACING_SERVICE_NAME"),
-];
 
 /// `[tracing]`: where spans go and which are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
