@@ -91,24 +91,86 @@ pub fn scheme_of(source: &str) -> &'static str {
         .expect("known test source")
 }
 
-/// The ingest binary as a child process with `config_path`, its output appended to
-/// `log`, at `RUST_LOG=debug,rdkafka=info` unless `env` says otherwise.
-pub fn spawn_child(config_path: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("ingest log");
-    Command::new(crate::processor::workspace_bin("hookstream-ingest", "ingest"))
-        .arg("--config")
-        .arg(config_path)
-        .env("RUST_LOG", "debug,rdkafka=info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::from(out.try_clone().expect("log handle")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn ingest")
+/// The ingest binary as a child process: the test config for a broker and topic on a
+/// free port (with `tweak` applied), its config file, secrets and log (appended, at
+/// `RUST_LOG=debug,rdkafka=info` unless `env` says otherwise) in a directory. Killed
+/// when dropped.
+#[derive(Debug)]
+pub struct ChildIngest {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// Its output.
+    pub log: std::path::PathBuf,
+}
+
+impl ChildIngest {
+    /// Write the config into `dir` and start ingest; it is ready once [`wait_ready`] says so.
+    pub fn spawn(
+        brokers: &str,
+        topic: &str,
+        dir: &std::path::Path,
+        tweak: impl FnOnce(&mut IngestConfig),
+        env: &[(&str, &str)],
+    ) -> ChildIngest {
+        let mut config = test_config(brokers, topic, dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        tweak(&mut config);
+        let path = dir.join("ingest.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("config serialises")).expect("write config");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let (addr, log) = (config.listen.to_string(), dir.join("ingest.log"));
+        let child = Self::start(&path, &log, &env);
+        ChildIngest {
+            child,
+            config: path,
+            env,
+            addr,
+            log,
+        }
+    }
+
+    fn start(config: &std::path::Path, log: &std::path::Path, env: &[(String, String)]) -> std::process::Child {
+        use std::process::{Command, Stdio};
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("ingest log");
+        Command::new(crate::processor::workspace_bin("hookstream-ingest", "ingest"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug,rdkafka=info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().expect("log handle")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn ingest")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again, same config, same log (after [`ChildIngest::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::start(&self.config, &self.log, &self.env);
+    }
+}
+
+impl Drop for ChildIngest {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Wait until the ingest at `addr` answers `/readyz` with 200 (20 s at most).

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, RawWebhook};
 use hookstream_tests::broker::{Broker, Storage};
-use hookstream_tests::ingest::{scheme_of, secrets_of, spawn_child, test_config, wait_ready};
+use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
 use hookstream_tests::processor::{self, ChildProcessor, Topics};
 use hookstream_tests::{http, kafka, sign};
 use rdkafka::Message;
@@ -66,29 +66,17 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
     let topic = kafka::unique_topic("chaos.raw");
     kafka::create_topic(broker.bootstrap(), &topic, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(broker.bootstrap(), &topic, dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let config_path = dir.path().join("ingest.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let log = dir.path().join("ingest.log");
-    let addr = format!("127.0.0.1:{port}");
-
-    let mut ingest = spawn_child(&config_path, &log, &[]);
+    let mut ingest = ChildIngest::spawn(broker.bootstrap(), &topic, dir.path(), |_| {}, &[]);
+    let (addr, log) = (ingest.addr.clone(), ingest.log.clone());
     wait_ready(&addr).await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = tokio_util::sync::CancellationToken::new();
     let workers = load(addr.clone(), 16, acked.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_kill = acked.lock().unwrap().len();
-    ingest.kill().unwrap(); // SIGKILL, mid-load
-    ingest.wait().unwrap();
+    ingest.kill(); // SIGKILL, mid-load
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ingest = spawn_child(&config_path, &log, &[]);
+    ingest.restart();
     wait_ready(&addr).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.cancel();
@@ -96,8 +84,7 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
     for w in workers {
         sent += w.await.unwrap();
     }
-    let _ = ingest.kill();
-    let _ = ingest.wait();
+    ingest.kill();
     let acked = acked.lock().unwrap().clone();
     assert!(
         before_kill > 0 && acked.len() > before_kill,
@@ -226,14 +213,14 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
     let broker = Broker::dedicated(Storage::Sqlite);
     let topics = Topics::create(broker.bootstrap(), 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(broker.bootstrap(), &topics.raw, dir.path());
-    config.kafka.ack_deadline = Duration::from_secs(2);
-    let port = free_port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let config_path = dir.path().join("ingest.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let (ingest_log, addr) = (dir.path().join("ingest.log"), format!("127.0.0.1:{port}"));
-    let mut ingest = spawn_child(&config_path, &ingest_log, &[]);
+    let ingest = ChildIngest::spawn(
+        broker.bootstrap(),
+        &topics.raw,
+        dir.path(),
+        |c| c.kafka.ack_deadline = Duration::from_secs(2),
+        &[],
+    );
+    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
 
     // The processor's own secret: a SASL password (unused on this plaintext listener)
     // given the way production gives it, in a file named by the environment.
@@ -372,16 +359,7 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
         "the processor exited during the outage instead of resuming:\n{}",
         processor_logs(dir.path())
     );
-    let _ = ingest.kill();
-    let _ = ingest.wait();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    drop(ingest);
 }
 
 /// Every processor log in `dir`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hookstream_schemas::topics::headers;
 use hookstream_tests::broker::Broker;
-use hookstream_tests::ingest::{scheme_of, secrets_of, spawn_child, test_config, wait_ready};
+use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
 use hookstream_tests::otlp::{ReceivedSpan, Receiver};
 use hookstream_tests::processor::{self, downstream_example, ChildProcessor, Topics};
 use hookstream_tests::{http, kafka, sign};
@@ -51,17 +51,8 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("RUST_LOG", "info"),
     ];
-    let mut config = test_config(broker.bootstrap(), &topics.raw, dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let config_path = dir.path().join("ingest.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let (ingest_log, addr) = (dir.path().join("ingest.log"), format!("127.0.0.1:{port}"));
-    let mut ingest = spawn_child(&config_path, &ingest_log, &env);
+    let ingest = ChildIngest::spawn(broker.bootstrap(), &topics.raw, dir.path(), |_| {}, &env);
+    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
     let processor_config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
     let processor = ChildProcessor::spawn_with_env(&processor_config, dir.path(), &env);
     wait_ready(&addr).await;
@@ -194,6 +185,5 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
         (Some("evt_t_3"), Some("applied"))
     );
     assert_eq!(view["activation"]["event_id"], "evt_t_3");
-    let _ = ingest.kill();
-    let _ = ingest.wait();
+    drop(ingest);
 }
