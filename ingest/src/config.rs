@@ -254,17 +254,7 @@ const MAPS: &[&str] = &["kafka.librdkafka"];
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The TOML document a Kubernetes ConfigMap in `yaml` holds under `key: |`.
-    fn embedded_toml(yaml: &str, key: &str) -> String {
-        let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
-        lines.next();
-        lines
-            .take_while(|l| l.is_empty() || l.starts_with("    "))
-            .map(|l| l.get(4..).unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+    use hookstream_schemas::config::embedded_toml;
 
     #[test]
     fn the_kubernetes_config_parses_with_secrets_from_files() {

@@ -64,6 +64,19 @@ pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     doc.try_into().map_err(LoadError::Parse)
 }
 
+/// The TOML document a Kubernetes ConfigMap in `yaml` holds under `key: |` (indented
+/// four spaces), for tests that parse the shipped manifests with the real loaders.
+#[cfg(feature = "testing")]
+pub fn embedded_toml(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    lines.next();
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// An environment variable does not fit the field it sets.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
