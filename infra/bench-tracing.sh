@@ -25,8 +25,6 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 export HOOKSTREAM_STATE=$DIR BROKER_PORT=$PORT KAFKA_BROKERS=$B
 export PAYMENTHUB_WEBHOOK_SECRET=bench-secret STANDARD_WEBHOOK_SECRET=whsec_YmVuY2g= \
   STRIPE_WEBHOOK_SECRET=bench GITHUB_WEBHOOK_SECRET=bench
-T=${BENCH_BROKER_BIN:-$HOME/.cache/hookstream/tools/bin/nisshi}
-export HOOKSTREAM_BROKER_BIN=$T
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; infra/broker.sh stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -39,15 +37,15 @@ say "build (release)"
 cargo build --release --locked -q -p hookstream-ingest -p hookstream-processor -p hookstream-tests --bins
 LG=target/release/loadgen
 infra/broker.sh install >/dev/null
-infra/broker.sh start >/dev/null
+infra/broker.sh start --fresh >/dev/null
 
 # run MODE ROUND: one spike; writes $DIR/MODE-ROUND.json (loadgen's) and .cpu (ingest, processor) and .sink.
 run() {
   local mode=$1 r=$2 n="$1-$2" raw act dlq env=()
   raw=bench.t$n.raw act=bench.t$n.activations dlq=bench.t$n.dlq
-  "$T" topic create "$raw" --broker "tcp://$B" --partitions $PARTS >/dev/null
-  "$T" topic create "$act" --broker "tcp://$B" --partitions $PARTS >/dev/null
-  "$T" topic create "$dlq" --broker "tcp://$B" --partitions 1 >/dev/null
+  $LG topic create "$raw" --partitions $PARTS >/dev/null
+  $LG topic create "$act" --partitions $PARTS >/dev/null
+  $LG topic create "$dlq" --partitions 1 >/dev/null
   case $mode in
     off) env=(RUST_LOG=info,hookstream_ingest::received=off) ;;
     log) env=(RUST_LOG=info) ;;

@@ -50,11 +50,8 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 export HOOKSTREAM_STATE=$DIR BROKER_PORT=$PORT KAFKA_BROKERS=$B
 export PAYMENTHUB_WEBHOOK_SECRET=bench-secret STANDARD_WEBHOOK_SECRET=whsec_YmVuY2g= \
   STRIPE_WEBHOOK_SECRET=bench GITHUB_WEBHOOK_SECRET=bench
-# The broker binary: nisshi from the tool cache, or BENCH_BROKER_BIN (e.g. tansu 0.6.0
-# for a side-by-side comparison; both take the same command line).
-T=${BENCH_BROKER_BIN:-$HOME/.cache/hookstream/tools/bin/nisshi}
-export HOOKSTREAM_BROKER_BIN=$T
-BROKER_NAME=$("$T" --version 2>/dev/null | head -1)
+# The broker: one Apache Kafka node (infra/broker.sh), its data wiped first.
+BROKER_NAME="Apache Kafka $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' infra/kafka/pom.xml) (one node)"
 export BROKER_NAME
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; infra/broker.sh stop >/dev/null 2>&1 || true; }
@@ -70,14 +67,14 @@ say "build (release)"
 cargo build --release --locked -q -p hookstream-ingest -p hookstream-processor -p hookstream-tests --bins
 LG=target/release/loadgen
 
-say "broker on $B (memory storage) and topics"
+say "broker on $B and topics"
 infra/broker.sh install >/dev/null
-infra/broker.sh start >/dev/null
+infra/broker.sh start --fresh >/dev/null
 infra/broker.sh topics >/dev/null
 for t in bench.baseline bench.ingestmax bench.drain bench.drain.activations; do
-  "$T" topic create "$t" --broker "tcp://$B" --partitions 12 >/dev/null
+  $LG topic create "$t" --partitions 12 >/dev/null
 done
-"$T" topic create bench.drain.dlq --broker "tcp://$B" --partitions 3 >/dev/null
+$LG topic create bench.drain.dlq --partitions 3 >/dev/null
 
 ingest_cfg() { sed "s/^topic = .*/topic = \"$1\"/" infra/config/ingest.toml >"$DIR/ingest-$1.toml"; echo "$DIR/ingest-$1.toml"; }
 # start_ingest PORT TOPIC LOG: ingest on 127.0.0.1:PORT writing to TOPIC, ready; its pid in $ip.
@@ -102,9 +99,9 @@ kill "$ip"; wait "$ip" 2>/dev/null || true
 
 spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that many partitions
   local n=$1 raw=bench.spike$1.raw act=bench.spike$1.activations dlq=bench.spike$1.dlq
-  "$T" topic create $raw --broker "tcp://$B" --partitions "$n" >/dev/null
-  "$T" topic create $act --broker "tcp://$B" --partitions "$n" >/dev/null
-  "$T" topic create $dlq --broker "tcp://$B" --partitions 1 >/dev/null
+  $LG topic create $raw --partitions "$n" >/dev/null
+  $LG topic create $act --partitions "$n" >/dev/null
+  $LG topic create $dlq --partitions 1 >/dev/null
   # A group per run: the policy stage's repartition topic (<group>.policy-requests)
   # is created with as many partitions as the raw topic.
   sed "s/^group_id = .*/group_id = \"bench-spike$n\"/; s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
@@ -129,7 +126,7 @@ spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that m
 # ingest's own ack latency, the baseline for the runs with the processor.
 alone() {
   local raw=bench.alone.raw
-  "$T" topic create $raw --broker "tcp://$B" --partitions "$PARTS" >/dev/null
+  $LG topic create $raw --partitions "$PARTS" >/dev/null
   local ip; start_ingest 18702 "$raw" ingest-alone.log
   $LG send --rate "$RATE" --duration "$SECONDS_" --connections "$SPIKE_CONNS" --target 127.0.0.1:18702 >"$DIR/open-alone.json" || true
   kill "$ip"; wait "$ip" 2>/dev/null || true
@@ -199,7 +196,7 @@ rm -rf "$DIR/drain-state"
 read -r restored restore_s restore_rss _ < <(drain_run restore "$requests" "$changelog")
 say "3/4 rebuild: state and changelogs deleted, replayed from the logs"
 rm -rf "$DIR/drain-state"
-for store in payments policies; do "$T" topic delete "bench-drain.$store-changelog" --broker "tcp://$B" >/dev/null; done
+for store in payments policies; do $LG topic delete "bench-drain.$store-changelog" >/dev/null; done
 read -r rebuilt rebuild_s rebuild_rss _ < <(drain_run rebuild "$requests")
 
 python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" "$restore_s" "$restore_rss" "$changelog" <<'PY'
@@ -238,7 +235,7 @@ rows = [
     (f"peak RSS ingest ({rate}/s run, {parts} partitions)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
     ("peak RSS processor (drain of the backlog / restore / rebuild)", f"{float(proc_rss):.0f} / {float(restore_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
 ]
-print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, {os.environ.get('BROKER_NAME', 'broker')} (memory storage) on loopback; `infra/bench.sh`\n")
+print(f"\nhookstream benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.machine()}, {os.environ.get('BROKER_NAME', 'broker')} on loopback; `infra/bench.sh`\n")
 print("| measurement | hookstream | baseline (same run) | ratio | target |")
 print("|---|---|---|---|---|")
 for r in rows:

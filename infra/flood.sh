@@ -23,7 +23,6 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 export HOOKSTREAM_STATE=$DIR BROKER_PORT=$PORT KAFKA_BROKERS=$B
 export PAYMENTHUB_WEBHOOK_SECRET=flood-secret STANDARD_WEBHOOK_SECRET=whsec_Zmxvb2Q= \
   STRIPE_WEBHOOK_SECRET=flood GITHUB_WEBHOOK_SECRET=flood
-T=$HOME/.cache/hookstream/tools/bin/nisshi
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; infra/broker.sh stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -36,8 +35,8 @@ cargo build --release --locked -q -p hookstream-ingest -p hookstream-tests --bin
 LG=target/release/loadgen
 say "broker on $B"
 infra/broker.sh install >/dev/null
-infra/broker.sh start >/dev/null
-"$T" topic create flood.raw --broker "tcp://$B" --partitions 4 >/dev/null
+infra/broker.sh start --fresh >/dev/null
+$LG topic create flood.raw --partitions 4 >/dev/null
 # More open files than connections: the flood and ingest's own.
 ulimit -n 65536 2>/dev/null || true
 INGEST_LISTEN=127.0.0.1:18800 INGEST_KAFKA_TOPIC=flood.raw MALLOC_ARENA_MAX=4 \

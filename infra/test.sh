@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, then runs every check and test.
 #
-# - nisshi (the local Kafka-protocol broker) into $HOME/.cache/hookstream/tools, once (~10 min);
+# - Apache Kafka's jars (the local broker) from Maven Central into
+#   $HOME/.cache/hookstream/kafka-<version>, once (infra/broker.sh install; needs java 17+ and mvn);
 # - fastavro (an independent Avro implementation) into $HOME/.cache/hookstream/venv, once;
 # - the validators of the production files (infra/validate.sh) into
 #   $HOME/.cache/hookstream/venv-infra, once;
 # - Debian's prometheus package (server and promtool), once, for the rule checks and
 #   the test that runs a real Prometheus (infra/prometheus.sh);
 # - cargo fmt --check, clippy -D warnings, every cargo test (integration tests start
-#   their own broker on a free loopback port), and the fastavro check of the golden samples;
-# - every fuzz target for 60 s (infra/fuzz.sh; cargo-fuzz installed when missing, the
-#   nightly toolchain builds it).
+#   their own Kafka, one node or three, on free loopback ports), and the fastavro check of
+#   the golden samples;
+# - every fuzz target for 60 s (infra/fuzz.sh; cargo-fuzz installed when missing; a nightly
+#   toolchain when one is installed, else stable with RUSTC_BOOTSTRAP=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,7 +21,7 @@ VENV=$CACHE/venv
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "broker: nisshi"
+step "broker: Apache Kafka (infra/broker.sh install)"
 infra/broker.sh install
 
 step "independent Avro decoder: fastavro"

@@ -27,13 +27,22 @@ pub fn unique_topic(prefix: &str) -> String {
     )
 }
 
-/// Create a topic and wait until its metadata shows every partition.
+/// Create a topic (one replica) and wait until its metadata shows every partition.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_replicated_topic(bootstrap, name, partitions, 1).await;
+}
+
+/// Create a topic with `replication` replicas (and `min.insync.replicas` 2 when there
+/// are three or more, as in production) and wait until its metadata shows every partition.
+pub async fn create_replicated_topic(bootstrap: &str, name: &str, partitions: i32, replication: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    if replication >= 3 {
+        topic = topic.set("min.insync.replicas", "2");
+    }
     let results = admin
         .create_topics(
             [&topic],
@@ -54,6 +63,26 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         }
         assert!(Instant::now() < deadline, "topic {name} did not appear in metadata");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Delete a topic (and wait for the broker's answer).
+pub async fn delete_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .delete_topics(
+            &[name],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("delete_topics request");
+    for r in results {
+        if let Err((t, code)) = r {
+            panic!("deleting topic {t} failed: {code:?}");
+        }
     }
 }
 

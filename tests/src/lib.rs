@@ -1,5 +1,5 @@
-//! Support for hookstream's integration tests: a real local broker (nisshi) started on a free
-//! loopback port (or the one `KAFKA_BROKERS` names), uniquely named topics, small
+//! Support for hookstream's integration tests: a real local Apache Kafka (one node or
+//! three) started on free loopback ports (or the one `KAFKA_BROKERS` names), uniquely named topics, small
 //! Kafka and HTTP helpers, an independent request signer, in-process services, and an
 //! OTLP receiver.
 //! Nothing here mocks Kafka.

@@ -21,14 +21,19 @@ pub struct Topics {
 impl Topics {
     /// Create uniquely named raw (`raw_partitions`), activations (3) and DLQ (1) topics.
     pub async fn create(bootstrap: &str, raw_partitions: i32) -> Topics {
+        Topics::create_replicated(bootstrap, raw_partitions, 1).await
+    }
+
+    /// The same topics with `replication` replicas each (3 on a cluster).
+    pub async fn create_replicated(bootstrap: &str, raw_partitions: i32, replication: i32) -> Topics {
         let t = Topics {
             raw: crate::kafka::unique_topic("raw"),
             activations: crate::kafka::unique_topic("activations"),
             dlq: crate::kafka::unique_topic("dlq"),
         };
-        crate::kafka::create_topic(bootstrap, &t.raw, raw_partitions).await;
-        crate::kafka::create_topic(bootstrap, &t.activations, 3).await;
-        crate::kafka::create_topic(bootstrap, &t.dlq, 1).await;
+        crate::kafka::create_replicated_topic(bootstrap, &t.raw, raw_partitions, replication).await;
+        crate::kafka::create_replicated_topic(bootstrap, &t.activations, 3, replication).await;
+        crate::kafka::create_replicated_topic(bootstrap, &t.dlq, 1, replication).await;
         t
     }
 }

@@ -5,16 +5,16 @@
 use std::time::Duration;
 
 use hookstream_schemas::{decode, encode, samples, topics::headers, RawWebhook};
-use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::broker::Broker;
 use hookstream_tests::kafka;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-/// The durable engine (`infra/broker.sh up --sqlite`): every record the broker
+/// Durability on one node: every record the broker
 /// acknowledged (acks=all) is still there after the broker is killed with SIGKILL.
 #[tokio::test]
-async fn acknowledged_records_survive_a_sigkill_of_the_sqlite_broker() {
-    let broker = Broker::dedicated(Storage::Sqlite);
+async fn acknowledged_records_survive_a_sigkill_of_the_broker() {
+    let broker = Broker::dedicated();
     let topic = kafka::unique_topic("durable");
     kafka::create_topic(broker.bootstrap(), &topic, 3).await;
     let producer = kafka::producer(broker.bootstrap());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, RawWebhook};
-use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::broker::Broker;
 use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
 use hookstream_tests::processor::{self, ChildProcessor, Topics};
 use hookstream_tests::{http, kafka, sign};
@@ -203,14 +203,14 @@ fn retrying_lifecycles(
         .collect()
 }
 
-/// The broker (durable sqlite storage) SIGKILLed under load through ingest while the
+/// The broker SIGKILLed under load through ingest while the
 /// processor runs, and started again after 5 s: ingest answers 503 + Retry-After while it
 /// is gone and 200 again by itself once it is back, every webhook answered 200 is in the
 /// raw topic, the processor (never restarted) activates each completed payment exactly
 /// once, and no configured secret shows up in a log, a metric, a raw record or a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_activates_once() {
-    let broker = Broker::dedicated(Storage::Sqlite);
+    let broker = Broker::dedicated();
     let topics = Topics::create(broker.bootstrap(), 4).await;
     let dir = tempfile::tempdir().unwrap();
     let ingest = ChildIngest::spawn(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hookstream_schemas::{decode, topics::headers, RawWebhook};
-use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::broker::Broker;
 use hookstream_tests::http::{get, post, request};
 use hookstream_tests::ingest::{scheme_of, secrets_of, start};
 use hookstream_tests::{kafka, sign};
@@ -418,7 +418,7 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn broker_stopped_means_503_with_retry_after_never_200() {
-    let broker = Broker::dedicated(Storage::Memory);
+    let broker = Broker::dedicated();
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| {
         c.kafka.ack_deadline = std::time::Duration::from_millis(1500)
@@ -445,7 +445,7 @@ async fn broker_stopped_means_503_with_retry_after_never_200() {
 
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_get_429() {
-    let broker = Broker::dedicated(Storage::Memory);
+    let broker = Broker::dedicated();
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| {
         c.http.max_in_flight_requests = 1;
@@ -580,14 +580,14 @@ async fn a_record_the_broker_would_refuse_for_its_size_is_413_not_503() {
     ingest.stop().await;
 }
 
-/// A broker that lost its state (a memory broker restarted; on Kafka, an expired
-/// producer id) answers every produce of the old producer id with UNKNOWN_PRODUCER_ID,
+/// A broker that lost its state (its log directory wiped and formatted anew; also an
+/// expired producer id) answers every produce of the old producer id with UNKNOWN_PRODUCER_ID,
 /// and librdkafka's own epoch bump keeps that id: ingest must not answer 503 forever
 /// while `/readyz` says ready. It replaces the stuck producer, and webhooks are
 /// accepted again.
 #[tokio::test]
 async fn a_producer_the_broker_no_longer_knows_is_replaced_and_ingest_recovers() {
-    let broker = Broker::dedicated(Storage::Memory);
+    let broker = Broker::dedicated();
     let topic = raw_topic(&broker).await;
     let ingest = start(broker.bootstrap(), &topic, |c| {
         c.kafka.ack_deadline = std::time::Duration::from_millis(2000)
@@ -600,6 +600,7 @@ async fn a_producer_the_broker_no_longer_knows_is_replaced_and_ingest_recovers()
     };
     assert_eq!(send(0).await, 200);
     broker.stop(false);
+    broker.wipe_node(1);
     broker.start();
     kafka::create_topic(broker.bootstrap(), &topic, 4).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);

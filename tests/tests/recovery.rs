@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hookstream_tests::broker::{Broker, Storage};
+use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
 
@@ -117,7 +117,7 @@ async fn stored_state_that_does_not_read_back_is_rebuilt_from_the_log() {
 /// Start a processor on a broker of its own, wait until it owns its partition, then
 /// stop the broker (a crash) so nothing the processor asks of it is ever answered.
 async fn processor_without_broker(grace_ms: u64) -> (ChildProcessor, tempfile::TempDir) {
-    let broker = Broker::dedicated(Storage::Memory);
+    let broker = Broker::dedicated();
     let topics = Topics::create(broker.bootstrap(), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));

@@ -552,8 +552,8 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
     assert_eq!(act_ends.iter().sum::<i64>(), 100);
 
     // An offset in the middle of the producer's batches: a plain fetch from it is handed
-    // that very record first (tansu 0.6 handed the first record of the next batch and
-    // silently skipped the rest of this one; the broker must not).
+    // that very record first, not the first record of the next batch (the rest of this
+    // one silently skipped).
     let inside = 157;
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())

@@ -3,9 +3,8 @@
 //! ([`record`]), the internal topics ([`topics`]) and offset lookups for the tools
 //! ([`offsets`]).
 //!
-//! Nothing here works around a particular broker: the local broker (nisshi) answers
-//! every request the processor makes as Apache Kafka does, so the Apache Kafka path is
-//! the only path. (The one reordering the loop handles, a hole in a delivery after a
+//! Nothing here works around a particular broker: the processor speaks to Apache Kafka
+//! (local and production alike), and the Apache Kafka path is the only path. (The one reordering the loop handles, a hole in a delivery after a
 //! partition queue is split off, is librdkafka's and is handled in
 //! [`crate::partition::order`].)
 

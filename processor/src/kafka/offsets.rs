@@ -1,7 +1,6 @@
 //! Positions in a partition, from the broker's own offset index: the bounds of the
 //! retained log and the first offset at or after a time. These are plain Kafka requests
-//! (ListOffsets); the local broker, nisshi, answers them correctly, as Apache Kafka does
-//! (`tests/tests/replay.rs` checks both against the records).
+//! (ListOffsets); `tests/tests/replay.rs` checks both against the records.
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! `loadgen`: measure hookstream with realistic, signed webhook traffic.
 //!
-//! `loadgen send | produce | consume | flood` (`loadgen --help`, `loadgen send --help`):
-//! signed traffic through ingest with optional verification, the bare-client baselines,
-//! and hostile connections.
+//! `loadgen send | produce | consume | flood | topic` (`loadgen --help`, `loadgen send
+//! --help`): signed traffic through ingest with optional verification, the bare-client
+//! baselines, hostile connections, and the benchmark scripts' topics.
 //! Every mode prints one JSON object with its numbers on stdout.
 
 use std::sync::Arc;
@@ -45,6 +45,16 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:4318")]
         listen: String,
     },
+    /// Create a topic (and wait until every partition is in the metadata), or delete one.
+    Topic {
+        #[arg(value_enum)]
+        action: TopicAction,
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
     /// Bare consumer baseline: read the whole topic.
     Consume {
         #[arg(long, default_value = "payments.webhooks.raw")]
@@ -64,6 +74,12 @@ enum Mode {
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TopicAction {
+    Create,
+    Delete,
 }
 
 /// The traffic mix: fractions of payments, and how far events interleave.
@@ -188,6 +204,20 @@ async fn main() {
             let by_service = receiver.counts();
             let spans: usize = by_service.values().sum();
             serde_json::json!({ "mode": "otlp-sink", "spans": spans, "by_service": by_service })
+        }
+        Mode::Topic {
+            action,
+            name,
+            partitions,
+            replication,
+        } => {
+            match action {
+                TopicAction::Create => {
+                    hookstream_tests::kafka::create_replicated_topic(&brokers, &name, partitions, replication).await
+                }
+                TopicAction::Delete => hookstream_tests::kafka::delete_topic(&brokers, &name).await,
+            }
+            serde_json::json!({ "mode": "topic", "action": format!("{action:?}"), "name": name })
         }
         Mode::Consume { topic } => {
             let (n, secs) = baseline::consume_all(&brokers, &topic).await;
