@@ -93,8 +93,8 @@ node_start() {
   if [ ! -f "$dir/data/meta.properties" ]; then
     # Every node of a cluster is formatted with the same cluster id.
     local cid_file=$STATE/${name%-node*}.cluster-id
-    [ -f "$cid_file" ] || python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' >"$cid_file"
-    kafka_java kafka.tools.StorageTool format -t "$(cat "$cid_file")" -c "$dir/server.properties"
+    [ -f "$cid_file" ] || python3 -c 'import base64, uuid; print("A" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[1:22])' >"$cid_file"
+    kafka_java kafka.tools.StorageTool format --cluster-id="$(cat "$cid_file")" -c "$dir/server.properties"
     "${JAVA_CMD[@]}" >"$dir/format.log" 2>&1 ||
       { say "formatting $dir failed:"; tail -20 "$dir/format.log" >&2; exit 1; }
   fi

@@ -107,14 +107,20 @@ pub struct KafkaConfig {
     pub activations_topic: String,
     /// Dead-letter topic. Default `payments.webhooks.dlq`.
     pub dlq_topic: String,
-    /// Consumer `session.timeout.ms`; revoked workers get half of it to hand over.
-    /// Default 10 s.
+    /// The consumer group protocol: `classic` (JoinGroup/SyncGroup, the cooperative-sticky
+    /// assignor) or `consumer` (KIP-848: the broker assigns, `group.protocol=consumer`).
+    /// Default `classic`: it runs on every Kafka hookstream supports, and librdkafka 2.12
+    /// (bundled by rdkafka 0.39) has a known KIP-848 bug with `max.poll.interval.ms`,
+    /// fixed in 2.15.
+    pub group_protocol: GroupProtocol,
+    /// Consumer `session.timeout.ms` (classic protocol; under KIP-848 the broker's
+    /// `group.consumer.session.timeout.ms` decides); revoked workers get half of it to
+    /// hand over. Default 10 s.
     #[serde(rename = "session_timeout_ms", with = "millis")]
     pub session_timeout: Duration,
     /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch to gather
     /// `fetch_min_bytes`. librdkafka's 500 would add up to half a second to every
-    /// activation when traffic is light. Default 25 ms (`infra/config/processor.toml` sets
-    /// 200 for the local broker, measured).
+    /// activation when traffic is light. Default 25 ms.
     #[serde(rename = "fetch_wait_max_ms", with = "millis")]
     pub fetch_wait_max: Duration,
     /// Consumer `fetch.min.bytes`: under load, fewer and larger fetches for the broker
@@ -141,6 +147,17 @@ pub struct KafkaConfig {
     /// stage's repartition topic); -1 asks for the broker's default. Default 1 for the
     /// local single broker; 3 in production (README > Production).
     pub internal_replication_factor: i32,
+}
+
+/// A consumer group protocol ([`KafkaConfig::group_protocol`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol, with the client-side cooperative-sticky assignor.
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol: the group coordinator assigns, incrementally.
+    Consumer,
 }
 
 impl KafkaConfig {
@@ -172,6 +189,7 @@ impl Default for KafkaConfig {
             raw_topic: topics::RAW_TOPIC.into(),
             activations_topic: topics::ACTIVATIONS_TOPIC.into(),
             dlq_topic: topics::DLQ_TOPIC.into(),
+            group_protocol: GroupProtocol::Classic,
             session_timeout: Duration::from_secs(10),
             fetch_wait_max: Duration::from_millis(25),
             fetch_min_bytes: 65_536,
@@ -333,6 +351,9 @@ mod tests {
         let d = ProcessorConfig::default();
         assert_eq!(c.admin_listen, d.admin_listen);
         assert_eq!(c.kafka.group_id, d.kafka.group_id);
+        assert_eq!(c.kafka.group_protocol, d.kafka.group_protocol);
+        assert_eq!(c.kafka.fetch_wait_max, d.kafka.fetch_wait_max);
+        assert_eq!(c.kafka.fetch_min_bytes, d.kafka.fetch_min_bytes);
         assert_eq!(c.processing.gap_timeout, d.processing.gap_timeout);
         assert_eq!(c.processing.dedup_window, d.processing.dedup_window);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
@@ -352,6 +373,7 @@ mod tests {
                 ("PROCESSOR_KAFKA_DEBUG", "cgrp"),
                 ("PROCESSOR_PROCESSING_GAP_TIMEOUT_MS", "1500"),
                 ("PROCESSOR_KAFKA_GROUP_INSTANCE_ID", "p-0"),
+                ("PROCESSOR_KAFKA_GROUP_PROTOCOL", "consumer"),
                 ("PROCESSOR_LIBRDKAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
             ]),
         )
@@ -362,6 +384,7 @@ mod tests {
         assert_eq!(c.kafka.debug, "cgrp");
         assert_eq!(c.processing.gap_timeout, Duration::from_millis(1500));
         assert_eq!(c.kafka.group_instance_id, "p-0");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Consumer);
         assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
         let specific = vars(&[("KAFKA_BROKERS", "b:1"), ("PROCESSOR_KAFKA_BROKERS", "p:2")]);
         let c = ProcessorConfig::from_toml_with_env("", &specific).unwrap();

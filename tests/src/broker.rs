@@ -39,9 +39,9 @@ pub fn kafka_version() -> &'static str {
 /// Where `infra/broker.sh install` puts Kafka's jars: `$HOOKSTREAM_CACHE` (default
 /// `$HOME/.cache/hookstream`) + `kafka-<version>/libs`.
 pub fn kafka_libs() -> PathBuf {
-    let cache = std::env::var_os("HOOKSTREAM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hookstream")
-    });
+    let cache = std::env::var_os("HOOKSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hookstream"));
     cache.join(format!("kafka-{}/libs", kafka_version()))
 }
 
@@ -86,7 +86,10 @@ fn cluster_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let seed = nanos ^ (u128::from(std::process::id()) << 64);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed.to_le_bytes())
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed.to_le_bytes());
+    // As Kafka's own `Uuid.randomUuid`: never one that starts with '-', which a command
+    // line would read as a flag.
+    id.strip_prefix('-').map_or(id.clone(), |rest| format!("A{rest}"))
 }
 
 impl Broker {
@@ -95,7 +98,11 @@ impl Broker {
     pub fn shared() -> &'static Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var("KAFKA_BROKERS") {
-            Ok(b) if !b.trim().is_empty() => Broker { bootstrap: b, nodes: Vec::new(), _dir: None },
+            Ok(b) if !b.trim().is_empty() => Broker {
+                bootstrap: b,
+                nodes: Vec::new(),
+                _dir: None,
+            },
             _ => Broker::spawn(1),
         })
     }
@@ -119,7 +126,11 @@ impl Broker {
 
     /// The replication factor topics get on this broker (1 on one node, 3 on a cluster).
     pub fn replication(&self) -> i32 {
-        if self.nodes.len() >= 3 { 3 } else { 1 }
+        if self.nodes.len() >= 3 {
+            3
+        } else {
+            1
+        }
     }
 
     fn spawn(count: usize) -> Broker {
@@ -155,7 +166,12 @@ impl Broker {
                 .replace("@REPLICATION@", &rf.to_string())
                 .replace("@MIN_ISR@", &isr.to_string());
             std::fs::write(node_dir.join("server.properties"), props).expect("server.properties");
-            let node = Node { id: i + 1, port: *port, dir: node_dir, proc: Mutex::new(None) };
+            let node = Node {
+                id: i + 1,
+                port: *port,
+                dir: node_dir,
+                proc: Mutex::new(None),
+            };
             node.format(&cid);
             nodes.push(node);
         }
@@ -164,7 +180,11 @@ impl Broker {
             .map(|(p, _)| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let broker = Broker { bootstrap, nodes, _dir: Some(dir) };
+        let broker = Broker {
+            bootstrap,
+            nodes,
+            _dir: Some(dir),
+        };
         // A cluster's controllers elect a leader only once a majority runs: start all first.
         for node in &broker.nodes {
             node.launch();
@@ -206,7 +226,10 @@ impl Broker {
     /// id: the broker of a cluster that lost everything.
     pub fn wipe_node(&self, id: usize) {
         let node = self.node(id);
-        assert!(node.proc.lock().unwrap_or_else(|p| p.into_inner()).is_none(), "stop node {id} first");
+        assert!(
+            node.proc.lock().unwrap_or_else(|p| p.into_inner()).is_none(),
+            "stop node {id} first"
+        );
         let _ = std::fs::remove_dir_all(node.dir.join("data"));
         node.format(&cluster_id());
     }
@@ -242,17 +265,28 @@ impl Node {
         let mut cmd = Command::new("java");
         // A test node: a smaller heap than infra/broker.sh's 1 GiB, since a test binary
         // may run a shared node, a dedicated one and a cluster at once.
-        cmd.args(["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"])
-            .arg(format!("-Dlog4j2.configurationFile={}", log4j_config().display()))
-            .arg("-cp")
-            .arg(format!("{}/*", kafka_libs().display()));
+        cmd.args([
+            "-Xms256m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j_config().display()))
+        .arg("-cp")
+        .arg(format!("{}/*", kafka_libs().display()));
         cmd
     }
 
     fn format(&self, cluster_id: &str) {
         let out = self
             .java()
-            .args(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c"])
+            .args([
+                "kafka.tools.StorageTool",
+                "format",
+                &format!("--cluster-id={cluster_id}"),
+                "-c",
+            ])
             .arg(self.dir.join("server.properties"))
             .output()
             .expect("run java (17+) for kafka.tools.StorageTool");
@@ -292,7 +326,11 @@ impl Node {
                 let mut guard = self.proc.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(sup) = guard.as_mut() {
                     if let Ok(Some(status)) = sup.child.try_wait() {
-                        panic!("Kafka node {} exited ({status}) before listening; its log:\n{}", self.id, self.log());
+                        panic!(
+                            "Kafka node {} exited ({status}) before listening; its log:\n{}",
+                            self.id,
+                            self.log()
+                        );
                     }
                 }
             }

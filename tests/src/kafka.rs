@@ -66,7 +66,8 @@ pub async fn create_replicated_topic(bootstrap: &str, name: &str, partitions: i3
     }
 }
 
-/// Delete a topic (and wait for the broker's answer).
+/// Delete a topic and wait until the metadata no longer shows it (Kafka deletes
+/// asynchronously: a topic created again too soon is refused as marked for deletion).
 pub async fn delete_topic(bootstrap: &str, name: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -83,6 +84,15 @@ pub async fn delete_topic(bootstrap: &str, name: &str) {
         if let Err((t, code)) = r {
             panic!("deleting topic {t} failed: {code:?}");
         }
+    }
+    let consumer = reader(bootstrap);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partition_count(&consumer, name).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "topic {name} still in the metadata 30 s after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -14,4 +14,5 @@ pub mod kafka;
 pub mod load;
 pub mod otlp;
 pub mod processor;
+pub mod providers;
 pub mod sign;

@@ -244,6 +244,13 @@ impl ChildProcessor {
         }
     }
 
+    /// The last 20,000 bytes of its log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(20_000);
+        text.get(start..).unwrap_or(&text).to_owned()
+    }
+
     /// Send `signal` (e.g. `TERM`) with kill(1).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")

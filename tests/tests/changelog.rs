@@ -190,3 +190,146 @@ async fn the_state_stays_flat_over_a_run_longer_than_the_dedup_window() {
         "evicted payments are tombstones in the changelog: {tombstones}"
     );
 }
+
+/// Create `name` (one partition) as a changelog the broker compacts within seconds: a
+/// segment rolls every 300 ms of record time, any dirty ratio is worth cleaning and no
+/// compaction lag (the processor's own topics keep an hour: see `changelog_settings`).
+async fn eager_changelog(bootstrap: &str, name: &str) {
+    let topic = rdkafka::admin::NewTopic::new(name, 1, rdkafka::admin::TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "300")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("min.compaction.lag.ms", "0");
+    for r in admin(bootstrap)
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Records in `topic` (partition 0) and its end offset.
+async fn count_and_end(bootstrap: &str, topic: &str) -> (usize, i64) {
+    let records = kafka::read_records(bootstrap, topic, usize::MAX, Duration::from_secs(3)).await;
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let (_, high) = probe.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+    (records.len(), high)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_compacts_the_changelogs_and_a_wiped_instance_restores_the_same_state_from_them() {
+    use hookstream_processor::config::{PAYMENTS_STORE, POLICIES_STORE};
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let (payments_log, policies_log) = (
+        config.kafka.changelog_topic(PAYMENTS_STORE),
+        config.kafka.changelog_topic(POLICIES_STORE),
+    );
+    eager_changelog(broker.bootstrap(), &payments_log).await;
+    eager_changelog(broker.bootstrap(), &policies_log).await;
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+    let processor = RunningProcessor::start(config.clone()).await;
+    // 12 payments, each created → processing → completed, one event every 100 ms: every
+    // event rewrites its payment's entry, so most of the changelog is superseded values.
+    let payments: Vec<String> = (0..12).map(|i| format!("pay_k{i}")).collect();
+    for (seq, ty) in [
+        (1, "payment.created"),
+        (2, "payment.processing"),
+        (3, "payment.completed"),
+    ] {
+        for (i, pay) in payments.iter().enumerate() {
+            let pol = format!("pol_k{i}");
+            sign::send_event(&addr, &format!("k{i}_{seq}"), pay, Some(seq), ty, Some(&pol)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for i in 0..12 {
+        let pol = format!("pol_k{i}");
+        kafka::wait_for_activation(broker.bootstrap(), &topics.activations, &pol, Duration::from_secs(60)).await;
+    }
+    // The cleaner only compacts closed segments: a few more records roll the last one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    let (kept, end) = loop {
+        n += 1;
+        sign::send_event(
+            &addr,
+            &format!("k_roll{n}"),
+            &format!("pay_roll{n}"),
+            None,
+            "payment.created",
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (kept, end) = count_and_end(broker.bootstrap(), &payments_log).await;
+        if (kept as i64) < end / 2 {
+            break (kept, end);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not compacted within 60 s: {kept} of {end} records kept"
+        );
+    };
+    eprintln!("compacted: {kept} records kept of {end} written to {payments_log}");
+    let views = |admin: String| {
+        let payments = payments.clone();
+        async move {
+            let mut out = Vec::new();
+            for p in &payments {
+                let r = hookstream_tests::http::get(&admin, &format!("/payments/{p}")).await;
+                assert_eq!(r.status, 200, "{p}");
+                out.push(r.json());
+            }
+            for i in 0..12 {
+                let r = hookstream_tests::http::get(&admin, &format!("/policies/pol_k{i}")).await;
+                assert_eq!(r.status, 200, "pol_k{i}");
+                out.push(r.json());
+            }
+            out
+        }
+    };
+    let before = views(processor.admin.clone()).await;
+    processor.stop().await;
+
+    // The raw log and the requests are gone too: only the compacted changelogs are left.
+    delete_all(broker.bootstrap(), &topics.raw, 1).await;
+    delete_all(broker.bootstrap(), &config.kafka.requests_topic(), 1).await;
+    std::fs::remove_dir_all(state.path()).unwrap();
+    let processor = RunningProcessor::start(config.clone()).await;
+    let admin_addr = processor.admin.clone();
+    hookstream_tests::http::poll(&admin_addr, "/payments/pay_k11", |r| r.status == 200).await;
+    let after = views(admin_addr).await;
+    assert_eq!(before, after, "the same state, restored from the compacted changelogs");
+    // And it acts on it: a refund of the holder cancels its policy.
+    sign::send_event(
+        &addr,
+        "k0_refund",
+        "pay_k0",
+        Some(4),
+        "payment.refunded",
+        Some("pol_k0"),
+    )
+    .await;
+    let mut cancelled = false;
+    kafka::read_until(broker.bootstrap(), &topics.activations, Duration::from_secs(60), |r| {
+        cancelled |= r.last().and_then(|m| m.payload()).is_some_and(|p| {
+            matches!(decode::<PolicyEvent>(p).map(|e| e.event), Ok(PolicyEventKind::Cancelled(c)) if c.payment_id == "pay_k0")
+        });
+        cancelled
+    })
+    .await;
+    assert!(cancelled, "the refund cancelled pol_k0");
+    processor.stop().await;
+    ingest.stop().await;
+}

@@ -2,12 +2,14 @@
 //! directory) share a 12-partition raw topic while thousands of payments flow; one is
 //! killed with SIGKILL and a new one joins mid-stream. Partitions move, the new owners
 //! rebuild their state from the log, and still every completed payment has exactly one
-//! distinct activation id, and none is lost.
+//! distinct activation id, and none is lost. Once with each group protocol: classic
+//! (cooperative-sticky) and KIP-848 (`group.protocol=consumer`, the broker assigns).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use hookstream_processor::config::GroupProtocol;
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
@@ -45,8 +47,30 @@ async fn activation_ids(
     by
 }
 
+/// Every instance's log under `dir` (`<name>-run/processor-<port>.log`).
+fn instance_logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for run in std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        for f in std::fs::read_dir(run.path()).unwrap().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".log") {
+                out.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_policy() {
+async fn classic_group_three_instances_one_killed_one_joining_keep_one_activation_per_policy() {
+    three_instances_one_killed_one_joining(GroupProtocol::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_group_three_instances_one_killed_one_joining_keep_one_activation_per_policy() {
+    three_instances_one_killed_one_joining(GroupProtocol::Consumer).await;
+}
+
+async fn three_instances_one_killed_one_joining(protocol: GroupProtocol) {
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 12).await;
     // Kept on failure (the instances' logs and state are the diagnosis), removed on success.
@@ -59,6 +83,7 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
     // Every JoinGroup, SyncGroup and assignment in the instances' logs: when this fails,
     // the kept directory shows who owned which partition when.
     base.kafka.debug = "cgrp".into();
+    base.kafka.group_protocol = protocol;
     let instance = |name: &str| spawn_instance(&base, &dir, name);
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let a = instance("a");
@@ -109,6 +134,18 @@ async fn three_instances_one_killed_one_joining_keep_exactly_one_activation_per_
         assert_eq!(ids, &want, "{pol}: one distinct, deterministic activation id");
     }
     drop((a, c, d));
+    // The group really ran the protocol asked for: librdkafka's `cgrp` debug lines name
+    // the requests (KIP-848's heartbeat carries the assignment; classic members join).
+    let logs = instance_logs(&dir);
+    let (used, unused) = match protocol {
+        GroupProtocol::Classic => ("JoinGroup", "ConsumerGroupHeartbeat"),
+        GroupProtocol::Consumer => ("ConsumerGroupHeartbeat", "JoinGroup"),
+    };
+    assert!(
+        logs.contains(used) && !logs.contains(unused),
+        "{protocol:?}: {used} in the members' logs, {unused} not; logs kept in {}",
+        dir.display()
+    );
     ingest.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,7 @@
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::KafkaConfig;
+use crate::config::{GroupProtocol, KafkaConfig};
 
 /// Brokers, client id and the passthrough properties.
 fn base(cfg: &KafkaConfig, client_suffix: &str) -> ClientConfig {
@@ -31,9 +31,6 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
         // A new group starts at the beginning of the retained log: the raw topic is the
         // source of truth and nothing in it may be skipped.
         .set("auto.offset.reset", "earliest")
-        // Incremental rebalances: partitions that stay put keep processing.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
         // Fetch tuning (see the config's doc comments): end-to-end latency vs. the
         // number of fetch requests the broker must answer under load.
         .set("fetch.wait.max.ms", cfg.fetch_wait_max.as_millis().to_string())
@@ -44,6 +41,19 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
         .set("queued.max.messages.kbytes", "2048")
         // Per-partition lag for /metrics.
         .set("statistics.interval.ms", "5000");
+    match cfg.group_protocol {
+        GroupProtocol::Classic => {
+            // Incremental rebalances: partitions that stay put keep processing.
+            c.set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string());
+        }
+        GroupProtocol::Consumer => {
+            // KIP-848: the broker assigns (incrementally, like cooperative-sticky) and
+            // owns the session timeout and heartbeat interval; librdkafka refuses the
+            // classic assignor and session settings with it.
+            c.set("group.protocol", "consumer");
+        }
+    }
     if !cfg.group_instance_id.is_empty() {
         // Static membership: a restart within the session timeout keeps its partitions.
         c.set("group.instance.id", &cfg.group_instance_id);

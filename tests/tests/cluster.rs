@@ -1,0 +1,243 @@
+//! Failures only a replicated Kafka has, on three combined broker + controller nodes
+//! (replication 3, `min.insync.replicas` 2, as in production):
+//! - the raw topic's partition leader SIGKILLed under load through ingest while the
+//!   processor runs: leadership moves, nothing answered 200 is lost, one activation per
+//!   completed payment, and neither ingest nor the processor needs a restart;
+//! - two of the three nodes down (fewer in-sync replicas than `min.insync.replicas`, and
+//!   no controller quorum): ingest answers 503 + `Retry-After`, never 200, and 200 again
+//!   by itself once they are back.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookstream_processor::rules::decide::activation_id;
+use hookstream_schemas::{decode, RawWebhook};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
+use hookstream_tests::processor::{self, ChildProcessor, Topics};
+use hookstream_tests::providers::{record, retrying_lifecycles, Seen};
+use hookstream_tests::{http, kafka, sign};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+
+/// One cluster at a time: two would be six JVMs and two pipelines on 2 cores, slow
+/// enough to measure the machine instead of the failure.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The node that leads `partition` of `topic`.
+fn leader(bootstrap: &str, topic: &str, partition: i32) -> usize {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let t = md.topics().iter().find(|t| t.name() == topic).unwrap();
+    let p = t.partitions().iter().find(|p| p.id() == partition).unwrap();
+    usize::try_from(p.leader()).expect("a partition with a leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activates_once() {
+    let _one = ONE_CLUSTER.lock().await;
+    let broker = Broker::cluster();
+    let topics = Topics::create_replicated(broker.bootstrap(), 4, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = ChildIngest::spawn(
+        broker.bootstrap(),
+        &topics.raw,
+        dir.path(),
+        |c| c.kafka.ack_deadline = Duration::from_secs(3),
+        &[],
+    );
+    let mut config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    config.kafka.internal_replication_factor = 3;
+    let mut processor = ChildProcessor::spawn(&config, dir.path());
+    wait_ready(&ingest.addr).await;
+    processor.wait_assigned(Duration::from_secs(60)).await;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = retrying_lifecycles(ingest.addr.clone(), 16, seen.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = leader(broker.bootstrap(), &topics.raw, 0);
+    let before_kill = seen.lock().unwrap().acked.len();
+    broker.stop_node(victim, false); // SIGKILL
+    let killed = tokio::time::Instant::now();
+    // Until partition 0 has a new leader and the senders got 100 more answers through.
+    let acked_at_kill = seen.lock().unwrap().acked.len();
+    let survivor = broker.node_ids().into_iter().find(|n| *n != victim).unwrap();
+    loop {
+        let moved = leader(&broker.node_address(survivor), &topics.raw, 0) != victim;
+        if moved && seen.lock().unwrap().acked.len() >= acked_at_kill + 100 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no new leader and traffic within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failover = killed.elapsed();
+    broker.start_node(victim);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    eprintln!(
+        "leader {victim} killed: {before_kill} acknowledged before, traffic through a new leader \
+         {failover:?} later, {} answers 503/429 in all, {} acknowledged, {} payments completed",
+        seen.unavailable,
+        seen.acked.len(),
+        seen.completed.len()
+    );
+    assert!(before_kill > 0, "load before the kill");
+    assert!(
+        seen.other.is_empty(),
+        "answers other than 200 and 503/429 + Retry-After: {:?}",
+        seen.other
+    );
+
+    let mut in_topic = BTreeSet::new();
+    kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(60), |r| {
+        if let Some(w) = r
+            .last()
+            .and_then(|m| m.payload())
+            .and_then(|v| decode::<RawWebhook>(v).ok())
+        {
+            in_topic.insert(w.event_id);
+        }
+        seen.acked.is_subset(&in_topic)
+    })
+    .await;
+    let lost: Vec<_> = seen.acked.difference(&in_topic).collect();
+    assert!(lost.is_empty(), "answered 200 but not in the raw topic: {lost:?}");
+
+    let (_, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, seen.completed.len()).await;
+    let want: BTreeMap<String, BTreeSet<String>> = seen
+        .completed
+        .iter()
+        .map(|i| {
+            let pol = format!("pol_b{i}");
+            (
+                pol.clone(),
+                BTreeSet::from([activation_id(&pol, "paymenthub", &format!("evt_b{i}_3"))]),
+            )
+        })
+        .collect();
+    let missing: Vec<_> = want.keys().filter(|p| !by.contains_key(*p)).take(10).collect();
+    let wrong: Vec<_> = by
+        .iter()
+        .filter(|(p, ids)| want.get(*p) != Some(*ids))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && wrong.is_empty(),
+        "one deterministic activation id per completed payment: {} of {} activated; missing e.g. \
+         {missing:?}; unexpected or several ids: {wrong:?}; processor log:\n{}",
+        by.len(),
+        want.len(),
+        processor.log_tail()
+    );
+    assert!(
+        processor.wait_exit(Duration::ZERO).is_none(),
+        "the processor exited instead of riding it out"
+    );
+    drop(ingest);
+}
+
+/// One signed `payment.created` with a fresh id, and its answer.
+async fn send_one(addr: &str, n: usize) -> Result<http::Reply, String> {
+    let id = format!("evt_isr_{n}");
+    let body = sign::payment_body(&id, &format!("pay_isr_{}", n % 7), None, "payment.created", None);
+    let h = sign::sign(
+        scheme_of("paymenthub"),
+        secrets_of("paymenthub")[0],
+        &id,
+        sign::now(),
+        &body,
+    );
+    http::try_post(addr, "/webhooks/paymenthub", &h, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_nodes_down_means_503_never_200_and_200_again_once_they_return() {
+    let _one = ONE_CLUSTER.lock().await;
+    let broker = Broker::cluster();
+    let topics = Topics::create_replicated(broker.bootstrap(), 3, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = ChildIngest::spawn(
+        broker.bootstrap(),
+        &topics.raw,
+        dir.path(),
+        |c| c.kafka.ack_deadline = Duration::from_secs(2),
+        &[],
+    );
+    wait_ready(&ingest.addr).await;
+    let mut n = 0;
+    let mut seen = Seen::default();
+    for _ in 0..20 {
+        n += 1;
+        assert!(
+            record(&mut seen, &format!("{n}"), send_one(&ingest.addr, n).await),
+            "{seen:?}"
+        );
+    }
+
+    broker.stop_node(2, false);
+    broker.stop_node(3, false);
+    let mut down = Seen::default();
+    let outage = tokio::time::Instant::now();
+    // Concurrent senders for 15 s, each request waiting out the ack deadline.
+    while outage.elapsed() < Duration::from_secs(15) {
+        let answers = futures_util::future::join_all((0..8).map(|i| send_one(&ingest.addr, n + i))).await;
+        for (i, a) in answers.into_iter().enumerate() {
+            record(&mut down, &format!("{}", n + i), a);
+        }
+        n += 8;
+    }
+    eprintln!(
+        "two nodes down: {} answers 503/429 + Retry-After, {} 200, other {:?}",
+        down.unavailable,
+        down.acked.len(),
+        down.other
+    );
+    assert!(
+        down.acked.is_empty(),
+        "answered 200 with one of three replicas: {:?}",
+        down.acked
+    );
+    assert!(
+        down.other.is_empty(),
+        "answers other than 503/429 + Retry-After: {:?}",
+        down.other
+    );
+    assert!(down.unavailable > 0, "requests were answered during the outage");
+
+    broker.start_node(2);
+    broker.start_node(3);
+    let back = tokio::time::Instant::now();
+    let mut after = Seen::default();
+    loop {
+        n += 1;
+        if record(&mut after, &format!("{n}"), send_one(&ingest.addr, n).await) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(90),
+            "no 200 within 90 s of the nodes' return: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("200 again {:?} after the two nodes were started", back.elapsed());
+    assert!(
+        after.other.is_empty(),
+        "answers other than 503/429 + Retry-After: {:?}",
+        after.other
+    );
+    drop(ingest);
+}
