@@ -8,8 +8,8 @@
 #
 # 1. raw rdkafka producer (acks=all, idempotent, RawWebhook records of ingest's size) vs
 #    ingest's maximum (closed loop, 1024 keep-alive connections, signed requests: each request
-#    waits out the 8 ms linger, so a closed loop needs about 1024 in flight to saturate ingest;
-#    with 256 it measured the linger, 23k req/s, against 32.5k with 1024),
+#    waits out the producer's linger, so a closed loop needs about 1024 in flight to saturate
+#    ingest; with 256 it measured the linger rather than ingest),
 #    alternating, medians of BENCH_ROUNDS rounds;
 # 2. 5,000 webhooks/s for 60 s through ingest into a topic nobody reads (ingest's own ack
 #    latency), then with the processor running: ack latency

@@ -55,8 +55,6 @@ if ! infra/broker.sh status 2>/dev/null; then
   infra/broker.sh install
   infra/broker.sh start
   started_broker=1
-  # A fresh in-memory broker: the processor's projection of the old log is stale.
-  rm -rf "$STATE/processor-state"
 fi
 
 echo "==> build (release)"

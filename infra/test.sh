@@ -19,7 +19,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CACHE=${HOOKSTREAM_CACHE:-$HOME/.cache/hookstream}
 VENV=$CACHE/venv
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the minutes and seconds since the start, so a run shows what each took.
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "broker: Apache Kafka (infra/broker.sh install)"
 infra/broker.sh install
@@ -50,3 +51,5 @@ step "golden samples decode with fastavro"
 
 step "fuzzing: every target ${FUZZ_SECONDS:-60} s from the committed corpus (infra/fuzz.sh)"
 infra/fuzz.sh
+
+step "done"

@@ -33,16 +33,16 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
 }
 
 /// Create a topic with `replication` replicas (and `min.insync.replicas` 2 when there
-/// are three or more, as in production) and wait until its metadata shows every partition.
+/// are two or more, as in production; 1 with one replica, whatever the broker's default)
+/// and wait until its metadata shows every partition.
 pub async fn create_replicated_topic(bootstrap: &str, name: &str, partitions: i32, replication: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
-    if replication >= 3 {
-        topic = topic.set("min.insync.replicas", "2");
-    }
+    let min_isr = replication.clamp(1, 2).to_string();
+    let topic =
+        NewTopic::new(name, partitions, TopicReplication::Fixed(replication)).set("min.insync.replicas", &min_isr);
     let results = admin
         .create_topics(
             [&topic],

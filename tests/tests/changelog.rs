@@ -197,6 +197,7 @@ async fn the_state_stays_flat_over_a_run_longer_than_the_dedup_window() {
 async fn eager_changelog(bootstrap: &str, name: &str) {
     let topic = rdkafka::admin::NewTopic::new(name, 1, rdkafka::admin::TopicReplication::Fixed(1))
         .set("cleanup.policy", "compact")
+        .set("min.insync.replicas", "1")
         .set("segment.ms", "300")
         .set("min.cleanable.dirty.ratio", "0.01")
         .set("min.compaction.lag.ms", "0");

@@ -118,6 +118,14 @@ async fn ensure_one(
     }
     let replication = TopicReplication::Fixed(cfg.internal_replication_factor);
     let mut topic = NewTopic::new(name, expected as i32, replication);
+    // acks=all writes need min.insync.replicas in-sync copies: never more than the topic
+    // has (a cluster whose default is 2 would refuse every write to a one-replica topic),
+    // and 2 for three or more replicas, as in production. With the broker's default
+    // replication (-1) its default min.insync.replicas applies.
+    let min_isr = cfg.internal_replication_factor.min(2).to_string();
+    if cfg.internal_replication_factor > 0 {
+        topic = topic.set("min.insync.replicas", &min_isr);
+    }
     for (k, v) in settings {
         topic = topic.set(k, v);
     }
