@@ -147,6 +147,10 @@ impl ChildIngest {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "debug,rdkafka=info")
+            // The config names this test's broker; a KAFKA_BROKERS the tests were given
+            // (a shared external cluster) would override it.
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("INGEST_LISTEN")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(out.try_clone().expect("log handle")))
             .stderr(Stdio::from(out))
