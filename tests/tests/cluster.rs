@@ -44,17 +44,22 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
     let _one = ONE_CLUSTER.lock().await;
     let broker = Broker::cluster();
     let topics = Topics::create_replicated(broker.bootstrap(), 4, 3).await;
-    let dir = tempfile::tempdir().unwrap();
+    // Kept on failure (the processor's log is the diagnosis), removed on success.
+    let kept = tempfile::Builder::new()
+        .prefix("hookstream-cluster-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let ingest = ChildIngest::spawn(
         broker.bootstrap(),
         &topics.raw,
-        dir.path(),
+        kept.as_path(),
         |c| c.kafka.ack_deadline = Duration::from_secs(3),
         &[],
     );
-    let mut config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let mut config = processor::test_config(broker.bootstrap(), &topics, &kept.join("state"));
     config.kafka.internal_replication_factor = 3;
-    let mut processor = ChildProcessor::spawn(&config, dir.path());
+    let mut processor = ChildProcessor::spawn(&config, kept.as_path());
     wait_ready(&ingest.addr).await;
     processor.wait_assigned(Duration::from_secs(60)).await;
 
@@ -138,16 +143,18 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
     assert!(
         missing.is_empty() && wrong.is_empty(),
         "one deterministic activation id per completed payment: {} of {} activated; missing e.g. \
-         {missing:?}; unexpected or several ids: {wrong:?}; processor log:\n{}",
+         {missing:?}; unexpected or several ids: {wrong:?}; logs kept in {}; the processor's:\n{}",
         by.len(),
         want.len(),
+        kept.display(),
         processor.log_tail()
     );
     assert!(
         processor.wait_exit(Duration::ZERO).is_none(),
         "the processor exited instead of riding it out"
     );
-    drop(ingest);
+    drop((ingest, processor));
+    let _ = std::fs::remove_dir_all(&kept);
 }
 
 /// One signed `payment.created` with a fresh id, and its answer.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hookstream_schemas::GapTimeout;
-use rdkafka::consumer::{CommitMode as KafkaCommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::ChangelogWriter;
@@ -80,17 +80,21 @@ impl<C: ConsumerContext + 'static> Changelog for KafkaBackend<C> {
 
 impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
     async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
-        let (group, topic) = (self.member(topic).clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || -> Result<Position, BoxError> {
+        let (group, owned) = (self.member(topic).clone(), topic.to_owned());
+        let committed = tokio::task::spawn_blocking(move || -> Result<Option<i64>, BoxError> {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, partition);
+            tpl.add_partition(&owned, partition);
             let committed = group.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-            Ok(match committed.find_partition(&topic, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Position::Committed(o),
-                _ => Position::LogStart(group.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.0),
+            Ok(match committed.find_partition(&owned, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
             })
         })
-        .await?
+        .await??;
+        Ok(match committed {
+            Some(o) => Position::Committed(o),
+            None => Position::LogStart(watermarks(&self.cfg, topic, partition).await?.0),
+        })
     }
 
     fn commit(&self, topic: &str, partition: i32, next: i64, mode: CommitMode) -> Result<(), BoxError> {
@@ -128,18 +132,24 @@ impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
     }
 
     async fn log_start(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
-        let (member, topic) = (self.member(topic).clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || -> Result<i64, BoxError> {
-            Ok(member.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.0)
-        })
-        .await?
+        Ok(watermarks(&self.cfg, topic, partition).await?.0)
     }
 
     async fn log_end(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {
-        let (member, topic) = (self.member(topic).clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || -> Result<i64, BoxError> {
-            Ok(member.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?.1)
-        })
-        .await?
+        Ok(watermarks(&self.cfg, topic, partition).await?.1)
     }
+}
+
+/// A partition's low and high watermarks, asked by a client of its own. Not the group
+/// member's: after a partition leader moved, a member's query for a topic it does not
+/// subscribe (a changelog) kept failing with UnknownPartition from librdkafka's stale
+/// leader cache, a restore paused for good (`tests/tests/cluster.rs`, leader SIGKILL). A
+/// fresh client looks the leader up anew; these queries come once per assignment.
+async fn watermarks(cfg: &KafkaConfig, topic: &str, partition: i32) -> Result<(i64, i64), BoxError> {
+    let (probe, topic) = (super::client::log_reader(cfg), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<(i64, i64), BoxError> {
+        let probe: BaseConsumer = probe.create()?;
+        Ok(probe.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?)
+    })
+    .await?
 }
