@@ -80,3 +80,75 @@ pub fn retrying_lifecycles(
         })
         .collect()
 }
+
+impl Seen {
+    /// Read `topic` (the raw topic) until every event id answered 200 is there (60 s at
+    /// most) and panic naming the ones that are not: a 200 must never be lost. Returns
+    /// the records read.
+    pub async fn assert_acknowledged_in(&self, bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+        use hookstream_schemas::{decode, RawWebhook};
+        use rdkafka::Message;
+        let mut in_topic = BTreeSet::new();
+        let records = crate::kafka::read_until(bootstrap, topic, Duration::from_secs(60), |r| {
+            if let Some(w) = r
+                .last()
+                .and_then(|m| m.payload())
+                .and_then(|v| decode::<RawWebhook>(v).ok())
+            {
+                in_topic.insert(w.event_id);
+            }
+            self.acked.is_subset(&in_topic)
+        })
+        .await;
+        let lost: Vec<_> = self.acked.difference(&in_topic).collect();
+        assert!(lost.is_empty(), "answered 200 but not in the raw topic: {lost:?}");
+        records
+    }
+
+    /// Read `topic` (the activations) until every completed payment's policy is there
+    /// and check each has exactly its one deterministic activation id (that of the
+    /// payment's completion, `evt_b<i>_3`). `context` is added to a failure's message
+    /// (where the logs are).
+    pub async fn assert_activated_once(&self, bootstrap: &str, topic: &str, context: &str) {
+        use std::collections::BTreeMap;
+        let (_, by) = crate::kafka::activations_by_policy(bootstrap, topic, self.completed.len()).await;
+        let want: BTreeMap<String, BTreeSet<String>> = self
+            .completed
+            .iter()
+            .map(|i| {
+                let pol = format!("pol_b{i}");
+                let id = hookstream_processor::rules::decide::activation_id(&pol, "paymenthub", &format!("evt_b{i}_3"));
+                (pol, BTreeSet::from([id]))
+            })
+            .collect();
+        let missing: Vec<_> = want.keys().filter(|p| !by.contains_key(*p)).take(10).collect();
+        let wrong: Vec<_> = by
+            .iter()
+            .filter(|(p, ids)| want.get(*p) != Some(*ids))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty() && wrong.is_empty(),
+            "one deterministic activation id per completed payment: {} of {} activated; missing \
+             e.g. {missing:?}; unexpected or several ids: {wrong:?}; {context}",
+            by.len(),
+            want.len(),
+        );
+    }
+}
+
+/// Stop the providers of [`retrying_lifecycles`], let each finish the lifecycle it is in
+/// (a worker panics when one of its events is never answered 200), and take what they saw.
+pub async fn finish(
+    stop: &tokio_util::sync::CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    seen: &Mutex<Seen>,
+) -> Seen {
+    stop.cancel();
+    for w in workers {
+        if let Err(e) = w.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()))
+}

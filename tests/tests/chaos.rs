@@ -5,17 +5,16 @@
 //! raw record or a dead letter. (The processor's own SIGKILLs are in `crash.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hookstream_processor::rules::decide::activation_id;
 use hookstream_schemas::{decode, RawWebhook};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
 use hookstream_tests::processor::{self, ChildProcessor, Topics};
-use hookstream_tests::providers::{retrying_lifecycles, Seen};
+use hookstream_tests::providers::{finish, retrying_lifecycles, Seen};
 use hookstream_tests::{http, kafka, sign};
 use rdkafka::Message;
 
@@ -190,11 +189,7 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
     }
     let recovered = restarted.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.cancel();
-    for w in workers {
-        w.await.unwrap();
-    }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let seen = finish(&stop, workers, &seen).await;
     eprintln!(
         "broker kill: {before_kill} acknowledged before, {during} answers 503 while it was down, \
          200 again {recovered:?} after its restart, {} acknowledged, {} payments completed",
@@ -210,33 +205,10 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
     );
 
     // Every acknowledged webhook is in the raw topic.
-    let mut in_topic = BTreeSet::new();
-    let raw = kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(60), |r| {
-        if let Some(w) = r
-            .last()
-            .and_then(|m| m.payload())
-            .and_then(|v| decode::<RawWebhook>(v).ok())
-        {
-            in_topic.insert(w.event_id);
-        }
-        seen.acked.is_subset(&in_topic)
-    })
-    .await;
-    let lost: Vec<_> = seen.acked.difference(&in_topic).collect();
-    assert!(lost.is_empty(), "answered 200 but not in the raw topic: {lost:?}");
-
+    let raw = seen.assert_acknowledged_in(broker.bootstrap(), &topics.raw).await;
     // The processor rode out the outage and activated each completed payment once.
-    let (_, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, seen.completed.len()).await;
-    let want: BTreeMap<String, BTreeSet<String>> = seen
-        .completed
-        .iter()
-        .map(|i| {
-            let pol = format!("pol_b{i}");
-            let id = activation_id(&pol, "paymenthub", &format!("evt_b{i}_3"));
-            (pol, BTreeSet::from([id]))
-        })
-        .collect();
-    assert_eq!(by, want, "one deterministic activation id per completed payment");
+    seen.assert_activated_once(broker.bootstrap(), &topics.activations, "")
+        .await;
 
     // A dead letter (a completed payment that names no policy), then the secrets grep.
     let body = sign::payment_body("evt_b_nopol", "pay_b_nopol", None, "payment.completed", None);

@@ -8,20 +8,16 @@
 //!   by itself once they are back.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hookstream_processor::rules::decide::activation_id;
-use hookstream_schemas::{decode, RawWebhook};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::ingest::{scheme_of, secrets_of, wait_ready, ChildIngest};
 use hookstream_tests::processor::{self, ChildProcessor, Topics};
-use hookstream_tests::providers::{record, retrying_lifecycles, Seen};
-use hookstream_tests::{http, kafka, sign};
+use hookstream_tests::providers::{finish, record, retrying_lifecycles, Seen};
+use hookstream_tests::{http, sign};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 
 /// One cluster at a time: two would be six JVMs and two pipelines on 2 cores, slow
 /// enough to measure the machine instead of the failure.
@@ -88,11 +84,7 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
     let failover = killed.elapsed();
     broker.start_node(victim);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    for w in workers {
-        w.await.unwrap();
-    }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let seen = finish(&stop, workers, &seen).await;
     eprintln!(
         "leader {victim} killed: {before_kill} acknowledged before, traffic through a new leader \
          {failover:?} later, {} answers 503/429 in all, {} acknowledged, {} payments completed",
@@ -107,48 +99,14 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
         seen.other
     );
 
-    let mut in_topic = BTreeSet::new();
-    kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(60), |r| {
-        if let Some(w) = r
-            .last()
-            .and_then(|m| m.payload())
-            .and_then(|v| decode::<RawWebhook>(v).ok())
-        {
-            in_topic.insert(w.event_id);
-        }
-        seen.acked.is_subset(&in_topic)
-    })
-    .await;
-    let lost: Vec<_> = seen.acked.difference(&in_topic).collect();
-    assert!(lost.is_empty(), "answered 200 but not in the raw topic: {lost:?}");
-
-    let (_, by) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, seen.completed.len()).await;
-    let want: BTreeMap<String, BTreeSet<String>> = seen
-        .completed
-        .iter()
-        .map(|i| {
-            let pol = format!("pol_b{i}");
-            (
-                pol.clone(),
-                BTreeSet::from([activation_id(&pol, "paymenthub", &format!("evt_b{i}_3"))]),
-            )
-        })
-        .collect();
-    let missing: Vec<_> = want.keys().filter(|p| !by.contains_key(*p)).take(10).collect();
-    let wrong: Vec<_> = by
-        .iter()
-        .filter(|(p, ids)| want.get(*p) != Some(*ids))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty() && wrong.is_empty(),
-        "one deterministic activation id per completed payment: {} of {} activated; missing e.g. \
-         {missing:?}; unexpected or several ids: {wrong:?}; logs kept in {}; the processor's:\n{}",
-        by.len(),
-        want.len(),
+    seen.assert_acknowledged_in(broker.bootstrap(), &topics.raw).await;
+    let context = format!(
+        "logs kept in {}; the processor's:\n{}",
         kept.display(),
         processor.log_tail()
     );
+    seen.assert_activated_once(broker.bootstrap(), &topics.activations, &context)
+        .await;
     assert!(
         processor.wait_exit(Duration::ZERO).is_none(),
         "the processor exited instead of riding it out"
