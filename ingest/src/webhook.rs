@@ -225,7 +225,7 @@ async fn publish(
             }
             // The receipt trail (README > Operations): one line per acknowledged webhook,
             // under its own target so that it can be turned off alone
-            // (`RUST_LOG=info,hookstream_ingest::received=off`). Its cost is in README > Benchmarks.
+            // (`RUST_LOG=info,hookstream_ingest::received=off`). Its cost is in tests/README.md, benchmarks.
             tracing::info!(
                 target: "hookstream_ingest::received",
                 %event_id, %payment_id, source = source_name, partition = d.partition, offset = d.offset,

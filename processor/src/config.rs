@@ -259,7 +259,7 @@ pub struct ProcessingConfig {
     /// Partitions that rebuild their state from the log at once; the others wait. Each
     /// rebuild reads with its own consumer (4 MiB of pre-fetch): with two stages on 12
     /// partitions, 24 at once took the processor from 365 to 463 MB; 4 at once halved
-    /// the rebuild rate (README > Benchmarks). Default 12.
+    /// the rebuild rate (tests/README.md, benchmarks). Default 12.
     pub max_concurrent_rebuilds: usize,
 }
 

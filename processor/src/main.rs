@@ -188,7 +188,7 @@ async fn dead_letters(config: ProcessorConfig, cmd: DlqCommand) -> anyhow::Resul
 
 /// jemalloc, not glibc's malloc: the processor allocates and frees small objects on
 /// many threads (a task per partition, rdkafka, sled's copy-on-write nodes), and glibc's
-/// malloc took about a quarter of a backlog drain's CPU (README > Benchmarks).
+/// malloc took about a quarter of a backlog drain's CPU (tests/README.md, benchmarks).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
