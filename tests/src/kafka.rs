@@ -27,6 +27,19 @@ pub fn unique_topic(prefix: &str) -> String {
     )
 }
 
+/// An admin client for `bootstrap`.
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+/// Options of a topic request: wait up to 10 s for the controller's answer.
+pub fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
 /// Create a topic (one replica) and wait until its metadata shows every partition.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     create_replicated_topic(bootstrap, name, partitions, 1).await;
@@ -36,18 +49,12 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
 /// are two or more, as in production; 1 with one replica, whatever the broker's default)
 /// and wait until its metadata shows every partition.
 pub async fn create_replicated_topic(bootstrap: &str, name: &str, partitions: i32, replication: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let admin = admin(bootstrap);
     let min_isr = replication.clamp(1, 2).to_string();
     let topic =
         NewTopic::new(name, partitions, TopicReplication::Fixed(replication)).set("min.insync.replicas", &min_isr);
     let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .create_topics([&topic], &admin_options())
         .await
         .expect("create_topics request");
     for r in results {
@@ -69,15 +76,9 @@ pub async fn create_replicated_topic(bootstrap: &str, name: &str, partitions: i3
 /// Delete a topic and wait until the metadata no longer shows it (Kafka deletes
 /// asynchronously: a topic created again too soon is refused as marked for deletion).
 pub async fn delete_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let admin = admin(bootstrap);
     let results = admin
-        .delete_topics(
-            &[name],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .delete_topics(&[name], &admin_options())
         .await
         .expect("delete_topics request");
     for r in results {

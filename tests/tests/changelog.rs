@@ -9,18 +9,12 @@ use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap()
-}
+use hookstream_tests::kafka::{admin, admin_options};
 
 /// Delete every record of `topic`'s `partitions` (as retention would).
 async fn delete_all(bootstrap: &str, topic: &str, partitions: i32) {
@@ -34,10 +28,7 @@ async fn delete_all(bootstrap: &str, topic: &str, partitions: i32) {
         tpl.add_partition_offset(topic, p, Offset::Offset(high)).unwrap();
     }
     admin(bootstrap)
-        .delete_records(
-            &tpl,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .delete_records(&tpl, &admin_options())
         .await
         .expect("the broker deletes records (DeleteRecords)");
 }
@@ -202,10 +193,7 @@ async fn eager_changelog(bootstrap: &str, name: &str) {
         .set("min.cleanable.dirty.ratio", "0.01")
         .set("min.compaction.lag.ms", "0");
     for r in admin(bootstrap)
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .create_topics([&topic], &admin_options())
         .await
         .unwrap()
     {
