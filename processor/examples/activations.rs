@@ -101,6 +101,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .set("enable.auto.commit", "false")
         // A new group starts at the beginning: no activation is missed.
         .set("auto.offset.reset", "earliest")
+        // librdkafka's default, stated because the processor's exactly-once depends on
+        // it: events of aborted transactions (a crashed or fenced processor's) are never
+        // delivered, so each event arrives once (a replay re-publishes on purpose).
+        .set("isolation.level", "read_committed")
         .create()?;
 
     let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;

@@ -35,6 +35,51 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProcessorConfig;
+
+use config::Guarantee;
+use partition::Stage;
+
+/// Each stage's transactional producers (exactly-once) and how to reach them.
+type Transactional = Vec<(Stage, Arc<kafka::txn::TxnProducer>)>;
+
+/// The stages' writers. Under exactly-once each stage's outputs and changelog entries
+/// go through the stage's transactional producer (initialised here, which fences this
+/// instance's previous incarnation); at least once, through two idempotent producers
+/// shared by both stages.
+async fn writers(
+    config: &ProcessorConfig,
+) -> Result<([kafka::backend::StageWriters; 2], Transactional, partition::Gates), ProcessorError> {
+    use kafka::backend::StageWriters;
+    use kafka::changelog::ChangelogWriter;
+    use kafka::emit::Emitter;
+    let k = &config.kafka;
+    if k.processing_guarantee == Guarantee::AtLeastOnce {
+        let w = StageWriters {
+            emitter: Emitter::new(k)?,
+            changelog: ChangelogWriter::new(k)?,
+        };
+        return Ok(([w.clone(), w], Vec::new(), partition::Gates::default()));
+    }
+    let instance = kafka::txn::instance_id(k, &config.state_dir).map_err(ProcessorError::StateDir)?;
+    let start = |stage: Stage| {
+        let id = format!("{}-{instance}-{}", k.group_id, stage.as_str());
+        let cfg = k.clone();
+        async move {
+            let producer = tokio::task::spawn_blocking(move || kafka::txn::TxnProducer::start(&cfg, id))
+                .await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+            Ok::<_, ProcessorError>(Arc::new(producer))
+        }
+    };
+    let (payments, policies) = (start(Stage::Payments).await?, start(Stage::Policies).await?);
+    let of = |p: &kafka::txn::TxnProducer| StageWriters {
+        emitter: Emitter::with(k, p.slot()),
+        changelog: ChangelogWriter::with(p.slot()),
+    };
+    let writers = [of(&payments), of(&policies)];
+    let producers = vec![(Stage::Payments, payments), (Stage::Policies, policies)];
+    Ok((writers, producers, partition::Gates::exactly_once()))
+}
 pub use error::ProcessorError;
 
 /// Run the processor until `shutdown`: consume, decide, emit, persist, commit; serve
@@ -48,9 +93,8 @@ pub async fn run(
     std::fs::create_dir_all(&config.state_dir).map_err(ProcessorError::StateDir)?;
     let store = store::Store::open(&config.state_dir, config.processing.sled_cache_bytes)?;
     let metrics = metrics::Metrics::new();
-    let emitter = kafka::emit::Emitter::new(&config.kafka)?;
-    let changelog = kafka::changelog::ChangelogWriter::new(&config.kafka)?;
     kafka::topics::ensure_internal(&config.kafka, &shutdown).await?;
+    let (writers, producers, gates) = writers(&config).await?;
     let (membership_tx, membership) = mpsc::unbounded_channel();
     // The callback's own bound: the coordinator's deadline, then time to stop workers.
     let revoke_bound = group::hand_over_deadline(config.kafka.session_timeout) * 2 + std::time::Duration::from_secs(5);
@@ -82,8 +126,7 @@ pub async fn run(
     let holes = Arc::new(partition::holes::Holes::default());
     let backend = kafka::backend::KafkaBackend::new(
         config.kafka.clone(),
-        emitter,
-        changelog,
+        writers,
         members.payments.clone(),
         members.policies.clone(),
     );
@@ -96,6 +139,7 @@ pub async fn run(
         tracer: trace::RecordTracer::new(&config.tracing)?,
         rebuilds: tokio::sync::Semaphore::new(config.processing.max_concurrent_rebuilds.max(1)),
         holes: holes.clone(),
+        gates,
     });
     let view = admin::View {
         holes,
@@ -106,7 +150,7 @@ pub async fn run(
         consumer: members.payments.clone(),
     };
     let admin_task = tokio::spawn(admin::serve(view, admin, shutdown.clone()));
-    group::run(cx.clone(), members, membership, shutdown).await;
+    group::run(cx.clone(), members, producers, membership, shutdown).await;
     let _ = admin_task.await;
     // Flush the spans still queued; blocking, so off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || cx.tracer.shutdown()).await;

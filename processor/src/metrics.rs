@@ -47,6 +47,11 @@ pub struct Metrics {
     pub outputs_refused: IntCounter,
     /// Partitions rebuilt from the log because their stored state did not read back.
     pub corrupt_rebuilds: IntCounter,
+    /// Under exactly-once, partitions that restored their committed state after an
+    /// aborted transaction.
+    pub rewinds: IntCounter,
+    /// Under exactly-once, transactions by outcome (committed, aborted, fenced).
+    pub transactions: IntCounterVec,
     /// The offset last committed per input partition, by stage (a periodic commit is
     /// asynchronous: the offset as sent; the next one supersedes a lost one). With
     /// ingest's `raw_end_offset` it gives the lag even while the processor is down.
@@ -140,6 +145,16 @@ impl Metrics {
                 "Partitions whose stored state did not read back and was rebuilt from the log",
             )
             .expect("metric"),
+            rewinds: IntCounter::new(
+                "rewinds_total",
+                "Partitions that restored their committed state after an aborted transaction",
+            )
+            .expect("metric"),
+            transactions: IntCounterVec::new(
+                Opts::new("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced)"),
+                &["stage", "outcome"],
+            )
+            .expect("metric"),
             committed_offset: IntGaugeVec::new(
                 Opts::new(
                     "committed_offset",
@@ -180,6 +195,8 @@ impl Metrics {
             Box::new(m.skipped_refetched.clone()),
             Box::new(m.outputs_refused.clone()),
             Box::new(m.corrupt_rebuilds.clone()),
+            Box::new(m.rewinds.clone()),
+            Box::new(m.transactions.clone()),
             Box::new(m.committed_offset.clone()),
             Box::new(m.rebalances.clone()),
         ];

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,9 +81,9 @@ impl GroupContext {
     /// runtime (in the poll loop's `recv`), so the wait is `block_in_place`, bounded.
     /// Without a multi-threaded runtime (or once the coordinator is gone) it does not
     /// wait: the revoked records are then simply read again by their next owner.
-    fn revoke(&self, partitions: Vec<Key>) {
+    fn ask(&self, message: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> Membership) {
         let (done, answered) = std::sync::mpsc::sync_channel(1);
-        if self.membership.send(Membership::Revoked(partitions, done)).is_err() {
+        if self.membership.send(message(done)).is_err() {
             return;
         }
         let multi_thread = tokio::runtime::Handle::try_current()
@@ -95,7 +95,7 @@ impl GroupContext {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waited {
             tracing::warn!(
                 bound_ms = self.revoke_bound.as_millis() as u64,
-                "revoked partitions' workers still running; going on (their records are consumed again)"
+                "the coordinator did not answer within the bound; going on (the partitions' records are consumed again)"
             );
         }
     }
@@ -132,14 +132,24 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(tpl) if consumer.assignment_lost() => {
+                let partitions = self.keys(tpl);
+                tracing::warn!(
+                    ?partitions,
+                    "assignment lost (this member was thrown out of the group); stopping its workers, writing nothing more"
+                );
+                self.metrics.rebalances.with_label_values(&["lost"]).inc();
+                self.ask(|done| Membership::Lost(partitions, done));
+            }
             Rebalance::Revoke(tpl) => {
                 let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions revoked; finishing their in-flight work");
                 self.metrics.rebalances.with_label_values(&["revoked"]).inc();
                 let started = std::time::Instant::now();
-                self.revoke(partitions.clone());
+                let revoked = partitions.clone();
+                self.ask(|done| Membership::Revoked(revoked, done));
                 tracing::info!(
                     ?partitions,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -150,7 +160,10 @@ impl ConsumerContext for GroupContext {
                 let partitions = self.keys(tpl);
                 tracing::info!(?partitions, "partitions assigned");
                 self.metrics.rebalances.with_label_values(&["assigned"]).inc();
-                let _ = self.membership.send(Membership::Assigned(partitions));
+                // A rendezvous: the partitions' queues are split off before librdkafka
+                // is told of the assignment, so none of their records is fetched into
+                // the group's own queue (and none can come out of order).
+                self.ask(|done| Membership::Assigned(partitions, Some(done)));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }

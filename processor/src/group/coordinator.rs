@@ -29,9 +29,16 @@ pub type Key = (Stage, i32);
 /// A change of membership, from the rebalance callbacks.
 #[derive(Debug)]
 pub enum Membership {
-    Assigned(Vec<Key>),
-    /// Answered on the channel once every revoked partition's worker has exited.
+    /// Answered (when asked) once the partitions' workers and feeds run: their queues
+    /// are split off before the consumer fetches anything of them.
+    Assigned(Vec<Key>, Option<std::sync::mpsc::SyncSender<()>>),
+    /// Answered on the channel once every revoked partition's worker has exited and
+    /// its hand-over is committed.
     Revoked(Vec<Key>, std::sync::mpsc::SyncSender<()>),
+    /// The assignment was lost (this member was thrown out of the group, another may
+    /// already own the partitions): the workers are stopped at once and write nothing
+    /// more; answered once they have exited and their uncommitted work is aborted.
+    Lost(Vec<Key>, std::sync::mpsc::SyncSender<()>),
 }
 
 /// How the coordinator starts workers and their feeds: [`super::run`] wires the real
@@ -46,6 +53,17 @@ pub trait Spawner: Send + 'static {
     /// A task moving the partition's own record queue into `tx`, when the consumer can
     /// split one off (otherwise its records come as [`Coordinator::run`]'s `records`).
     fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>>;
+
+    /// `partitions`' workers have exited after a revocation or at shutdown: their
+    /// hand-over (under exactly-once, the commit of what they decided) happens here.
+    fn handed_over(&mut self, _partitions: &[Key]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// `partitions` were lost and their workers stopped: abort what they left uncommitted.
+    fn lost(&mut self, _partitions: &[Key]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 struct Handle {
@@ -108,14 +126,18 @@ impl<S: Spawner> Coordinator<S> {
         }
         let all: Vec<Key> = self.handles.keys().copied().collect();
         self.finish(&all).await;
+        self.spawner.handed_over(&all).await;
     }
 
     async fn change(&mut self, m: Membership) {
         match m {
-            Membership::Assigned(partitions) => {
+            Membership::Assigned(partitions, done) => {
                 for p in partitions {
                     self.owned.insert(p);
                     self.start(p);
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
             }
             Membership::Revoked(partitions, done) => {
@@ -123,6 +145,15 @@ impl<S: Spawner> Coordinator<S> {
                     self.owned.remove(p);
                 }
                 self.finish(&partitions).await;
+                self.spawner.handed_over(&partitions).await;
+                let _ = done.send(());
+            }
+            Membership::Lost(partitions, done) => {
+                for p in &partitions {
+                    self.owned.remove(p);
+                }
+                self.stop_now(&partitions).await;
+                self.spawner.lost(&partitions).await;
                 let _ = done.send(());
             }
         }
@@ -220,12 +251,41 @@ impl<S: Spawner> Coordinator<S> {
         }
     }
 
+    /// Stop `partitions`' workers where they are (no hand-over: the partitions are no
+    /// longer this member's) and return once they have exited: a stopped task runs no
+    /// further, so nothing of it can be sent after this.
+    async fn stop_now(&mut self, partitions: &[Key]) {
+        let mut waiting: HashSet<Key> = HashSet::new();
+        for p in partitions {
+            if let Some(h) = self.handles.get_mut(p) {
+                if let Some(f) = h.feed.take() {
+                    f.abort();
+                }
+                h.tx = None;
+                h.task.abort();
+                waiting.insert(*p);
+            }
+        }
+        while !waiting.is_empty() {
+            match self.tasks.join_next().await {
+                Some(done) => {
+                    if let Some(p) = self.joined(done) {
+                        waiting.remove(&p);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+
     /// Which partition's worker a join was; forgets its handle and stops its feed.
     fn joined(&mut self, done: Result<Key, tokio::task::JoinError>) -> Option<Key> {
         let p = match done {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "partition worker failed");
+                if !e.is_cancelled() {
+                    tracing::error!(error = %e, "partition worker failed");
+                }
                 *self.handles.iter().find(|(_, h)| h.task.id() == e.id())?.0
             }
         };

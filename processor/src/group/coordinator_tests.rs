@@ -115,7 +115,9 @@ async fn revoke(r: &Running, partitions: Vec<i32>) {
 #[tokio::test]
 async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
     let r = start(Duration::ZERO, Duration::from_secs(5));
-    r.membership.send(Membership::Assigned(vec![(P, 0), (P, 1)])).unwrap();
+    r.membership
+        .send(Membership::Assigned(vec![(P, 0), (P, 1)], None))
+        .unwrap();
     for m in [record(0, 5), record(1, 7), record(2, 9), record(0, 6)] {
         r.records.send(m).await.unwrap();
     }
@@ -139,7 +141,9 @@ async fn records_reach_their_partitions_worker_and_only_owned_partitions_run() {
 #[tokio::test]
 async fn a_revocation_is_answered_only_after_its_workers_handed_over() {
     let r = start(Duration::from_millis(300), Duration::from_secs(5));
-    r.membership.send(Membership::Assigned(vec![(P, 0), (P, 1)])).unwrap();
+    r.membership
+        .send(Membership::Assigned(vec![(P, 0), (P, 1)], None))
+        .unwrap();
     r.records.send(record(0, 1)).await.unwrap();
     received(&r, 1).await;
     revoke(&r, vec![0]).await;
@@ -161,7 +165,7 @@ async fn a_revocation_is_answered_only_after_its_workers_handed_over() {
 #[tokio::test]
 async fn a_worker_past_the_deadline_is_stopped_and_the_revocation_still_answered() {
     let r = start(Duration::from_secs(60), Duration::from_millis(100));
-    r.membership.send(Membership::Assigned(vec![(P, 3)])).unwrap();
+    r.membership.send(Membership::Assigned(vec![(P, 3)], None)).unwrap();
     r.records.send(record(3, 0)).await.unwrap();
     received(&r, 1).await;
     let started = std::time::Instant::now();

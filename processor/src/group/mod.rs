@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod coordinator;
+pub mod transactions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,29 @@ pub type Backend = KafkaBackend<GroupContext>;
 struct Workers {
     cx: Arc<Context<Backend>>,
     members: Members,
+    /// Under exactly-once, each stage's committer.
+    committers: Vec<(Stage, mpsc::UnboundedSender<transactions::Request>)>,
+}
+
+impl Workers {
+    /// Ask each stage's committer about its partitions among `keys` and wait.
+    async fn ask(&self, keys: &[Key], abort: bool) {
+        for (stage, tx) in &self.committers {
+            let partitions: std::collections::BTreeSet<i32> =
+                keys.iter().filter(|(s, _)| s == stage).map(|(_, p)| *p).collect();
+            if partitions.is_empty() {
+                continue;
+            }
+            let (done, answered) = tokio::sync::oneshot::channel();
+            let request = match abort {
+                true => transactions::Request::Abort(partitions, done),
+                false => transactions::Request::Commit(partitions, done),
+            };
+            if tx.send(request).is_ok() {
+                let _ = answered.await;
+            }
+        }
+    }
 }
 
 /// This instance's members of the group: one reads the raw topic, one the policy
@@ -78,23 +102,54 @@ impl Spawner for Workers {
             }
         }
     }
+
+    async fn handed_over(&mut self, partitions: &[Key]) {
+        self.ask(partitions, false).await;
+    }
+
+    async fn lost(&mut self, partitions: &[Key]) {
+        self.ask(partitions, true).await;
+    }
 }
 
 /// Consume with `members` (subscribed, their callbacks sending to `membership`) until
-/// `shutdown`, then hand every partition over and leave the group.
+/// `shutdown`, then hand every partition over and leave the group. `producers`: under
+/// exactly-once, each stage's transactional producer.
 pub async fn run(
     cx: Arc<Context<Backend>>,
     members: Members,
+    producers: Vec<(Stage, Arc<crate::kafka::txn::TxnProducer>)>,
     membership: mpsc::UnboundedReceiver<Membership>,
     shutdown: CancellationToken,
 ) {
     let p = &cx.settings.processing;
     let (records_tx, records) = mpsc::channel(p.partition_queue_records.max(1));
     let deadline = hand_over_deadline(cx.settings.session_timeout);
+    let mut committers = Vec::new();
+    let mut committer_tasks = Vec::new();
+    for (stage, producer) in producers {
+        let Some(gate) = cx.gates.of(stage).cloned() else {
+            continue;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let committer = transactions::Committer {
+            stage,
+            topic: cx.settings.topic(stage).to_owned(),
+            producer,
+            consumer: members.of(stage).clone(),
+            gate,
+            store: cx.store.clone(),
+            metrics: cx.metrics.clone(),
+            interval: p.commit_interval,
+        };
+        committer_tasks.push(tokio::spawn(committer.run(rx)));
+        committers.push((stage, tx));
+    }
     let coordinator = Coordinator::new(
         Workers {
             cx: cx.clone(),
             members: members.clone(),
+            committers,
         },
         p.partition_queue_records,
         deadline,
@@ -113,6 +168,10 @@ pub async fn run(
     });
     drop(records_tx);
     coordinator.run(membership, records, shutdown).await;
+    // The coordinator (and with it the committers' senders) is gone: they stop.
+    for t in committer_tasks {
+        let _ = t.await;
+    }
     for p in pollers {
         let _ = p.await;
     }

@@ -15,19 +15,29 @@ use crate::config::KafkaConfig;
 use crate::partition::io::{
     BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
 };
+use crate::partition::Stage;
 use crate::rules::model::Output;
 use crate::store::Entry;
 
 /// How long an offset request waits for the broker before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A stage's writers: its outputs and its changelog (under exactly-once sharing the
+/// stage's transactional producer).
+#[derive(Debug, Clone)]
+pub struct StageWriters {
+    pub emitter: Emitter,
+    pub changelog: ChangelogWriter,
+}
+
 /// The broker behind a worker.
 #[allow(missing_debug_implementations)] // rdkafka clients
 pub struct KafkaBackend<C: ConsumerContext + 'static> {
     cfg: KafkaConfig,
     requests_topic: String,
-    emitter: Emitter,
-    changelog: ChangelogWriter,
+    policies_changelog: String,
+    payments_writers: StageWriters,
+    policies_writers: StageWriters,
     /// The group's members of this instance (raw topic, repartition topic): commits and
     /// committed offsets go through the member that owns the partition.
     payments: Arc<StreamConsumer<C>>,
@@ -37,17 +47,19 @@ pub struct KafkaBackend<C: ConsumerContext + 'static> {
 impl<C: ConsumerContext + 'static> KafkaBackend<C> {
     pub fn new(
         cfg: KafkaConfig,
-        emitter: Emitter,
-        changelog: ChangelogWriter,
+        writers: [StageWriters; 2],
         payments: Arc<StreamConsumer<C>>,
         policies: Arc<StreamConsumer<C>>,
     ) -> Self {
         let requests_topic = cfg.requests_topic();
+        let policies_changelog = cfg.changelog_topic(crate::config::POLICIES_STORE);
+        let [payments_writers, policies_writers] = writers;
         Self {
             cfg,
             requests_topic,
-            emitter,
-            changelog,
+            policies_changelog,
+            payments_writers,
+            policies_writers,
             payments,
             policies,
         }
@@ -60,21 +72,34 @@ impl<C: ConsumerContext + 'static> KafkaBackend<C> {
             &self.payments
         }
     }
+
+    fn writers(&self, stage: Stage) -> &StageWriters {
+        match stage {
+            Stage::Payments => &self.payments_writers,
+            Stage::Policies => &self.policies_writers,
+        }
+    }
 }
 
 impl<C: ConsumerContext + 'static> Outputs for KafkaBackend<C> {
-    async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
-        self.emitter.send_each(outputs).await
+    async fn send_each(&self, stage: Stage, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
+        self.writers(stage).emitter.send_each(stage, outputs).await
     }
 
     async fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> Result<(), SendError> {
-        self.emitter.send_gap_timeout(partition, g).await
+        // Gap timeouts are the payment stage's control records.
+        self.payments_writers.emitter.send_gap_timeout(partition, g).await
     }
 }
 
 impl<C: ConsumerContext + 'static> Changelog for KafkaBackend<C> {
     async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
-        self.changelog.append(topic, partition, entries).await
+        let stage = if topic == self.policies_changelog {
+            Stage::Policies
+        } else {
+            Stage::Payments
+        };
+        self.writers(stage).changelog.append(topic, partition, entries).await
     }
 }
 
@@ -113,9 +138,12 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
 pub struct KafkaReader(StreamConsumer);
 
 impl LogReader for KafkaReader {
-    async fn next(&mut self) -> Result<Incoming, BoxError> {
-        let m = self.0.recv().await?;
-        Ok(super::record::incoming(&m))
+    async fn next(&mut self) -> Result<Option<Incoming>, BoxError> {
+        match self.0.recv().await {
+            Ok(m) => Ok(Some(super::record::incoming(&m))),
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

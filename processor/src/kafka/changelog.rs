@@ -1,7 +1,8 @@
-//! Writing the stores' changelogs ([`crate::store::changelog`]): one idempotent producer,
-//! each entry to the changelog partition of its input partition, acknowledged with
-//! `acks=all` before the state it records is applied locally and the input offsets
-//! are committed. This is the broker side of [`crate::partition::io::Changelog`].
+//! Writing the stores' changelogs ([`crate::store::changelog`]): each entry to the
+//! changelog partition of its input partition, acknowledged with `acks=all` before the
+//! state it records is applied locally and the input offsets are committed; at least
+//! once through an idempotent producer of its own, exactly once through the stage's
+//! transactional producer ([`super::txn`]). This is the broker side of [`crate::partition::io::Changelog`].
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::emit::classify;
+use super::txn::ProducerSlot;
 use crate::config::KafkaConfig;
 use crate::partition::io::{Changelog, SendError};
 use crate::store::Entry;
@@ -22,7 +24,7 @@ pub const MAX_ENTRY_BYTES: usize = 32 << 20;
 /// The changelog producer.
 #[derive(Clone)]
 pub struct ChangelogWriter {
-    producer: FutureProducer,
+    producer: ProducerSlot,
 }
 
 impl std::fmt::Debug for ChangelogWriter {
@@ -36,12 +38,19 @@ impl ChangelogWriter {
         let mut c = super::client::producer(cfg, "-changelog");
         // A state entry can be larger than librdkafka's 1 MB default (see MAX_ENTRY_BYTES).
         c.set("message.max.bytes", MAX_ENTRY_BYTES.to_string());
-        Ok(Self { producer: c.create()? })
+        let producer: FutureProducer = c.create()?;
+        Ok(Self::with(ProducerSlot::new(producer)))
+    }
+
+    /// A writer sending through `producer` (a stage's transactional one).
+    pub fn with(producer: ProducerSlot) -> Self {
+        Self { producer }
     }
 }
 
 impl Changelog for ChangelogWriter {
     async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+        let producer = self.producer.get();
         let sends = entries.iter().map(|e| {
             let mut r = FutureRecord::<[u8], [u8]>::to(topic)
                 .partition(partition)
@@ -49,7 +58,7 @@ impl Changelog for ChangelogWriter {
             if let Some(v) = &e.value {
                 r = r.payload(v.as_slice());
             }
-            self.producer.send(r, Duration::from_secs(0))
+            producer.send(r, Duration::from_secs(0))
         });
         let mut last = -1;
         for r in join_all(sends).await {

@@ -40,7 +40,11 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
         // README's benchmark section has the measurements behind 2 MiB.
         .set("queued.max.messages.kbytes", "2048")
         // Per-partition lag for /metrics.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // librdkafka's default, stated because exactly-once depends on it: records of
+        // open or aborted transactions are never delivered, and the committed offsets
+        // are fetched only once no transaction has them pending (KIP-447).
+        .set("isolation.level", "read_committed");
     match cfg.group_protocol {
         GroupProtocol::Classic => {
             // Incremental rebalances: partitions that stay put keep processing.
@@ -97,7 +101,12 @@ pub fn log_reader(cfg: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // One reader per rebuilding partition: keep each one's pre-fetch small.
         .set("queued.max.messages.kbytes", "4096")
-        .set("queued.min.messages", "2000");
+        .set("queued.min.messages", "2000")
+        // A restore reads a changelog to its end: under transactions the last offsets
+        // are commit markers, never delivered, so the end is known from the EOF event.
+        .set("enable.partition.eof", "true")
+        // Only what was committed: an aborted batch never existed (see group_consumer).
+        .set("isolation.level", "read_committed");
     c
 }
 
@@ -127,6 +136,25 @@ pub fn producer(cfg: &KafkaConfig, client_suffix: &str) -> ClientConfig {
     }
     // Batch the outputs of a record batch together; costs at most 2 ms.
     c.set("linger.ms", "2");
+    c
+}
+
+/// A stage's transactional producer (exactly-once): `transactional_id` is stable per
+/// instance and stage, so a restart fences the previous incarnation.
+pub fn transactional_producer(cfg: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+    let mut c = producer(
+        cfg,
+        &format!("-{}", transactional_id.rsplit('-').next().unwrap_or("txn")),
+    );
+    let timeout = cfg.transaction_timeout.as_millis().max(1000).to_string();
+    c.set("transactional.id", transactional_id)
+        // See KafkaConfig::transaction_timeout.
+        .set("transaction.timeout.ms", &timeout)
+        // librdkafka requires a message timeout within the transaction's; a send not
+        // acknowledged by then fails the transaction, which is aborted and retried.
+        .set("message.timeout.ms", &timeout)
+        // The stage's changelog entries go through this producer too (MAX_ENTRY_BYTES).
+        .set("message.max.bytes", super::changelog::MAX_ENTRY_BYTES.to_string());
     c
 }
 

@@ -1,7 +1,8 @@
 //! Writing the processor's outputs: policy events, dead letters and control records,
-//! through one idempotent producer, each acknowledged with `acks=all` before the input
-//! offsets that caused them are committed (DESIGN.md, principle 4). This is the broker
-//! side of [`crate::partition::io::Outputs`].
+//! each acknowledged with `acks=all` before the input offsets that caused them are
+//! committed (DESIGN.md, principle 4): at least once through one idempotent producer,
+//! exactly once through the stage's transactional one ([`super::txn`]), committed with
+//! the offsets. This is the broker side of [`crate::partition::io::Outputs`].
 
 use std::time::Duration;
 
@@ -11,8 +12,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::txn::ProducerSlot;
 use crate::config::KafkaConfig;
 use crate::partition::io::{Outputs, SendError};
+use crate::partition::Stage;
 use crate::rules::model::Output;
 
 /// Classify a producer error: permanent when the record itself is refused (too large,
@@ -42,7 +45,7 @@ pub fn classify(e: KafkaError) -> SendError {
 /// The output producer.
 #[derive(Clone)]
 pub struct Emitter {
-    producer: FutureProducer,
+    producer: ProducerSlot,
     activations_topic: String,
     dlq_topic: String,
     raw_topic: String,
@@ -56,15 +59,21 @@ impl std::fmt::Debug for Emitter {
 }
 
 impl Emitter {
+    /// An emitter with an idempotent producer of its own (at least once).
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer = super::client::producer(cfg, "-emitter").create()?;
-        Ok(Self {
+        let producer: FutureProducer = super::client::producer(cfg, "-emitter").create()?;
+        Ok(Self::with(cfg, ProducerSlot::new(producer)))
+    }
+
+    /// An emitter sending through `producer` (a stage's transactional one).
+    pub fn with(cfg: &KafkaConfig, producer: ProducerSlot) -> Self {
+        Self {
             producer,
             activations_topic: cfg.activations_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             raw_topic: cfg.raw_topic.clone(),
             requests_topic: cfg.requests_topic(),
-        })
+        }
     }
 
     /// Send every output and wait until all are acknowledged (or failed). `traceparent`
@@ -98,6 +107,7 @@ impl Emitter {
                 Err(e) => results.push(Err(SendError::Encode(e))),
             }
         }
+        let producer = self.producer.get();
         let sends = encoded.iter().map(|(_, topic, key, id, value, tp)| {
             let mut h = OwnedHeaders::new().insert(Header {
                 key: headers::EVENT_ID,
@@ -109,7 +119,7 @@ impl Emitter {
                     value: Some(*tp),
                 });
             }
-            self.producer.send(
+            producer.send(
                 FutureRecord::to(topic).key(key).payload(value).headers(h),
                 Duration::from_secs(0),
             )
@@ -136,6 +146,7 @@ impl Emitter {
                 value: Some("hookstream-processor"),
             });
         self.producer
+            .get()
             .send(
                 FutureRecord::to(&self.raw_topic)
                     .partition(partition)
@@ -151,7 +162,7 @@ impl Emitter {
 }
 
 impl Outputs for Emitter {
-    async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
+    async fn send_each(&self, _stage: Stage, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
         self.send_all(outputs).await
     }
 

@@ -15,3 +15,4 @@ pub mod emit;
 pub mod offsets;
 pub mod record;
 pub mod topics;
+pub mod txn;

@@ -81,6 +81,15 @@ impl From<StoreError> for DecideError {
     }
 }
 
+/// The deterministic id an output is sent with.
+fn output_id(o: &Output) -> String {
+    match o {
+        Output::Request(r) => r.request_id.clone(),
+        Output::Policy(p) => p.id().to_owned(),
+        Output::Dead(d) => d.dead_letter_id.clone(),
+    }
+}
+
 /// `e` and its sources, for a log line or a dead letter's detail.
 fn error_chain(e: &SendError) -> String {
     let mut text = e.to_string();
@@ -106,6 +115,22 @@ impl<B: Backend> Worker<B> {
         mode: Mode,
         stop: &CancellationToken,
     ) -> Result<Folded, Stopped> {
+        let gate = self.gate.clone();
+        // Under exactly-once the batch is decided and written inside the stage's
+        // transaction gate (`txn.rs`): the committer never commits half a batch.
+        let _inside = match &gate {
+            Some(g) => {
+                let (inside, rewind) = tokio::select! {
+                    e = g.enter(self.partition) => e,
+                    () = stop.cancelled() => return Err(Stopped),
+                };
+                if rewind {
+                    return Ok(Folded::Rewind);
+                }
+                Some(inside)
+            }
+            None => None,
+        };
         let store = self.store.clone();
         let applied = self
             .cx
@@ -120,24 +145,45 @@ impl<B: Backend> Worker<B> {
             return Ok(Folded::Done(applied));
         };
         self.expire(&mut decided.changes, stop).await?;
-        // The outputs and the state's changelog entries go out together; the meta entry
-        // that closes the batch only once both are acknowledged.
         let entries = decided.changes.entries();
         let emitting = SystemTime::now();
-        let outputs = &mut decided.outputs;
-        let emit = async {
-            if mode == Mode::Live && !outputs.is_empty() {
-                self.emit(outputs, stop).await?;
+        let next = match &gate {
+            Some(g) => match self.write_in_transaction(&mut decided, &entries, mode).await {
+                Ok(next) => {
+                    let store = self.store.clone();
+                    self.cx
+                        .retry("store", stop, || async { store.mark_uncommitted() })
+                        .await?;
+                    next
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "a send failed; the transaction is aborted");
+                    g.fail(self.partition);
+                    return Ok(Folded::Rewind);
+                }
+            },
+            None => {
+                // The outputs first, then the state's changelog entries, then the meta
+                // entry that closes the batch: an entry is logged only once what it
+                // records was published, so a restore never skips an output.
+                if mode == Mode::Live && !decided.outputs.is_empty() {
+                    self.emit(&mut decided.outputs, stop).await?;
+                }
+                self.log_entries(&entries, stop).await?;
+                self.log_meta(&decided.changes, stop).await?
             }
-            Ok::<(), Stopped>(())
         };
-        tokio::try_join!(emit, self.log_entries(&entries, stop))?;
         if mode == Mode::Live {
             self.count_outputs(&decided.outputs);
         }
-        let next = self.log_meta(&decided.changes, stop).await?;
         let persisting = SystemTime::now();
         self.persist(decided.changes, entries, next, mode, stop).await?;
+        if let Some(g) = &gate {
+            match mode {
+                Mode::Live => g.decided(self.partition, last + 1),
+                Mode::Rebuild => g.wrote(self.partition),
+            }
+        }
         let persisted = SystemTime::now();
         for span in decided.spans {
             self.cx.tracer.phase(&span, "processor.emit", emitting, persisting);
@@ -316,7 +362,7 @@ impl<B: Backend> Worker<B> {
                     .iter()
                     .map(|&i| (&outputs[i].output, outputs[i].traceparent.as_deref()))
                     .collect();
-                shared.backend.send_each(&batch).await
+                shared.backend.send_each(self.stage, &batch).await
             };
             let mut failed = Vec::new();
             let mut transient: Option<String> = None;
@@ -351,6 +397,63 @@ impl<B: Backend> Worker<B> {
                 backoff.pause(&e, stop).await?;
             }
         }
+    }
+
+    /// Under exactly-once: send the batch's outputs (live), its changelog entries and
+    /// its meta entry into the open transaction, once each, and wait for their
+    /// acknowledgements; the offset after the meta entry. Any failure fails the
+    /// transaction (what of the batch reached it is unknown): an output refused for good
+    /// is remembered, so that when the batch is decided again its dead letter is sent
+    /// instead.
+    async fn write_in_transaction(
+        &mut self,
+        d: &mut Decided,
+        entries: &[crate::store::Entry],
+        mode: Mode,
+    ) -> Result<Option<i64>, String> {
+        let cx = self.cx.clone();
+        if mode == Mode::Live && !d.outputs.is_empty() {
+            for out in d.outputs.iter_mut() {
+                let Some(error) = self.refused.get(&output_id(&out.output)) else {
+                    continue;
+                };
+                if let Some(sub) = crate::rules::fallback::substitute(&out.output, &out.cause, error) {
+                    cx.metrics.outputs_refused.inc();
+                    out.output = sub;
+                }
+            }
+            let batch: Vec<(&Output, Option<&str>)> = d
+                .outputs
+                .iter()
+                .map(|o| (&o.output, o.traceparent.as_deref()))
+                .collect();
+            let results = cx.backend.send_each(self.stage, &batch).await;
+            let mut failed = None;
+            for (out, r) in d.outputs.iter().zip(results) {
+                let Err(e) = r else { continue };
+                let error = error_chain(&e);
+                if !e.is_transient() {
+                    self.refused.insert(output_id(&out.output), error.clone());
+                }
+                failed = Some(error);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        let mut all = entries.to_vec();
+        all.extend(d.changes.meta_entry());
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let topic = cx.settings.changelog(self.stage);
+        let last = cx
+            .backend
+            .append(topic, self.partition, &all)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        cx.metrics.changelog_records.inc_by(all.len() as u64);
+        Ok(Some(last + 1))
     }
 
     fn count_outputs(&self, outputs: &[Emitted]) {

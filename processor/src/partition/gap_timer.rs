@@ -40,9 +40,31 @@ impl<B: Backend> Worker<B> {
                 decided_at: now_ms(),
             };
             let partition = self.partition;
-            shared
-                .retry("emit", stop, || shared.backend.send_gap_timeout(partition, &g))
-                .await?;
+            match self.gate.clone() {
+                // Under exactly-once the control record is written in the stage's
+                // transaction, once: a failure fails it, and the rewind asks again.
+                Some(gate) => {
+                    let (inside, rewind) = tokio::select! {
+                        e = gate.enter(partition) => e,
+                        () = stop.cancelled() => return Err(Stopped),
+                    };
+                    if rewind {
+                        drop(inside);
+                        return Box::pin(self.rewind(stop)).await;
+                    }
+                    if let Err(e) = shared.backend.send_gap_timeout(partition, &g).await {
+                        tracing::warn!(partition, error = %e, "a control record was not written; the transaction is aborted");
+                        gate.fail(partition);
+                        return Ok(());
+                    }
+                    gate.wrote(partition);
+                }
+                None => {
+                    shared
+                        .retry("emit", stop, || shared.backend.send_gap_timeout(partition, &g))
+                        .await?;
+                }
+            }
             shared.metrics.gap_timeouts.inc();
             tracing::info!(
                 payment_id = st.payment_id,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hookstream_schemas::GapTimeout;
 
+use super::Stage;
 use crate::rules::model::{Output, RawRecord};
 use crate::store::Entry;
 
@@ -49,10 +50,14 @@ impl SendError {
 /// Where the outputs go: policy events and dead letters, and the partition's own
 /// control records.
 pub trait Outputs: Send + Sync + 'static {
-    /// Send every output and wait until each is acknowledged or failed; one result per
+    /// Send every output of `stage` (through its writer: under exactly-once its
+    /// transaction) and wait until each is acknowledged or failed; one result per
     /// output, in order. Each output carries the trace context of its cause.
-    fn send_each(&self, outputs: &[(&Output, Option<&str>)])
-        -> impl Future<Output = Vec<Result<(), SendError>>> + Send;
+    fn send_each(
+        &self,
+        stage: Stage,
+        outputs: &[(&Output, Option<&str>)],
+    ) -> impl Future<Output = Vec<Result<(), SendError>>> + Send;
 
     /// Write a `GapTimeout` control record into `partition` of the raw topic.
     fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> impl Future<Output = Result<(), SendError>> + Send;
@@ -123,9 +128,12 @@ pub trait Log: Send + Sync + 'static {
     fn log_end(&self, topic: &str, partition: i32) -> impl Future<Output = Result<i64, BoxError>> + Send;
 }
 
-/// The records of one partition, in offset order.
+/// The records of one partition, in offset order (`read_committed`: records of open or
+/// aborted transactions are skipped, so offsets may jump).
 pub trait LogReader: Send + 'static {
-    fn next(&mut self) -> impl Future<Output = Result<Incoming, BoxError>> + Send;
+    /// The next record; `None` when the reader has reached the partition's current end
+    /// (then it waits for more).
+    fn next(&mut self) -> impl Future<Output = Result<Option<Incoming>, BoxError>> + Send;
 }
 
 /// Everything a worker talks to; one type implements it on the broker, one in memory.

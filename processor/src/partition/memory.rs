@@ -21,6 +21,7 @@ pub const REQUESTS_CHANGELOG: &str = "policies-changelog";
 use super::io::{
     BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
 };
+use super::Stage;
 use crate::rules::model::{Origin, Output, RawRecord};
 use crate::store::Entry;
 
@@ -171,7 +172,7 @@ fn describe(o: &Output) -> String {
 }
 
 impl Outputs for Memory {
-    async fn send_each(&self, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
+    async fn send_each(&self, _stage: Stage, outputs: &[(&Output, Option<&str>)]) -> Vec<Result<(), SendError>> {
         let mut st = self.state();
         let fail = st.failures.pop_front();
         let error = |f: Fail| {
@@ -263,14 +264,19 @@ impl GroupOffsets for Memory {
     }
 }
 
-/// The rest of a partition's log; waits forever at its end, like a consumer.
+/// The rest of a partition's log; tells its end once, then waits forever, like a
+/// consumer with `enable.partition.eof`.
 #[derive(Debug)]
-pub struct Reader(VecDeque<Incoming>);
+pub struct Reader(VecDeque<Incoming>, bool);
 
 impl LogReader for Reader {
-    async fn next(&mut self) -> Result<Incoming, BoxError> {
+    async fn next(&mut self) -> Result<Option<Incoming>, BoxError> {
         match self.0.pop_front() {
-            Some(m) => Ok(m),
+            Some(m) => Ok(Some(m)),
+            None if !self.1 => {
+                self.1 = true;
+                Ok(None)
+            }
             None => std::future::pending().await,
         }
     }
@@ -288,7 +294,7 @@ impl Log for Memory {
             .log
             .get(&(topic.to_owned(), partition))
             .map(|l| l.iter().skip(start).cloned().collect());
-        Ok(Reader(records.unwrap_or_default()))
+        Ok(Reader(records.unwrap_or_default(), false))
     }
 
     async fn log_start(&self, topic: &str, partition: i32) -> Result<i64, BoxError> {

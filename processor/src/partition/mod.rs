@@ -20,6 +20,7 @@ pub mod holes;
 pub mod io;
 pub mod order;
 pub mod retry;
+pub mod txn;
 pub mod worker;
 
 #[path = "batch.rs"]
@@ -102,6 +103,31 @@ impl From<&ProcessorConfig> for Settings {
     }
 }
 
+/// Under exactly-once, each stage's gate to its transaction ([`txn`]); none at least
+/// once.
+#[derive(Debug, Default, Clone)]
+pub struct Gates {
+    pub payments: Option<std::sync::Arc<txn::TxnGate>>,
+    pub policies: Option<std::sync::Arc<txn::TxnGate>>,
+}
+
+impl Gates {
+    /// A gate per stage.
+    pub fn exactly_once() -> Self {
+        Self {
+            payments: Some(Default::default()),
+            policies: Some(Default::default()),
+        }
+    }
+
+    pub fn of(&self, stage: Stage) -> Option<&std::sync::Arc<txn::TxnGate>> {
+        match stage {
+            Stage::Payments => self.payments.as_ref(),
+            Stage::Policies => self.policies.as_ref(),
+        }
+    }
+}
+
 /// What every worker of the instance shares.
 #[allow(missing_debug_implementations)] // handles to sled, the backend and metrics
 pub struct Context<B> {
@@ -117,6 +143,8 @@ pub struct Context<B> {
     pub rebuilds: tokio::sync::Semaphore,
     /// Partitions stopped at a hole in their log, shared with the admin API.
     pub holes: std::sync::Arc<holes::Holes>,
+    /// The stages' transactions (exactly-once), or none (at least once).
+    pub gates: Gates,
 }
 
 impl Settings {

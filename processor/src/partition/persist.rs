@@ -134,8 +134,10 @@ impl<B: Backend> Worker<B> {
         })
         .await?;
         match mode {
-            Mode::Live => cx.retry("store", stop, || cx.flusher.flush()).await,
-            Mode::Rebuild => Ok(()),
+            // Under exactly-once sled is a cache of the changelog (what it holds past the
+            // last commit is discarded after a crash): no flush per batch.
+            Mode::Live if self.gate.is_none() => cx.retry("store", stop, || cx.flusher.flush()).await,
+            Mode::Live | Mode::Rebuild => Ok(()),
         }
     }
 }

@@ -52,6 +52,18 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let store = self.store.clone();
         let first_live = position.offset();
+        if self.gate.is_some() {
+            let holds = cx.retry("store", stop, || async { store.holds_uncommitted() }).await?;
+            if holds {
+                tracing::warn!(
+                    stage = self.stage.as_str(),
+                    partition = self.partition,
+                    "the local state holds writes of a transaction that may not have committed; \
+                     restoring the committed state from the changelog"
+                );
+                cx.retry("store", stop, || async { store.discard_state() }).await?;
+            }
+        }
         if let Position::Committed(committed) = position {
             self.drop_if_replayed(committed, stop).await?;
         }
@@ -196,7 +208,9 @@ impl<B: Backend> Worker<B> {
                 () = stop.cancelled() => return Err(Stopped),
             };
             let m = match m {
-                Ok(m) => m,
+                Ok(Some(m)) => m,
+                // At the end for now: what `until` still lacks is being written.
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "reading the log failed; retrying");
                     tokio::select! {

@@ -3,9 +3,11 @@
 //! sled is a cache: on assignment, whatever it lacks of the changelog is read back
 //! (everything, when the directory is new, wiped or was last written by a version
 //! without changelogs; the tail, when another instance held the partition meanwhile).
-//! Only entries up to the changelog's last meta or reset entry are applied: anything
-//! after it is a batch whose writer stopped half-way, and its records are decided
-//! again. The raw log is read only for what the changelog does not cover.
+//! It is read `read_committed` to its current end (under exactly-once an aborted
+//! transaction's entries never existed). Only entries up to the last meta or reset
+//! entry are applied: anything after it is a batch whose writer stopped half-way (at
+//! least once), and its records are decided again. The raw log is read only for what
+//! the changelog does not cover.
 
 use std::time::{Duration, Instant};
 
@@ -67,19 +69,17 @@ impl<B: Backend> Worker<B> {
         if from >= end {
             return Ok(());
         }
-        let Some(limit) = self.last_boundary(&topic, from, end, stop).await? else {
-            return Ok(());
-        };
         let started = Instant::now();
-        match self.apply_changelog(&topic, from, limit, stop).await? {
-            Ok(n) => {
+        match self.apply_changelog(&topic, from, stop).await? {
+            Ok((0, _)) => {}
+            Ok((n, until)) => {
                 cx.retry("store", stop, || cx.flusher.flush()).await?;
                 tracing::info!(
                     stage = self.stage.as_str(),
                     partition,
                     records = n,
                     from,
-                    until = limit + 1,
+                    until,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "restored partition state from the changelog"
                 );
@@ -108,88 +108,69 @@ impl<B: Backend> Worker<B> {
         cx.retry("store", stop, || async { store.clear() }).await
     }
 
-    /// The offset of the last meta or reset entry in `[from, end)`, `None` if none.
-    /// Usually the last record itself; after a writer stopped half-way, a scan.
-    async fn last_boundary(
-        &self,
-        topic: &str,
-        from: i64,
-        end: i64,
-        stop: &CancellationToken,
-    ) -> Result<Option<i64>, Stopped> {
-        let tail = self.boundary_in(topic, end - 1, end - 1, stop).await?;
-        if tail.is_some() || end - 1 <= from {
-            return Ok(tail);
-        }
-        tracing::warn!(
-            partition = self.partition,
-            changelog = topic,
-            "the changelog ends with a batch its writer did not finish; looking for the last complete one"
-        );
-        self.boundary_in(topic, from, end - 1, stop).await
-    }
-
-    /// The last meta or reset entry in `[from, until]`.
-    async fn boundary_in(
-        &self,
-        topic: &str,
-        from: i64,
-        until: i64,
-        stop: &CancellationToken,
-    ) -> Result<Option<i64>, Stopped> {
-        let mut last = None;
-        self.read_changelog(topic, from, until, stop, |m| {
-            if is_boundary(m) {
-                last = Some(m.record.origin.offset);
-            }
-        })
-        .await?;
-        Ok(last)
-    }
-
-    /// Apply the changelog's entries `[from, limit]` to sled in atomic chunks; how many
-    /// records were read, or the error of an entry that does not read back.
+    /// Apply the changelog's entries from `from` to its current end to sled, in atomic
+    /// chunks that each end at a meta or reset entry; entries after the last one (a batch
+    /// whose writer stopped half-way, at least once) are not applied. How many records
+    /// were read and the offset after the last boundary, or the error of an entry that
+    /// does not read back.
     async fn apply_changelog(
         &self,
         topic: &str,
         from: i64,
-        limit: i64,
         stop: &CancellationToken,
-    ) -> Result<Result<u64, StoreError>, Stopped> {
-        let mut chunk: Vec<Entry> = Vec::with_capacity(RESTORE_CHUNK);
+    ) -> Result<Result<(u64, i64), StoreError>, Stopped> {
+        let mut ready: Vec<Entry> = Vec::with_capacity(RESTORE_CHUNK);
+        let mut pending: Vec<Entry> = Vec::new();
+        let mut boundary = None;
         let mut n = 0u64;
         let mut failed = None;
         let store = self.store.clone();
         let restored = self.cx.metrics.restored_records.clone();
-        self.read_changelog(topic, from, limit, stop, |m| {
+        self.read_changelog(topic, from, stop, |m| {
             n += 1;
             restored.inc();
             if failed.is_some() {
                 return;
             }
             if let Some(key) = m.record.key.clone() {
-                chunk.push(Entry {
+                pending.push(Entry {
                     key,
                     value: m.record.value.clone(),
                 });
             }
-            let offset = m.record.origin.offset;
-            if chunk.len() >= RESTORE_CHUNK || offset >= limit {
-                if let Err(e) = store.restore(&std::mem::take(&mut chunk), offset + 1) {
-                    failed = Some(e);
+            if is_boundary(m) {
+                ready.append(&mut pending);
+                boundary = Some(m.record.origin.offset);
+                if ready.len() >= RESTORE_CHUNK {
+                    if let Err(e) = store.restore(&std::mem::take(&mut ready), m.record.origin.offset + 1) {
+                        failed = Some(e);
+                    }
                 }
             }
         })
         .await?;
-        Ok(failed.map_or(Ok(n), Err))
+        if let (None, Some(b)) = (&failed, boundary) {
+            if let Err(e) = store.restore(&ready, b + 1) {
+                failed = Some(e);
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                partition = self.partition,
+                changelog = topic,
+                entries = pending.len(),
+                "the changelog ends with a batch its writer did not finish; its records are decided again"
+            );
+        }
+        Ok(failed.map_or(Ok((n, boundary.map_or(from, |b| b + 1))), Err))
     }
 
-    /// Read the changelog's records `[from, until]` in order, handing each to `each`.
+    /// Read the changelog's records from `from` to its current end in order, handing
+    /// each to `each`.
     async fn read_changelog(
         &self,
         topic: &str,
         from: i64,
-        until: i64,
         stop: &CancellationToken,
         mut each: impl FnMut(&Incoming),
     ) -> Result<(), Stopped> {
@@ -206,13 +187,8 @@ impl<B: Backend> Worker<B> {
                 () = stop.cancelled() => return Err(Stopped),
             };
             match m {
-                Ok(m) if m.record.origin.offset > until => return Ok(()),
-                Ok(m) => {
-                    each(&m);
-                    if m.record.origin.offset >= until {
-                        return Ok(());
-                    }
-                }
+                Ok(Some(m)) => each(&m),
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(partition, changelog = topic, error = %e, "reading the changelog failed; retrying");
                     tokio::select! {

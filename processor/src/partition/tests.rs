@@ -48,6 +48,7 @@ pub(super) fn context_with(
         tracer: RecordTracer::default(),
         rebuilds: tokio::sync::Semaphore::new(1),
         holes: Default::default(),
+        gates: Default::default(),
     })
 }
 

@@ -25,7 +25,7 @@
 //! (`reconcile.rs`); while it runs, a timer writes `GapTimeout` control records for
 //! gaps open too long (`gap_timer.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +38,7 @@ use super::commit::Commits;
 use super::gaps::Gaps;
 use super::io::{Backend, CommitMode, Incoming};
 use super::order::{self, Step};
+use super::txn::TxnGate;
 use super::{Context, Stage, Stopped};
 use crate::store::{PartitionStore, StoreError};
 
@@ -59,6 +60,9 @@ pub(super) enum Folded {
     Done(Option<i64>),
     /// The stored state did not read back: rebuild the partition, then decide again.
     Corrupt,
+    /// Under exactly-once, the transaction the partition wrote in was aborted: restore
+    /// the committed state, then decide again.
+    Rewind,
 }
 
 /// The worker of one partition.
@@ -80,6 +84,17 @@ pub struct Worker<B> {
     /// Sampled record spans whose offset no commit covers yet, oldest first (at most
     /// [`MAX_AWAITING_COMMIT`]: beyond it the oldest get no commit span).
     awaiting_commit: VecDeque<(i64, SpanContext)>,
+    /// Under exactly-once, the stage's transaction ([`super::txn`]).
+    pub(super) gate: Option<Arc<TxnGate>>,
+    /// The offset after the last record delivered to this worker: after an aborted
+    /// transaction, the records up to it are read from the log again.
+    pub(super) consumed_next: Option<i64>,
+    /// Outputs the broker refused for good, by id, with its error. Under exactly-once a
+    /// refused send fails the whole transaction; when the batch is decided again, these
+    /// are replaced by their dead letters before they are sent.
+    pub(super) refused: HashMap<String, String>,
+    /// Under exactly-once, the committed offset last reported.
+    reported: Option<i64>,
 }
 
 /// Most sampled records a worker remembers until a commit covers them.
@@ -91,7 +106,7 @@ impl<B: Backend> Worker<B> {
         let store = cx.store.partition(&topic, partition)?;
         let commits = Commits::new(cx.settings.processing.commit_interval);
         Ok(Self {
-            cx,
+            cx: cx.clone(),
             stage,
             topic,
             partition,
@@ -101,6 +116,10 @@ impl<B: Backend> Worker<B> {
             commits,
             next_offset: None,
             awaiting_commit: VecDeque::new(),
+            gate: cx.gates.of(stage).cloned(),
+            consumed_next: None,
+            refused: HashMap::new(),
+            reported: None,
         })
     }
 
@@ -146,6 +165,9 @@ impl<B: Backend> Worker<B> {
                             Err(_) => break,
                         }
                     }
+                    if let Some(last) = batch.iter().map(|m| m.record.origin.offset).max() {
+                        self.consumed_next = Some(self.consumed_next.map_or(last + 1, |n| n.max(last + 1)));
+                    }
                     self.live(batch, stop).await?;
                 }
                 _ = tick.tick() => {
@@ -160,7 +182,14 @@ impl<B: Backend> Worker<B> {
     async fn live(&mut self, batch: Vec<Incoming>, stop: &CancellationToken) -> Result<(), Stopped> {
         let batch = order::arrange(batch, self.next_offset, |m| m.record.origin.offset);
         let offsets: Vec<i64> = batch.iter().map(|m| m.record.origin.offset).collect();
-        for step in order::plan(self.next_offset, &offsets) {
+        // Under exactly-once offsets jump (transaction markers, aborted records) and a
+        // partition's records come through its own queue only, split off before it is
+        // fetched: a jump is not a hole.
+        let steps = match self.gate {
+            Some(_) => vec![Step::Decide(0..batch.len())],
+            None => order::plan(self.next_offset, &offsets),
+        };
+        for step in steps {
             match step {
                 Step::Refetch { from, until } => {
                     tracing::warn!(
@@ -206,6 +235,7 @@ impl<B: Backend> Worker<B> {
                     let first = batch.first().map_or(0, |m| m.record.origin.offset);
                     Box::pin(self.rebuild_corrupt(first, stop)).await?;
                 }
+                Folded::Rewind => Box::pin(self.rewind(stop)).await?,
             }
         }
     }
@@ -234,9 +264,57 @@ impl<B: Backend> Worker<B> {
         self.watch_stored_gaps(stop).await
     }
 
+    /// The stage's transaction was aborted after this partition wrote in it (or a send
+    /// of its own failed it): sled holds writes that never happened. Drop the state,
+    /// restore it from the changelog and the group's offset (what committed), and decide
+    /// again every record delivered since.
+    pub(super) async fn rewind(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        if let Some(gate) = self.gate.clone() {
+            // Wait for the abort (the rewind it asks for is this one).
+            let entered = tokio::select! {
+                e = gate.enter(self.partition) => e,
+                () = stop.cancelled() => return Err(Stopped),
+            };
+            drop(entered);
+        }
+        tracing::warn!(
+            stage = self.stage.as_str(),
+            partition = self.partition,
+            "the transaction was aborted: restoring the partition's committed state and deciding again"
+        );
+        self.cx.metrics.rewinds.inc();
+        let store = self.store.clone();
+        self.cx.retry("store", stop, || async { store.discard_state() }).await?;
+        self.gaps = Gaps::default();
+        self.update_held_gauge();
+        let cx = self.cx.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let position = cx
+            .retry("group_position", stop, || cx.backend.position(&topic, partition))
+            .await?;
+        self.next_offset = None;
+        self.reconcile(position, stop).await?;
+        if let (Some(next), Some(until)) = (self.next_offset, self.consumed_next) {
+            if until > next {
+                self.read_range(next, until, Mode::Live, stop).await?;
+                self.next_offset = Some(until);
+            }
+        }
+        Ok(())
+    }
+
     /// Commit the applied offset when due ([`Commits`]), asynchronously: the next
     /// commit supersedes a lost one.
     pub(super) fn commit(&mut self) {
+        if let Some(gate) = &self.gate {
+            // The stage's committer commits; report what it committed.
+            let committed = gate.last_committed(self.partition);
+            if let Some(next) = committed.filter(|n| self.reported.is_none_or(|r| *n > r)) {
+                self.reported = Some(next);
+                self.report_committed(next, SystemTime::now());
+            }
+            return;
+        }
         let now = Instant::now();
         let Some(applied) = self.commits.due(now, false) else {
             return;
@@ -260,6 +338,10 @@ impl<B: Backend> Worker<B> {
     /// before it is recognised (the group consumer delivers no callbacks for the
     /// asynchronous commits to do this).
     async fn hand_over(&mut self) {
+        if self.gate.is_some() {
+            // The stage's committer commits the hand-over, once every revoked worker exited.
+            return;
+        }
         let now = Instant::now();
         let Some(applied) = self.commits.due(now, true) else {
             return;

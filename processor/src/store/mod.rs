@@ -56,6 +56,8 @@ const APPLIED: &[u8] = b"m:applied";
 const MAX_TS: &[u8] = b"m:max_ts";
 const COMMITTED: &[u8] = b"m:committed";
 const HOLE_ACK: &[u8] = b"m:hole_ack";
+/// Present while the partition holds writes of a transaction not yet committed.
+const UNCOMMITTED: &[u8] = b"m:uncommitted";
 
 fn key(prefix: u8, rest: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -369,6 +371,42 @@ impl PartitionStore {
     /// Remove everything (before a rebuild from the start of the log).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear()?;
+        Ok(())
+    }
+
+    /// Under exactly-once: what follows is written in a transaction not yet committed.
+    /// Written before the batch it marks (sled recovers a prefix of its writes, so the
+    /// mark survives any crash that keeps the batch).
+    pub fn mark_uncommitted(&self) -> Result<(), StoreError> {
+        self.tree.insert(UNCOMMITTED, &[][..])?;
+        Ok(())
+    }
+
+    /// The transaction that wrote the partition's state committed.
+    pub fn mark_committed(&self) -> Result<(), StoreError> {
+        self.tree.remove(UNCOMMITTED)?;
+        Ok(())
+    }
+
+    /// Whether the partition holds writes of a transaction that may not have committed
+    /// (a crash, an abort): they cannot be undone one by one, so the state is restored
+    /// from the changelog instead, as Kafka Streams does under exactly-once.
+    pub fn holds_uncommitted(&self) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(UNCOMMITTED)?)
+    }
+
+    /// Drop the state, keeping what this instance knows of the group's offsets and the
+    /// holes an operator acknowledged (they are not state of the fold).
+    pub fn discard_state(&self) -> Result<(), StoreError> {
+        let committed = self.tree.get(COMMITTED)?;
+        let hole = self.tree.get(HOLE_ACK)?;
+        self.tree.clear()?;
+        if let Some(v) = committed {
+            self.tree.insert(COMMITTED, v)?;
+        }
+        if let Some(v) = hole {
+            self.tree.insert(HOLE_ACK, v)?;
+        }
         Ok(())
     }
 }

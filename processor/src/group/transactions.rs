@@ -1,0 +1,193 @@
+//! Under exactly-once, each stage's committer: the one task that commits and aborts the
+//! stage's transactions (Kafka Streams' `exactly_once_v2`, KIP-447).
+//!
+//! Every commit interval, when a send failed, and on every hand-over, it closes the
+//! stage's gate ([`crate::partition::txn`]) so that no batch is half-written, sends the
+//! offsets the workers decided up to with the consuming member's *current* group
+//! metadata, and commits: outputs, changelog entries, control records and offsets
+//! become visible together. Only then is the local state of the partitions that wrote
+//! marked committed. A member fenced out of the group (a zombie: paused past its
+//! session timeout) fails here and aborts; so does any other failed transaction, after
+//! which every partition that wrote in it rewinds. A fatal error (the producer fenced
+//! by a newer incarnation with the same `transactional.id`) replaces the producer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use tokio::sync::{mpsc, oneshot};
+
+use super::consumer::GroupConsumer;
+use crate::kafka::txn::{TxnError, TxnProducer};
+use crate::metrics::Metrics;
+use crate::partition::txn::{Closed, TxnGate};
+use crate::partition::Stage;
+use crate::store::Store;
+
+/// What the coordinator asks of a committer.
+#[derive(Debug)]
+pub enum Request {
+    /// `partitions` were handed over (their workers exited): commit what they decided.
+    Commit(BTreeSet<i32>, oneshot::Sender<()>),
+    /// `partitions` were lost (their workers were stopped): abort the transaction.
+    Abort(BTreeSet<i32>, oneshot::Sender<()>),
+}
+
+/// One stage's committer.
+#[allow(missing_debug_implementations)] // rdkafka clients
+pub struct Committer {
+    pub stage: Stage,
+    /// The stage's input topic.
+    pub topic: String,
+    pub producer: Arc<TxnProducer>,
+    pub consumer: Arc<GroupConsumer>,
+    pub gate: Arc<TxnGate>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub interval: Duration,
+}
+
+impl Committer {
+    /// Serve until `requests` closes, committing every interval.
+    pub async fn run(self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        let mut tick = tokio::time::interval(self.interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = requests.recv() => match r {
+                    Some(Request::Commit(gone, done)) => {
+                        self.settle(&gone, false).await;
+                        let _ = done.send(());
+                    }
+                    Some(Request::Abort(gone, done)) => {
+                        self.settle(&gone, true).await;
+                        let _ = done.send(());
+                    }
+                    None => return,
+                },
+                () = self.gate.wait_failed() => self.settle(&BTreeSet::new(), true).await,
+                _ = tick.tick() => self.settle(&BTreeSet::new(), false).await,
+            }
+        }
+    }
+
+    /// Commit the open transaction (or abort it: asked to, or a send failed); `gone`:
+    /// partitions no longer this instance's.
+    async fn settle(&self, gone: &BTreeSet<i32>, abort: bool) {
+        let closed = self.gate.close().await;
+        let pending = self.gate.pending(&closed);
+        if pending.is_empty() && !pending.failed {
+            self.gate.forget(&closed, gone);
+            return;
+        }
+        if abort || pending.failed {
+            self.abort(&closed, gone, "aborted").await;
+            return;
+        }
+        let offsets: Vec<(String, i32, i64)> = pending
+            .offsets
+            .iter()
+            .map(|(p, next)| (self.topic.clone(), *p, *next))
+            .collect();
+        let group = self.consumer.group_metadata();
+        let producer = self.producer.clone();
+        let committed = tokio::task::spawn_blocking(move || producer.commit(&offsets, group.as_ref()))
+            .await
+            .unwrap_or(Err(TxnError::NotInGroup));
+        match committed {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&[self.stage.as_str(), "committed"])
+                    .inc();
+                self.committed(&pending.written, &pending.offsets, gone);
+                self.gate.committed(&closed);
+                self.gate.forget(&closed, gone);
+            }
+            Err(e) => {
+                tracing::warn!(stage = self.stage.as_str(), error = %e, error_source = ?std::error::Error::source(&e),
+                    "the transaction did not commit; aborting it");
+                self.abort_after(&closed, gone, e).await;
+            }
+        }
+    }
+
+    /// The partitions that wrote hold committed state now; the handed-over ones
+    /// remember the offset they handed over at (a later replay below it is recognised).
+    fn committed(&self, written: &BTreeSet<i32>, offsets: &BTreeMap<i32, i64>, gone: &BTreeSet<i32>) {
+        for p in written {
+            let marked = self.store.partition(&self.topic, *p).and_then(|s| {
+                s.mark_committed()?;
+                match offsets.get(p).filter(|_| gone.contains(p)) {
+                    Some(next) => s.record_commit(*next),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = marked {
+                // The mark left behind only makes the next assignment restore from
+                // the changelog.
+                tracing::warn!(partition = p, error = %e, "cannot mark the partition's state committed");
+            }
+        }
+    }
+
+    async fn abort_after(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>, e: TxnError) {
+        match e {
+            TxnError::Fatal(_) => self.replace(closed, gone).await,
+            _ => self.abort(closed, gone, "aborted").await,
+        }
+    }
+
+    /// Abort the open transaction; the partitions that wrote in it rewind.
+    async fn abort(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>, outcome: &str) {
+        let producer = self.producer.clone();
+        let aborted = tokio::task::spawn_blocking(move || producer.abort())
+            .await
+            .unwrap_or(Err(TxnError::NotInGroup));
+        match aborted {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&[self.stage.as_str(), outcome])
+                    .inc();
+                self.gate.aborted(closed, gone);
+            }
+            Err(e) => {
+                tracing::warn!(stage = self.stage.as_str(), error = %e, "the transaction could not be aborted; replacing the producer");
+                self.replace(closed, gone).await;
+            }
+        }
+    }
+
+    /// Replace a producer that failed for good: its transaction is aborted by the new
+    /// one's initialisation. Retried until it succeeds (the broker may be away).
+    async fn replace(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let producer = self.producer.clone();
+            let replaced = tokio::task::spawn_blocking(move || producer.recreate().map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match replaced {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(stage = self.stage.as_str(), error = %e, "cannot replace the transactional producer; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::warn!(
+            stage = self.stage.as_str(),
+            transactional_id = self.producer.transactional_id(),
+            "transactional producer replaced"
+        );
+        self.metrics
+            .transactions
+            .with_label_values(&[self.stage.as_str(), "fenced"])
+            .inc();
+        self.gate.aborted(closed, gone);
+    }
+}
