@@ -243,3 +243,51 @@ pub fn committed_and_ends(bootstrap: &str, group: &str, topic: &str, partitions:
         })
         .collect()
 }
+
+/// Every record of `topic` as a `read_committed` reader sees it now: from the beginning
+/// of each partition to its end (records of open or aborted transactions are not
+/// delivered; the end is librdkafka's EOF, past any commit marker).
+pub async fn read_committed_to_end(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_topic("test-committed-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end = BTreeSet::new();
+    let mut out = Vec::new();
+    while at_end.len() < partitions {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("{topic}: no end of partition within 60 s (an open transaction?)"),
+        }
+    }
+    out
+}
+
+/// How many times each activation id is in `topic` for a `read_committed` reader.
+pub async fn activation_counts(bootstrap: &str, topic: &str) -> BTreeMap<String, usize> {
+    use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+    let mut counts = BTreeMap::new();
+    for m in read_committed_to_end(bootstrap, topic).await {
+        if let Ok(PolicyEventKind::Activated(a)) =
+            decode::<PolicyEvent>(m.payload().unwrap_or_default()).map(|e| e.event)
+        {
+            *counts.entry(a.activation_id).or_insert(0) += 1;
+        }
+    }
+    counts
+}

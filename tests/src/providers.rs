@@ -137,6 +137,25 @@ impl Seen {
     }
 }
 
+impl Seen {
+    /// Exactly once: beyond [`Seen::assert_activated_once`], a `read_committed` reader
+    /// of `topic` sees each completed payment's activation once, never again.
+    pub async fn assert_each_activation_delivered_once(&self, bootstrap: &str, topic: &str, context: &str) {
+        self.assert_activated_once(bootstrap, topic, context).await;
+        // Anything sent twice would be committed within a few commit intervals.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let counts = crate::kafka::activation_counts(bootstrap, topic).await;
+        let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).take(10).collect();
+        assert!(
+            repeated.is_empty() && counts.len() == self.completed.len(),
+            "a read_committed reader sees each activation once: {} ids for {} completed payments, \
+             repeated e.g. {repeated:?}; {context}",
+            counts.len(),
+            self.completed.len()
+        );
+    }
+}
+
 /// Stop the providers of [`retrying_lifecycles`], let each finish the lifecycle it is in
 /// (a worker panics when one of its events is never answered 200), and take what they saw.
 pub async fn finish(

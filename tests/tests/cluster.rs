@@ -105,7 +105,7 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
         kept.display(),
         processor.log_tail()
     );
-    seen.assert_activated_once(broker.bootstrap(), &topics.activations, &context)
+    seen.assert_each_activation_delivered_once(broker.bootstrap(), &topics.activations, &context)
         .await;
     assert!(
         processor.wait_exit(Duration::ZERO).is_none(),

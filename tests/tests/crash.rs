@@ -1,13 +1,15 @@
 //! Chaos: the processor binary is killed with SIGKILL mid-stream and started again
 //! (with its state, with its state directory wiped, and 10 times within 2 minutes under
 //! steady load with static membership as in production, reporting the time from each
-//! restart to its first decision). Every completed payment still has exactly one
-//! activation id, nothing is lost, and any activation sent twice has the same id.
+//! restart to its first decision, under both guarantees). Every completed payment
+//! still has exactly one activation id and nothing is lost; at least once an activation
+//! sent twice has the same id, exactly once a `read_committed` reader sees it once.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use hookstream_processor::config::Guarantee;
 use hookstream_processor::rules::decide::activation_id;
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
@@ -130,7 +132,19 @@ async fn decisions(admin: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
+async fn repeated_sigkills_under_steady_load_deliver_each_activation_exactly_once() {
+    repeated_sigkills(Guarantee::ExactlyOnceV2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_at_least_once_keep_one_activation_id_per_payment() {
+    repeated_sigkills(Guarantee::AtLeastOnce).await;
+}
+
+/// 10 SIGKILLs within 2 minutes under steady load. Either guarantee: every completed
+/// payment has exactly one, deterministic activation id. Exactly once: a
+/// `read_committed` reader sees each of those ids once, not only the same id again.
+async fn repeated_sigkills(guarantee: Guarantee) {
     // About 65 s of load: room for 10 kills even when restarts take a few seconds.
     const PAYMENTS: usize = 600;
     const KILLS: usize = 10;
@@ -138,6 +152,7 @@ async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
     let topics = Topics::create(broker.bootstrap(), 4).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    config.kafka.processing_guarantee = guarantee;
     // Static membership, as the production StatefulSet runs it: a restarted instance is
     // given its partitions back at once instead of after the dead member's session timeout.
     config.kafka.group_instance_id = "chaos-0".into();
@@ -197,6 +212,17 @@ async fn repeated_sigkills_under_steady_load_keep_one_activation_per_payment() {
         "one deterministic activation id per completed payment, after {KILLS} kills:\n{}",
         logs(dir.path())
     );
+    if guarantee == Guarantee::ExactlyOnceV2 {
+        // Anything sent twice would have been sent by now (several commit intervals).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let counts = kafka::activation_counts(broker.bootstrap(), &topics.activations).await;
+        let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(
+            repeated.is_empty() && counts.len() == PAYMENTS,
+            "a read_committed reader sees each activation once: {} ids, repeated {repeated:?}",
+            counts.len()
+        );
+    }
     drop(child);
     ingest.stop().await;
 }

@@ -1,0 +1,152 @@
+//! Zombies: a processor paused (SIGSTOP) past its session timeout while it holds
+//! records, its partitions taken over by another instance, then resumed (SIGCONT), as a
+//! GC pause, a stopped VM or a long fsync would. Under exactly-once it is fenced: a
+//! `read_committed` reader sees each activation once, and a fresh instance restored
+//! from the changelogs afterwards still knows every payment (each refund cancels its
+//! activation, each second payment of a policy is a duplicate).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
+use hookstream_tests::broker::Broker;
+use hookstream_tests::processor::{spawn_instance, test_config, Topics};
+use hookstream_tests::{ingest, kafka, sign};
+
+const PAYMENTS: usize = 120;
+
+/// Post one signed paymenthub webhook; panics unless it is accepted.
+async fn post(addr: &str, event_id: &str, payment: &str, seq: i64, kind: &str, policy: &str) {
+    let body = sign::payment_body(event_id, payment, Some(seq), kind, Some(policy));
+    let h = sign::sign(
+        ingest::scheme_of("paymenthub"),
+        ingest::secrets_of("paymenthub")[0],
+        event_id,
+        sign::now(),
+        &body,
+    );
+    let r = hookstream_tests::http::post(addr, "/webhooks/paymenthub", &h, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Policy events by kind and policy, as a `read_committed` reader sees them now.
+async fn events(bootstrap: &str, topic: &str) -> BTreeMap<(&'static str, String), usize> {
+    let mut by = BTreeMap::new();
+    for m in kafka::read_committed_to_end(bootstrap, topic).await {
+        let Ok(e) = decode::<PolicyEvent>(rdkafka::Message::payload(&m).unwrap_or_default()) else {
+            continue;
+        };
+        let kind = match e.event {
+            PolicyEventKind::Activated(_) => "activated",
+            PolicyEventKind::Cancelled(_) => "cancelled",
+            PolicyEventKind::Duplicated(_) => "duplicated",
+        };
+        *by.entry((kind, e.policy_id)).or_insert(0) += 1;
+    }
+    by
+}
+
+/// How many policies have exactly one event of `kind`, and the ones with more.
+fn once(by: &BTreeMap<(&'static str, String), usize>, kind: &str) -> (usize, Vec<String>) {
+    let of_kind: Vec<_> = by.iter().filter(|((k, _), _)| *k == kind).collect();
+    let repeated = of_kind
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|((_, p), _)| p.clone())
+        .collect();
+    (of_kind.iter().filter(|(_, n)| **n == 1).count(), repeated)
+}
+
+/// Wait until `want` policies have an event of `kind` (read_committed).
+async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> BTreeMap<(&'static str, String), usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let by = events(bootstrap, topic).await;
+        if by.keys().filter(|(k, _)| *k == kind).count() >= want {
+            return by;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} policies {kind} within 120 s",
+            by.keys().filter(|(k, _)| *k == kind).count()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_processor_resumed_after_its_partitions_moved_changes_nothing_committed() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let zombie = spawn_instance(&config, dir.path(), "zombie");
+    zombie.wait_assigned(Duration::from_secs(60)).await;
+    let sender = sign::paced_lifecycles(ingest.addr(), "z", PAYMENTS, 8, Duration::from_millis(50));
+    // Paused mid-stream, with records fetched and queued.
+    let (n, _) = kafka::activations_by_policy(broker.bootstrap(), &topics.activations, 15).await;
+    assert!(n >= 15, "progress before the pause");
+    zombie.signal("STOP");
+    let heir = spawn_instance(&config, dir.path(), "heir");
+    sender.await.unwrap();
+    wait_for(broker.bootstrap(), &topics.activations, "activated", PAYMENTS).await;
+    // The zombie wakes up with its queue, its open transaction and its old generation.
+    zombie.signal("CONT");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let by = events(broker.bootstrap(), &topics.activations).await;
+    let (activated, repeated) = once(&by, "activated");
+    assert!(
+        activated == PAYMENTS && repeated.is_empty(),
+        "each policy activated once for a read_committed reader: {activated} once, repeated {repeated:?}\n\
+         zombie:\n{}\nheir:\n{}",
+        zombie.log_tail(),
+        heir.log_tail()
+    );
+    drop(zombie);
+    drop(heir);
+
+    // A fresh instance knows only the changelogs: every payment must be where the log
+    // left it. A refund cancels its activation (even policies); a second payment of a
+    // held policy is a duplicate (odd ones).
+    let fresh = spawn_instance(&config, dir.path(), "fresh");
+    fresh.wait_assigned(Duration::from_secs(60)).await;
+    for i in 0..PAYMENTS {
+        let (pay, pol) = (format!("pay_z{i}"), format!("pol_z{i}"));
+        if i % 2 == 0 {
+            post(
+                &ingest.addr(),
+                &format!("evt_z{i}_4"),
+                &pay,
+                4,
+                "payment.refunded",
+                &pol,
+            )
+            .await;
+        } else {
+            let second = format!("pay_z{i}_again");
+            post(
+                &ingest.addr(),
+                &format!("evt_z{i}_again"),
+                &second,
+                1,
+                "payment.completed",
+                &pol,
+            )
+            .await;
+        }
+    }
+    wait_for(broker.bootstrap(), &topics.activations, "cancelled", PAYMENTS / 2).await;
+    let by = wait_for(broker.bootstrap(), &topics.activations, "duplicated", PAYMENTS / 2).await;
+    for kind in ["cancelled", "duplicated"] {
+        let (n, repeated) = once(&by, kind);
+        assert!(
+            n == PAYMENTS / 2 && repeated.is_empty(),
+            "after a restore from the changelogs, {kind} once per policy: {n} of {}, repeated {repeated:?}\n{}",
+            PAYMENTS / 2,
+            fresh.log_tail()
+        );
+    }
+    ingest.stop().await;
+}
