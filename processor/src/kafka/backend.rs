@@ -133,9 +133,29 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
     }
 }
 
-/// One partition of the raw topic, read by a consumer of its own.
+/// A log reader's callbacks: the end of its partition is an event the reader asks
+/// for (`enable.partition.eof`), not an error to log.
+#[derive(Debug, Default)]
+pub struct ReaderContext;
+
+impl rdkafka::client::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(error = %error, reason, "log reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// One partition of an input topic or a changelog, read by a consumer of its own.
 #[allow(missing_debug_implementations)] // an rdkafka client
-pub struct KafkaReader(StreamConsumer);
+pub struct KafkaReader(StreamConsumer<ReaderContext>);
 
 impl LogReader for KafkaReader {
     async fn next(&mut self) -> Result<Option<Incoming>, BoxError> {
@@ -151,7 +171,8 @@ impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
     type Reader = KafkaReader;
 
     fn open(&self, topic: &str, partition: i32, from: Option<i64>) -> Result<KafkaReader, BoxError> {
-        let reader: StreamConsumer = super::client::log_reader(&self.cfg).create()?;
+        let reader: StreamConsumer<ReaderContext> =
+            super::client::log_reader(&self.cfg).create_with_context(ReaderContext)?;
         let mut tpl = TopicPartitionList::new();
         let start = from.map_or(Offset::Beginning, Offset::Offset);
         tpl.add_partition_offset(topic, partition, start)?;

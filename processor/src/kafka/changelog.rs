@@ -35,7 +35,7 @@ impl std::fmt::Debug for ChangelogWriter {
 
 impl ChangelogWriter {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        let mut c = super::client::producer(cfg, "-changelog");
+        let mut c = super::client::at_least_once_producer(cfg, "-changelog");
         // A state entry can be larger than librdkafka's 1 MB default (see MAX_ENTRY_BYTES).
         c.set("message.max.bytes", MAX_ENTRY_BYTES.to_string());
         let producer: FutureProducer = c.create()?;

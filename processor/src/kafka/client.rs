@@ -139,6 +139,17 @@ pub fn producer(cfg: &KafkaConfig, client_suffix: &str) -> ClientConfig {
     c
 }
 
+/// An idempotent producer of the at-least-once path. A send that is not acknowledged
+/// within the hand-over deadline (half the session timeout) fails and is retried with
+/// the same record: librdkafka's 300 s default would let a batch finish minutes after
+/// its partition was handed over.
+pub fn at_least_once_producer(cfg: &KafkaConfig, client_suffix: &str) -> ClientConfig {
+    let mut c = producer(cfg, client_suffix);
+    let deadline = (cfg.session_timeout / 2).as_millis().max(1000);
+    c.set("message.timeout.ms", deadline.to_string());
+    c
+}
+
 /// A stage's transactional producer (exactly-once): `transactional_id` is stable per
 /// instance and stage, so a restart fences the previous incarnation.
 pub fn transactional_producer(cfg: &KafkaConfig, transactional_id: &str) -> ClientConfig {

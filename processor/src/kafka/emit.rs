@@ -61,7 +61,7 @@ impl std::fmt::Debug for Emitter {
 impl Emitter {
     /// An emitter with an idempotent producer of its own (at least once).
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = super::client::producer(cfg, "-emitter").create()?;
+        let producer: FutureProducer = super::client::at_least_once_producer(cfg, "-emitter").create()?;
         Ok(Self::with(cfg, ProducerSlot::new(producer)))
     }
 

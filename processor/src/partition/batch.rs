@@ -148,7 +148,14 @@ impl<B: Backend> Worker<B> {
         let entries = decided.changes.entries();
         let emitting = SystemTime::now();
         let next = match &gate {
-            Some(g) => match self.write_in_transaction(&mut decided, &entries, mode).await {
+            Some(g) => match tokio::select! {
+                w = self.write_in_transaction(&mut decided, &entries, mode) => w,
+                () = stop.cancelled() => {
+                    // Part of the batch may be in the transaction: it must not commit.
+                    g.fail(self.partition);
+                    return Err(Stopped);
+                }
+            } {
                 Ok(next) => {
                     let store = self.store.clone();
                     self.cx
@@ -287,6 +294,14 @@ impl<B: Backend> Worker<B> {
             }));
             d.changes.applied = Some(offset);
             d.changes.max_ts = Some(now);
+            // Under exactly-once the processor's own records (requests, control records)
+            // are written in transactions: a commit marker follows the last of each.
+            d.changes.marker_follows = self.gate.is_some()
+                && (self.stage == Stage::Policies
+                    || rec
+                        .headers
+                        .iter()
+                        .any(|h| h.name == hookstream_schemas::topics::headers::CONTROL));
             d.timestamps.push(rec.origin.timestamp_ms);
         }
         Ok(Some(d))

@@ -146,3 +146,33 @@ async fn state_stays_flat_over_a_log_longer_than_the_dedup_window_and_a_refund_w
 fn activation_id_of(policy: &str, event_id: &str) -> String {
     crate::rules::decide::activation_id(policy, "src", event_id)
 }
+
+/// At least once, a batch whose outputs were never acknowledged (the requests topic
+/// refusing for a while) leaves nothing in the changelog when its writer stops: a
+/// later batch's meta entry then cannot restore the unsent batch's dedup entry, which
+/// would make the completion a duplicate and lose its activation for good.
+#[tokio::test]
+async fn a_batch_whose_outputs_were_not_acknowledged_logs_no_entry() {
+    use super::memory::Fail;
+    use super::worker::Worker;
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    memory.state().failures.extend([Fail::Unavailable; 1000]);
+    let worker = Worker::new(super::tests::context(&memory, &store), Stage::Payments, 0).expect("worker");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(completed.clone()).await.expect("queue");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(rx, stop.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.cancel();
+    task.await.expect("worker");
+    assert!(
+        memory.records(RAW_CHANGELOG).is_empty(),
+        "no changelog entry before the outputs are acknowledged"
+    );
+    // The requests topic accepts again; a fresh instance decides the completion anew.
+    memory.state().failures.clear();
+    let fresh = Store::temporary().expect("store");
+    run(&memory, &fresh, vec![completed]).await;
+    assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
+}

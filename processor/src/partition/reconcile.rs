@@ -124,7 +124,12 @@ impl<B: Backend> Worker<B> {
         let start = cx
             .retry("log", stop, || cx.backend.log_start(&topic, partition))
             .await?;
-        let Some(a) = applied.filter(|a| start > a + 1) else {
+        let store = self.store.clone();
+        let marker = cx.retry("store", stop, || async { store.marker_follows() }).await?;
+        // The applied record's commit marker is no record: a log that starts after it
+        // lost nothing.
+        let next = applied.map(|a| a + 1 + i64::from(marker));
+        let Some(a) = applied.filter(|_| next.is_some_and(|n| start > n)) else {
             return Ok(start);
         };
         let store = self.store.clone();

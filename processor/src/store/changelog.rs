@@ -59,6 +59,9 @@ pub struct Meta {
     pub applied: i64,
     /// The partition's clock after it (ms).
     pub max_ts: Option<i64>,
+    /// [`Changes::marker_follows`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub marker_follows: bool,
 }
 
 impl Changes {
@@ -106,6 +109,7 @@ impl Changes {
             value: Some(to_json(&Meta {
                 applied,
                 max_ts: self.max_ts,
+                marker_follows: self.marker_follows,
             })),
         })
     }
@@ -173,6 +177,11 @@ impl PartitionStore {
             let Some(v) = &e.value else { return Ok(()) };
             let meta: Meta = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
             batch.insert(APPLIED, &meta.applied.to_be_bytes()[..]);
+            if meta.marker_follows {
+                batch.insert(super::MARKER, &[][..]);
+            } else {
+                batch.remove(super::MARKER);
+            }
             if let Some(ts) = meta.max_ts {
                 batch.insert(MAX_TS, &ts.to_be_bytes()[..]);
             }

@@ -56,6 +56,8 @@ const APPLIED: &[u8] = b"m:applied";
 const MAX_TS: &[u8] = b"m:max_ts";
 const COMMITTED: &[u8] = b"m:committed";
 const HOLE_ACK: &[u8] = b"m:hole_ack";
+/// Present when the applied record is followed by a transaction marker.
+const MARKER: &[u8] = b"m:marker";
 /// Present while the partition holds writes of a transaction not yet committed.
 const UNCOMMITTED: &[u8] = b"m:uncommitted";
 
@@ -201,6 +203,10 @@ pub struct Changes {
     /// Expiry-index keys of dedup entries the batch writes again (seen anew after their
     /// window): only the old index entry goes, not the entry, and nothing is logged.
     pub replaced_expiry: Vec<Vec<u8>>,
+    /// The last applied record was written in a transaction: the offset after it holds
+    /// the transaction's commit marker, which no consumer is handed (so a log that
+    /// starts right after the marker has no hole).
+    pub marker_follows: bool,
 }
 
 impl Changes {
@@ -318,6 +324,11 @@ impl PartitionStore {
         }
         if let Some(off) = changes.applied {
             batch.insert(APPLIED, &off.to_be_bytes()[..]);
+            if changes.marker_follows {
+                batch.insert(MARKER, &[][..]);
+            } else {
+                batch.remove(MARKER);
+            }
         }
         if let Some(ts) = changes.max_ts {
             batch.insert(MAX_TS, &ts.to_be_bytes()[..]);
@@ -372,6 +383,12 @@ impl PartitionStore {
     pub fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear()?;
         Ok(())
+    }
+
+    /// Whether the applied record is followed by its transaction's commit marker
+    /// ([`Changes::marker_follows`]).
+    pub fn marker_follows(&self) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(MARKER)?)
     }
 
     /// Under exactly-once: what follows is written in a transaction not yet committed.
