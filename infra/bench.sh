@@ -97,29 +97,33 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 kill "$ip"; wait "$ip" 2>/dev/null || true
 
-spike() { # partitions -> runs RATE/s for SECONDS_ s on fresh topics with that many partitions
-  local n=$1 raw=bench.spike$1.raw act=bench.spike$1.activations dlq=bench.spike$1.dlq
+# The processor's two guarantees ([kafka] processing_guarantee), as the config names them.
+guarantee_name() { case $1 in eos) echo exactly_once_v2 ;; alo) echo at_least_once ;; esac; }
+spike() { # partitions guarantee(eos|alo) -> runs RATE/s for SECONDS_ s on fresh topics with that many partitions
+  local n=$1 g=$2 raw=bench.spike$1$2.raw act=bench.spike$1$2.activations dlq=bench.spike$1$2.dlq
   $LG topic create $raw --partitions "$n" >/dev/null
   $LG topic create $act --partitions "$n" >/dev/null
   $LG topic create $dlq --partitions 1 >/dev/null
   # A group per run: the policy stage's repartition topic (<group>.policy-requests)
   # is created with as many partitions as the raw topic.
-  sed "s/^group_id = .*/group_id = \"bench-spike$n\"/; s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
-    infra/config/processor.toml >"$DIR/processor-$n.toml"
-  PROCESSOR_STATE_DIR=$DIR/state-$n PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
-    "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/processor-$n.toml" >"$DIR/processor-$n.log" 2>&1 &
+  sed "s/^group_id = .*/group_id = \"bench-spike$n$g\"/; s/^raw_topic = .*/raw_topic = \"$raw\"/; s/^activations_topic = .*/activations_topic = \"$act\"/; s/^dlq_topic = .*/dlq_topic = \"$dlq\"/" \
+    infra/config/processor.toml >"$DIR/processor-$n$g.toml"
+  PROCESSOR_STATE_DIR=$DIR/state-$n$g PROCESSOR_ADMIN_LISTEN=127.0.0.1:18790 \
+    PROCESSOR_KAFKA_PROCESSING_GUARANTEE=$(guarantee_name "$g") \
+    "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/processor-$n$g.toml" >"$DIR/processor-$n$g.log" 2>&1 &
   local pp=$!; pids+=($pp)
   wait_ready http://127.0.0.1:18790
-  local ip; start_ingest 18701 "$raw" "ingest-$n.log"
+  local ip; start_ingest 18701 "$raw" "ingest-$n$g.log"
   # Traffic starts once the processor owns its partitions (both of its group members
   # assigned), not after a fixed pause: a spike sent before would measure the join.
   for _ in $(seq 1 150); do
-    [ "$(grep -c '"partitions assigned"' "$DIR/processor-$n.log")" -ge 2 ] && break
+    [ "$(grep -c '"partitions assigned"' "$DIR/processor-$n$g.log")" -ge 2 ] && break
     sleep 0.2
   done
   $LG send --rate "$RATE" --duration "$SECONDS_" --connections "$SPIKE_CONNS" --target 127.0.0.1:18701 \
-    --verify --brokers $B --activations-topic $act >"$DIR/open-$n.json" || true
-  hwm_mb "$ip" >"$DIR/ingest-rss-$n"
+    --verify --brokers $B --activations-topic $act >"$DIR/open-$n$g.json" || true
+  hwm_mb "$ip" >"$DIR/ingest-rss-$n$g"
+  hwm_mb "$pp" >"$DIR/processor-rss-$n$g"
   kill "$ip" "$pp"; wait "$ip" "$pp" 2>/dev/null || true
 }
 # The same spike into a topic nobody reads: the broker serves no fetches, so this is
@@ -133,11 +137,13 @@ alone() {
 }
 say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, nobody consuming: ${PARTS} partitions"
 alone
-say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, processor running, verified: ${PARTS} partitions"
-spike "$PARTS"
-say "2/4 the same on ${PARTS_WIDE} partitions"
-spike "$PARTS_WIDE"
-ingest_rss=$(cat "$DIR/ingest-rss-$PARTS")
+say "2/4 ${RATE}/s for ${SECONDS_} s through ingest, processor running (exactly once), verified: ${PARTS} partitions"
+spike "$PARTS" eos
+say "2/4 the same, the processor at least once"
+spike "$PARTS" alo
+say "2/4 the same on ${PARTS_WIDE} partitions, exactly once"
+spike "$PARTS_WIDE" eos
+ingest_rss=$(cat "$DIR/ingest-rss-${PARTS}eos")
 
 say "3/4 preload $DRAIN events into bench.drain"
 $LG produce --brokers $B --topic bench.drain --events "$DRAIN" --in-flight 20000 >"$DIR/preload.json"
@@ -154,6 +160,12 @@ raw_topic = "bench.drain"
 activations_topic = "bench.drain.activations"
 dlq_topic = "bench.drain.dlq"
 TOML
+# The same drain at least once: a group (and state) of its own on the same backlog.
+sed 's/^group_id = .*/group_id = "bench-drain-alo"/; s:drain-state:drain-alo-state:; s/^activations_topic = .*/activations_topic = "bench.drain.alo.activations"/' \
+  "$DIR/drain.toml" >"$DIR/drain-alo.toml"
+echo 'processing_guarantee = "at_least_once"' >>"$DIR/drain-alo.toml"
+$LG topic create bench.drain.alo.activations --partitions 3 >/dev/null
+DRAIN_CFG=$DIR/drain.toml
 # drain_run drain|restore|rebuild [REQUESTS] [CHANGELOG] -> prints
 # "events seconds rss_mb requests changelog_records".
 # drain: until the payment stage decided every pre-loaded event and the policy stage
@@ -162,7 +174,7 @@ TOML
 # rebuilt their logs, the events and the REQUESTS the drain wrote. Events/s is always
 # per raw event.
 drain_run() {
-  "${SERVICE_ENV[@]}" target/release/processor run --config "$DIR/drain.toml" >>"$DIR/drain.log" 2>&1 &
+  "${SERVICE_ENV[@]}" target/release/processor run --config "$DRAIN_CFG" >>"$DIR/drain.log" 2>&1 &
   local p=$! t0="" n=0 m=0 r=0 last=-1 tl u=http://127.0.0.1:18791 rec=hookstream_processor_records_total
   pids+=($p)
   wait_ready $u
@@ -189,7 +201,12 @@ drain_run() {
   if [ "$1" = restore ]; then n=$DRAIN; fi
   python3 -c "print($n, $tl - $t0, $rss, $r, $c)"
 }
-say "3/4 processor drain of the backlog (both stages)"
+say "3/4 processor drain of the backlog (both stages), at least once"
+DRAIN_CFG=$DIR/drain-alo.toml
+read -r alo_drained alo_drain_s alo_rss _ _ < <(drain_run drain)
+rm -rf "$DIR/drain-alo-state"
+DRAIN_CFG=$DIR/drain.toml
+say "3/4 processor drain of the backlog (both stages), exactly once"
 read -r drained drain_s proc_rss requests changelog < <(drain_run drain)
 say "3/4 restore: state deleted, restored from the changelogs ($changelog records)"
 rm -rf "$DIR/drain-state"
@@ -199,11 +216,13 @@ rm -rf "$DIR/drain-state"
 for store in payments policies; do $LG topic delete "bench-drain.$store-changelog" >/dev/null; done
 read -r rebuilt rebuild_s rebuild_rss _ < <(drain_run rebuild "$requests")
 
-python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" "$restore_s" "$restore_rss" "$changelog" <<'PY'
+python3 - "$DIR" "$ingest_rss" "$drained" "$drain_s" "$proc_rss" "$rebuilt" "$rebuild_s" "$rebuild_rss" "$RATE" "$SECONDS_" "$PARTS" "$PARTS_WIDE" "$restore_s" "$restore_rss" "$changelog" "$alo_drained" "$alo_drain_s" "$alo_rss" <<'PY'
 import json, os, platform, statistics, sys, datetime
-d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs, parts, wide, restore_s, restore_rss, changelog = sys.argv[1:]
+d, ingest_rss, drained, drain_s, proc_rss, rebuilt, rebuild_s, rebuild_rss, rate, secs, parts, wide, restore_s, restore_rss, changelog, alo_drained, alo_drain_s, alo_rss = sys.argv[1:]
 j = lambda n: json.load(open(os.path.join(d, n)))
-opn, cons, wopn, alone = j(f"open-{parts}.json"), j("consume.json"), j(f"open-{wide}.json"), j("open-alone.json")
+opn, cons, wopn, alone = j(f"open-{parts}eos.json"), j("consume.json"), j(f"open-{wide}eos.json"), j("open-alone.json")
+aopn = j(f"open-{parts}alo.json")
+rss_of = lambda n: float(open(os.path.join(d, f"processor-rss-{n}")).read() or 0)
 rounds = sorted(int(n[len("closed-"):-len(".json")]) for n in os.listdir(d) if n.startswith("closed-"))
 prods = [j(f"produce-{r}.json")["throughput_rps"] for r in rounds]
 maxes = [j(f"closed-{r}.json")["throughput_rps"] for r in rounds]
@@ -214,10 +233,10 @@ drain_rate = float(drained) / float(drain_s)
 rebuild_rate = float(rebuilt) / float(rebuild_s)
 restore_rate = float(drained) / float(restore_s)
 lat_s = lambda lat: " / ".join(f"{lat[k]:.1f}" for k in ("p50","p90","p99","p999","max")) + " ms"
-def spike_rows(o, n, base=None):
+def spike_rows(o, n, base=None, guarantee="exactly once"):
     lat, v = o["latency_ms"], o.get("verify", {})
     e2e = v.get("e2e_ms", {})
-    p = f"{rate}/s × {secs} s, {n} partitions"
+    p = f"{rate}/s × {secs} s, {n} partitions, {guarantee}"
     ack_base = f"{lat_s(base['latency_ms'])} (ingest alone: same spike into a topic nobody reads; {base['non_2xx']:,} non-2xx)" if base else ""
     return [
         (f"{p}: sent / non-2xx (achieved rate)", f"{o['sent']:,} / {o['non_2xx']:,} ({o['throughput_rps']:,.0f} req/s)", "", "", "0 non-2xx"),
@@ -229,8 +248,11 @@ mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 rows = [
     (f"ingest max throughput (closed loop, 1024 conns) vs raw rdkafka producer, medians of {len(rounds)} alternating rounds (ratios: {', '.join(f'{r:.2f}' for r in ratios)}; ingest non-2xx: {closed_non2xx})", f"{med(maxes):,.0f} req/s", f"{med(prods):,.0f} rec/s", f"{med(maxes) / med(prods):.2f}", "≥ 0.5"),
     *spike_rows(opn, parts, alone),
+    *spike_rows(aopn, parts, alone, "at least once"),
     *spike_rows(wopn, wide),
-    (f"processor drain of {int(float(drained)):,} pre-loaded events vs consume-only", f"{drain_rate:,.0f} ev/s", f"{cons['throughput_rps']:,.0f} rec/s", f"{drain_rate/cons['throughput_rps']:.2f}", "≥ 0.5"),
+    (f"processor drain of {int(float(drained)):,} pre-loaded events vs consume-only, exactly once", f"{drain_rate:,.0f} ev/s", f"{cons['throughput_rps']:,.0f} rec/s", f"{drain_rate/cons['throughput_rps']:.2f}", "≥ 0.5"),
+    (f"processor drain, exactly once vs at least once (same backlog)", f"{drain_rate:,.0f} ev/s", f"{float(alo_drained)/float(alo_drain_s):,.0f} ev/s", f"{drain_rate/(float(alo_drained)/float(alo_drain_s)):.2f}", ""),
+    (f"peak RSS processor, exactly once vs at least once ({rate}/s run, {parts} partitions / drain)", f"{rss_of(f'{parts}eos'):.0f} / {float(proc_rss):.0f} MB", f"{rss_of(f'{parts}alo'):.0f} / {float(alo_rss):.0f} MB", "", "≤ 400 MB"),
     (f"processor restore of the state of {int(float(drained)):,} events from the changelogs ({int(changelog):,} records; state directory deleted) vs rebuild from the logs (changelogs deleted too)", f"{restore_rate:,.0f} ev/s ({float(restore_s):.1f} s)", f"{rebuild_rate:,.0f} ev/s ({float(rebuild_s):.1f} s)", f"{restore_rate/rebuild_rate:.2f}", ""),
     (f"peak RSS ingest ({rate}/s run, {parts} partitions)", f"{float(ingest_rss):.0f} MB", "", "", "≤ 100 MB"),
     ("peak RSS processor (drain of the backlog / restore / rebuild)", f"{float(proc_rss):.0f} / {float(restore_rss):.0f} / {float(rebuild_rss):.0f} MB", "", "", "≤ 400 MB"),
@@ -240,5 +262,5 @@ print("| measurement | hookstream | baseline (same run) | ratio | target |")
 print("|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
-json.dump({"alone": alone, "produce_rps": prods, "closed_rps": maxes, "ratios": ratios, "open": opn, "open_wide": wopn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "restore_rate": restore_rate, "changelog_records": int(changelog), "restore_rss_mb": float(restore_rss), "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
+json.dump({"open_alo": aopn, "alo_drain_rate": float(alo_drained) / float(alo_drain_s), "alo_rss_mb": float(alo_rss), "alone": alone, "produce_rps": prods, "closed_rps": maxes, "ratios": ratios, "open": opn, "open_wide": wopn, "consume": cons, "drain_rate": drain_rate, "rebuild_rate": rebuild_rate, "restore_rate": restore_rate, "changelog_records": int(changelog), "restore_rss_mb": float(restore_rss), "ingest_rss_mb": float(ingest_rss), "processor_rss_mb": float(proc_rss), "rebuild_rss_mb": float(rebuild_rss)}, open(os.path.join(d, "results.json"), "w"), indent=1)
 PY
