@@ -140,13 +140,20 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
             .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap())
             .collect()
     };
+    // Every letter, in whatever order the partitions' transactions commit them.
     let dlq = kafka::read_until(broker.bootstrap(), &topics.dlq, Duration::from_secs(60), |r| {
         let l = letters(r);
+        let has = |pay: &str, reason: DeadLetterReason| {
+            l.iter()
+                .any(|d| d.reason == reason && d.payment_id.as_deref() == Some(pay))
+        };
         l.iter()
             .any(|d| d.origin_offset == big.offset && d.origin_partition == big.partition)
-            && l.iter().any(|d| {
-                d.reason == DeadLetterReason::SequenceGapTimeout && d.payment_id.as_deref() == Some("pay_flood")
-            })
+            && has("pay_flood", DeadLetterReason::SequenceGapTimeout)
+            && has("pay_flood", DeadLetterReason::HeldLimitExceeded)
+            && has("pay_far", DeadLetterReason::SequenceOutOfRange)
+            && has("pay_max", DeadLetterReason::SequenceOutOfRange)
+            && has("pay_huge", DeadLetterReason::InvalidField)
     })
     .await;
     let dlq = letters(&dlq);

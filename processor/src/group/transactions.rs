@@ -11,7 +11,7 @@
 //! which every partition that wrote in it rewinds. A fatal error (the producer fenced
 //! by a newer incarnation with the same `transactional.id`) replaces the producer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +78,7 @@ impl Committer {
         let closed = self.gate.close().await;
         let pending = self.gate.pending(&closed);
         if pending.is_empty() && !pending.failed {
-            self.gate.forget(&closed, gone);
+            self.handed_over(&closed, gone);
             return;
         }
         if abort || pending.failed {
@@ -101,9 +101,9 @@ impl Committer {
                     .transactions
                     .with_label_values(&[self.stage.as_str(), "committed"])
                     .inc();
-                self.committed(&pending.written, &pending.offsets, gone);
+                self.committed(&pending.written);
                 self.gate.committed(&closed);
-                self.gate.forget(&closed, gone);
+                self.handed_over(&closed, gone);
             }
             Err(e) => {
                 tracing::warn!(stage = self.stage.as_str(), error = %e, error_source = ?std::error::Error::source(&e),
@@ -113,23 +113,34 @@ impl Committer {
         }
     }
 
-    /// The partitions that wrote hold committed state now; the handed-over ones
-    /// remember the offset they handed over at (a later replay below it is recognised).
-    fn committed(&self, written: &BTreeSet<i32>, offsets: &BTreeMap<i32, i64>, gone: &BTreeSet<i32>) {
+    /// The partitions that wrote hold committed state now.
+    fn committed(&self, written: &BTreeSet<i32>) {
         for p in written {
-            let marked = self.store.partition(&self.topic, *p).and_then(|s| {
-                s.mark_committed()?;
-                match offsets.get(p).filter(|_| gone.contains(p)) {
-                    Some(next) => s.record_commit(*next),
-                    None => Ok(()),
-                }
-            });
+            let marked = self.store.partition(&self.topic, *p).and_then(|s| s.mark_committed());
             if let Err(e) = marked {
                 // The mark left behind only makes the next assignment restore from
                 // the changelog.
                 tracing::warn!(partition = p, error = %e, "cannot mark the partition's state committed");
             }
         }
+    }
+
+    /// The handed-over partitions remember the offset they were committed at (a later
+    /// `processor replay` below it is recognised), and are forgotten.
+    fn handed_over(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>) {
+        for p in gone {
+            let Some(next) = self.gate.last_committed(*p) else {
+                continue;
+            };
+            if let Err(e) = self
+                .store
+                .partition(&self.topic, *p)
+                .and_then(|s| s.record_commit(next))
+            {
+                tracing::warn!(partition = p, error = %e, "cannot record the committed offset");
+            }
+        }
+        self.gate.forget(closed, gone);
     }
 
     async fn abort_after(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>, e: TxnError) {

@@ -42,6 +42,24 @@ pub fn classify(e: KafkaError) -> SendError {
     }
 }
 
+/// The largest output (key and value), librdkafka's default `message.max.bytes` and
+/// within the broker's default for a topic. Under exactly-once the stage's producer
+/// also carries changelog entries of up to 32 MiB, so the outputs' own bound is kept
+/// here: a larger output is refused for good and replaced by a smaller dead letter.
+pub const MAX_OUTPUT_BYTES: usize = 1_000_000;
+
+/// The size librdkafka checks against `message.max.bytes`: key, value and headers
+/// with a record's largest framing (its `rd_kafka_msg_max_wire_size`).
+fn wire_size(key: &str, value: &[u8], id: &str, traceparent: Option<&str>) -> usize {
+    const FRAMING: usize = 36;
+    const PER_HEADER: usize = 10;
+    let mut headers = headers::EVENT_ID.len() + id.len() + PER_HEADER;
+    if let Some(tp) = traceparent {
+        headers += headers::TRACEPARENT.len() + tp.len() + PER_HEADER;
+    }
+    FRAMING + key.len() + value.len() + headers
+}
+
 /// The output producer.
 #[derive(Clone)]
 pub struct Emitter {
@@ -100,6 +118,11 @@ impl Emitter {
                 }
             };
             match e {
+                Ok((_, key, id, value)) if wire_size(&key, &value, &id, *tp) > MAX_OUTPUT_BYTES => {
+                    results.push(Err(classify(KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+                    ))));
+                }
                 Ok((topic, key, id, value)) => {
                     results.push(Ok(()));
                     encoded.push((i, topic, key, id, value, *tp));

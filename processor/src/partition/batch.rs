@@ -156,13 +156,7 @@ impl<B: Backend> Worker<B> {
                     return Err(Stopped);
                 }
             } {
-                Ok(next) => {
-                    let store = self.store.clone();
-                    self.cx
-                        .retry("store", stop, || async { store.mark_uncommitted() })
-                        .await?;
-                    next
-                }
+                Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, "a send failed; the transaction is aborted");
                     g.fail(self.partition);
@@ -184,7 +178,23 @@ impl<B: Backend> Worker<B> {
             self.count_outputs(&decided.outputs);
         }
         let persisting = SystemTime::now();
-        self.persist(decided.changes, entries, next, mode, stop).await?;
+        let persisted = async {
+            if gate.is_some() {
+                let store = self.store.clone();
+                self.cx
+                    .retry("store", stop, || async { store.mark_uncommitted() })
+                    .await?;
+            }
+            self.persist(decided.changes, entries, next, mode, stop).await
+        };
+        if let Err(stopped) = persisted.await {
+            // Under exactly-once the batch is in the transaction, its offset not
+            // recorded: the transaction must not commit.
+            if let Some(g) = &gate {
+                g.fail(self.partition);
+            }
+            return Err(stopped);
+        }
         if let Some(g) = &gate {
             match mode {
                 Mode::Live => g.decided(self.partition, last + 1),

@@ -102,8 +102,31 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let topic = cx.settings.changelog(self.stage);
         let reset = [reset_entry()];
-        cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &reset))
-            .await?;
+        match self.gate.clone() {
+            // Under exactly-once in the stage's transaction; a failed write fails it
+            // and is written again in the next one.
+            Some(gate) => loop {
+                let inside = tokio::select! {
+                    i = gate.enter_write() => i,
+                    () = stop.cancelled() => return Err(Stopped),
+                };
+                match cx.backend.append(topic, self.partition, &reset).await {
+                    Ok(_) => {
+                        gate.wrote(self.partition);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = self.partition, error = %e, "the reset entry was not written; retrying");
+                        gate.fail(self.partition);
+                        drop(inside);
+                    }
+                }
+            },
+            None => {
+                cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &reset))
+                    .await?;
+            }
+        }
         let store = self.store.clone();
         cx.retry("store", stop, || async { store.clear() }).await
     }

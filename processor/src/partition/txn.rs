@@ -84,6 +84,20 @@ impl TxnGate {
         }
     }
 
+    /// Enter to write something that is not a batch (a reset entry): like
+    /// [`TxnGate::enter`], but a pending rewind stays pending.
+    pub async fn enter_write(&self) -> Inside<'_> {
+        loop {
+            let waiting = self.changed.notified();
+            let inside = self.lock.read().await;
+            if !self.book().failed {
+                return inside;
+            }
+            drop(inside);
+            waiting.await;
+        }
+    }
+
     /// `partition` wrote in the open transaction (call inside).
     pub fn wrote(&self, partition: i32) {
         self.book().written.insert(partition);
@@ -160,6 +174,7 @@ impl TxnGate {
         book.rewind.extend(written.difference(gone).copied());
         for g in gone {
             book.rewind.remove(g);
+            book.committed.remove(g);
         }
         book.offsets.clear();
         book.failed = false;
