@@ -375,8 +375,9 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Send every output until each is acknowledged. A transient failure pauses and
-    /// sends the unacknowledged ones again (same ids); a permanent one replaces the
-    /// output by a smaller dead letter ([`crate::rules::fallback`]) and sends that.
+    /// sends again (same ids) every output from the first unacknowledged one on, so
+    /// their order holds; a permanent one replaces the output by a smaller dead letter
+    /// ([`crate::rules::fallback`]) and sends that.
     async fn emit(&self, outputs: &mut [Emitted], stop: &CancellationToken) -> Result<(), Stopped> {
         let shared = &self.cx;
         let mut pending: Vec<usize> = (0..outputs.len()).collect();
@@ -414,10 +415,12 @@ impl<B: Backend> Worker<B> {
                     None => transient = Some(format!("the DLQ refuses even a coordinates-only letter: {error}")),
                 }
             }
-            if failed.is_empty() {
+            let Some(first) = failed.first().copied() else {
                 return Ok(());
-            }
-            pending = failed;
+            };
+            // Everything from the first failure on goes again, in order (same ids):
+            // re-sending only the failed ones would put them after later outputs.
+            pending.retain(|&i| i >= first);
             if let Some(e) = transient {
                 backoff.pause(&e, stop).await?;
             }

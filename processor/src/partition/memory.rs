@@ -43,6 +43,9 @@ pub enum Fail {
     Unavailable,
     /// Every output refused for good.
     Refused,
+    /// Only the output at this index of the call unacknowledged, transiently; the
+    /// others are sent.
+    UnavailableAt(usize),
 }
 
 #[derive(Debug, Default)]
@@ -178,16 +181,24 @@ impl Outputs for Memory {
         let error = |f: Fail| {
             let e: BoxError = "injected".into();
             match f {
-                Fail::Unavailable => SendError::Unavailable(e),
+                Fail::Unavailable | Fail::UnavailableAt(_) => SendError::Unavailable(e),
                 Fail::Refused => SendError::Refused(e),
             }
         };
-        if let Some(f) = fail {
-            return outputs.iter().map(|_| Err(error(f))).collect();
-        }
+        let skip = match fail {
+            Some(Fail::UnavailableAt(i)) => Some(i),
+            Some(f) => return outputs.iter().map(|_| Err(error(f))).collect(),
+            None => None,
+        };
+        let sent: Vec<_> = outputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, o)| *o)
+            .collect();
         st.calls
-            .push(Call::Sent(outputs.iter().map(|(o, _)| describe(o)).collect()));
-        for (o, _) in outputs {
+            .push(Call::Sent(sent.iter().map(|(o, _)| describe(o)).collect()));
+        for (o, _) in &sent {
             if let Output::Request(r) = o {
                 let log = st.log.entry((REQUESTS.to_owned(), 0)).or_default();
                 let offset = log.len() as i64;
@@ -208,7 +219,12 @@ impl Outputs for Memory {
                 });
             }
         }
-        outputs.iter().map(|_| Ok(())).collect()
+        (0..outputs.len())
+            .map(|i| match skip {
+                Some(s) if s == i => Err(error(Fail::Unavailable)),
+                _ => Ok(()),
+            })
+            .collect()
     }
 
     async fn send_gap_timeout(&self, _partition: i32, _g: &GapTimeout) -> Result<(), SendError> {

@@ -106,6 +106,29 @@ async fn outputs_are_acknowledged_before_the_offset_is_committed() {
 }
 
 #[tokio::test]
+async fn a_retry_sends_everything_after_the_failed_output_again_in_order() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let batch = vec![
+        memory.append("pay1", "e1", 1, "payment.completed", "pol1"),
+        memory.append("pay2", "e2", 1, "payment.completed", "pol2"),
+        memory.append("pay3", "e3", 1, "payment.completed", "pol3"),
+    ];
+    // The second of the batch's three outputs is not acknowledged the first time.
+    memory.state().failures.push_back(Fail::UnavailableAt(1));
+    run(&memory, &store, batch).await;
+    let (a, b, c) = (
+        activated("pol1", "e1"),
+        activated("pol2", "e2"),
+        activated("pol3", "e3"),
+    );
+    assert_eq!(
+        memory.sent(),
+        vec![a, c.clone(), b, c],
+        "the third goes again after the second: the last copies are in order"
+    );
+}
+
+#[tokio::test]
 async fn a_transient_failure_sends_the_same_ids_again_and_a_refusal_becomes_a_dead_letter() {
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let a = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
