@@ -144,13 +144,7 @@ pub async fn read_until(
     mut done: impl FnMut(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
     let consumer = reader(bootstrap);
-    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("add partition");
-    }
-    consumer.assign(&tpl).expect("assign");
+    assign_from_beginning(&consumer, topic);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while !done(&out) {
@@ -161,6 +155,18 @@ pub async fn read_until(
         }
     }
     out
+}
+
+/// Assign every partition of `topic` from its beginning; how many there are.
+fn assign_from_beginning(consumer: &StreamConsumer, topic: &str) -> usize {
+    let partitions = partition_count(consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    partitions
 }
 
 /// The record's key as UTF-8 (empty when it has none).
@@ -256,13 +262,7 @@ pub async fn read_committed_to_end(bootstrap: &str, topic: &str) -> Vec<OwnedMes
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
-    let partitions = partition_count(&consumer, topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("add partition");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let partitions = assign_from_beginning(&consumer, topic);
     let mut at_end = BTreeSet::new();
     let mut out = Vec::new();
     while at_end.len() < partitions {

@@ -141,21 +141,24 @@ impl<S: Spawner> Coordinator<S> {
                 }
             }
             Membership::Revoked(partitions, done) => {
-                for p in &partitions {
-                    self.owned.remove(p);
-                }
+                self.disown(&partitions);
                 self.finish(&partitions).await;
                 self.spawner.handed_over(&partitions).await;
                 let _ = done.send(());
             }
             Membership::Lost(partitions, done) => {
-                for p in &partitions {
-                    self.owned.remove(p);
-                }
+                self.disown(&partitions);
                 self.stop_now(&partitions).await;
                 self.spawner.lost(&partitions).await;
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// `partitions` are no longer this member's: records of them are dropped.
+    fn disown(&mut self, partitions: &[Key]) {
+        for p in partitions {
+            self.owned.remove(p);
         }
     }
 
