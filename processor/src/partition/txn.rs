@@ -98,6 +98,13 @@ impl TxnGate {
         }
     }
 
+    /// Whether `partition` must rewind (without taking the request): a worker with no
+    /// new records asks on its timer, so aborted work is redone even when nothing more
+    /// arrives for its partition.
+    pub fn must_rewind(&self, partition: i32) -> bool {
+        self.book().rewind.contains(&partition)
+    }
+
     /// `partition` wrote in the open transaction (call inside).
     pub fn wrote(&self, partition: i32) {
         self.book().written.insert(partition);
@@ -220,7 +227,9 @@ mod tests {
         gate.aborted(&closed, &BTreeSet::from([2]));
         assert!(gate.pending(&closed).is_empty());
         drop(closed);
+        assert!(gate.must_rewind(1) && !gate.must_rewind(2));
         assert!(gate.enter(1).await.1, "partition 1 rewinds once");
+        assert!(!gate.must_rewind(1));
         assert!(!gate.enter(1).await.1);
         assert!(!gate.enter(2).await.1, "a partition that is gone does not");
     }

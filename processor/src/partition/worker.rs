@@ -171,6 +171,11 @@ impl<B: Backend> Worker<B> {
                     self.live(batch, stop).await?;
                 }
                 _ = tick.tick() => {
+                    // An aborted transaction is redone now, not when the partition's
+                    // next record happens to come (it may never).
+                    if self.gate.as_ref().is_some_and(|g| g.must_rewind(self.partition)) {
+                        self.rewind(stop).await?;
+                    }
                     self.commit();
                     self.check_gaps(stop).await?;
                 }
