@@ -50,7 +50,7 @@ pub struct Metrics {
     /// Under exactly-once, partitions that restored their committed state after an
     /// aborted transaction.
     pub rewinds: IntCounter,
-    /// Under exactly-once, transactions by outcome (committed, aborted, fenced).
+    /// Under exactly-once, transactions by outcome (committed, aborted, fenced: the producer replaced, hung: a call that did not return, so replaced).
     pub transactions: IntCounterVec,
     /// The offset last committed per input partition, by stage (a periodic commit is
     /// asynchronous: the offset as sent; the next one supersedes a lost one). With
@@ -151,7 +151,7 @@ impl Metrics {
             )
             .expect("metric"),
             transactions: IntCounterVec::new(
-                Opts::new("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced)"),
+                Opts::new("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced, hung)"),
                 &["stage", "outcome"],
             )
             .expect("metric"),

@@ -9,7 +9,8 @@
 //! marked committed. A member fenced out of the group (a zombie: paused past its
 //! session timeout) fails here and aborts; so does any other failed transaction, after
 //! which every partition that wrote in it rewinds. A fatal error (the producer fenced
-//! by a newer incarnation with the same `transactional.id`) replaces the producer.
+//! by a newer incarnation with the same `transactional.id`), or a call that does not
+//! return within its bound, replaces the producer.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -62,6 +63,9 @@ impl Committer {
                     }
                     Some(Request::Abort(gone, done)) => {
                         self.settle(&gone, true).await;
+                        // The lost partitions' workers are stopped (the coordinator asks
+                        // only then): the stage writes again.
+                        self.gate.unfence();
                         let _ = done.send(());
                     }
                     None => return,
@@ -81,7 +85,7 @@ impl Committer {
             self.handed_over(&closed, gone);
             return;
         }
-        if abort || pending.failed {
+        if abort || pending.failed || pending.fenced {
             self.abort(&closed, gone, "aborted").await;
             return;
         }
@@ -91,10 +95,7 @@ impl Committer {
             .map(|(p, next)| (self.topic.clone(), *p, *next))
             .collect();
         let group = self.consumer.group_metadata();
-        let producer = self.producer.clone();
-        let committed = tokio::task::spawn_blocking(move || producer.commit(&offsets, group.as_ref()))
-            .await
-            .unwrap_or(Err(TxnError::NotInGroup));
+        let committed = self.call(2, move |p| p.commit(&offsets, group.as_ref())).await;
         match committed {
             Ok(()) => {
                 self.metrics
@@ -144,19 +145,16 @@ impl Committer {
     }
 
     async fn abort_after(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>, e: TxnError) {
-        match e {
-            TxnError::Fatal(_) => self.replace(closed, gone).await,
-            _ => self.abort(closed, gone, "aborted").await,
+        if e.replaces_producer() {
+            self.replace(closed, gone).await;
+        } else {
+            self.abort(closed, gone, "aborted").await;
         }
     }
 
     /// Abort the open transaction; the partitions that wrote in it rewind.
     async fn abort(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>, outcome: &str) {
-        let producer = self.producer.clone();
-        let aborted = tokio::task::spawn_blocking(move || producer.abort())
-            .await
-            .unwrap_or(Err(TxnError::NotInGroup));
-        match aborted {
+        match self.call(1, TxnProducer::abort).await {
             Ok(()) => {
                 self.metrics
                     .transactions
@@ -165,7 +163,8 @@ impl Committer {
                 self.gate.aborted(closed, gone);
             }
             Err(e) => {
-                tracing::warn!(stage = self.stage.as_str(), error = %e, "the transaction could not be aborted; replacing the producer");
+                tracing::warn!(stage = self.stage.as_str(), error = %e, error_source = ?std::error::Error::source(&e),
+                    "the transaction could not be aborted; replacing the producer");
                 self.replace(closed, gone).await;
             }
         }
@@ -176,15 +175,11 @@ impl Committer {
     async fn replace(&self, closed: &Closed<'_>, gone: &BTreeSet<i32>) {
         let mut delay = Duration::from_millis(100);
         loop {
-            let producer = self.producer.clone();
-            let replaced = tokio::task::spawn_blocking(move || producer.recreate().map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-            match replaced {
+            match self.call(1, TxnProducer::recreate).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(stage = self.stage.as_str(), error = %e, "cannot replace the transactional producer; retrying");
+                    tracing::warn!(stage = self.stage.as_str(), error = %e, error_source = ?std::error::Error::source(&e),
+                        "cannot replace the transactional producer; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -200,5 +195,37 @@ impl Committer {
             .with_label_values(&[self.stage.as_str(), "fenced"])
             .inc();
         self.gate.aborted(closed, gone);
+    }
+
+    /// Run a blocking call of the producer (`calls` coordinator calls in a row) on a
+    /// blocking thread, bounded ([`TxnProducer::bound`]). A call past its bound is left
+    /// to its thread (it cannot be cancelled) and reported as
+    /// [`TxnError::NoAnswer`]: the producer is then replaced, which fences the old one.
+    async fn call<T: Send + 'static>(
+        &self,
+        calls: u32,
+        f: impl FnOnce(&TxnProducer) -> Result<T, TxnError> + Send + 'static,
+    ) -> Result<T, TxnError> {
+        let bound = self.producer.bound(calls);
+        let producer = self.producer.clone();
+        let call = tokio::task::spawn_blocking(move || f(&producer));
+        match tokio::time::timeout(bound, call).await {
+            Ok(Ok(r)) => r,
+            // The call panicked: the producer's state is unknown.
+            Ok(Err(_)) => Err(TxnError::NoAnswer(Duration::ZERO)),
+            Err(_) => {
+                tracing::error!(
+                    stage = self.stage.as_str(),
+                    bound_ms = bound.as_millis() as u64,
+                    "a transactional call did not return within its bound; replacing the producer \
+                     (its thread stays blocked in librdkafka)"
+                );
+                self.metrics
+                    .transactions
+                    .with_label_values(&[self.stage.as_str(), "hung"])
+                    .inc();
+                Err(TxnError::NoAnswer(bound))
+            }
+        }
     }
 }

@@ -64,9 +64,20 @@ pub enum TxnError {
     /// The producer cannot go on (fenced, invalid epoch): it is replaced.
     #[error("the transactional producer failed for good")]
     Fatal(#[source] KafkaError),
+    /// A coordinator call did not return within its bound (librdkafka's own timeout
+    /// does not cover every path: `send_offsets_to_transaction` can wait forever for a
+    /// group coordinator that went away, librdkafka #5456 and #5511). The call's thread
+    /// is left to it and the producer is replaced.
+    #[error("a transactional call did not return within {0:?}")]
+    NoAnswer(Duration),
 }
 
 impl TxnError {
+    /// Whether the producer must be replaced (rather than the transaction aborted).
+    pub fn replaces_producer(&self) -> bool {
+        matches!(self, TxnError::Fatal(_) | TxnError::NoAnswer(_))
+    }
+
     fn of(e: KafkaError) -> Self {
         let fatal = match &e {
             KafkaError::Transaction(t) => t.is_fatal(),
@@ -121,6 +132,13 @@ impl TxnProducer {
         &self.transactional_id
     }
 
+    /// How long `calls` coordinator calls in a row may take before they count as
+    /// hung: each is bounded by the transaction timeout, plus a margin for the
+    /// blocking thread to be scheduled.
+    pub fn bound(&self, calls: u32) -> Duration {
+        self.timeout * calls + Duration::from_secs(5)
+    }
+
     /// Commit the open transaction with `offsets` (topic, partition, next offset) as the
     /// group's, under `group` (the consuming member's *current* metadata: a member that
     /// was fenced out of the group fails here), then begin the next one. Blocking.
@@ -155,9 +173,10 @@ impl TxnProducer {
     }
 
     /// Replace a producer that failed for good by a new one with the same id (which
-    /// aborts whatever the old one left open). Blocking.
-    pub fn recreate(&self) -> Result<(), KafkaError> {
-        let producer = Self::create(&self.cfg, &self.transactional_id, self.timeout)?;
+    /// aborts whatever the old one left open, and fences it: a call of the old one
+    /// still waiting somewhere fails). Blocking.
+    pub fn recreate(&self) -> Result<(), TxnError> {
+        let producer = Self::create(&self.cfg, &self.transactional_id, self.timeout).map_err(TxnError::Fatal)?;
         self.slot.replace(producer);
         Ok(())
     }
