@@ -103,17 +103,31 @@ pub async fn run(
         requests: config.kafka.requests_topic(),
     };
     let member = |c: rdkafka::ClientConfig,
-                  topic: &str|
+                  topic: &str,
+                  stage: Stage|
      -> Result<Arc<group::consumer::GroupConsumer>, ProcessorError> {
-        let context =
-            group::consumer::GroupContext::new(metrics.clone(), topics.clone(), membership_tx.clone(), revoke_bound);
+        let context = group::consumer::GroupContext::new(
+            metrics.clone(),
+            topics.clone(),
+            membership_tx.clone(),
+            revoke_bound,
+            gates.of(stage).cloned(),
+        );
         let consumer: group::consumer::GroupConsumer = c.create_with_context(context)?;
         consumer.subscribe(&[topic])?;
         Ok(Arc::new(consumer))
     };
     let members = group::Members {
-        payments: member(kafka::client::group_consumer(&config.kafka), &topics.raw)?,
-        policies: member(kafka::client::policy_consumer(&config.kafka), &topics.requests)?,
+        payments: member(
+            kafka::client::group_consumer(&config.kafka),
+            &topics.raw,
+            Stage::Payments,
+        )?,
+        policies: member(
+            kafka::client::policy_consumer(&config.kafka),
+            &topics.requests,
+            Stage::Policies,
+        )?,
     };
     drop(membership_tx);
     tracing::info!(

@@ -28,6 +28,7 @@ use super::coordinator::{Key, Membership};
 use crate::kafka::record::incoming;
 use crate::metrics::Metrics;
 use crate::partition::io::Incoming;
+use crate::partition::txn::TxnGate;
 use crate::partition::Stage;
 
 /// The input topic of each stage, to tell which stage a partition belongs to.
@@ -60,6 +61,9 @@ pub struct GroupContext {
     membership: mpsc::UnboundedSender<Membership>,
     /// How long a revocation waits for the coordinator's answer.
     revoke_bound: Duration,
+    /// Under exactly-once, the stage's transaction gate: fenced the moment the
+    /// assignment is lost, before the coordinator gets to the workers.
+    gate: Option<Arc<TxnGate>>,
 }
 
 impl GroupContext {
@@ -68,12 +72,14 @@ impl GroupContext {
         topics: StageTopics,
         membership: mpsc::UnboundedSender<Membership>,
         revoke_bound: Duration,
+        gate: Option<Arc<TxnGate>>,
     ) -> Self {
         Self {
             metrics,
             topics,
             membership,
             revoke_bound,
+            gate,
         }
     }
 
@@ -141,6 +147,11 @@ impl ConsumerContext for GroupContext {
                     "assignment lost (this member was thrown out of the group); stopping its workers, writing nothing more"
                 );
                 self.metrics.rebalances.with_label_values(&["lost"]).inc();
+                // The coordinator may be busy (with the other stage's loss): nothing of
+                // this stage commits from now on, whatever group metadata it would carry.
+                if let Some(g) = &self.gate {
+                    g.fence();
+                }
                 self.ask(|done| Membership::Lost(partitions, done));
             }
             Rebalance::Revoke(tpl) => {

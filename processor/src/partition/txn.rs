@@ -28,8 +28,18 @@ struct Book {
     rewind: BTreeSet<i32>,
     /// A send failed: the transaction must be aborted before anything else is written.
     failed: bool,
+    /// The stage's member lost its assignment: nothing may commit or be written until
+    /// the coordinator has stopped the workers and the committer aborted their work.
+    fenced: bool,
     /// The offset after the last record committed, per partition.
     committed: BTreeMap<i32, i64>,
+}
+
+impl Book {
+    /// Whether a batch may enter.
+    fn open(&self) -> bool {
+        !self.failed && !self.fenced
+    }
 }
 
 /// What the committer takes from the book to commit.
@@ -38,6 +48,8 @@ pub struct Pending {
     pub offsets: BTreeMap<i32, i64>,
     pub written: BTreeSet<i32>,
     pub failed: bool,
+    /// The stage's member lost its assignment: what is pending must not commit.
+    pub fenced: bool,
 }
 
 impl Pending {
@@ -74,7 +86,7 @@ impl TxnGate {
             let inside = self.lock.read().await;
             let rewind = {
                 let mut book = self.book();
-                (!book.failed).then(|| book.rewind.remove(&partition))
+                book.open().then(|| book.rewind.remove(&partition))
             };
             if let Some(rewind) = rewind {
                 return (inside, rewind);
@@ -90,7 +102,7 @@ impl TxnGate {
         loop {
             let waiting = self.changed.notified();
             let inside = self.lock.read().await;
-            if !self.book().failed {
+            if self.book().open() {
                 return inside;
             }
             drop(inside);
@@ -128,6 +140,25 @@ impl TxnGate {
         self.changed.notify_waiters();
     }
 
+    /// The stage's member lost its assignment (called from the rebalance callback, before
+    /// the coordinator gets to stop the workers): the open transaction is aborted at
+    /// once, and no batch enters until [`TxnGate::unfence`]. A zombie's work must not
+    /// commit, even under the group metadata of the member once it rejoined.
+    pub fn fence(&self) {
+        let mut book = self.book();
+        book.fenced = true;
+        book.failed = true;
+        drop(book);
+        self.changed.notify_waiters();
+    }
+
+    /// The lost partitions' workers were stopped and their work aborted: batches may
+    /// enter again.
+    pub fn unfence(&self) {
+        self.book().fenced = false;
+        self.changed.notify_waiters();
+    }
+
     /// Whether the open transaction failed (the committer aborts it without waiting for
     /// the interval).
     pub fn failed(&self) -> bool {
@@ -157,6 +188,7 @@ impl TxnGate {
             offsets: book.offsets.clone(),
             written: book.written.clone(),
             failed: book.failed,
+            fenced: book.fenced,
         }
     }
 
@@ -232,6 +264,30 @@ mod tests {
         assert!(!gate.must_rewind(1));
         assert!(!gate.enter(1).await.1);
         assert!(!gate.enter(2).await.1, "a partition that is gone does not");
+    }
+
+    #[tokio::test]
+    async fn a_lost_assignment_commits_nothing_and_admits_no_batch_until_unfenced() {
+        let gate = std::sync::Arc::new(TxnGate::default());
+        let (inside, _) = gate.enter(1).await;
+        gate.decided(1, 10);
+        drop(inside);
+        gate.fence();
+        let g = gate.clone();
+        let waiting = tokio::spawn(async move { g.enter(1).await.1 });
+        let closed = gate.close().await;
+        let p = gate.pending(&closed);
+        assert!(
+            p.fenced && p.failed,
+            "what the zombie decided must be aborted, not committed"
+        );
+        gate.aborted(&closed, &BTreeSet::new());
+        assert!(gate.pending(&closed).fenced, "an abort alone does not lift the fence");
+        drop(closed);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no batch starts until the workers were stopped");
+        gate.unfence();
+        assert!(waiting.await.unwrap(), "partition 1 rewinds: its work was aborted");
     }
 
     #[tokio::test]
