@@ -110,8 +110,14 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&owned, partition);
             let committed = group.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-            Ok(match committed.find_partition(&owned, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
+            let Some(e) = committed.find_partition(&owned, partition) else {
+                return Ok(None);
+            };
+            // A partition's own error (its offset not stable yet: a transaction that
+            // commits offsets is still completing) is no answer: the caller retries.
+            e.error()?;
+            Ok(match e.offset() {
+                Offset::Offset(o) => Some(o),
                 _ => None,
             })
         })

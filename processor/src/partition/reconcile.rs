@@ -111,6 +111,14 @@ impl<B: Backend> Worker<B> {
             self.commit();
         }
         self.next_offset = Some(applied.map_or(first_live, |a| (a + 1).max(first_live)));
+        tracing::info!(
+            stage = self.stage.as_str(),
+            partition = self.partition,
+            ?position,
+            applied,
+            next = self.next_offset,
+            "partition reconciled with the group's offset"
+        );
         Ok(())
     }
 
