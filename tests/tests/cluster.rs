@@ -1,8 +1,10 @@
 //! Failures only a replicated Kafka has, on three combined broker + controller nodes
 //! (replication 3, `min.insync.replicas` 2, as in production):
-//! - the raw topic's partition leader SIGKILLed under load through ingest while the
-//!   processor runs: leadership moves, nothing answered 200 is lost, one activation per
-//!   completed payment, and neither ingest nor the processor needs a restart;
+//! - the node that is both a raw partition's leader and the transaction coordinator of
+//!   the processor's payment stage SIGKILLed under load through ingest while the
+//!   processor runs: leadership and the coordinator move, nothing answered 200 is lost,
+//!   each completed payment's activation is delivered once, and neither ingest nor the
+//!   processor needs a restart;
 //! - two of the three nodes down (fewer in-sync replicas than `min.insync.replicas`, and
 //!   no controller quorum): ingest answers 503 + `Retry-After`, never 200, and 200 again
 //!   by itself once they are back.
@@ -23,20 +25,40 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 /// enough to measure the machine instead of the failure.
 static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The node that leads `partition` of `topic`.
+/// The node that leads `partition` of `topic`, from `bootstrap`'s metadata.
 fn leader(bootstrap: &str, topic: &str, partition: i32) -> usize {
+    leaders(bootstrap, topic)[usize::try_from(partition).unwrap()]
+}
+
+/// Each partition's leader, in partition order.
+fn leaders(bootstrap: &str, topic: &str) -> Vec<usize> {
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let t = md.topics().iter().find(|t| t.name() == topic).unwrap();
-    let p = t.partitions().iter().find(|p| p.id() == partition).unwrap();
-    usize::try_from(p.leader()).expect("a partition with a leader")
+    let mut ps: Vec<_> = t.partitions().iter().map(|p| (p.id(), p.leader())).collect();
+    ps.sort_unstable();
+    ps.into_iter()
+        .map(|(_, l)| usize::try_from(l).expect("a partition with a leader"))
+        .collect()
+}
+
+/// The node coordinating `transactional_id`'s transactions: the leader of its
+/// `__transaction_state` partition, which the broker picks as Java's
+/// `abs(transactionalId.hashCode()) % partitions`.
+fn transaction_coordinator(bootstrap: &str, transactional_id: &str) -> usize {
+    let hash = transactional_id
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    let state = leaders(bootstrap, "__transaction_state");
+    state[usize::try_from(abs).unwrap() % state.len()]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activates_once() {
+async fn sigkill_of_a_raw_leader_and_the_transaction_coordinator_loses_nothing_activates_once() {
     let _one = ONE_CLUSTER.lock().await;
     let broker = Broker::cluster();
     let topics = Topics::create_replicated(broker.bootstrap(), 4, 3).await;
@@ -63,15 +85,24 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
     let stop = tokio_util::sync::CancellationToken::new();
     let workers = retrying_lifecycles(ingest.addr.clone(), 16, seen.clone(), stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let victim = leader(broker.bootstrap(), &topics.raw, 0);
+    // The payment stage's transactions are coordinated by the victim: its commits fail
+    // with the node, and it must find the new coordinator by itself.
+    let instance = std::fs::read_to_string(kept.join("state").join("instance-id")).unwrap();
+    let txn_id = format!("{}-{}-payments", config.kafka.group_id, instance.trim());
+    let victim = transaction_coordinator(broker.bootstrap(), &txn_id);
+    let watched = leaders(broker.bootstrap(), &topics.raw)
+        .iter()
+        .position(|l| *l == victim)
+        .map_or(0, |p| i32::try_from(p).unwrap());
     let before_kill = seen.lock().unwrap().acked.len();
     broker.stop_node(victim, false); // SIGKILL
     let killed = tokio::time::Instant::now();
-    // Until partition 0 has a new leader and the senders got 100 more answers through.
+    // Until the watched partition has a new leader and the senders got 100 more answers
+    // through.
     let acked_at_kill = seen.lock().unwrap().acked.len();
     let survivor = broker.node_ids().into_iter().find(|n| *n != victim).unwrap();
     loop {
-        let moved = leader(&broker.node_address(survivor), &topics.raw, 0) != victim;
+        let moved = leader(&broker.node_address(survivor), &topics.raw, watched) != victim;
         if moved && seen.lock().unwrap().acked.len() >= acked_at_kill + 100 {
             break;
         }
@@ -86,7 +117,7 @@ async fn sigkill_of_the_raw_partition_leader_under_load_loses_nothing_and_activa
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seen = finish(&stop, workers, &seen).await;
     eprintln!(
-        "leader {victim} killed: {before_kill} acknowledged before, traffic through a new leader \
+        "node {victim} (transaction coordinator, leader of raw partition {watched}) killed: {before_kill} acknowledged before, traffic through a new leader \
          {failover:?} later, {} answers 503/429 in all, {} acknowledged, {} payments completed",
         seen.unavailable,
         seen.acked.len(),
