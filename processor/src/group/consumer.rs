@@ -10,9 +10,12 @@
 //! coordinator.
 //!
 //! Rebalances use the cooperative-sticky assignor, so only moved partitions stop. The
-//! callbacks only send [`Membership`] messages to the coordinator. A revocation waits,
-//! bounded, for the coordinator's answer before it returns to librdkafka, because the
+//! callbacks only send [`Membership`] messages to the coordinator and wait, bounded, for
+//! its answer before they return to librdkafka: an assignment so that the partitions'
+//! queues are split off before anything of them is fetched, a revocation because the
 //! revoked workers' final commits must reach the broker before the rebalance completes.
+//! The consumer is polled on a thread of its own ([`spawn_poller`]), where that wait
+//! blocks nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,24 +86,30 @@ impl GroupContext {
         }
     }
 
-    /// Tell the coordinator and wait for its answer: the callback runs inside the
-    /// runtime (in the poll loop's `recv`), so the wait is `block_in_place`, bounded.
-    /// Without a multi-threaded runtime (or once the coordinator is gone) it does not
-    /// wait: the revoked records are then simply read again by their next owner.
+    /// Tell the coordinator and wait for its answer, bounded. The callbacks run where
+    /// the consumer is polled: on its own thread ([`spawn_poller`]) the wait simply
+    /// blocks; on a worker of a multi-threaded runtime it is `block_in_place`; anywhere
+    /// else (nothing would run the coordinator meanwhile) it does not wait, and the
+    /// revoked records are read again by their next owner.
     fn ask(&self, message: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> Membership) {
         let (done, answered) = std::sync::mpsc::sync_channel(1);
         if self.membership.send(message(done)).is_err() {
             return;
         }
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread {
-            return;
-        }
-        let waited = tokio::task::block_in_place(|| answered.recv_timeout(self.revoke_bound));
+        let bound = self.revoke_bound;
+        let waited = if POLL_THREAD.get() {
+            answered.recv_timeout(bound)
+        } else {
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if !multi_thread {
+                return;
+            }
+            tokio::task::block_in_place(|| answered.recv_timeout(bound))
+        };
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waited {
             tracing::warn!(
-                bound_ms = self.revoke_bound.as_millis() as u64,
+                bound_ms = bound.as_millis() as u64,
                 "the coordinator did not answer within the bound; going on (the partitions' records are consumed again)"
             );
         }
@@ -179,6 +188,30 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
+}
+
+thread_local! {
+    /// Set on a thread of [`spawn_poller`]'s: the rebalance callbacks may block there.
+    static POLL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Poll the group consumer on a thread of its own (Vector's Kafka source does the
+/// same): its rebalance callbacks wait for the coordinator, which may take the whole
+/// hand-over deadline, and must not hold a worker of the processor's runtime meanwhile.
+/// The thread runs [`poll`] on a single-threaded runtime of its own (for the poll's
+/// timers); it ends with `shutdown`.
+pub fn spawn_poller(
+    name: &str,
+    consumer: Arc<GroupConsumer>,
+    topics: StageTopics,
+    records: mpsc::Sender<(Key, Incoming)>,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        POLL_THREAD.set(true);
+        runtime.block_on(poll(consumer, topics, records, shutdown));
+    })
 }
 
 /// Poll the group consumer until `shutdown`: this serves the rebalance callbacks, and

@@ -158,14 +158,19 @@ pub async fn run(
         raw: cx.settings.raw_topic.clone(),
         requests: cx.settings.requests_topic.clone(),
     };
-    let pollers = [&members.payments, &members.policies].map(|c| {
-        tokio::spawn(consumer::poll(
-            c.clone(),
-            topics.clone(),
-            records_tx.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let mut pollers = Vec::new();
+    for (name, c) in [
+        ("poll-payments", &members.payments),
+        ("poll-policies", &members.policies),
+    ] {
+        match consumer::spawn_poller(name, c.clone(), topics.clone(), records_tx.clone(), shutdown.clone()) {
+            Ok(t) => pollers.push(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the consumer's poll thread; stopping");
+                shutdown.cancel();
+            }
+        }
+    }
     drop(records_tx);
     coordinator.run(membership, records, shutdown).await;
     // The coordinator (and with it the committers' senders) is gone: they stop.
@@ -173,7 +178,7 @@ pub async fn run(
         let _ = t.await;
     }
     for p in pollers {
-        let _ = p.await;
+        let _ = tokio::task::spawn_blocking(move || p.join()).await;
     }
     members.payments.unsubscribe();
     members.policies.unsubscribe();
