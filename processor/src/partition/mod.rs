@@ -7,8 +7,8 @@
 //! whole loop — commit order, retries, reconcile, rebuild — is unit-tested in memory
 //! (`tests.rs`).
 //!
-//! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding and emitting one
-//! batch), `persist.rs` (expiring, logging and persisting its changes),
+//! Files: [`worker`] (the loop and its commits), `batch.rs` (deciding one batch),
+//! `write.rs` (sending its outputs and entries, under either guarantee), `persist.rs` (expiring, logging and persisting its changes),
 //! `reconcile.rs` (where the group hands the partition over and how sled is brought up
 //! to it), `restore.rs` (reading the changelog back), `gap_timer.rs` (control records
 //! for open gaps), [`order`] (offset order of deliveries), [`gaps`], [`commit`],
@@ -39,6 +39,8 @@ mod reconcile;
 mod restore;
 #[cfg(test)]
 mod tests;
+#[path = "write.rs"]
+mod write;
 
 use std::future::Future;
 use std::time::Duration;

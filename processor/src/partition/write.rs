@@ -1,0 +1,147 @@
+//! How a decided batch's outputs and changelog entries leave, under either guarantee:
+//! at least once, every output is sent until acknowledged (in order, a refused one
+//! replaced by its dead letter) before the entries that record it; exactly once, the
+//! outputs, entries and meta entry go into the open transaction once each, and any
+//! failure fails the transaction.
+
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Decided, Emitted};
+use super::io::{Backend, SendError};
+use super::retry::Backoff;
+use super::worker::{Mode, Worker};
+use super::Stopped;
+use crate::rules::model::Output;
+
+/// The deterministic id an output is sent with.
+fn output_id(o: &Output) -> String {
+    match o {
+        Output::Request(r) => r.request_id.clone(),
+        Output::Policy(p) => p.id().to_owned(),
+        Output::Dead(d) => d.dead_letter_id.clone(),
+    }
+}
+
+/// `e` and its sources, for a log line or a dead letter's detail.
+fn error_chain(e: &SendError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl<B: Backend> Worker<B> {
+    /// Send every output until each is acknowledged. A transient failure pauses and
+    /// sends again (same ids) every output from the first unacknowledged one on, so
+    /// their order holds; a permanent one replaces the output by a smaller dead letter
+    /// ([`crate::rules::fallback`]) and sends that.
+    pub(super) async fn emit(&self, outputs: &mut [Emitted], stop: &CancellationToken) -> Result<(), Stopped> {
+        let shared = &self.cx;
+        let mut pending: Vec<usize> = (0..outputs.len()).collect();
+        let mut backoff = Backoff::new(&shared.metrics, self.max_backoff(), "emit");
+        loop {
+            let results = {
+                let batch: Vec<(&Output, Option<&str>)> = pending
+                    .iter()
+                    .map(|&i| (&outputs[i].output, outputs[i].traceparent.as_deref()))
+                    .collect();
+                shared.backend.send_each(self.stage, &batch).await
+            };
+            let mut failed = Vec::new();
+            let mut transient: Option<String> = None;
+            for (i, r) in pending.iter().copied().zip(results) {
+                let Err(e) = r else { continue };
+                let error = error_chain(&e);
+                failed.push(i);
+                if e.is_transient() {
+                    transient = Some(error);
+                    continue;
+                }
+                let out = &mut outputs[i];
+                match crate::rules::fallback::substitute(&out.output, &out.cause, &error) {
+                    Some(sub) => {
+                        tracing::warn!(
+                            partition = self.partition,
+                            offset = out.cause.origin.offset,
+                            error,
+                            "output refused for good; a smaller dead letter replaces it"
+                        );
+                        shared.metrics.outputs_refused.inc();
+                        out.output = sub;
+                    }
+                    None => transient = Some(format!("the DLQ refuses even a coordinates-only letter: {error}")),
+                }
+            }
+            let Some(first) = failed.first().copied() else {
+                return Ok(());
+            };
+            // Everything from the first failure on goes again, in order (same ids):
+            // re-sending only the failed ones would put them after later outputs.
+            pending.retain(|&i| i >= first);
+            if let Some(e) = transient {
+                backoff.pause(&e, stop).await?;
+            }
+        }
+    }
+
+    /// Under exactly-once: send the batch's outputs (live), its changelog entries and
+    /// its meta entry into the open transaction, once each, and wait for their
+    /// acknowledgements; the offset after the meta entry. Any failure fails the
+    /// transaction (what of the batch reached it is unknown): an output refused for good
+    /// is remembered, so that when the batch is decided again its dead letter is sent
+    /// instead.
+    pub(super) async fn write_in_transaction(
+        &mut self,
+        d: &mut Decided,
+        entries: &[crate::store::Entry],
+        mode: Mode,
+    ) -> Result<Option<i64>, String> {
+        let cx = self.cx.clone();
+        if mode == Mode::Live && !d.outputs.is_empty() {
+            for out in d.outputs.iter_mut() {
+                let Some(error) = self.refused.get(&output_id(&out.output)) else {
+                    continue;
+                };
+                if let Some(sub) = crate::rules::fallback::substitute(&out.output, &out.cause, error) {
+                    cx.metrics.outputs_refused.inc();
+                    out.output = sub;
+                }
+            }
+            let batch: Vec<(&Output, Option<&str>)> = d
+                .outputs
+                .iter()
+                .map(|o| (&o.output, o.traceparent.as_deref()))
+                .collect();
+            let results = cx.backend.send_each(self.stage, &batch).await;
+            let mut failed = None;
+            for (out, r) in d.outputs.iter().zip(results) {
+                let Err(e) = r else { continue };
+                let error = error_chain(&e);
+                if !e.is_transient() {
+                    self.refused.insert(output_id(&out.output), error.clone());
+                }
+                failed = Some(error);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        let mut all = entries.to_vec();
+        all.extend(d.changes.meta_entry());
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let topic = cx.settings.changelog(self.stage);
+        let last = cx
+            .backend
+            .append(topic, self.partition, &all)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        cx.metrics.changelog_records.inc_by(all.len() as u64);
+        Ok(Some(last + 1))
+    }
+}
