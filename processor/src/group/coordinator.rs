@@ -214,6 +214,20 @@ impl<S: Spawner> Coordinator<S> {
     /// Hand `partitions` over: close their queues so their workers finish, commit and
     /// exit; past the deadline, stop them; return when all have exited.
     async fn finish(&mut self, partitions: &[Key]) {
+        self.end(partitions, false).await;
+    }
+
+    /// Stop `partitions`' workers where they are (no hand-over: the partitions are no
+    /// longer this member's) and return once they have exited: a stopped task runs no
+    /// further, so nothing of it can be sent after this.
+    async fn stop_now(&mut self, partitions: &[Key]) {
+        self.end(partitions, true).await;
+    }
+
+    /// Close `partitions`' queues (and stop their feeds); `at_once`: abort their tasks
+    /// now, else let them finish until the deadline and then tell them to stop. Returns
+    /// when every one of them has exited.
+    async fn end(&mut self, partitions: &[Key], at_once: bool) {
         let mut waiting: HashSet<Key> = HashSet::new();
         for p in partitions {
             if let Some(h) = self.handles.get_mut(p) {
@@ -222,6 +236,9 @@ impl<S: Spawner> Coordinator<S> {
                     f.abort();
                 }
                 h.tx = None;
+                if at_once {
+                    h.task.abort();
+                }
                 waiting.insert(*p);
             }
         }
@@ -230,7 +247,7 @@ impl<S: Spawner> Coordinator<S> {
         }
         let deadline = tokio::time::sleep(self.deadline);
         tokio::pin!(deadline);
-        let mut stopped = false;
+        let mut stopped = at_once;
         while !waiting.is_empty() {
             tokio::select! {
                 done = self.tasks.join_next() => match done {
@@ -250,33 +267,6 @@ impl<S: Spawner> Coordinator<S> {
                     }
                     stopped = true;
                 }
-            }
-        }
-    }
-
-    /// Stop `partitions`' workers where they are (no hand-over: the partitions are no
-    /// longer this member's) and return once they have exited: a stopped task runs no
-    /// further, so nothing of it can be sent after this.
-    async fn stop_now(&mut self, partitions: &[Key]) {
-        let mut waiting: HashSet<Key> = HashSet::new();
-        for p in partitions {
-            if let Some(h) = self.handles.get_mut(p) {
-                if let Some(f) = h.feed.take() {
-                    f.abort();
-                }
-                h.tx = None;
-                h.task.abort();
-                waiting.insert(*p);
-            }
-        }
-        while !waiting.is_empty() {
-            match self.tasks.join_next().await {
-                Some(done) => {
-                    if let Some(p) = self.joined(done) {
-                        waiting.remove(&p);
-                    }
-                }
-                None => break,
             }
         }
     }
