@@ -3,12 +3,15 @@
 //! GC pause, a stopped VM or a long fsync would. Under exactly-once it is fenced: a
 //! `read_committed` reader sees each activation once, and a fresh instance restored
 //! from the changelogs afterwards still knows every payment (each refund cancels its
-//! activation, each second payment of a policy is a duplicate).
+//! activation, each second payment of a policy is a duplicate). Under at-least-once the
+//! same holds with repeats allowed: each policy's events carry one id, however often
+//! they are read.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hookstream_processor::config::Guarantee;
 use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{spawn_instance, test_config, Topics};
@@ -30,9 +33,12 @@ async fn post(addr: &str, event_id: &str, payment: &str, seq: i64, kind: &str, p
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
-/// Policy events by kind and policy, as a `read_committed` reader sees them now.
-async fn events(bootstrap: &str, topic: &str) -> BTreeMap<(&'static str, String), usize> {
-    let mut by = BTreeMap::new();
+/// Policy events by kind and policy (their ids, as often as each is read), as a
+/// `read_committed` reader sees them now.
+type Events = BTreeMap<(&'static str, String), Vec<String>>;
+
+async fn events(bootstrap: &str, topic: &str) -> Events {
+    let mut by: Events = BTreeMap::new();
     for m in kafka::read_committed_to_end(bootstrap, topic).await {
         let Ok(e) = decode::<PolicyEvent>(rdkafka::Message::payload(&m).unwrap_or_default()) else {
             continue;
@@ -42,24 +48,31 @@ async fn events(bootstrap: &str, topic: &str) -> BTreeMap<(&'static str, String)
             PolicyEventKind::Cancelled(_) => "cancelled",
             PolicyEventKind::Duplicated(_) => "duplicated",
         };
-        *by.entry((kind, e.policy_id)).or_insert(0) += 1;
+        by.entry((kind, e.policy_id.clone()))
+            .or_default()
+            .push(e.id().to_owned());
     }
     by
 }
 
-/// How many policies have exactly one event of `kind`, and the ones with more.
-fn once(by: &BTreeMap<(&'static str, String), usize>, kind: &str) -> (usize, Vec<String>) {
+/// How many policies have their promised events of `kind`, and the ones that break
+/// the promise: exactly once, one event; at least once, any number with one id.
+fn kept(by: &Events, kind: &str, guarantee: Guarantee) -> (usize, Vec<String>) {
+    let ok = |ids: &Vec<String>| match guarantee {
+        Guarantee::ExactlyOnceV2 => ids.len() == 1,
+        Guarantee::AtLeastOnce => ids.iter().collect::<std::collections::BTreeSet<_>>().len() == 1,
+    };
     let of_kind: Vec<_> = by.iter().filter(|((k, _), _)| *k == kind).collect();
-    let repeated = of_kind
+    let broken = of_kind
         .iter()
-        .filter(|(_, n)| **n > 1)
+        .filter(|(_, ids)| !ok(ids))
         .map(|((_, p), _)| p.clone())
         .collect();
-    (of_kind.iter().filter(|(_, n)| **n == 1).count(), repeated)
+    (of_kind.iter().filter(|(_, ids)| ok(ids)).count(), broken)
 }
 
 /// Wait until `want` policies have an event of `kind` (read_committed).
-async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> BTreeMap<(&'static str, String), usize> {
+async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> Events {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let by = events(bootstrap, topic).await;
@@ -77,10 +90,20 @@ async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> BTre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_processor_resumed_after_its_partitions_moved_changes_nothing_committed() {
+    paused_and_resumed(Guarantee::ExactlyOnceV2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_a_resumed_zombie_repeats_only_identical_events() {
+    paused_and_resumed(Guarantee::AtLeastOnce).await;
+}
+
+async fn paused_and_resumed(guarantee: Guarantee) {
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let mut config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    config.kafka.processing_guarantee = guarantee;
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let zombie = spawn_instance(&config, dir.path(), "zombie");
     zombie.wait_assigned(Duration::from_secs(60)).await;
@@ -96,10 +119,11 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_changes_nothing_c
     zombie.signal("CONT");
     tokio::time::sleep(Duration::from_secs(15)).await;
     let by = events(broker.bootstrap(), &topics.activations).await;
-    let (activated, repeated) = once(&by, "activated");
+    let (activated, broken) = kept(&by, "activated", guarantee);
     assert!(
-        activated == PAYMENTS && repeated.is_empty(),
-        "each policy activated once for a read_committed reader: {activated} once, repeated {repeated:?}\n\
+        activated == PAYMENTS && broken.is_empty(),
+        "{guarantee:?}: each policy activated as promised for a read_committed reader: {activated} \
+         kept, broken {broken:?}\n\
          zombie:\n{}\nheir:\n{}",
         zombie.log_tail(),
         heir.log_tail()
@@ -140,10 +164,11 @@ async fn a_paused_processor_resumed_after_its_partitions_moved_changes_nothing_c
     wait_for(broker.bootstrap(), &topics.activations, "cancelled", PAYMENTS / 2).await;
     let by = wait_for(broker.bootstrap(), &topics.activations, "duplicated", PAYMENTS / 2).await;
     for kind in ["cancelled", "duplicated"] {
-        let (n, repeated) = once(&by, kind);
+        let (n, broken) = kept(&by, kind, guarantee);
         assert!(
-            n == PAYMENTS / 2 && repeated.is_empty(),
-            "after a restore from the changelogs, {kind} once per policy: {n} of {}, repeated {repeated:?}\n{}",
+            n == PAYMENTS / 2 && broken.is_empty(),
+            "{guarantee:?}: after a restore from the changelogs, {kind} as promised per policy: {n} of {}, \
+             broken {broken:?}\n{}",
             PAYMENTS / 2,
             fresh.log_tail()
         );
