@@ -11,6 +11,27 @@
 //! which every partition that wrote in it rewinds. A fatal error (the producer fenced
 //! by a newer incarnation with the same `transactional.id`), or a call that does not
 //! return within its bound, replaces the producer.
+//!
+//! The cases around it:
+//! - A member thrown out of the group (a zombie: paused past its session timeout) cannot
+//!   commit: its offsets carry a stale generation, and its revocation callback
+//!   (`assignment_lost()`) fences the stage at once (nothing commits, no batch starts: the
+//!   broker may still accept the old generation, and the member may rejoin before its
+//!   workers stopped), stops its workers where they are and aborts. Its open transaction
+//!   holds back `read_committed` readers until it is aborted, within
+//!   `transaction_timeout_ms` (10 s).
+//! - A fenced producer is replaced, and so is one whose call does not return within its
+//!   bound (librdkafka can wait forever for a group coordinator that went away,
+//!   librdkafka #5456 and #5511).
+//! - Each member is polled on a thread of its own, where the rebalance callbacks wait
+//!   for the coordinator. Revocation and shutdown commit what the revoked workers
+//!   decided before the callback returns. Assignment is a rendezvous: a partition's queue
+//!   is split off before librdkafka fetches it, so its records come in offset order
+//!   through one queue (offsets jump over commit markers; that is not a hole).
+//! - The meta entry stays under exactly-once: it carries the applied offset, the
+//!   partition's clock and whether a commit marker follows the applied record, which is
+//!   all a restore needs to know where the state stands (its "ignore what follows the
+//!   last meta entry" rule then never applies: a committed transaction ends with one).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
