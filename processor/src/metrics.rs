@@ -47,9 +47,12 @@ pub struct Metrics {
     pub outputs_refused: IntCounter,
     /// Partitions rebuilt from the log because their stored state did not read back.
     pub corrupt_rebuilds: IntCounter,
-    /// Under exactly-once, partitions that restored their committed state after an
-    /// aborted transaction.
+    /// Partitions that restored their state and decided again: under exactly-once after
+    /// an aborted transaction, at least once after another writer wrote their changelog.
     pub rewinds: IntCounter,
+    /// At least once, partitions that stopped writing because another owner claimed
+    /// their changelog (this instance was paused past its session).
+    pub fenced: IntCounter,
     /// Under exactly-once, transactions by outcome (committed, aborted, fenced: the producer replaced, hung: a call that did not return, so replaced).
     pub transactions: IntCounterVec,
     /// The offset last committed per input partition, by stage (a periodic commit is
@@ -150,6 +153,11 @@ impl Metrics {
                 "Partitions that restored their committed state after an aborted transaction",
             )
             .expect("metric"),
+            fenced: IntCounter::new(
+                "changelog_fenced_total",
+                "Partitions that stopped writing because another owner claimed their changelog (at least once)",
+            )
+            .expect("metric"),
             transactions: IntCounterVec::new(
                 Opts::new("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced, hung)"),
                 &["stage", "outcome"],
@@ -196,6 +204,7 @@ impl Metrics {
             Box::new(m.outputs_refused.clone()),
             Box::new(m.corrupt_rebuilds.clone()),
             Box::new(m.rewinds.clone()),
+            Box::new(m.fenced.clone()),
             Box::new(m.transactions.clone()),
             Box::new(m.committed_offset.clone()),
             Box::new(m.rebalances.clone()),

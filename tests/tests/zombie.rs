@@ -71,8 +71,29 @@ fn kept(by: &Events, kind: &str, guarantee: Guarantee) -> (usize, Vec<String>) {
     (of_kind.iter().filter(|(_, ids)| ok(ids)).count(), broken)
 }
 
+/// The policies without an event of `kind`.
+fn missing(by: &Events, kind: &str) -> Vec<String> {
+    (0..PAYMENTS)
+        .map(|i| format!("pol_z{i}"))
+        .filter(|p| !by.contains_key(&(kind_of(kind), p.clone())))
+        .filter(|p| match kind {
+            "cancelled" => p.trim_start_matches("pol_z").parse::<usize>().is_ok_and(|i| i % 2 == 0),
+            "duplicated" => p.trim_start_matches("pol_z").parse::<usize>().is_ok_and(|i| i % 2 == 1),
+            _ => true,
+        })
+        .collect()
+}
+
+fn kind_of(kind: &str) -> &'static str {
+    match kind {
+        "activated" => "activated",
+        "cancelled" => "cancelled",
+        _ => "duplicated",
+    }
+}
+
 /// Wait until `want` policies have an event of `kind` (read_committed).
-async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> Events {
+async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize, logs: impl Fn() -> String) -> Events {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let by = events(bootstrap, topic).await;
@@ -81,8 +102,10 @@ async fn wait_for(bootstrap: &str, topic: &str, kind: &str, want: usize) -> Even
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "only {} policies {kind} within 120 s",
-            by.keys().filter(|(k, _)| *k == kind).count()
+            "only {} policies {kind} within 120 s; missing {:?}\n{}",
+            by.keys().filter(|(k, _)| *k == kind).count(),
+            missing(&by, kind),
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -114,7 +137,10 @@ async fn paused_and_resumed(guarantee: Guarantee) {
     zombie.signal("STOP");
     let heir = spawn_instance(&config, dir.path(), "heir");
     sender.await.unwrap();
-    wait_for(broker.bootstrap(), &topics.activations, "activated", PAYMENTS).await;
+    wait_for(broker.bootstrap(), &topics.activations, "activated", PAYMENTS, || {
+        format!("heir:\n{}", heir.log_tail())
+    })
+    .await;
     // The zombie wakes up with its queue, its open transaction and its old generation.
     zombie.signal("CONT");
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -161,8 +187,16 @@ async fn paused_and_resumed(guarantee: Guarantee) {
             .await;
         }
     }
-    wait_for(broker.bootstrap(), &topics.activations, "cancelled", PAYMENTS / 2).await;
-    let by = wait_for(broker.bootstrap(), &topics.activations, "duplicated", PAYMENTS / 2).await;
+    let logs = || format!("fresh:\n{}", fresh.log_tail());
+    wait_for(broker.bootstrap(), &topics.activations, "cancelled", PAYMENTS / 2, logs).await;
+    let by = wait_for(
+        broker.bootstrap(),
+        &topics.activations,
+        "duplicated",
+        PAYMENTS / 2,
+        logs,
+    )
+    .await;
     for kind in ["cancelled", "duplicated"] {
         let (n, broken) = kept(&by, kind, guarantee);
         assert!(

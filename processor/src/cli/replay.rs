@@ -224,7 +224,7 @@ async fn void_changelog(
     let entry = [reset_entry()];
     for r in resets {
         writer
-            .append(&topic, r.partition, &entry)
+            .append(&topic, r.partition, None, &entry)
             .await
             .map_err(|source| ReplayError::Changelog {
                 topic: topic.clone(),

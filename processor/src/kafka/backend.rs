@@ -13,7 +13,7 @@ use super::changelog::ChangelogWriter;
 use super::emit::Emitter;
 use crate::config::KafkaConfig;
 use crate::partition::io::{
-    BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
+    Appended, BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
 };
 use crate::partition::Stage;
 use crate::rules::model::Output;
@@ -93,13 +93,22 @@ impl<C: ConsumerContext + 'static> Outputs for KafkaBackend<C> {
 }
 
 impl<C: ConsumerContext + 'static> Changelog for KafkaBackend<C> {
-    async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+    async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: Option<u64>,
+        entries: &[Entry],
+    ) -> Result<Appended, SendError> {
         let stage = if topic == self.policies_changelog {
             Stage::Policies
         } else {
             Stage::Payments
         };
-        self.writers(stage).changelog.append(topic, partition, entries).await
+        self.writers(stage)
+            .changelog
+            .append(topic, partition, epoch, entries)
+            .await
     }
 }
 

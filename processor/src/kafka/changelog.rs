@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::emit::classify;
 use super::txn::ProducerSlot;
 use crate::config::KafkaConfig;
-use crate::partition::io::{Changelog, SendError};
+use crate::partition::io::{Appended, Changelog, SendError};
 use crate::store::Entry;
 
 /// The largest changelog record: a payment's state with its held events
@@ -49,8 +50,15 @@ impl ChangelogWriter {
 }
 
 impl Changelog for ChangelogWriter {
-    async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+    async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: Option<u64>,
+        entries: &[Entry],
+    ) -> Result<Appended, SendError> {
         let producer = self.producer.get();
+        let header = epoch.map(crate::store::changelog::epoch_header);
         let sends = entries.iter().map(|e| {
             let mut r = FutureRecord::<[u8], [u8]>::to(topic)
                 .partition(partition)
@@ -58,15 +66,27 @@ impl Changelog for ChangelogWriter {
             if let Some(v) = &e.value {
                 r = r.payload(v.as_slice());
             }
+            if let Some(h) = &header {
+                r = r.headers(OwnedHeaders::new().insert(Header {
+                    key: &h.name,
+                    value: h.value.as_deref(),
+                }));
+            }
             producer.send(r, Duration::from_secs(0))
         });
-        let mut last = -1;
+        let (mut first, mut last) = (i64::MAX, -1);
         for r in join_all(sends).await {
             match r {
-                Ok(d) => last = last.max(d.offset),
+                Ok(d) => {
+                    first = first.min(d.offset);
+                    last = last.max(d.offset);
+                }
                 Err((e, _)) => return Err(classify(e)),
             }
         }
-        Ok(last)
+        Ok(Appended {
+            first: first.min(last),
+            last,
+        })
     }
 }

@@ -70,7 +70,9 @@ pub fn changelog_settings() -> [(&'static str, String); 3] {
         // A batch whose writer stopped before its closing meta entry is ignored by a
         // restore, but its entries supersede older values of the same keys; they are
         // written again (the same values) when its records are decided again, well
-        // within an hour, so the older values must survive compaction that long.
+        // within an hour, so the older values must survive compaction that long. The
+        // same holds, at least once, for a previous owner's entries after a newer claim
+        // (`partition::epoch`): the owner writes those keys again at its next append.
         ("min.compaction.lag.ms", "3600000".to_owned()),
         // A payment's state with its held events can exceed the 1 MB default.
         ("max.message.bytes", super::changelog::MAX_ENTRY_BYTES.to_string()),

@@ -149,8 +149,10 @@ impl<B: Backend> Worker<B> {
                 if mode == Mode::Live && !decided.outputs.is_empty() {
                     self.emit(&mut decided.outputs, stop).await?;
                 }
-                self.log_entries(&entries, stop).await?;
-                self.log_meta(&decided.changes, stop).await?
+                match self.log_batch(&entries, &decided.changes, stop).await? {
+                    Ok(next) => next,
+                    Err(folded) => return Ok(folded),
+                }
             }
         };
         if mode == Mode::Live {

@@ -43,7 +43,7 @@ async fn entries_after_the_last_meta_entry_are_not_restored() {
         let log = memory.records(RAW_CHANGELOG);
         assert_eq!(log.last().and_then(|m| m.record.key.clone()).as_deref(), Some(META));
     }
-    crate::partition::io::Changelog::append(&memory, RAW_CHANGELOG, 0, &[tail])
+    crate::partition::io::Changelog::append(&memory, RAW_CHANGELOG, 0, Some(1), &[tail])
         .await
         .expect("append");
     let fresh = Store::temporary().expect("store");
@@ -167,8 +167,13 @@ async fn a_batch_whose_outputs_were_not_acknowledged_logs_no_entry() {
     stop.cancel();
     task.await.expect("worker");
     assert!(
-        memory.records(RAW_CHANGELOG).is_empty(),
-        "no changelog entry before the outputs are acknowledged"
+        memory.records(RAW_CHANGELOG).iter().all(|m| m
+            .record
+            .key
+            .as_deref()
+            .and_then(crate::store::changelog::claimed_epoch)
+            .is_some()),
+        "no changelog entry but the worker's claim before the outputs are acknowledged"
     );
     // The requests topic accepts again; a fresh instance decides the completion anew.
     memory.state().failures.clear();

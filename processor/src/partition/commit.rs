@@ -1,11 +1,17 @@
-//! When a partition's applied offset goes to the group.
+//! When a partition's applied offset goes to the group, and how (at least once; under
+//! exactly-once the stage's committer commits, `group/transactions.rs`).
 //!
 //! Committing less often than every batch is safe: the offset only says where a *new*
 //! owner starts, and this instance's sled knows the exact point; records between the
 //! two are decided again identically. Each commit is a broker request per partition, so
 //! at 5,000 webhooks/s a commit per batch cost the broker more than the records.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::SpanContext;
+
+use super::io::{Backend, CommitMode};
+use super::worker::{Worker, MAX_AWAITING_COMMIT};
 
 /// The applied offset not yet committed, the last one committed, and when.
 #[derive(Debug)]
@@ -50,6 +56,101 @@ impl Commits {
         self.committed = Some(applied);
         self.uncommitted = None;
         self.last = now;
+    }
+}
+
+impl<B: Backend> Worker<B> {
+    /// Commit the applied offset when due ([`Commits`]), asynchronously: the next
+    /// commit supersedes a lost one.
+    pub(super) fn commit(&mut self) {
+        if self.fenced_at.is_some() {
+            return;
+        }
+        if let Some(gate) = &self.gate {
+            // The stage's committer commits; report what it committed.
+            let committed = gate.last_committed(self.partition);
+            if let Some(next) = committed.filter(|n| self.reported.is_none_or(|r| *n > r)) {
+                self.reported = Some(next);
+                self.report_committed(next, SystemTime::now());
+            }
+            return;
+        }
+        let now = Instant::now();
+        let Some(applied) = self.commits.due(now, false) else {
+            return;
+        };
+        let started = SystemTime::now();
+        if let Err(e) = self
+            .cx
+            .backend
+            .commit(&self.topic, self.partition, applied + 1, CommitMode::Async)
+        {
+            tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
+        } else {
+            self.report_committed(applied + 1, started);
+        }
+        self.commits.done(applied, now);
+    }
+
+    /// The hand-over commit on revocation or shutdown: synchronous (on a blocking
+    /// thread, so that a broker that does not answer holds up no task of the runtime),
+    /// and once acknowledged remembered in sled, so that a later `processor replay` to
+    /// before it is recognised (the group consumer delivers no callbacks for the
+    /// asynchronous commits to do this).
+    pub(super) async fn hand_over(&mut self) {
+        if self.gate.is_some() || self.fenced_at.is_some() {
+            // The stage's committer commits the hand-over, once every revoked worker
+            // exited; a fenced worker hands nothing over.
+            return;
+        }
+        let now = Instant::now();
+        let Some(applied) = self.commits.due(now, true) else {
+            return;
+        };
+        let (cx, topic, partition) = (self.cx.clone(), self.topic.clone(), self.partition);
+        let started = SystemTime::now();
+        let committed = tokio::task::spawn_blocking(move || {
+            cx.backend
+                .commit(&topic, partition, applied + 1, CommitMode::Sync)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match committed {
+            Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
+            Ok(()) => {
+                self.report_committed(applied + 1, started);
+                if let Err(e) = self.store.record_commit(applied + 1) {
+                    tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
+                }
+            }
+        }
+        self.commits.done(applied, now);
+    }
+
+    /// `next` was committed (or sent, asynchronously) after `started`: the gauge, and
+    /// the commit spans of the sampled records it covers.
+    pub(super) fn report_committed(&mut self, next: i64, started: SystemTime) {
+        self.cx
+            .metrics
+            .committed_offset
+            .with_label_values(&[self.stage.as_str(), &self.partition.to_string()])
+            .set(next);
+        let ended = SystemTime::now();
+        while self.awaiting_commit.front().is_some_and(|(o, _)| *o < next) {
+            if let Some((_, sc)) = self.awaiting_commit.pop_front() {
+                self.cx.tracer.commit(&sc, next, started, ended);
+            }
+        }
+    }
+
+    /// A sampled record at `offset` waits for the commit that covers it.
+    pub(super) fn await_commit(&mut self, offset: i64, record: SpanContext) {
+        if self.awaiting_commit.len() >= MAX_AWAITING_COMMIT {
+            self.awaiting_commit.pop_front();
+        }
+        self.awaiting_commit.push_back((offset, record));
     }
 }
 

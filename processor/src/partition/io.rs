@@ -63,18 +63,34 @@ pub trait Outputs: Send + Sync + 'static {
     fn send_gap_timeout(&self, partition: i32, g: &GapTimeout) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
+/// The offsets an append's entries were written at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl Appended {
+    /// Whether `n` entries written from `next` on, none of another writer among them.
+    pub fn follows(&self, next: i64, n: usize) -> bool {
+        self.first == next && self.last - self.first + 1 == n as i64
+    }
+}
+
 /// Where the state's changes go: the stage's compacted changelog topic, partition for
 /// partition with its input ([`crate::store::changelog`]).
 pub trait Changelog: Send + Sync + 'static {
-    /// Append `entries` to `partition` of `topic`, in order, and wait until every one is
-    /// acknowledged; the offset of the last one. Entries of a failed call may have been
+    /// Append `entries` to `partition` of `topic`, in order, each stamped with the
+    /// writer's epoch (at least once, [`super::epoch`]; `None` under exactly-once), and
+    /// wait until every one is acknowledged. Entries of a failed call may have been
     /// written in part: the caller sends them all again.
     fn append(
         &self,
         topic: &str,
         partition: i32,
+        epoch: Option<u64>,
         entries: &[Entry],
-    ) -> impl Future<Output = Result<i64, SendError>> + Send;
+    ) -> impl Future<Output = Result<Appended, SendError>> + Send;
 }
 
 /// Where a newly assigned partition starts.

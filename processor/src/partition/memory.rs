@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use hookstream_schemas::{encode, GapTimeout, PolicyEventKind, RawWebhook};
+use hookstream_schemas::{encode, GapTimeout, KafkaHeader, PolicyEventKind, RawWebhook};
 
 /// The payment stage's input topic in these tests.
 pub const RAW: &str = "raw";
@@ -19,7 +19,7 @@ pub const RAW_CHANGELOG: &str = "payments-changelog";
 pub const REQUESTS_CHANGELOG: &str = "policies-changelog";
 
 use super::io::{
-    BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
+    Appended, BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
 };
 use super::Stage;
 use crate::rules::model::{Origin, Output, RawRecord};
@@ -233,10 +233,18 @@ impl Outputs for Memory {
 }
 
 impl Changelog for Memory {
-    async fn append(&self, topic: &str, partition: i32, entries: &[Entry]) -> Result<i64, SendError> {
+    async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: Option<u64>,
+        entries: &[Entry],
+    ) -> Result<Appended, SendError> {
         let mut st = self.state();
         let written = st.changelog_failures.pop_front();
         let log = st.log.entry((topic.to_owned(), partition)).or_default();
+        let first = log.len() as i64;
+        let headers: Vec<KafkaHeader> = epoch.map(crate::store::changelog::epoch_header).into_iter().collect();
         for e in entries.iter().take(written.unwrap_or(usize::MAX)) {
             let record = RawRecord {
                 origin: Origin {
@@ -247,7 +255,7 @@ impl Changelog for Memory {
                 },
                 key: Some(e.key.clone()),
                 value: e.value.clone(),
-                headers: vec![],
+                headers: headers.clone(),
             };
             log.push(Incoming {
                 record: Arc::new(record),
@@ -256,7 +264,10 @@ impl Changelog for Memory {
         }
         match written {
             Some(_) => Err(SendError::Unavailable("injected".into())),
-            None => Ok(log.len() as i64 - 1),
+            None => Ok(Appended {
+                first,
+                last: log.len() as i64 - 1,
+            }),
         }
     }
 }

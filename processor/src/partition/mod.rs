@@ -27,6 +27,9 @@ pub mod worker;
 mod batch;
 #[cfg(test)]
 mod changelog_tests;
+mod epoch;
+#[cfg(test)]
+mod epoch_tests;
 #[path = "gap_timer.rs"]
 mod gap_timer;
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The end of a batch: forgetting what is past its time, logging the changes to the
-//! changelog, applying them to sled.
+//! The end of a batch: forgetting what is past its time and applying the changes to
+//! sled (they are logged to the changelog by `write.rs` and `epoch.rs`).
 
 use std::sync::Arc;
 
@@ -71,36 +71,6 @@ impl<B: Backend> Worker<B> {
         evicted.extend(stored);
         changes.evicted = evicted;
         Ok(())
-    }
-
-    /// Write the batch's state changes to the changelog and wait for every one.
-    pub(super) async fn log_entries(&self, entries: &[Entry], stop: &CancellationToken) -> Result<(), Stopped> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let cx = &self.cx;
-        let topic = cx.settings.changelog(self.stage);
-        cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, entries))
-            .await?;
-        cx.metrics.changelog_records.inc_by(entries.len() as u64);
-        Ok(())
-    }
-
-    /// Close the batch in the changelog with its meta entry, once its entries (and its
-    /// outputs) are acknowledged: a restore ignores entries no meta entry follows. The
-    /// offset after it, `None` when nothing was applied.
-    pub(super) async fn log_meta(&self, changes: &Changes, stop: &CancellationToken) -> Result<Option<i64>, Stopped> {
-        let Some(meta) = changes.meta_entry() else {
-            return Ok(None);
-        };
-        let cx = &self.cx;
-        let topic = cx.settings.changelog(self.stage);
-        let meta = [meta];
-        let last = cx
-            .retry("changelog", stop, || cx.backend.append(topic, self.partition, &meta))
-            .await?;
-        cx.metrics.changelog_records.inc();
-        Ok(Some(last + 1))
     }
 
     /// Apply `changes` (their values as serialized for the changelog: `entries`) in one

@@ -67,7 +67,10 @@ impl<B: Backend> Worker<B> {
         if let Position::Committed(committed) = position {
             self.drop_if_replayed(committed, stop).await?;
         }
-        self.restore(stop).await?;
+        let restored = self.restore(stop).await?;
+        if self.gate.is_none() && !self.claim(restored, stop).await? {
+            return Ok(());
+        }
         let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
         // With no state at all but a committed offset, every record below the log start
         // was decided once and is now gone: a hole as much as one above a state.

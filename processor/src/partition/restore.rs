@@ -6,9 +6,12 @@
 //! It is read `read_committed` to its current end (under exactly-once an aborted
 //! transaction's entries never existed). Only entries up to the last meta or reset
 //! entry are applied: anything after it is a batch whose writer stopped half-way (at
-//! least once), and its records are decided again. The raw log is read only for what
+//! least once), and its records are decided again. At least once, entries of an older
+//! writer epoch after a newer claim are ignored, and their keys handed back to be
+//! written again by the new owner ([`super::epoch`]). The raw log is read only for what
 //! the changelog does not cover.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -16,11 +19,55 @@ use tokio_util::sync::CancellationToken;
 use super::io::{Backend, Incoming, LogReader};
 use super::worker::Worker;
 use super::Stopped;
-use crate::store::changelog::{reset_entry, META, RESET};
+use crate::store::changelog::{claimed_epoch, epoch_of, reset_entry, META, RESET};
 use crate::store::{Entry, StoreError};
 
 /// Entries applied to sled per atomic batch while restoring.
 const RESTORE_CHUNK: usize = 2_000;
+
+/// What a restore found.
+#[derive(Debug, Default)]
+pub(super) struct Restored {
+    /// The changelog offset after the last record read: a writer's first entry must
+    /// land there, or another writer came in between.
+    pub(super) end: i64,
+    /// The highest writer epoch seen, claims included.
+    pub(super) epoch: Option<u64>,
+    /// Keys an older epoch wrote after a newer claim (ignored): the new owner writes
+    /// them again, so that compaction never keeps the ignored version alone.
+    pub(super) stale: BTreeSet<Vec<u8>>,
+}
+
+/// The writer epochs of a changelog as a restore meets them.
+struct Epochs {
+    current: Option<u64>,
+    stale: BTreeSet<Vec<u8>>,
+}
+
+impl Epochs {
+    /// Whether the record with `key` and `headers` is applied; a claim is not an entry
+    /// but moves the epoch on and voids `pending` (a batch its writer never closed).
+    fn admit(&mut self, key: &[u8], headers: &[hookstream_schemas::KafkaHeader], pending: &mut Vec<Entry>) -> bool {
+        if let Some(e) = claimed_epoch(key) {
+            if self.current.is_none_or(|c| e > c) {
+                pending.clear();
+                self.current = Some(e);
+            }
+            return false;
+        }
+        match (epoch_of(headers), self.current) {
+            (Some(e), Some(c)) if e < c => {
+                self.stale.insert(key.to_vec());
+                false
+            }
+            (Some(e), _) => {
+                self.current = Some(self.current.map_or(e, |c| c.max(e)));
+                true
+            }
+            (None, _) => true,
+        }
+    }
+}
 
 fn is_boundary(m: &Incoming) -> bool {
     matches!(m.record.key.as_deref(), Some(k) if k == META || k == RESET)
@@ -29,7 +76,7 @@ fn is_boundary(m: &Incoming) -> bool {
 impl<B: Backend> Worker<B> {
     /// Bring sled up to the last complete batch of the partition's changelog, at most
     /// `max_concurrent_rebuilds` partitions at once (each reader has its pre-fetch).
-    pub(super) async fn restore(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+    pub(super) async fn restore(&mut self, stop: &CancellationToken) -> Result<Restored, Stopped> {
         let cx = self.cx.clone();
         let _permit = tokio::select! {
             p = cx.rebuilds.acquire() => p.ok(),
@@ -40,7 +87,7 @@ impl<B: Backend> Worker<B> {
 
     /// [`Worker::restore`] without waiting for a turn: for a partition that already
     /// holds one (its stored state turned out not to read back while it rebuilt).
-    pub(super) async fn restore_now(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+    pub(super) async fn restore_now(&mut self, stop: &CancellationToken) -> Result<Restored, Stopped> {
         let cx = self.cx.clone();
         let topic = cx.settings.changelog(self.stage).to_owned();
         let partition = self.partition;
@@ -52,8 +99,14 @@ impl<B: Backend> Worker<B> {
             .await?;
         let store = self.store.clone();
         let next = cx.retry("store", stop, || async { store.changelog_next() }).await?;
+        let epoch = cx.retry("store", stop, || async { store.writer_epoch() }).await?;
+        let unchanged = Restored {
+            end,
+            epoch,
+            ..Restored::default()
+        };
         let from = match next {
-            Some(n) if n == end => return Ok(()),
+            Some(n) if n == end => return Ok(unchanged),
             Some(n) if (start..end).contains(&n) => n,
             _ => {
                 // sled reflects nothing the changelog has (or something it no longer
@@ -67,12 +120,19 @@ impl<B: Backend> Worker<B> {
             }
         };
         if from >= end {
-            return Ok(());
+            return Ok(unchanged);
         }
         let started = Instant::now();
-        match self.apply_changelog(&topic, from, stop).await? {
-            Ok((0, _)) => {}
-            Ok((n, until)) => {
+        let mut epochs = Epochs {
+            current: if from == start { None } else { epoch },
+            stale: BTreeSet::new(),
+        };
+        match self.apply_changelog(&topic, from, &mut epochs, stop).await? {
+            Ok((0, _, read_to)) => Ok(Restored {
+                end: read_to,
+                ..unchanged
+            }),
+            Ok((n, until, read_to)) => {
                 cx.retry("store", stop, || cx.flusher.flush()).await?;
                 tracing::info!(
                     stage = self.stage.as_str(),
@@ -83,6 +143,24 @@ impl<B: Backend> Worker<B> {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "restored partition state from the changelog"
                 );
+                if let Some(e) = epochs.current {
+                    cx.retry("store", stop, || async { store.set_writer_epoch(e, None) })
+                        .await?;
+                }
+                if !epochs.stale.is_empty() {
+                    tracing::warn!(
+                        stage = self.stage.as_str(),
+                        partition,
+                        keys = epochs.stale.len(),
+                        "the changelog holds entries a previous owner wrote after it lost the partition; \
+                         they are ignored, and their keys written again"
+                    );
+                }
+                Ok(Restored {
+                    end: read_to,
+                    epoch: epochs.current,
+                    stale: epochs.stale,
+                })
             }
             Err(e) => {
                 // The changelog holds a value this version cannot read: void it, and
@@ -91,9 +169,11 @@ impl<B: Backend> Worker<B> {
                     "the changelog does not read back; rebuilding the partition from its input log");
                 cx.metrics.corrupt_rebuilds.inc();
                 self.reset(stop).await?;
+                // Read what is left (the reset entry on): it is what the next writer
+                // must follow.
+                Box::pin(self.restore_now(stop)).await
             }
         }
-        Ok(())
     }
 
     /// Void the partition's state in the changelog and in sled (a replay, a changelog
@@ -110,7 +190,7 @@ impl<B: Backend> Worker<B> {
                     i = gate.enter_write() => i,
                     () = stop.cancelled() => return Err(Stopped),
                 };
-                match cx.backend.append(topic, self.partition, &reset).await {
+                match cx.backend.append(topic, self.partition, None, &reset).await {
                     Ok(_) => {
                         gate.wrote(self.partition);
                         break;
@@ -123,8 +203,11 @@ impl<B: Backend> Worker<B> {
                 }
             },
             None => {
-                cx.retry("changelog", stop, || cx.backend.append(topic, self.partition, &reset))
-                    .await?;
+                let epoch = self.writer.map(|w| w.epoch);
+                cx.retry("changelog", stop, || {
+                    cx.backend.append(topic, self.partition, epoch, &reset)
+                })
+                .await?;
             }
         }
         let store = self.store.clone();
@@ -134,33 +217,38 @@ impl<B: Backend> Worker<B> {
     /// Apply the changelog's entries from `from` to its current end to sled, in atomic
     /// chunks that each end at a meta or reset entry; entries after the last one (a batch
     /// whose writer stopped half-way, at least once) are not applied. How many records
-    /// were read and the offset after the last boundary, or the error of an entry that
-    /// does not read back.
+    /// were read, the offset after the last boundary and the offset after the last
+    /// record, or the error of an entry that does not read back.
     async fn apply_changelog(
         &self,
         topic: &str,
         from: i64,
+        epochs: &mut Epochs,
         stop: &CancellationToken,
-    ) -> Result<Result<(u64, i64), StoreError>, Stopped> {
+    ) -> Result<Result<(u64, i64, i64), StoreError>, Stopped> {
         let mut ready: Vec<Entry> = Vec::with_capacity(RESTORE_CHUNK);
         let mut pending: Vec<Entry> = Vec::new();
         let mut boundary = None;
         let mut n = 0u64;
+        let mut read_to = from;
         let mut failed = None;
         let store = self.store.clone();
         let restored = self.cx.metrics.restored_records.clone();
         self.read_changelog(topic, from, stop, |m| {
             n += 1;
             restored.inc();
+            read_to = m.record.origin.offset + 1;
             if failed.is_some() {
                 return;
             }
-            if let Some(key) = m.record.key.clone() {
-                pending.push(Entry {
-                    key,
-                    value: m.record.value.clone(),
-                });
+            let Some(key) = m.record.key.clone() else { return };
+            if !epochs.admit(&key, &m.record.headers, &mut pending) {
+                return;
             }
+            pending.push(Entry {
+                key,
+                value: m.record.value.clone(),
+            });
             if is_boundary(m) {
                 ready.append(&mut pending);
                 boundary = Some(m.record.origin.offset);
@@ -185,7 +273,7 @@ impl<B: Backend> Worker<B> {
                 "the changelog ends with a batch its writer did not finish; its records are decided again"
             );
         }
-        Ok(failed.map_or(Ok((n, boundary.map_or(from, |b| b + 1))), Err))
+        Ok(failed.map_or(Ok((n, boundary.map_or(from, |b| b + 1), read_to)), Err))
     }
 
     /// Read the changelog's records from `from` to its current end in order, handing

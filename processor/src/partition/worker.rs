@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::SpanContext;
 
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::Commits;
 use super::gaps::Gaps;
-use super::io::{Backend, CommitMode, Incoming};
+use super::io::{Backend, Incoming};
 use super::order::{self, Step};
 use super::txn::TxnGate;
 use super::{Context, Stage, Stopped};
@@ -60,9 +60,13 @@ pub(super) enum Folded {
     Done(Option<i64>),
     /// The stored state did not read back: rebuild the partition, then decide again.
     Corrupt,
-    /// Under exactly-once, the transaction the partition wrote in was aborted: restore
-    /// the committed state, then decide again.
+    /// Under exactly-once, the transaction the partition wrote in was aborted; at least
+    /// once, another writer wrote the changelog after this worker's claim
+    /// ([`super::epoch`]): restore the state, then decide again.
     Rewind,
+    /// At least once, another owner claimed the partition's changelog
+    /// ([`super::epoch`]): write nothing more.
+    Fenced,
 }
 
 /// The worker of one partition.
@@ -83,7 +87,7 @@ pub struct Worker<B> {
     pub(super) next_offset: Option<i64>,
     /// Sampled record spans whose offset no commit covers yet, oldest first (at most
     /// [`MAX_AWAITING_COMMIT`]: beyond it the oldest get no commit span).
-    awaiting_commit: VecDeque<(i64, SpanContext)>,
+    pub(super) awaiting_commit: VecDeque<(i64, SpanContext)>,
     /// Under exactly-once, the stage's transaction ([`super::txn`]).
     pub(super) gate: Option<Arc<TxnGate>>,
     /// The offset after the last record delivered to this worker: after an aborted
@@ -94,11 +98,15 @@ pub struct Worker<B> {
     /// are replaced by their dead letters before they are sent.
     pub(super) refused: HashMap<String, String>,
     /// Under exactly-once, the committed offset last reported.
-    reported: Option<i64>,
+    pub(super) reported: Option<i64>,
+    /// At least once, this worker's claim on the changelog ([`super::epoch`]).
+    pub(super) writer: Option<super::epoch::Writer>,
+    /// Since when another owner's claim fences this worker.
+    pub(super) fenced_at: Option<Instant>,
 }
 
 /// Most sampled records a worker remembers until a commit covers them.
-const MAX_AWAITING_COMMIT: usize = 10_000;
+pub(super) const MAX_AWAITING_COMMIT: usize = 10_000;
 
 impl<B: Backend> Worker<B> {
     pub fn new(cx: Arc<Context<B>>, stage: Stage, partition: i32) -> Result<Self, StoreError> {
@@ -120,6 +128,8 @@ impl<B: Backend> Worker<B> {
             consumed_next: None,
             refused: HashMap::new(),
             reported: None,
+            writer: None,
+            fenced_at: None,
         })
     }
 
@@ -171,6 +181,13 @@ impl<B: Backend> Worker<B> {
                     self.live(batch, stop).await?;
                 }
                 _ = tick.tick() => {
+                    if self.fenced_at.is_some() {
+                        if self.fenced_too_long() {
+                            self.fenced_at = None;
+                            self.rewind(stop).await?;
+                        }
+                        continue;
+                    }
                     // An aborted transaction is redone now, not when the partition's
                     // next record happens to come (it may never).
                     if self.gate.as_ref().is_some_and(|g| g.must_rewind(self.partition)) {
@@ -185,6 +202,10 @@ impl<B: Backend> Worker<B> {
 
     /// Fold a delivered batch in offset order, reading any hole before it from the log.
     async fn live(&mut self, batch: Vec<Incoming>, stop: &CancellationToken) -> Result<(), Stopped> {
+        if self.fenced_at.is_some() {
+            // Another owner decides these records.
+            return Ok(());
+        }
         let batch = order::arrange(batch, self.next_offset, |m| m.record.origin.offset);
         let offsets: Vec<i64> = batch.iter().map(|m| m.record.origin.offset).collect();
         // Under exactly-once offsets jump (transaction markers, aborted records) and a
@@ -195,6 +216,9 @@ impl<B: Backend> Worker<B> {
             None => order::plan(self.next_offset, &offsets),
         };
         for step in steps {
+            if self.fenced_at.is_some() {
+                return Ok(());
+            }
             match step {
                 Step::Refetch { from, until } => {
                     tracing::warn!(
@@ -241,6 +265,7 @@ impl<B: Backend> Worker<B> {
                     Box::pin(self.rebuild_corrupt(first, stop)).await?;
                 }
                 Folded::Rewind => Box::pin(self.rewind(stop)).await?,
+                Folded::Fenced => return self.fence(stop).await,
             }
         }
     }
@@ -257,7 +282,10 @@ impl<B: Backend> Worker<B> {
         self.cx.metrics.corrupt_rebuilds.inc();
         let store = self.store.clone();
         self.cx.retry("store", stop, || async { store.clear() }).await?;
-        self.restore_now(stop).await?;
+        let restored = self.restore_now(stop).await?;
+        if self.gate.is_none() && !self.claim(restored, stop).await? {
+            return Ok(());
+        }
         let applied = self
             .cx
             .retry("store", stop, || async { store.applied_offset() })
@@ -288,8 +316,12 @@ impl<B: Backend> Worker<B> {
             "the transaction was aborted: restoring the partition's committed state and deciding again"
         );
         self.cx.metrics.rewinds.inc();
-        let store = self.store.clone();
-        self.cx.retry("store", stop, || async { store.discard_state() }).await?;
+        if self.gate.is_some() {
+            // At least once sled holds nothing uncommitted: what it has stays, and the
+            // restore reads the changelog from there.
+            let store = self.store.clone();
+            self.cx.retry("store", stop, || async { store.discard_state() }).await?;
+        }
         self.gaps = Gaps::default();
         self.update_held_gauge();
         let cx = self.cx.clone();
@@ -306,95 +338,6 @@ impl<B: Backend> Worker<B> {
             }
         }
         Ok(())
-    }
-
-    /// Commit the applied offset when due ([`Commits`]), asynchronously: the next
-    /// commit supersedes a lost one.
-    pub(super) fn commit(&mut self) {
-        if let Some(gate) = &self.gate {
-            // The stage's committer commits; report what it committed.
-            let committed = gate.last_committed(self.partition);
-            if let Some(next) = committed.filter(|n| self.reported.is_none_or(|r| *n > r)) {
-                self.reported = Some(next);
-                self.report_committed(next, SystemTime::now());
-            }
-            return;
-        }
-        let now = Instant::now();
-        let Some(applied) = self.commits.due(now, false) else {
-            return;
-        };
-        let started = SystemTime::now();
-        if let Err(e) = self
-            .cx
-            .backend
-            .commit(&self.topic, self.partition, applied + 1, CommitMode::Async)
-        {
-            tracing::warn!(partition = self.partition, error = %e, "offset commit failed");
-        } else {
-            self.report_committed(applied + 1, started);
-        }
-        self.commits.done(applied, now);
-    }
-
-    /// The hand-over commit on revocation or shutdown: synchronous (on a blocking
-    /// thread, so that a broker that does not answer holds up no task of the runtime),
-    /// and once acknowledged remembered in sled, so that a later `processor replay` to
-    /// before it is recognised (the group consumer delivers no callbacks for the
-    /// asynchronous commits to do this).
-    async fn hand_over(&mut self) {
-        if self.gate.is_some() {
-            // The stage's committer commits the hand-over, once every revoked worker exited.
-            return;
-        }
-        let now = Instant::now();
-        let Some(applied) = self.commits.due(now, true) else {
-            return;
-        };
-        let (cx, topic, partition) = (self.cx.clone(), self.topic.clone(), self.partition);
-        let started = SystemTime::now();
-        let committed = tokio::task::spawn_blocking(move || {
-            cx.backend
-                .commit(&topic, partition, applied + 1, CommitMode::Sync)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        match committed {
-            Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
-            Ok(()) => {
-                self.report_committed(applied + 1, started);
-                if let Err(e) = self.store.record_commit(applied + 1) {
-                    tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");
-                }
-            }
-        }
-        self.commits.done(applied, now);
-    }
-
-    /// `next` was committed (or sent, asynchronously) after `started`: the gauge, and
-    /// the commit spans of the sampled records it covers.
-    fn report_committed(&mut self, next: i64, started: SystemTime) {
-        self.cx
-            .metrics
-            .committed_offset
-            .with_label_values(&[self.stage.as_str(), &self.partition.to_string()])
-            .set(next);
-        let ended = SystemTime::now();
-        while self.awaiting_commit.front().is_some_and(|(o, _)| *o < next) {
-            if let Some((_, sc)) = self.awaiting_commit.pop_front() {
-                self.cx.tracer.commit(&sc, next, started, ended);
-            }
-        }
-    }
-
-    /// A sampled record at `offset` waits for the commit that covers it.
-    pub(super) fn await_commit(&mut self, offset: i64, record: SpanContext) {
-        if self.awaiting_commit.len() >= MAX_AWAITING_COMMIT {
-            self.awaiting_commit.pop_front();
-        }
-        self.awaiting_commit.push_back((offset, record));
     }
 
     pub(super) fn update_held_gauge(&mut self) {

@@ -138,10 +138,10 @@ impl<B: Backend> Worker<B> {
         let topic = cx.settings.changelog(self.stage);
         let last = cx
             .backend
-            .append(topic, self.partition, &all)
+            .append(topic, self.partition, None, &all)
             .await
             .map_err(|e| error_chain(&e))?;
         cx.metrics.changelog_records.inc_by(all.len() as u64);
-        Ok(Some(last + 1))
+        Ok(Some(last.last + 1))
     }
 }

@@ -12,12 +12,18 @@
 //! records it came from are decided again, writing the same values again). A [`RESET`]
 //! entry voids everything before it: `processor replay` and a replay noticed by a worker
 //! write it, so the state is rebuilt from the raw log instead.
+//!
+//! At least once, each entry also carries its writer's epoch (a header), and each new
+//! owner of a partition first writes a [`claim_entry`] with an epoch above every one
+//! before it ([`crate::partition::epoch`]): a restore ignores entries of an older epoch
+//! after a newer claim (a paused previous owner that woke up), and a claim voids the
+//! unfinished batch before it.
 
 use serde::{Deserialize, Serialize};
 
-use super::{expiry_key, key, to_json, Changes, PartitionStore, StoreError, APPLIED, MAX_TS};
-#[cfg(test)]
-use crate::rules::model::{DedupEntry, PaymentState};
+use hookstream_schemas::KafkaHeader;
+
+use super::{expiry_key, key, read_i64, to_json, Changes, PartitionStore, StoreError, APPLIED, MARKER, MAX_TS};
 
 /// What a restore reads of a payment's or a policy's state: the fields its indexes are
 /// derived from. The rest of the JSON is skipped, not built (a restore reads every
@@ -44,6 +50,42 @@ pub const RESET: &[u8] = b"m:reset";
 /// Where the store's state is in the changelog: the offset after the last entry it
 /// reflects.
 const CHANGELOG_NEXT: &[u8] = b"m:changelog";
+/// The highest writer epoch the state has seen in the changelog.
+const WRITER_EPOCH: &[u8] = b"m:epoch";
+/// The key prefix of claims, followed by the epoch (20 digits): one key per epoch, so
+/// compaction keeps every claim.
+const CLAIM: &[u8] = b"m:claim:";
+/// The header with an entry's writer epoch (decimal).
+pub const EPOCH_HEADER: &str = "hookstream-writer-epoch";
+
+/// The header stamping an entry with its writer's `epoch`.
+pub fn epoch_header(epoch: u64) -> KafkaHeader {
+    KafkaHeader {
+        name: EPOCH_HEADER.to_owned(),
+        value: Some(epoch.to_string().into_bytes()),
+    }
+}
+
+/// The writer epoch of a changelog record, `None` when unstamped (exactly-once).
+pub fn epoch_of(headers: &[KafkaHeader]) -> Option<u64> {
+    let h = headers.iter().rfind(|h| h.name == EPOCH_HEADER)?;
+    std::str::from_utf8(h.value.as_deref()?).ok()?.parse().ok()
+}
+
+/// The entry with which a writer of `epoch` claims a partition's changelog.
+pub fn claim_entry(epoch: u64) -> Entry {
+    let mut key = CLAIM.to_vec();
+    key.extend_from_slice(format!("{epoch:020}").as_bytes());
+    Entry {
+        key,
+        value: Some(format!("{{\"epoch\":{epoch}}}").into_bytes()),
+    }
+}
+
+/// The epoch a claim's key names; `None` for any other key.
+pub fn claimed_epoch(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.strip_prefix(CLAIM)?).ok()?.parse().ok()
+}
 
 /// One changelog record: a store key and its new value, `None` for a deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +184,48 @@ impl PartitionStore {
         batch.insert(CHANGELOG_NEXT, &next.to_be_bytes()[..]);
     }
 
+    /// The highest writer epoch seen in the changelog (at least once).
+    pub fn writer_epoch(&self) -> Result<Option<u64>, StoreError> {
+        Ok(read_i64(self.tree.get(WRITER_EPOCH)?).map(|e| e.max(0) as u64))
+    }
+
+    /// Remember the writer epoch `epoch` (claimed or seen), and, with `next`, that the
+    /// state reflects the changelog up to there.
+    pub fn set_writer_epoch(&self, epoch: u64, next: Option<i64>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(WRITER_EPOCH, &(epoch as i64).to_be_bytes()[..]);
+        if let Some(n) = next {
+            Self::changelog_mark(&mut batch, n);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The changelog entry that writes `key`'s current value again (a tombstone when
+    /// it has none): what repairs a key a foreign writer overwrote.
+    pub fn entry_of(&self, key: &[u8]) -> Result<Entry, StoreError> {
+        Ok(Entry {
+            key: key.to_vec(),
+            value: self.tree.get(key)?.map(|v| v.to_vec()),
+        })
+    }
+
+    /// The meta entry of the state as it is, `None` before any record was applied.
+    pub fn meta_now(&self) -> Result<Option<Entry>, StoreError> {
+        let Some(applied) = self.applied_offset()? else {
+            return Ok(None);
+        };
+        let meta = Meta {
+            applied,
+            max_ts: read_i64(self.tree.get(MAX_TS)?),
+            marker_follows: self.tree.contains_key(MARKER)?,
+        };
+        Ok(Some(Entry {
+            key: META.to_vec(),
+            value: Some(to_json(&meta)),
+        }))
+    }
+
     /// Apply changelog entries read back (in offset order) in one atomic sled batch,
     /// the derived indexes included; a [`RESET`] entry clears the partition first.
     /// `next` is the changelog offset after the last of them.
@@ -178,9 +262,9 @@ impl PartitionStore {
             let meta: Meta = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
             batch.insert(APPLIED, &meta.applied.to_be_bytes()[..]);
             if meta.marker_follows {
-                batch.insert(super::MARKER, &[][..]);
+                batch.insert(MARKER, &[][..]);
             } else {
-                batch.remove(super::MARKER);
+                batch.remove(MARKER);
             }
             if let Some(ts) = meta.max_ts {
                 batch.insert(MAX_TS, &ts.to_be_bytes()[..]);
@@ -261,102 +345,5 @@ impl PartitionStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-
-    fn dedup(first_seen_ms: i64) -> DedupEntry {
-        DedupEntry {
-            first_seen_ms,
-            body_hash: "h".into(),
-            offset: 1,
-        }
-    }
-
-    #[test]
-    fn a_store_restored_from_its_entries_holds_the_same_state() {
-        let store = Store::temporary().unwrap();
-        let (a, b) = (store.partition("raw", 0).unwrap(), store.partition("raw", 1).unwrap());
-        let mut c = Changes::default();
-        let pay = PaymentState::new("src", "pay");
-        c.payments.insert(pay.key(), pay.clone());
-        c.dedup.insert("src\0e1".into(), dedup(1_000));
-        c.dedup.insert("src\0e2".into(), dedup(9_000));
-        c.applied = Some(7);
-        c.max_ts = Some(9_000);
-        a.persist(&c, &c.entries(), Some(5)).unwrap();
-        let mut second = Changes {
-            expired: a.expired_dedup(2_000, 10).unwrap(),
-            applied: Some(8),
-            max_ts: Some(9_000),
-            ..Changes::default()
-        };
-        assert_eq!(second.expired.len(), 1);
-        second.payments.insert(pay.key(), pay.clone());
-        a.persist(&second, &second.entries(), Some(9)).unwrap();
-
-        let mut log = c.entries();
-        log.extend(c.meta_entry());
-        log.extend(second.entries());
-        log.extend(second.meta_entry());
-        b.restore(&log, 9).unwrap();
-        let strip = |d: Vec<(Vec<u8>, Vec<u8>)>| d.into_iter().filter(|(k, _)| k[0] != b'x').collect::<Vec<_>>();
-        assert_eq!(strip(a.dump()), strip(b.dump()));
-        assert_eq!(b.applied_offset().unwrap(), Some(8));
-        assert!(b.dedup("src\0e1").unwrap().is_none());
-        assert_eq!(b.changelog_next().unwrap(), Some(9));
-    }
-
-    #[test]
-    fn a_dedup_key_seen_again_after_its_window_keeps_its_new_entry() {
-        let store = Store::temporary().unwrap();
-        let (a, b) = (store.partition("raw", 0).unwrap(), store.partition("raw", 1).unwrap());
-        let k = "src\0e1";
-        let mut first = Changes::default();
-        first.dedup.insert(k.into(), dedup(1_000));
-        first.applied = Some(0);
-        a.persist(&first, &first.entries(), Some(2)).unwrap();
-        // Seen again at 50 s, past a 10 s window: the batch writes a new entry while the
-        // old one is due to expire.
-        let mut again = Changes::default();
-        again.dedup.insert(k.into(), dedup(50_000));
-        again.applied = Some(1);
-        again.set_expired(a.expired_dedup(40_000, 10).unwrap());
-        a.persist(&again, &again.entries(), Some(4)).unwrap();
-        assert_eq!(
-            a.dedup(k).unwrap().map(|d| d.first_seen_ms),
-            Some(50_000),
-            "the new entry stays"
-        );
-        let mut log = first.entries();
-        log.extend(first.meta_entry());
-        log.extend(again.entries());
-        log.extend(again.meta_entry());
-        b.restore(&log[..2], 2).unwrap();
-        b.restore(&log[2..], 4).unwrap();
-        assert_eq!(
-            b.dedup(k).unwrap().map(|d| d.first_seen_ms),
-            Some(50_000),
-            "restored too"
-        );
-        // The old index entry left by the restore does not expire the new entry early.
-        assert!(b.expired_dedup(40_000, 10).unwrap().is_empty());
-        assert_eq!(b.dedup(k).unwrap().map(|d| d.first_seen_ms), Some(50_000));
-    }
-
-    #[test]
-    fn a_reset_entry_voids_what_came_before_it() {
-        let store = Store::temporary().unwrap();
-        let p = store.partition("raw", 0).unwrap();
-        let mut c = Changes::default();
-        let pay = PaymentState::new("src", "pay");
-        c.payments.insert(pay.key(), pay);
-        c.applied = Some(3);
-        let mut log = c.entries();
-        log.extend(c.meta_entry());
-        log.push(reset_entry());
-        p.restore(&log, 3).unwrap();
-        assert_eq!(p.applied_offset().unwrap(), None);
-        assert!(p.payment("pay\0src").unwrap().is_none());
-    }
-}
+#[path = "changelog_tests.rs"]
+mod tests;
