@@ -36,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let path = Cli::parse().config;
     let config = IngestConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    // Before the producer is made: rdkafka's own error would print the value.
+    hookstream_schemas::librdkafka::check_passthrough(&config.kafka.librdkafka)
+        .with_context(|| format!("loading {}", path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -104,7 +104,11 @@ enum DlqCommand {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<ProcessorConfig> {
-    ProcessorConfig::load(path).with_context(|| format!("loading {}", path.display()))
+    let config = ProcessorConfig::load(path).with_context(|| format!("loading {}", path.display()))?;
+    // Before any client is made: rdkafka's own error would print the value.
+    hookstream_schemas::librdkafka::check_passthrough(&config.kafka.librdkafka)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok(config)
 }
 
 async fn replay(config: ProcessorConfig, args: ReplayArgs) -> anyhow::Result<()> {

@@ -16,6 +16,8 @@ pub mod config;
 mod dead_letter;
 pub mod fingerprint;
 mod gap_timeout;
+#[cfg(feature = "kafka")]
+pub mod librdkafka;
 mod policy_event;
 mod policy_request;
 mod raw_webhook;

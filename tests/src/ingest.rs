@@ -158,6 +158,11 @@ impl ChildIngest {
             .expect("spawn ingest")
     }
 
+    /// Wait up to `timeout` for the process to exit; its status, `None` while it runs.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        crate::processor::wait_exit(&mut self.child, timeout)
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

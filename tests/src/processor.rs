@@ -183,6 +183,20 @@ pub fn spawn_instance(base: &ProcessorConfig, dir: &Path, name: &str) -> ChildPr
     ChildProcessor::spawn(&c, &run)
 }
 
+/// Wait up to `timeout` for `child` to exit; its status, `None` while it still runs.
+pub fn wait_exit(child: &mut Child, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl ChildProcessor {
     pub fn spawn(config: &ProcessorConfig, dir: &Path) -> ChildProcessor {
         ChildProcessor::spawn_with_env(config, dir, &[])
@@ -263,16 +277,7 @@ impl ChildProcessor {
 
     /// Wait up to `timeout` for the process to exit; its status, or `None` if it runs on.
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_exit(&mut self.child, timeout)
     }
 
     /// SIGKILL: no graceful anything.

@@ -279,3 +279,51 @@ fn processor_logs(dir: &Path) -> String {
 async fn metrics_text(addr: &str) -> String {
     String::from_utf8_lossy(&http::get(addr, "/metrics").await.body).into_owned()
 }
+
+/// A librdkafka property the build refuses (a typo in a variable name, a TLS setting in
+/// a build without TLS), with a secret as its value: each binary exits at start-up naming
+/// the property, and the value shows up nowhere in its output.
+#[test]
+fn a_refused_librdkafka_property_is_named_and_its_secret_value_never_printed() {
+    let secret = "kafka-secret-value-8d2e61";
+    let cases = [
+        ("SASL_PASWORD", "sasl.pasword"),
+        ("SSL_KEY_PASSWORD", "ssl.key.password"),
+    ];
+    for (suffix, property) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics {
+            raw: "raw".into(),
+            activations: "activations".into(),
+            dlq: "dlq".into(),
+        };
+        let config = processor::test_config("127.0.0.1:1", &topics, &dir.path().join("state"));
+        let var = format!("PROCESSOR_LIBRDKAFKA_{suffix}");
+        let mut p = ChildProcessor::spawn_with_env(&config, dir.path(), &[(var.as_str(), secret)]);
+        let status = p.wait_exit(Duration::from_secs(30));
+        let out = p.log_tail();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "processor must refuse to start:\n{out}"
+        );
+        assert!(out.contains(property), "processor names `{property}`:\n{out}");
+        assert!(
+            !out.contains(secret),
+            "processor printed the value of `{property}`:\n{out}"
+        );
+
+        let var = format!("INGEST_LIBRDKAFKA_{suffix}");
+        let mut i = ChildIngest::spawn("127.0.0.1:1", "raw", dir.path(), |_| {}, &[(var.as_str(), secret)]);
+        let status = i.wait_exit(Duration::from_secs(30));
+        let out = std::fs::read_to_string(&i.log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "ingest must refuse to start:\n{out}"
+        );
+        assert!(out.contains(property), "ingest names `{property}`:\n{out}");
+        assert!(
+            !out.contains(secret),
+            "ingest printed the value of `{property}`:\n{out}"
+        );
+    }
+}
