@@ -14,6 +14,12 @@
 //!   the payment stage) changes nothing, and publishes again the event that request got
 //!   the first time, with the same id: so a replay of the raw topic re-publishes the
 //!   policy events it leads to, as it re-publishes dead letters.
+//! - ACTIVATE from a payment already decided under *another* activation id (the same
+//!   payment completed again under a new event id: a provider's re-send or a re-drive
+//!   after the payment stage forgot it, its dedup window being shorter than a policy's
+//!   memory) is neither: it is dead-lettered and publishes nothing, so no second
+//!   activation or duplicate announcement ever goes out under a new id. CANCEL of a
+//!   released payment under another event id publishes no second cancellation.
 //!
 //! Everything depends only on the requests and their order, so every rebuild and replay
 //! of the partition picks the same holder.
@@ -55,6 +61,9 @@ pub struct PolicyPayment {
     /// For a duplicate: the holder it was announced against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<HolderRef>,
+    /// For a released holder: the id of the cancellation that released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation_id: Option<String>,
 }
 
 /// The holder a duplicate was announced against.
@@ -188,7 +197,7 @@ pub fn decide_policy(
         };
     }
     let (outputs, outcome, note) = match r.kind {
-        PolicyRequestKind::Activate => activate(&mut st, &r, offset),
+        PolicyRequestKind::Activate => activate(&mut st, &r, record),
         PolicyRequestKind::Cancel => cancel(&mut st, &r, offset),
     };
     st.log(offset, &r, note);
@@ -201,8 +210,30 @@ pub fn decide_policy(
 
 type Decided = (Vec<Output>, Outcome, &'static str);
 
-fn activate(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
+fn activate(st: &mut PolicyState, r: &PolicyRequest, record: &RawRecord) -> Decided {
+    let offset = record.origin.offset;
     if let Some(p) = st.find(&r.source, &r.payment_id) {
+        if p.activation_id != r.activation_id {
+            let detail = format!(
+                "payment {} of {} was decided for policy {} under activation {}; its completion {} (activation {}) \
+                 is not a second payment and is not published",
+                r.payment_id, r.source, r.policy_id, p.activation_id, r.payment_event_id, r.activation_id
+            );
+            let event = Some((r.source.as_str(), r.payment_event_id.as_str()));
+            let letter = dead_letter(
+                record,
+                DeadLetterReason::ProcessingError,
+                detail,
+                event,
+                Some(&r.payment_id),
+                Vec::new(),
+            );
+            return (
+                vec![letter],
+                Outcome::DeadLettered,
+                "dead_lettered:new_event_of_decided_payment",
+            );
+        }
         // Decided before: publish again what this request got then.
         let again = match (p.standing, &p.duplicate_of) {
             (Standing::Holder | Standing::Released, _) => Some(activated(r)),
@@ -237,6 +268,7 @@ fn activate(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
         standing,
         offset,
         duplicate_of: holder,
+        cancellation_id: None,
     });
     (vec![output], outcome, note)
 }
@@ -252,13 +284,16 @@ fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
             standing: Standing::Refunded,
             offset,
             duplicate_of: None,
+            cancellation_id: None,
         });
         return (Vec::new(), Outcome::Applied, "refunded_before_activation");
     };
+    let id = cancellation_id(&r.policy_id, &r.source, &r.payment_event_id);
     match p.standing {
         Standing::Holder => {
             p.standing = Standing::Released;
             p.offset = offset;
+            p.cancellation_id = Some(id);
             let event = cancelled(r, &p.activation_id);
             (vec![event], Outcome::Applied, "cancelled")
         }
@@ -267,12 +302,15 @@ fn cancel(st: &mut PolicyState, r: &PolicyRequest, offset: i64) -> Decided {
             p.offset = offset;
             (Vec::new(), Outcome::Applied, "duplicate_refunded")
         }
-        // Decided before: publish the cancellation again.
-        Standing::Released => (
+        // Decided before: publish the cancellation again (a state written before
+        // cancellation ids were kept has none: the request is taken as the same one).
+        Standing::Released if p.cancellation_id.as_ref().is_none_or(|c| *c == id) => (
             vec![cancelled(r, &p.activation_id)],
             Outcome::Duplicate,
             "published_again",
         ),
+        // Another refund of a released payment: it was cancelled already.
+        Standing::Released => (Vec::new(), Outcome::Duplicate, "already_cancelled"),
         Standing::Refunded => (Vec::new(), Outcome::Duplicate, "already_decided"),
     }
 }

@@ -243,3 +243,72 @@ proptest! {
         prop_assert_eq!(sa, sb);
     }
 }
+
+/// [`req`] for the `k`-th completion of payment `n`: the same payment completed again
+/// under a new event id, as a provider's re-send or a re-drive after the payment stage
+/// forgot it; a refund names the completion it refunds.
+fn req_k(n: usize, kind: PolicyRequestKind, k: usize) -> PolicyRequest {
+    let mut r = req(n, kind);
+    let completed = format!("evt-{n}-completed-{k}");
+    r.activation_id = activation_id("pol", &r.source, &completed);
+    if kind == Activate {
+        r.payment_event_id = completed;
+        r.request_id = request_id(kind, "pol", &r.source, &r.payment_id, &r.payment_event_id);
+    }
+    r
+}
+
+fn requests_with_new_events() -> impl Strategy<Value = Vec<PolicyRequest>> {
+    prop::collection::vec((0usize..4, prop::bool::ANY, 0usize..3), 0..40).prop_map(|v| {
+        v.into_iter()
+            .map(|(n, cancel, k)| req_k(n, if cancel { Cancel } else { Activate }, k))
+            .collect()
+    })
+}
+
+proptest! {
+    /// Whatever the payment stage forgot (the same payment completing and refunding
+    /// under new event ids, in any order): for a consumer that applies each event id
+    /// once (re-published events repeat ids), at most one activation is outstanding per
+    /// policy, every new `PolicyActivated` names the policy's holder of that moment, and
+    /// no payment is announced as a duplicate, nor an activation cancelled, under two ids.
+    #[test]
+    fn one_activation_outstanding_whatever_was_forgotten(log in requests_with_new_events()) {
+        let mut state: Option<PolicyState> = None;
+        let mut outstanding = std::collections::BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut duplicates: std::collections::HashMap<(String, String), String> = Default::default();
+        let mut cancellations: std::collections::HashMap<String, String> = Default::default();
+        for (i, r) in log.iter().enumerate() {
+            let d = decide_policy(&record(i as i64), Ok(r.clone()), state.take(), &Limits::default());
+            let st = d.policy.clone().unwrap();
+            for o in &d.outputs {
+                let Output::Policy(p) = o else { continue };
+                match &p.event {
+                    PolicyEventKind::Activated(a) => {
+                        if !seen.insert(a.activation_id.clone()) {
+                            continue;
+                        }
+                        let holder = st.holder().map(|h| h.activation_id.clone());
+                        prop_assert_eq!(holder.as_ref(), Some(&a.activation_id), "activated but not the holder");
+                        outstanding.insert(a.activation_id.clone());
+                    }
+                    PolicyEventKind::Cancelled(c) => {
+                        outstanding.remove(&c.activation_id);
+                        let first = cancellations
+                            .entry(c.activation_id.clone())
+                            .or_insert_with(|| c.cancellation_id.clone());
+                        prop_assert_eq!(&*first, &c.cancellation_id, "an activation cancelled under two ids");
+                    }
+                    PolicyEventKind::Duplicated(dup) => {
+                        let key = (dup.source.clone(), dup.payment_id.clone());
+                        let first = duplicates.entry(key).or_insert_with(|| dup.duplicate_id.clone());
+                        prop_assert_eq!(&*first, &dup.duplicate_id, "a duplicate announced under two ids");
+                    }
+                }
+            }
+            prop_assert!(outstanding.len() <= 1, "activations outstanding: {:?}", outstanding);
+            state = d.policy;
+        }
+    }
+}
