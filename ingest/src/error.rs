@@ -105,7 +105,6 @@ impl Reject {
             Reject::Extract(ExtractError::InvalidJson) => "invalid_json",
             Reject::Extract(ExtractError::MissingField { .. }) => "missing_field",
             Reject::Extract(ExtractError::InvalidField { .. }) => "invalid_field",
-            Reject::Extract(ExtractError::EventIdMismatch) => "event_id_mismatch",
             Reject::Overloaded => "overloaded",
             Reject::BodyBudgetExhausted => "body_budget_exhausted",
             Reject::QueueFull => "producer_queue_full",

@@ -20,9 +20,6 @@ pub enum ExtractError {
     /// A field has an unusable value.
     #[error("field {field}: {detail}")]
     InvalidField { field: &'static str, detail: &'static str },
-    /// The id header and the body's id name different events.
-    #[error("the id header and the body's id differ")]
-    EventIdMismatch,
 }
 
 /// JSON pointers (RFC 6901) to the fields ingest extracts from the body.
@@ -58,6 +55,9 @@ pub const MAX_ID_BYTES: usize = 256;
 pub struct Extracted {
     pub payment_id: String,
     pub event_id: String,
+    /// The scheme's id header and the body's id both exist and differ (counted, never
+    /// refused: see [`extract`]).
+    pub ids_disagree: bool,
     pub sequence: Option<i64>,
     pub event_type: Option<String>,
 }
@@ -90,14 +90,20 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Extract
     }
 }
 
-/// The event id of a request (README > Ingest, "Which id identifies an event"):
-/// - an id header and a body id that differ are refused (`event_id_mismatch`);
-/// - a signed id header, or the body's id, is the id;
-/// - an unsigned id header alone is not: the id is `sha256:` + the hex SHA-256 of the
-///   (signed) body, so a captured request sent again with a new header id is still the
-///   same event to dedup;
+/// The event id of a request (README > Ingest, "Which id identifies an event"), and
+/// whether the id header and the body's id disagree:
+/// - a signed id header is the id (standard-webhooks' `webhook-id` is the message's
+///   idempotency key, whatever the body's own `id` says);
+/// - an unsigned id header never decides identity (anyone who captured a request can
+///   send it again with another one; GitHub's `X-GitHub-Delivery` is per delivery and
+///   never a body field): the body's id is the id, or without one `sha256:` + the hex
+///   SHA-256 of the (signed) body, so a captured request sent again with a new header id
+///   is still the same event to dedup;
 /// - with no id header, the body's id is required.
-fn event_id(doc: &Value, body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<String, ExtractError> {
+///
+/// A disagreement is never refused: providers do not retry a 4xx, so refusing would
+/// lose real senders' events.
+fn event_id(doc: &Value, body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<(String, bool), ExtractError> {
     let body_id = match id(doc, "event_id", &fields.event_id) {
         Ok(b) => Some(b),
         Err(ExtractError::MissingField { .. }) if header != HeaderId::None => None,
@@ -118,18 +124,22 @@ fn event_id(doc: &Value, body: &[u8], fields: &FieldMap, header: HeaderId) -> Re
         }
         h => h,
     };
-    match (header, body_id) {
-        (HeaderId::Signed(h) | HeaderId::Unsigned(h), Some(b)) if h != b => Err(ExtractError::EventIdMismatch),
-        (HeaderId::Signed(h), _) if !h.is_empty() => Ok(h),
-        (_, Some(b)) => Ok(b),
-        (HeaderId::Unsigned(_) | HeaderId::Signed(_), None) => {
-            Ok(format!("sha256:{}", hex::encode(Sha256::digest(body))))
+    let disagree = match (&header, &body_id) {
+        (HeaderId::Signed(h) | HeaderId::Unsigned(h), Some(b)) => h != b,
+        _ => false,
+    };
+    let id = match (header, body_id) {
+        (HeaderId::Signed(h), _) if !h.is_empty() => h,
+        (_, Some(b)) => b,
+        (HeaderId::Unsigned(_) | HeaderId::Signed(_), None) => format!("sha256:{}", hex::encode(Sha256::digest(body))),
+        (HeaderId::None, None) => {
+            return Err(ExtractError::MissingField {
+                field: "event_id",
+                pointer: fields.event_id.clone(),
+            })
         }
-        (HeaderId::None, None) => Err(ExtractError::MissingField {
-            field: "event_id",
-            pointer: fields.event_id.clone(),
-        }),
-    }
+    };
+    Ok((id, disagree))
 }
 
 /// Parse `body` and extract the fields; `header` is the scheme's id header.
@@ -139,7 +149,7 @@ pub fn extract(body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<Extra
         return Err(ExtractError::InvalidJson);
     }
     let payment_id = id(&doc, "payment_id", &fields.payment_id)?;
-    let event_id = event_id(&doc, body, fields, header)?;
+    let (event_id, ids_disagree) = event_id(&doc, body, fields, header)?;
     let sequence = match doc.pointer(&fields.sequence) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
@@ -165,6 +175,7 @@ pub fn extract(body: &[u8], fields: &FieldMap, header: HeaderId) -> Result<Extra
     Ok(Extracted {
         payment_id,
         event_id,
+        ids_disagree,
         sequence,
         event_type,
     })
@@ -194,6 +205,7 @@ mod tests {
             Extracted {
                 payment_id: "pay_1".into(),
                 event_id: "evt_1".into(),
+                ids_disagree: false,
                 sequence: Some(3),
                 event_type: Some("payment.completed".into())
             }
@@ -201,15 +213,19 @@ mod tests {
     }
 
     #[test]
-    fn an_id_header_that_contradicts_the_body_is_refused_and_optional_fields_may_be_absent() {
+    fn a_signed_id_header_is_the_id_an_unsigned_one_never_and_neither_is_refused_for_disagreeing() {
         let body = r#"{"id":"evt_body","payment_id":"pay_1"}"#;
-        for h in [unsigned("evt_header"), HeaderId::Signed("evt_header".into())] {
-            assert_eq!(ex(body, h), Err(ExtractError::EventIdMismatch));
-        }
+        let signed = ex(body, HeaderId::Signed("msg_header".into())).unwrap();
+        assert_eq!((signed.event_id.as_str(), signed.ids_disagree), ("msg_header", true));
+        let unsigned_other = ex(body, unsigned("delivery-7")).unwrap();
+        assert_eq!(
+            (unsigned_other.event_id.as_str(), unsigned_other.ids_disagree),
+            ("evt_body", true)
+        );
         let e = ex(body, unsigned("evt_body")).unwrap();
         assert_eq!(
-            (e.event_id.as_str(), e.sequence, e.event_type),
-            ("evt_body", None, None)
+            (e.event_id.as_str(), e.ids_disagree, e.sequence, e.event_type),
+            ("evt_body", false, None, None)
         );
     }
 

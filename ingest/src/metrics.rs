@@ -12,6 +12,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Verification and validation failures, by source and error code.
     pub rejections: IntCounterVec,
+    /// Accepted requests whose id header and body id differ, by source (the signed
+    /// header or the body decides; never refused).
+    pub id_disagreements: IntCounterVec,
     /// Time from publishing to the broker's acknowledgement, by source.
     pub delivery_seconds: HistogramVec,
     /// Requests being processed now.
@@ -41,6 +44,14 @@ impl Metrics {
                 "Requests refused, by source and error code (signature_mismatch, ...)",
             ),
             &["source", "reason"],
+        )
+        .expect("metric");
+        let id_disagreements = IntCounterVec::new(
+            Opts::new(
+                "event_id_disagreements_total",
+                "Requests whose id header and body id differ, by source (accepted: a signed header or the body decides)",
+            ),
+            &["source"],
         )
         .expect("metric");
         let delivery_seconds = HistogramVec::new(
@@ -75,6 +86,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejections.clone()),
+            Box::new(id_disagreements.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(queue_depth.clone()),
@@ -86,6 +98,7 @@ impl Metrics {
             registry,
             requests,
             rejections,
+            id_disagreements,
             delivery_seconds,
             in_flight,
             queue_depth,

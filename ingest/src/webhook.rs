@@ -108,6 +108,9 @@ async fn accept(
     )
     .map_err(Reject::Verify)?;
     let fields = extract(body, &source.config.fields, verified.event_id).map_err(Reject::Extract)?;
+    if fields.ids_disagree {
+        app.metrics.id_disagreements.with_label_values(&[source_name]).inc();
+    }
     let record = RawWebhook {
         event_id: fields.event_id.clone(),
         source: source_name.to_owned(),
