@@ -23,6 +23,10 @@ pub mod headers {
     /// Present (with the control record's kind as value) on processor control records in
     /// the raw topic; every reader of the raw topic uses it to tell them from webhooks.
     pub const CONTROL: &str = "hookstream-control";
+    /// On a record `processor dlq redrive` published: the id of the first dead letter of
+    /// the chain it re-drives. The payment stage then re-emits the requests a duplicate
+    /// completion or refund made, and a letter it causes again keeps one id per chain.
+    pub const REDRIVE_OF: &str = "hookstream-redrive-of";
 }
 
 /// Producer settings every writer of a hookstream topic uses (ingest, the processor's

@@ -294,3 +294,63 @@ async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
     processor.stop().await;
     ingest.stop().await;
 }
+
+/// Re-driving letters that are refused again, run after run: each failure is re-driven
+/// once per run (the letter a re-drive superseded is neither listed nor re-driven), and
+/// its letters keep one id, so raw records and letters grow by one per run, never double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redriving_letters_refused_again_redrives_each_failure_once_per_run() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 2).await;
+    let state = tempfile::tempdir().unwrap();
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let _processor = RunningProcessor::start(test_config(broker.bootstrap(), &topics, state.path())).await;
+    let addr = ingest.addr();
+    send(&addr, "evt_rd_1", "pay_rd", Some(1), "payment.created", Some("pol_rd")).await;
+    send(
+        &addr,
+        "evt_rd_2",
+        "pay_rd",
+        Some(2),
+        "payment.processing",
+        Some("pol_rd"),
+    )
+    .await;
+    // A late copy of sequence 1 under a new id: stale, and stale again whenever re-driven.
+    send(&addr, "evt_rd_1b", "pay_rd", Some(1), "payment.created", Some("pol_rd")).await;
+    let kcfg = test_config(broker.bootstrap(), &topics, state.path()).kafka;
+    let stale = dlq::Filter {
+        reason: Some(DeadLetterReason::Stale),
+        ..Default::default()
+    };
+    let letters_in_dlq = |want: usize| {
+        let dlq = topics.dlq.clone();
+        async move {
+            let r = kafka::read_until(broker.bootstrap(), &dlq, Duration::from_secs(30), |r| r.len() >= want).await;
+            assert_eq!(r.len(), want, "letters in the DLQ");
+        }
+    };
+    letters_in_dlq(1).await;
+    for run in 1..=3 {
+        let listed = dlq::read(&kcfg, &stale).await.unwrap();
+        assert_eq!(listed.len(), 1, "run {run}: one failure listed: {listed:?}");
+        let report = dlq::redrive(&kcfg, &listed, false).await.unwrap();
+        assert_eq!(report["redriven"], 1, "run {run}: {report:#}");
+        letters_in_dlq(1 + run).await;
+    }
+    let raw = kafka::read_until(broker.bootstrap(), &topics.raw, Duration::from_secs(15), |r| {
+        r.len() >= 6
+    })
+    .await;
+    assert_eq!(raw.len(), 3 + 3, "the three records and one re-drive per run");
+    let all = kafka::read_until(broker.bootstrap(), &topics.dlq, Duration::from_secs(5), |r| {
+        r.len() >= 4
+    })
+    .await;
+    let ids: BTreeSet<String> = all
+        .iter()
+        .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap().dead_letter_id)
+        .collect();
+    assert_eq!(ids.len(), 2, "the first letter and one for its re-drives");
+    ingest.stop().await;
+}

@@ -2,12 +2,18 @@
 //!
 //! Re-driving publishes a dead letter's original record (same key, value and headers,
 //! so the same event id) back to the topic it came from, with the same idempotent,
-//! murmur2-partitioned producer settings as ingest: it lands in the payment's partition
-//! and goes through dedup again. An event that was applied before it was dead-lettered
-//! (e.g. `no_policy`) is then a duplicate; one that was never accepted (e.g. `stale`,
-//! `event_id_conflict`) is decided again against the state of today. Re-driving a record
-//! twice therefore never activates a policy twice. `sequence_gap_timeout` letters carry
-//! a control record, not a webhook, and are never re-driven.
+//! murmur2-partitioned producer settings as ingest, and a `hookstream-redrive-of` header
+//! naming the first letter of its chain: it lands in the payment's partition and goes
+//! through dedup again. An event that was applied before it was dead-lettered (e.g.
+//! `no_policy`) is then a duplicate, except that a completion or refund whose request
+//! the broker refused for good (`processing_error`) sends that request again, same ids;
+//! one that was never accepted (e.g. `stale`, `event_id_conflict`) is decided again
+//! against the state of today. Re-driving a record twice therefore never activates a
+//! policy twice. A re-driven record refused again gets one letter per chain and reason,
+//! and the letters it supersedes are neither listed nor re-driven: re-driving the same
+//! letters again publishes each failure once, not twice as many.
+//! `sequence_gap_timeout` letters carry a control record, not a webhook, and are never
+//! re-driven.
 
 use std::time::Duration;
 
@@ -21,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::config::KafkaConfig;
 use crate::kafka::{client, offsets};
+use hookstream_schemas::topics::headers::REDRIVE_OF;
 
 /// A dead letter and where it is in the DLQ.
 #[derive(Debug, Clone)]
@@ -47,11 +54,24 @@ impl Filter {
     }
 }
 
+/// The first letter of the chain `d` belongs to: the letter a re-drive started from.
+fn root_of(d: &DeadLetter) -> String {
+    d.original_headers
+        .iter()
+        .rfind(|h| h.name == REDRIVE_OF)
+        .and_then(|h| h.value.as_deref())
+        .map_or_else(|| d.dead_letter_id.clone(), |v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Read the whole DLQ (up to its end when called) and return the letters that match,
-/// each dead letter id once.
+/// each dead letter id once and none a later re-drive superseded (the letter of a
+/// chain's first record once a re-drive of it was refused again).
 pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, KafkaError> {
-    let consumer: StreamConsumer =
-        client::tool_consumer(cfg, &format!("{}-dlq-reader", cfg.group_id), "-dlq").create()?;
+    let mut reader = client::tool_consumer(cfg, &format!("{}-dlq-reader", cfg.group_id), "-dlq");
+    // The end of a partition is where it reports EOF: under exactly-once the last
+    // offsets are transaction markers, which no record reaches.
+    reader.set("enable.partition.eof", "true");
+    let consumer: StreamConsumer = reader.create()?;
     let topic = cfg.dlq_topic.clone();
     let c = consumer;
     let probe_cfg = client::tool_consumer(cfg, "hookstream-dlq-probe", "-dlq-probe");
@@ -80,10 +100,15 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
     .map_err(|_| KafkaError::Canceled)??;
     let next: std::collections::HashMap<i32, i64> = ends.iter().copied().collect();
     let mut out = Vec::new();
+    let mut superseded: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     while done.len() < ends.len() {
         let m = match tokio::time::timeout(Duration::from_secs(30), c.recv()).await {
+            Ok(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+                continue;
+            }
             Ok(m) => m?,
             Err(_) => break,
         };
@@ -92,6 +117,10 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
             done.insert(p);
         }
         if let Some(Ok(letter)) = m.payload().map(decode::<DeadLetter>) {
+            let root = root_of(&letter);
+            if root != letter.dead_letter_id {
+                superseded.insert(root);
+            }
             // A replay re-publishes letters with the same id: list each once.
             if filter.matches(&letter) && seen.insert(letter.dead_letter_id.clone()) {
                 out.push(Entry {
@@ -102,6 +131,7 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
             }
         }
     }
+    out.retain(|e| !superseded.contains(&e.letter.dead_letter_id));
     Ok(out)
 }
 
@@ -155,13 +185,18 @@ pub async fn redrive(cfg: &KafkaConfig, entries: &[Entry], dry_run: bool) -> Res
             continue;
         }
         if !dry_run {
+            let root = root_of(d);
             let mut headers = OwnedHeaders::new();
-            for h in &d.original_headers {
+            for h in d.original_headers.iter().filter(|h| h.name != REDRIVE_OF) {
                 headers = headers.insert(Header {
                     key: &h.name,
                     value: h.value.as_deref(),
                 });
             }
+            headers = headers.insert(Header {
+                key: REDRIVE_OF,
+                value: Some(root.as_bytes()),
+            });
             let mut record = FutureRecord::to(&d.origin_topic).headers(headers);
             if let Some(v) = &d.original_value {
                 record = record.payload(v);

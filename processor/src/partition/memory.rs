@@ -61,6 +61,8 @@ pub struct State {
     /// How many of the next changelog appends fail (transiently), and how many entries
     /// of each failed one are written first.
     pub changelog_failures: VecDeque<usize>,
+    /// Every dead letter acknowledged, in order.
+    pub letters: Vec<hookstream_schemas::DeadLetter>,
 }
 
 /// The in-memory backend; clones share one state.
@@ -139,6 +141,30 @@ impl Memory {
         m
     }
 
+    /// Append `of` again as `processor dlq redrive` does, continuing the chain of the
+    /// dead letter `root`.
+    pub fn append_redriven(&self, of: &Incoming, root: &str) -> Incoming {
+        let mut st = self.state();
+        let log = st.log.entry((RAW.to_owned(), 0)).or_default();
+        let mut record = (*of.record).clone();
+        record.origin.offset = log.len() as i64;
+        record.headers.push(KafkaHeader {
+            name: hookstream_schemas::topics::headers::REDRIVE_OF.into(),
+            value: Some(root.as_bytes().to_vec()),
+        });
+        let m = Incoming {
+            record: Arc::new(record),
+            traceparent: None,
+        };
+        log.push(m.clone());
+        m
+    }
+
+    /// Every dead letter acknowledged so far.
+    pub fn dead_letters(&self) -> Vec<hookstream_schemas::DeadLetter> {
+        self.state().letters.clone()
+    }
+
     /// Every record of `topic`'s partition 0.
     pub fn records(&self, topic: &str) -> Vec<Incoming> {
         self.state()
@@ -199,6 +225,9 @@ impl Outputs for Memory {
         st.calls
             .push(Call::Sent(sent.iter().map(|(o, _)| describe(o)).collect()));
         for (o, _) in &sent {
+            if let Output::Dead(d) = o {
+                st.letters.push(d.clone());
+            }
             if let Output::Request(r) = o {
                 let log = st.log.entry((REQUESTS.to_owned(), 0)).or_default();
                 let offset = log.len() as i64;

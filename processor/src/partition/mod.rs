@@ -38,6 +38,8 @@ mod memory;
 mod persist;
 #[path = "reconcile.rs"]
 mod reconcile;
+#[cfg(test)]
+mod redrive_tests;
 #[path = "restore.rs"]
 mod restore;
 #[cfg(test)]

@@ -22,7 +22,7 @@
 use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyRequest, PolicyRequestKind};
 
 pub use crate::rules::ids::{activation_id, dead_letter, dedup_key};
-use crate::rules::ids::{cancellation_id, request_id};
+use crate::rules::ids::{cancellation_id, redrive_of, request_id};
 use crate::rules::input::Input;
 use crate::rules::limits::{self, held_size, missing_ranges, Limits};
 use crate::rules::model::{
@@ -179,6 +179,24 @@ impl Ctx<'_> {
         self.outputs.push(Output::Request(r));
     }
 
+    /// A re-driven completion or refund this payment already applied: send again the
+    /// request it made (the same ids: the policy stage decides it once), so that
+    /// re-driving the letter of a request the broker refused recovers it. Whether it was
+    /// such an event.
+    fn request_again(&mut self, st: &PaymentState, ev: &WebhookEvent) -> bool {
+        let Some(a) = &st.activation else { return false };
+        let kind = if a.event_id == ev.event_id {
+            PolicyRequestKind::Activate
+        } else if st.cancellation_id.as_deref() == Some(&cancellation_id(&a.policy_id, &ev.source, &ev.event_id)) {
+            PolicyRequestKind::Cancel
+        } else {
+            return false;
+        };
+        self.outputs
+            .push(Output::Request(request(kind, &a.policy_id, &a.activation_id, ev)));
+        true
+    }
+
     /// Apply `next_sequence`, then every held event that is now next.
     fn release_held(&mut self, st: &mut PaymentState) {
         while let Some(h) = st.held.remove(&st.next_sequence) {
@@ -323,17 +341,21 @@ fn webhook(
     ev: WebhookEvent,
     seen: Option<&DedupEntry>,
 ) -> Outcome {
-    if let Some(seen) = seen {
-        if seen.body_hash == ev.body_hash {
-            st.log(entry(record, Some(&ev), "duplicate"));
-            return Outcome::Duplicate;
-        }
+    if let Some(seen) = seen.filter(|s| s.body_hash != ev.body_hash) {
         let detail = format!(
             "event id {} was first seen at offset {} with a different body",
             ev.event_id, seen.offset
         );
         cx.reject(st, &ev, record, DeadLetterReason::EventIdConflict, detail);
         return Outcome::DeadLettered;
+    }
+    if redrive_of(record).is_some() && cx.request_again(st, &ev) {
+        st.log(entry(record, Some(&ev), "duplicate:requested_again"));
+        return Outcome::Duplicate;
+    }
+    if seen.is_some() {
+        st.log(entry(record, Some(&ev), "duplicate"));
+        return Outcome::Duplicate;
     }
     let Some(s) = ev.sequence else {
         return rank_order(cx, st, record, ev);

@@ -57,7 +57,19 @@ pub fn duplicate_id(
     )
 }
 
-/// A dead letter for `record`, with a deterministic id from its origin and reason.
+/// The dead letter chain a re-driven record continues
+/// ([`hookstream_schemas::topics::headers::REDRIVE_OF`]).
+pub fn redrive_of(record: &RawRecord) -> Option<&[u8]> {
+    record
+        .headers
+        .iter()
+        .rfind(|h| h.name == hookstream_schemas::topics::headers::REDRIVE_OF)
+        .and_then(|h| h.value.as_deref())
+}
+
+/// A dead letter for `record`, with a deterministic id from its origin and reason; for a
+/// re-driven record, from the chain it continues and the reason instead, so that a
+/// letter re-driven and refused again, however often, is one letter.
 pub fn dead_letter(
     record: &RawRecord,
     reason: DeadLetterReason,
@@ -67,15 +79,18 @@ pub fn dead_letter(
     missing: Vec<SequenceRange>,
 ) -> Output {
     let o = &record.origin;
-    let id = sha256_hex(&[
-        o.topic.as_bytes(),
-        b"/",
-        o.partition.to_string().as_bytes(),
-        b"/",
-        o.offset.to_string().as_bytes(),
-        b"/",
-        reason.as_str().as_bytes(),
-    ]);
+    let id = match redrive_of(record) {
+        Some(root) => sha256_hex(&[b"redriven/", root, b"/", reason.as_str().as_bytes()]),
+        None => sha256_hex(&[
+            o.topic.as_bytes(),
+            b"/",
+            o.partition.to_string().as_bytes(),
+            b"/",
+            o.offset.to_string().as_bytes(),
+            b"/",
+            reason.as_str().as_bytes(),
+        ]),
+    };
     Output::Dead(DeadLetter {
         dead_letter_id: id,
         reason,
