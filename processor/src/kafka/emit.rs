@@ -19,7 +19,10 @@ use crate::partition::Stage;
 use crate::rules::model::Output;
 
 /// Classify a producer error: permanent when the record itself is refused (too large,
-/// invalid) or the client may not write it; anything else may pass on a retry.
+/// invalid); anything else may pass on a retry — a missing grant too (topic or cluster
+/// authorisation): it is the operator's to fix, so the partition pauses and retries,
+/// loudly (`retries_total`, a warning per attempt), instead of replacing every output by
+/// a dead letter.
 pub fn classify(e: KafkaError) -> SendError {
     use rdkafka::types::RDKafkaErrorCode as C;
     let permanent = matches!(
@@ -30,8 +33,6 @@ pub fn classify(e: KafkaError) -> SendError {
                 | C::InvalidMessage
                 | C::InvalidRecord
                 | C::InvalidRequiredAcks
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
                 | C::InvalidTopic
         )
     );
@@ -201,8 +202,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_the_broker_refuses_is_permanent_and_an_unavailable_broker_transient() {
-        for code in [C::MessageSizeTooLarge, C::InvalidRecord, C::TopicAuthorizationFailed] {
+    fn a_record_the_broker_refuses_is_permanent_and_an_unavailable_broker_or_a_missing_grant_transient() {
+        for code in [C::MessageSizeTooLarge, C::InvalidRecord] {
             let e = classify(KafkaError::MessageProduction(code));
             assert!(matches!(e, SendError::Refused(_)), "{code:?}");
         }
@@ -211,6 +212,10 @@ mod tests {
             C::NotLeaderForPartition,
             C::BrokerTransportFailure,
             C::MessageTimedOut,
+            // A missing grant is the operator's to fix, not the record's fault: the
+            // partition waits, loudly, instead of dead-lettering every output.
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
         ] {
             let e = classify(KafkaError::MessageProduction(code));
             assert!(e.is_transient(), "{code:?}");

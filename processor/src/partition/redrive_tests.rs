@@ -10,11 +10,12 @@ use crate::store::Store;
 async fn a_redriven_letter_of_a_refused_activation_request_sends_the_request_again() {
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
-    // The requests topic refuses for good (a missing ACL): a processing_error letter.
+    // The requests topic refuses for good (its max.message.bytes lowered below the
+    // request): a processing_error letter.
     memory.state().failures.push_back(Fail::Refused);
     run(&memory, &store, vec![completed.clone()]).await;
     assert_eq!(memory.sent(), vec!["dead:processing_error"]);
-    // The operator fixes the grant and re-drives the letter: the completion is a
+    // The operator fixes the topic and re-drives the letter: the completion is a
     // duplicate, and still its request goes out, with the same id.
     memory.state().calls.clear();
     let redriven = memory.append_redriven(&completed, "letter-1");

@@ -1,6 +1,6 @@
 //! What replaces an output the broker refused for good (a pure function).
 //!
-//! A permanent refusal (too large, invalid, not authorised) must not halt the partition
+//! A permanent refusal (too large, invalid) must not halt the partition
 //! by being retried forever. The output is replaced by a dead letter that is smaller
 //! each time: first a `processing_error` letter carrying the raw record that caused the
 //! output (so it can be re-driven once the cause is fixed), then a letter with the
