@@ -316,14 +316,20 @@ fn gap_timeout(cx: &mut Ctx<'_>, st: &mut PaymentState, record: &RawRecord, g: &
         g.gap_opened_at,
         g.decided_at
     );
-    cx.outputs.push(dead_letter(
+    let mut letter = dead_letter(
         record,
         DeadLetterReason::SequenceGapTimeout,
         detail,
         None,
         Some(&st.payment_id),
         missing,
-    ));
+    );
+    // A control record names no event, but its payment's source, which a letter is
+    // filtered and re-driven by.
+    if let Output::Dead(d) = &mut letter {
+        d.source = Some(st.source.clone());
+    }
+    cx.outputs.push(letter);
     st.log(entry(record, None, "gap_timeout"));
     while let Some((seq, h)) = st.held.pop_first() {
         st.next_sequence = seq;

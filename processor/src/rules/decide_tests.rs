@@ -189,10 +189,16 @@ fn gap_timeout_names_the_missing_sequences_and_applies_held_in_order() {
         "a completed payment still activates, late rather than never"
     );
     let gap = s.outputs.iter().find_map(|o| match o {
-        Output::Dead(d) if d.reason == DeadLetterReason::SequenceGapTimeout => Some(d.missing_sequences.clone()),
+        Output::Dead(d) if d.reason == DeadLetterReason::SequenceGapTimeout => {
+            Some((d.missing_sequences.clone(), d.source.clone(), d.payment_id.clone()))
+        }
         _ => None,
     });
-    assert_eq!(gap, Some(vec![2, 3]));
+    assert_eq!(
+        gap,
+        Some((vec![2, 3], Some("src".into()), Some("p".into()))),
+        "the letter names its payment and source"
+    );
     // The skipped sequences arrive late: stale.
     assert_eq!(s.event(ev("p", "e2", Some(2), Processing, None)), Outcome::DeadLettered);
     assert_eq!(s.dead_reasons().last(), Some(&DeadLetterReason::Stale));

@@ -15,7 +15,7 @@ use crate::rules::input::MAX_ID_BYTES;
 use crate::rules::model::{Output, RawRecord};
 
 /// Longest `detail` in a coordinates-only letter.
-const MAX_DETAIL_BYTES: usize = 1024;
+use crate::rules::ids::MAX_DETAIL_BYTES;
 
 /// At most `max` bytes of `s`, on a char boundary.
 fn cut(s: &str, max: usize) -> &str {
@@ -29,6 +29,20 @@ fn cut(s: &str, max: usize) -> &str {
 /// Whether `d` already is a coordinates-only letter: nothing left to leave out.
 fn is_minimal(d: &DeadLetter) -> bool {
     d.original_value.is_none() && d.original_headers.is_empty() && d.detail.len() <= MAX_DETAIL_BYTES + 200
+}
+
+/// The (source, event id, payment id) an output is about.
+fn about(output: &Output) -> Option<(&str, &str, &str)> {
+    use hookstream_schemas::PolicyEventKind as K;
+    Some(match output {
+        Output::Request(r) => (&r.source, &r.payment_event_id, &r.payment_id),
+        Output::Policy(p) => match &p.event {
+            K::Activated(a) => (&a.source, &a.payment_event_id, &a.payment_id),
+            K::Cancelled(c) => (&c.source, &c.payment_event_id, &c.payment_id),
+            K::Duplicated(d) => (&d.source, &d.payment_event_id, &d.payment_id),
+        },
+        Output::Dead(_) => return None,
+    })
 }
 
 /// The letter that replaces `output`, refused for good with `error`; `None` when it is
@@ -58,15 +72,19 @@ pub fn substitute(output: &Output, cause: &RawRecord, error: &str) -> Option<Out
     match output {
         Output::Policy(_) | Output::Request(_) => {
             let detail = detail.unwrap_or_default();
-            let Output::Dead(mut d) = dead_letter(cause, DeadLetterReason::ProcessingError, detail, None, None, vec![])
-            else {
-                return None;
-            };
-            d.payment_id = cause
-                .key
-                .as_deref()
-                .map(|k| cut(&String::from_utf8_lossy(k), MAX_ID_BYTES).to_owned());
-            Some(Output::Dead(d))
+            // The payment the output is about: the cause's key is the policy id in the
+            // policy stage, so the output names it.
+            let (source, event_id, payment_id) = about(output)?;
+            let (source, event_id) = (cut(source, MAX_ID_BYTES), cut(event_id, MAX_ID_BYTES));
+            dead_letter(
+                cause,
+                DeadLetterReason::ProcessingError,
+                detail,
+                Some((source, event_id)),
+                Some(cut(payment_id, MAX_ID_BYTES)),
+                vec![],
+            )
+            .into()
         }
         Output::Dead(d) if is_minimal(d) => None,
         Output::Dead(d) => {
@@ -107,7 +125,8 @@ mod tests {
                 offset: 40,
                 timestamp_ms: 7,
             },
-            key: Some(b"pay_1".to_vec()),
+            // The policy stage's cause: a request keyed by its policy.
+            key: Some(b"pol_1".to_vec()),
             value: Some(vec![1; value_len]),
             headers: vec![],
         }
@@ -134,6 +153,15 @@ mod tests {
             panic!("a letter")
         };
         assert_eq!(first.reason, DeadLetterReason::ProcessingError);
+        assert_eq!(
+            (
+                first.source.as_deref(),
+                first.event_id.as_deref(),
+                first.payment_id.as_deref()
+            ),
+            (Some("s"), Some("e"), Some("pay_1")),
+            "the payment the activation is about, not the cause's key (a policy id in the policy stage)"
+        );
         assert_eq!(first.original_value.as_ref().map(Vec::len), Some(900_000));
         assert!(first.detail.len() < 1024, "{}", first.detail.len());
         let second = substitute(&Output::Dead(first.clone()), &cause(900_000), "too large").unwrap();

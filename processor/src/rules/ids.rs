@@ -57,6 +57,26 @@ pub fn duplicate_id(
     )
 }
 
+/// The longest `detail` a dead letter carries: it quotes input (an unknown event type, a
+/// control record's kind), which is bounded only by the record's size.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// `detail` cut to [`MAX_DETAIL_BYTES`] at a character boundary, saying how much more
+/// there was.
+fn bounded_detail(mut detail: String) -> String {
+    if detail.len() <= MAX_DETAIL_BYTES {
+        return detail;
+    }
+    let total = detail.len();
+    let mut cut = MAX_DETAIL_BYTES - 40;
+    while !detail.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    detail.truncate(cut);
+    detail.push_str(&format!("… ({} bytes more)", total - cut));
+    detail
+}
+
 /// The dead letter chain a re-driven record continues
 /// ([`hookstream_schemas::topics::headers::REDRIVE_OF`]).
 pub fn redrive_of(record: &RawRecord) -> Option<&[u8]> {
@@ -94,7 +114,7 @@ pub fn dead_letter(
     Output::Dead(DeadLetter {
         dead_letter_id: id,
         reason,
-        detail,
+        detail: bounded_detail(detail),
         origin_topic: o.topic.clone(),
         origin_partition: o.partition,
         origin_offset: o.offset,

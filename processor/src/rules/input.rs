@@ -267,4 +267,50 @@ mod tests {
         lower.currency = Some("kes".into());
         assert_eq!(check_fields(&lower), Ok(()), "Stripe writes currencies in lower case");
     }
+
+    #[test]
+    fn an_unknown_event_type_of_300_kb_makes_a_letter_with_a_short_detail() {
+        let raw = RawWebhook {
+            event_id: "evt_big".into(),
+            source: "paymenthub".into(),
+            scheme: "hmac-sha256".into(),
+            secret_index: 0,
+            payment_id: "pay_big".into(),
+            event_type: Some("é".repeat(150_000)),
+            sequence: None,
+            received_at: 0,
+            headers: vec![],
+            body: b"{}".to_vec(),
+        };
+        let rec = RawRecord {
+            origin: crate::rules::model::Origin {
+                topic: "raw".into(),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: 0,
+            },
+            key: None,
+            value: Some(hookstream_schemas::encode(&raw).unwrap()),
+            headers: vec![],
+        };
+        let Input::Invalid { reason, detail, .. } = classify(&rec, &BodyFields::default()) else {
+            panic!("an unknown type is refused");
+        };
+        let crate::rules::model::Output::Dead(letter) =
+            crate::rules::ids::dead_letter(&rec, reason, detail, None, None, vec![])
+        else {
+            panic!("a dead letter");
+        };
+        assert!(
+            letter.detail.len() <= crate::rules::ids::MAX_DETAIL_BYTES,
+            "{}",
+            letter.detail.len()
+        );
+        assert!(
+            letter.detail.starts_with("unknown event type"),
+            "{}",
+            &letter.detail[..40]
+        );
+        assert!(letter.detail.ends_with("bytes more)"), "says it was cut");
+    }
 }
