@@ -40,9 +40,11 @@ pub struct RequestTracer {
 
 impl RequestTracer {
     /// A tracer with `config`'s sampler and exporter (none unless an endpoint is set:
-    /// then ids and propagation only).
+    /// then ids and propagation only). The caller is not trusted: its `traceparent`
+    /// gives the trace id, never the sampling decision
+    /// ([`TracingConfig::at_the_edge`]).
     pub fn new(config: &TracingConfig) -> Result<Self, TelemetryError> {
-        let provider = config.provider(SERVICE_NAME)?;
+        let provider = config.at_the_edge().provider(SERVICE_NAME)?;
         let tracer = provider.tracer("hookstream-ingest");
         Ok(Self {
             provider,
@@ -126,5 +128,39 @@ impl RequestSpan {
             i64::from(status),
         ));
         span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_traceparent(flags: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        h.insert("traceparent", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_callers_sampled_flag_continues_the_trace_but_never_forces_it_to_be_kept() {
+        let config = TracingConfig {
+            sampler: "parentbased_always_off".into(),
+            ..TracingConfig::default()
+        };
+        let tracer = RequestTracer::new(&config).unwrap();
+        let span = tracer.start(&with_traceparent("01"));
+        assert_eq!(
+            span.trace_id(),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "the caller's trace goes on"
+        );
+        assert!(!span.cx.span().is_recording(), "but this service decides what is kept");
+        assert!(span.traceparent().ends_with("-00"), "{}", span.traceparent());
+        let kept = RequestTracer::new(&TracingConfig::default()).unwrap();
+        assert!(
+            kept.start(&with_traceparent("00")).cx.span().is_recording(),
+            "and keeps it when told to"
+        );
     }
 }

@@ -110,6 +110,23 @@ impl TracingConfig {
         })
     }
 
+    /// These settings for a service whose callers are not trusted (ingest: anyone can
+    /// send a `traceparent`): a parent-based sampler becomes its root choice for every
+    /// request, so a caller's sampled flag never forces a trace to be kept (the trace
+    /// id still continues, and a ratio decides by it, as the processor's does).
+    pub fn at_the_edge(&self) -> Self {
+        let sampler = match self.sampling() {
+            Ok(Sampling::ParentBased(Root::On)) => "always_on",
+            Ok(Sampling::ParentBased(Root::Off)) => "always_off",
+            Ok(Sampling::ParentBased(Root::Ratio(_))) => "traceidratio",
+            _ => return self.clone(),
+        };
+        Self {
+            sampler: sampler.into(),
+            ..self.clone()
+        }
+    }
+
     /// Every setting checked, without building anything (for `--check` and startup).
     pub fn validate(&self) -> Result<(), TelemetryError> {
         self.sampling()?;
