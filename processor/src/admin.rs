@@ -1,6 +1,9 @@
 //! Admin HTTP: `GET /payments/{payment_id}[?source=S]`, `GET /policies/{policy_id}`,
 //! `GET /holes`, `POST /holes/{topic}/{partition}/acknowledge`, `/healthz`, `/readyz`,
-//! `/metrics`.
+//! `/metrics`. Path segments are percent-decoded. The one mutating endpoint accepts data
+//! loss, so it takes a bearer token (`admin_token_file` or `PROCESSOR_ADMIN_TOKEN`):
+//! 401 without the right one, 403 while none is configured. At most
+//! `admin_max_connections` connections are served at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +29,63 @@ use crate::store::Store;
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // handles
 pub struct View {
+    /// The bearer token of the mutating endpoints; `None`: they refuse.
+    pub token: Option<Arc<str>>,
+    pub max_connections: usize,
     pub holes: Arc<crate::partition::holes::Holes>,
     pub store: Store,
     pub raw_topic: String,
     pub requests_topic: String,
     pub metrics: Metrics,
     pub consumer: Arc<GroupConsumer>,
+}
+
+/// The admin token: the file's content (trimmed) when `path` is set, else
+/// `PROCESSOR_ADMIN_TOKEN`; `None` when neither gives one.
+pub fn load_token(path: &std::path::Path) -> Result<Option<Arc<str>>, std::io::Error> {
+    let token = if path.as_os_str().is_empty() {
+        std::env::var("PROCESSOR_ADMIN_TOKEN").unwrap_or_default()
+    } else {
+        std::fs::read_to_string(path)?
+    };
+    let token = token.trim();
+    Ok((!token.is_empty()).then(|| Arc::from(token)))
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// `segment` percent-decoded (RFC 3986), `None` when it is not valid UTF-8 or a `%` is
+/// not followed by two hex digits.
+fn decode_segment(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
@@ -98,26 +152,38 @@ fn payment_view(shared: &View, payment_id: &str, source: Option<&str>) -> Respon
 
 /// `POST /holes/{topic}/{partition}/acknowledge`: the operator accepts that the records
 /// of the hole are gone; the partition goes on from the log start.
-fn acknowledge_hole(shared: &View, path: &str) -> Response<Full<Bytes>> {
-    let hole = path
+fn acknowledge_hole(shared: &View, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let hole = req
+        .uri()
+        .path()
         .strip_prefix("/holes/")
         .and_then(|p| p.strip_suffix("/acknowledge"))
         .and_then(|p| p.rsplit_once('/'))
-        .and_then(|(topic, partition)| Some((topic, partition.parse::<i32>().ok()?)));
-    match hole {
-        None => reply(405, &json!({ "error": "method_not_allowed" })),
-        Some((topic, partition)) if shared.holes.acknowledge(topic, partition) => {
-            tracing::warn!(topic, partition, "hole acknowledged by an operator");
-            reply(
-                200,
-                &json!({ "acknowledged": true, "topic": topic, "partition": partition }),
+        .and_then(|(topic, partition)| Some((decode_segment(topic)?, partition.parse::<i32>().ok()?)));
+    let Some((topic, partition)) = hole else {
+        return reply(405, &json!({ "error": "method_not_allowed" }));
+    };
+    match shared.token.as_deref() {
+        None => {
+            return reply(
+                403,
+                &json!({ "error": "admin_token_not_configured", "detail": "set admin_token_file or PROCESSOR_ADMIN_TOKEN" }),
             )
         }
-        Some((topic, partition)) => reply(
+        Some(t) if !authorized(req, t) => return reply(401, &json!({ "error": "unauthorized" })),
+        Some(_) => {}
+    }
+    if !shared.holes.acknowledge(&topic, partition) {
+        return reply(
             404,
             &json!({ "error": "no_hole", "topic": topic, "partition": partition }),
-        ),
+        );
     }
+    tracing::warn!(topic, partition, "hole acknowledged by an operator");
+    reply(
+        200,
+        &json!({ "acknowledged": true, "topic": topic, "partition": partition }),
+    )
 }
 
 /// The JSON view of a policy as the policy stage decided it: the holder, every payment
@@ -150,7 +216,7 @@ fn policy_view(shared: &View, policy_id: &str) -> Response<Full<Bytes>> {
 async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if req.method() == Method::POST {
-        return acknowledge_hole(&shared, &path);
+        return acknowledge_hole(&shared, &req);
     }
     if req.method() != Method::GET {
         return reply(405, &json!({ "error": "method_not_allowed" }));
@@ -194,11 +260,19 @@ async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let source = req
                 .uri()
                 .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("source=")));
-            payment_view(&shared, &p["/payments/".len()..], source)
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("source=")))
+                .map(decode_segment);
+            match (decode_segment(&p["/payments/".len()..]), source) {
+                (Some(id), None) => payment_view(&shared, &id, None),
+                (Some(id), Some(Some(s))) => payment_view(&shared, &id, Some(&s)),
+                _ => reply(400, &json!({ "error": "invalid_path" })),
+            }
         }
         p if p.starts_with("/policies/") && p.len() > "/policies/".len() => {
-            policy_view(&shared, &p["/policies/".len()..])
+            match decode_segment(&p["/policies/".len()..]) {
+                Some(id) => policy_view(&shared, &id),
+                None => reply(400, &json!({ "error": "invalid_path" })),
+            }
         }
         _ => reply(404, &json!({ "error": "not_found" })),
     }
@@ -206,7 +280,15 @@ async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Serve the admin API until `shutdown`.
 pub async fn serve(shared: View, listener: TcpListener, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.max_connections));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -220,6 +302,7 @@ pub async fn serve(shared: View, listener: TcpListener, shutdown: CancellationTo
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
@@ -230,5 +313,19 @@ pub async fn serve(shared: View, listener: TcpListener, shutdown: CancellationTo
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_segment;
+
+    #[test]
+    fn path_segments_are_percent_decoded_and_bad_escapes_refused() {
+        assert_eq!(decode_segment("pay%5F1%20x").as_deref(), Some("pay_1 x"));
+        assert_eq!(decode_segment("plain").as_deref(), Some("plain"));
+        assert_eq!(decode_segment("bad%2"), None);
+        assert_eq!(decode_segment("bad%zz"), None);
+        assert_eq!(decode_segment("%ff"), None, "not UTF-8");
     }
 }

@@ -57,6 +57,14 @@ pub struct ProcessorConfig {
     /// Admin HTTP address (`/payments/{id}`, `/healthz`, `/readyz`, `/metrics`).
     /// Default `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// A file holding the bearer token the admin API's mutating endpoints
+    /// (`POST /holes/{topic}/{partition}/acknowledge`: accepting data loss) require.
+    /// Default empty: the token is `PROCESSOR_ADMIN_TOKEN`'s value, and without either
+    /// they answer 403.
+    pub admin_token_file: PathBuf,
+    /// Most admin connections served at once; more wait in the kernel's accept queue.
+    /// Default 64.
+    pub admin_max_connections: usize,
     /// The sled directory. Default `.hookstream/processor-state`.
     pub state_dir: PathBuf,
     /// After SIGTERM or ctrl-c, how long the processor may take to hand its partitions
@@ -80,6 +88,8 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token_file: PathBuf::new(),
+            admin_max_connections: 64,
             state_dir: PathBuf::from(".hookstream/processor-state"),
             shutdown_grace: Duration::from_secs(15),
             kafka: KafkaConfig::default(),
@@ -351,83 +361,4 @@ impl ProcessorConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hookstream_schemas::config::embedded_toml;
-
-    #[test]
-    fn the_kubernetes_config_parses_with_the_production_settings() {
-        let text = embedded_toml(include_str!("../../infra/k8s/processor-config.yaml"), "processor.toml");
-        let c = ProcessorConfig::from_toml_str(&text).expect("infra/k8s/processor-config.yaml");
-        c.tracing.validate().expect("valid tracing settings");
-        assert!(c.tracing.traces_url().is_some());
-        assert_eq!(c.kafka.internal_replication_factor, 3);
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/hookstream/state"));
-        assert_eq!(
-            c.kafka.librdkafka.get("security.protocol").map(String::as_str),
-            Some("SASL_SSL")
-        );
-    }
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
-    #[test]
-    fn shipped_config_parses_with_the_documented_defaults() {
-        let c = ProcessorConfig::from_toml_str(include_str!("../../infra/config/processor.toml")).unwrap();
-        let d = ProcessorConfig::default();
-        assert_eq!(c.admin_listen, d.admin_listen);
-        assert_eq!(c.kafka.group_id, d.kafka.group_id);
-        assert_eq!(c.kafka.group_protocol, d.kafka.group_protocol);
-        assert_eq!(c.kafka.fetch_wait_max, d.kafka.fetch_wait_max);
-        assert_eq!(c.kafka.fetch_min_bytes, d.kafka.fetch_min_bytes);
-        assert_eq!(c.processing.gap_timeout, d.processing.gap_timeout);
-        assert_eq!(c.processing.dedup_window, d.processing.dedup_window);
-        assert_eq!(c.shutdown_grace, d.shutdown_grace);
-        assert_eq!(c.fields.policy_id, "/metadata/policy_id");
-        assert_eq!(c.tracing, d.tracing);
-    }
-
-    #[test]
-    fn env_overrides_the_file() {
-        let file = "state_dir = \"/from/file\"\n[kafka]\nbrokers = \"file:1\"\n";
-        let c = ProcessorConfig::from_toml_with_env(
-            file,
-            &vars(&[
-                ("KAFKA_BROKERS", "b:1"),
-                ("PROCESSOR_STATE_DIR", "/tmp/s"),
-                ("PROCESSOR_ADMIN_LISTEN", "127.0.0.1:1"),
-                ("PROCESSOR_KAFKA_DEBUG", "cgrp"),
-                ("PROCESSOR_PROCESSING_GAP_TIMEOUT_MS", "1500"),
-                ("PROCESSOR_KAFKA_GROUP_INSTANCE_ID", "p-0"),
-                ("PROCESSOR_KAFKA_GROUP_PROTOCOL", "consumer"),
-                ("PROCESSOR_LIBRDKAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.kafka.brokers, "b:1");
-        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
-        assert_eq!(c.admin_listen.port(), 1);
-        assert_eq!(c.kafka.debug, "cgrp");
-        assert_eq!(c.processing.gap_timeout, Duration::from_millis(1500));
-        assert_eq!(c.kafka.group_instance_id, "p-0");
-        assert_eq!(c.kafka.group_protocol, GroupProtocol::Consumer);
-        assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
-        let specific = vars(&[("KAFKA_BROKERS", "b:1"), ("PROCESSOR_KAFKA_BROKERS", "p:2")]);
-        let c = ProcessorConfig::from_toml_with_env("", &specific).unwrap();
-        assert_eq!(c.kafka.brokers, "p:2");
-        let bad = ProcessorConfig::from_toml_with_env("", &vars(&[("PROCESSOR_SHUTDOWN_GRACE_MS", "soon")]));
-        assert!(bad.is_err());
-    }
-
-    #[test]
-    fn every_field_has_a_distinct_environment_name() {
-        let defaults = toml::Table::try_from(ProcessorConfig::default()).unwrap();
-        let names = hookstream_schemas::config::env_names(&defaults, ENV_PREFIX, MAPS);
-        let unique: std::collections::HashSet<&String> = names.iter().map(|(n, ..)| n).collect();
-        assert_eq!(unique.len(), names.len());
-        // Every field of the shipped file is reachable (the file sets most of them).
-        assert!(names.len() >= 27, "{}", names.len());
-    }
-}
+mod tests;

@@ -17,6 +17,12 @@ pub enum ProcessorError {
     Topics(#[from] crate::kafka::topics::TopicError),
     #[error("admin HTTP listener")]
     Listener(#[source] std::io::Error),
+    #[error("cannot read the admin token file {path}")]
+    AdminToken {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tracing settings")]
     Tracing(#[from] hookstream_schemas::telemetry::TelemetryError),
 }

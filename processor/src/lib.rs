@@ -155,7 +155,13 @@ pub async fn run(
         holes: holes.clone(),
         gates,
     });
+    let token = admin::load_token(&config.admin_token_file).map_err(|source| ProcessorError::AdminToken {
+        path: config.admin_token_file.clone(),
+        source,
+    })?;
     let view = admin::View {
+        token,
+        max_connections: config.admin_max_connections.max(1),
         holes,
         store: store.clone(),
         raw_topic: config.kafka.raw_topic.clone(),

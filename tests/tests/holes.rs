@@ -19,7 +19,11 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 1).await;
     let state = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let mut config = test_config(broker.bootstrap(), &topics, state.path());
+    // Acknowledging a hole accepts data loss: it takes the admin token.
+    let secrets = tempfile::tempdir().unwrap();
+    config.admin_token_file = secrets.path().join("admin-token");
+    std::fs::write(&config.admin_token_file, "s3cret-admin-token\n").unwrap();
     let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
     let addr = ingest.addr();
 
@@ -71,6 +75,19 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
 
     let path = format!("/holes/{}/0/acknowledge", topics.raw);
     let r = http::post(&processor.admin, &path, &[], Vec::new()).await;
+    assert_eq!(r.status, 401, "no token: {}", String::from_utf8_lossy(&r.body));
+    let wrong = [("authorization".to_owned(), "Bearer s3cret-admin-tokem".to_owned())];
+    let r = http::post(&processor.admin, &path, &wrong, Vec::new()).await;
+    assert_eq!(r.status, 401, "a wrong token: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        http::get(&processor.admin, "/holes").await.json()["holes"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "still waiting"
+    );
+    let token = [("authorization".to_owned(), "Bearer s3cret-admin-token".to_owned())];
+    let r = http::post(&processor.admin, &path, &token, Vec::new()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     kafka::wait_for_activation(
         broker.bootstrap(),
@@ -82,6 +99,12 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
     http::poll(&processor.admin, "/readyz", |r| r.status == 200).await;
     let all = kafka::read_records(broker.bootstrap(), &topics.activations, 3, Duration::from_secs(3)).await;
     assert_eq!(all.len(), 2, "pol_h2's record is gone: only h1 and h3 activate");
+    // Ids in paths are percent-decoded.
+    let v = http::get(&processor.admin, "/payments/pay%5Fh3").await;
+    assert_eq!(
+        (v.status.as_u16(), v.json()["payment_id"].clone()),
+        (200, "pay_h3".into())
+    );
     processor.stop().await;
     ingest.stop().await;
 }
