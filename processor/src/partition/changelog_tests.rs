@@ -181,3 +181,35 @@ async fn a_batch_whose_outputs_were_not_acknowledged_logs_no_entry() {
     run(&memory, &fresh, vec![completed]).await;
     assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
 }
+
+/// A changelog value that passes the restore's check (the fields its indexes need) but
+/// not the fold's full parse: restoring it again cannot help, so the partition's
+/// changelog is voided and its state rebuilt from the input log, instead of restoring
+/// the same value forever.
+#[tokio::test]
+async fn a_changelog_value_only_the_fold_cannot_read_is_rebuilt_from_the_log_once() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    run(&memory, &store, vec![completed]).await;
+    let pay = PaymentState::new("src", "pay1");
+    let bad = Entry {
+        key: [b"p".as_slice(), pay.key().as_bytes()].concat(),
+        value: Some(br#"{"held":{},"status":"no-such-status"}"#.to_vec()),
+    };
+    let meta = Entry {
+        key: META.to_vec(),
+        value: Some(br#"{"applied":0,"max_ts":1000}"#.to_vec()),
+    };
+    crate::partition::io::Changelog::append(&memory, RAW_CHANGELOG, 0, Some(1), &[bad, meta])
+        .await
+        .expect("append");
+    let refund = memory.append("pay1", "e2", 2, "payment.refunded", "pol1");
+    memory.state().calls.clear();
+    let fresh = Store::temporary().expect("store");
+    run(&memory, &fresh, vec![refund]).await;
+    let sent = memory.sent();
+    assert!(
+        sent.iter().any(|s| s.starts_with("request:Cancel:")),
+        "rebuilt from the log, the refund cancels: {sent:?}"
+    );
+}

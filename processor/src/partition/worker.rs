@@ -248,6 +248,7 @@ impl<B: Backend> Worker<B> {
         mode: Mode,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
+        let mut corrupt = 0;
         loop {
             match self.process(batch, mode, stop).await? {
                 Folded::Done(applied) => {
@@ -262,7 +263,10 @@ impl<B: Backend> Worker<B> {
                 }
                 Folded::Corrupt => {
                     let first = batch.first().map_or(0, |m| m.record.origin.offset);
-                    Box::pin(self.rebuild_corrupt(first, stop)).await?;
+                    // Once restored from the changelog and still unreadable, the value is
+                    // the changelog's: restoring it again cannot help.
+                    corrupt += 1;
+                    Box::pin(self.rebuild_corrupt(first, corrupt > 1, stop)).await?;
                 }
                 Folded::Rewind => Box::pin(self.rewind(stop)).await?,
                 Folded::Fenced => return self.fence(stop).await,
@@ -271,16 +275,26 @@ impl<B: Backend> Worker<B> {
     }
 
     /// The partition's stored state does not read back: drop it, restore it from the
-    /// changelog, and fold what that does not cover up to `until` from the log (outputs
-    /// suppressed: they were sent).
-    async fn rebuild_corrupt(&mut self, until: i64, stop: &CancellationToken) -> Result<(), Stopped> {
+    /// changelog — or, when `void` (what the changelog holds does not read back either),
+    /// void the changelog too — and fold what that does not cover up to `until` from the
+    /// log (outputs suppressed: they were sent).
+    async fn rebuild_corrupt(&mut self, until: i64, void: bool, stop: &CancellationToken) -> Result<(), Stopped> {
         tracing::error!(
             partition = self.partition,
             until,
-            "stored state of the partition does not read back; restoring it from the changelog"
+            void,
+            "stored state of the partition does not read back; restoring it from the changelog{}",
+            if void {
+                " after voiding it: its value does not read back either"
+            } else {
+                ""
+            }
         );
         self.cx.metrics.corrupt_rebuilds.inc();
         let store = self.store.clone();
+        if void {
+            self.reset(stop).await?;
+        }
         self.cx.retry("store", stop, || async { store.clear() }).await?;
         let restored = self.restore_now(stop).await?;
         if self.gate.is_none() && !self.claim(restored, stop).await? {
