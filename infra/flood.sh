@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ingest under hostile connections, with signed traffic beside them: one command, one
-# table (README > Security). Every connection of the flood passes the checks made before
+# table (infra/README.md, Security). Every connection of the flood passes the checks made before
 # a body is read and then holds on: `bodies` sends 800 KiB of a declared 900 KiB and
 # waits, `trickle` sends a byte every 500 ms, `stall` sends nothing (tests/src/load/flood.rs).
 #

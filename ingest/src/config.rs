@@ -79,7 +79,7 @@ pub struct KafkaConfig {
     /// 1000000 (librdkafka's).
     pub max_message_bytes: u32,
     /// Any librdkafka property for the producer, e.g. `security.protocol = "SASL_SSL"`
-    /// (README > Production). Secrets belong in `INGEST_LIBRDKAFKA_SASL_PASSWORD` or
+    /// (infra/README.md, Production). Secrets belong in `INGEST_LIBRDKAFKA_SASL_PASSWORD` or
     /// `INGEST_LIBRDKAFKA_SASL_PASSWORD_FILE`, not here. The settings of the write
     /// contract (acks, idempotence, partitioner) cannot be overridden. Default empty.
     pub librdkafka: BTreeMap<String, String>,

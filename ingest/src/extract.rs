@@ -90,7 +90,7 @@ fn id(doc: &Value, field: &'static str, pointer: &str) -> Result<String, Extract
     }
 }
 
-/// The event id of a request (README > Ingest, "Which id identifies an event"), and
+/// The event id of a request (ingest/README.md, "Which id identifies an event"), and
 /// whether the id header and the body's id disagree:
 /// - a signed id header is the id (standard-webhooks' `webhook-id` is the message's
 ///   idempotency key, whatever the body's own `id` says);

@@ -226,7 +226,7 @@ async fn publish(
             if end.get() <= d.offset {
                 end.set(d.offset + 1);
             }
-            // The receipt trail (README > Operations): one line per acknowledged webhook,
+            // The receipt trail (infra/README.md, Operations): one line per acknowledged webhook,
             // under its own target so that it can be turned off alone
             // (`RUST_LOG=info,hookstream_ingest::received=off`). Its cost is in tests/README.md, benchmarks.
             tracing::info!(

@@ -149,7 +149,7 @@ pub struct KafkaConfig {
     /// target `librdkafka`, so run with `RUST_LOG=info,librdkafka=debug`. Default empty.
     pub debug: String,
     /// Any librdkafka property for every client, e.g. `security.protocol = "SASL_SSL"`
-    /// (README > Production). Secrets belong in `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD` or
+    /// (infra/README.md, Production). Secrets belong in `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD` or
     /// `PROCESSOR_LIBRDKAFKA_SASL_PASSWORD_FILE`, not here. Settings the processor needs
     /// for correctness (commits, acks, idempotence) cannot be overridden. Default empty.
     pub librdkafka: BTreeMap<String, String>,
@@ -167,7 +167,7 @@ pub struct KafkaConfig {
     pub transaction_timeout: Duration,
     /// Replication factor of the internal topic the processor creates (the policy
     /// stage's repartition topic); -1 asks for the broker's default. Default 1 for the
-    /// local single broker; 3 in production (README > Production).
+    /// local single broker; 3 in production (infra/README.md, Production).
     pub internal_replication_factor: i32,
 }
 

@@ -13,7 +13,7 @@
 //! - [`rules`]: pure functions of the log (no rdkafka, no sled, no clock).
 //!
 //! Beside them: [`admin`] (HTTP), [`config`], [`metrics`], [`trace`], [`error`].
-//! README > Architecture walks one webhook through these files.
+//! `processor/README.md`, "Architecture", walks one webhook through these files.
 
 pub mod admin;
 pub mod cli;

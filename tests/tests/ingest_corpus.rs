@@ -1,5 +1,5 @@
 //! A corpus of hostile and malformed requests against ingest on a real socket, each
-//! with the status and error code it must get (README > Ingest, the status table).
+//! with the status and error code it must get (ingest/README.md, the status table).
 //! Requests are raw bytes, so HTTP that no client library would send is sent as is.
 //! Whatever the request: no 500, no 200 for anything not validly signed, and ingest
 //! still answers a signed webhook afterwards.

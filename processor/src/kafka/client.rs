@@ -37,7 +37,7 @@ pub fn group_consumer(cfg: &KafkaConfig) -> ClientConfig {
         .set("fetch.min.bytes", cfg.fetch_min_bytes.to_string())
         // Bound each partition's pre-fetch queue below librdkafka's 64 MiB. The queues
         // are split per partition (by the group module), so this is per partition; the
-        // README's benchmark section has the measurements behind 2 MiB.
+        // tests/README.md (benchmarks) has the measurements behind 2 MiB.
         .set("queued.max.messages.kbytes", "2048")
         // Per-partition lag for /metrics.
         .set("statistics.interval.ms", "5000")
