@@ -237,12 +237,12 @@ async fn handle(shared: View, req: Request<Incoming>) -> Response<Full<Bytes>> {
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-            let holes = shared.holes.list();
+            let (holes, stalled) = (shared.holes.list(), shared.holes.stalled());
             match check {
-                Ok(()) if holes.is_empty() => reply(200, &json!({ "ready": true })),
+                Ok(()) if holes.is_empty() && stalled.is_empty() => reply(200, &json!({ "ready": true })),
                 Ok(()) => reply(
                     503,
-                    &json!({ "error": "not_ready", "detail": "partitions stopped at a hole in their log", "holes": holes }),
+                    &json!({ "error": "not_ready", "detail": "partitions stopped at a hole in their log or at a write the broker refuses", "holes": holes, "stalled": stalled }),
                 ),
                 Err(detail) => reply(503, &json!({ "error": "not_ready", "detail": detail })),
             }

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub held_events: IntGauge,
     /// Partitions stopped at a hole in their log, waiting for an operator.
     pub partition_holes: IntGauge,
+    /// Partitions retrying a write the broker refuses for good (a changelog entry, a
+    /// control record): stopped, loudly, until it passes.
+    pub partitions_stalled: IntGauge,
     /// Records folded while rebuilding state from the log (outputs suppressed).
     pub rebuilt_records: IntCounter,
     /// State changes written to the changelogs (meta entries included).
@@ -96,6 +99,11 @@ impl Metrics {
             )
             .expect("metric"),
             held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
+            partitions_stalled: IntGauge::new(
+                "partitions_stalled",
+                "Partitions retrying a write the broker refuses for good (changelog entry, control record)",
+            )
+            .expect("metric"),
             partition_holes: IntGauge::new(
                 "partition_holes",
                 "Partitions stopped because records above their state are gone from the log (a hole); \
@@ -192,6 +200,7 @@ impl Metrics {
             Box::new(m.policy_requests.clone()),
             Box::new(m.held_events.clone()),
             Box::new(m.partition_holes.clone()),
+            Box::new(m.partitions_stalled.clone()),
             Box::new(m.rebuilt_records.clone()),
             Box::new(m.changelog_records.clone()),
             Box::new(m.restored_records.clone()),

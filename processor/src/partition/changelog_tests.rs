@@ -213,3 +213,45 @@ async fn a_changelog_value_only_the_fold_cannot_read_is_rebuilt_from_the_log_onc
         "rebuilt from the log, the refund cancels: {sent:?}"
     );
 }
+
+/// A changelog write the broker refuses for good (an operator lowered the topic's
+/// `max.message.bytes`): skipping it would lose state, so the partition retries — and
+/// says so, listed as stalled (what `/readyz` shows) until the write passes.
+#[tokio::test]
+async fn a_changelog_write_refused_for_good_stalls_the_partition_loudly_until_it_passes() {
+    use super::worker::Worker;
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    let cx = super::tests::context(&memory, &store);
+    let holes = cx.holes.clone();
+    memory.state().changelog_refusals = usize::MAX;
+    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(completed).await.expect("queue");
+    drop(tx);
+    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
+    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Some(s) = holes.stalled().into_iter().next() {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("listed as stalled");
+    assert_eq!((stalled.topic.as_str(), stalled.partition), (RAW, 0));
+    assert!(
+        stalled.reason.starts_with("changelog refused for good"),
+        "{}",
+        stalled.reason
+    );
+    // The operator fixes the topic: the write passes and the partition goes on.
+    memory.state().changelog_refusals = 0;
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("goes on once accepted")
+        .expect("worker");
+    assert!(holes.stalled().is_empty());
+    assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
+}

@@ -131,8 +131,8 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let topic = cx.settings.changelog(self.stage);
         let epoch = self.writer.map(|w| w.epoch);
-        let appended = cx
-            .retry("changelog", stop, || {
+        let appended = self
+            .retry_write("changelog", stop, || {
                 cx.backend.append(topic, self.partition, epoch, entries)
             })
             .await?;

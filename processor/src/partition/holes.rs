@@ -3,6 +3,11 @@
 //! deleted records). Deciding on would skip them without a word, so the partition
 //! stops until an operator acknowledges the hole (`POST /holes/{topic}/{partition}/acknowledge`
 //! on the admin API), and `/readyz` says not ready meanwhile.
+//!
+//! Stalls: a partition whose own write (a changelog entry, a control record) the broker
+//! refuses for good cannot go on without losing state, so it retries, and says so:
+//! `/readyz` names it and the reason until the write passes (an operator fixed the
+//! topic's size limit or policy).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,9 +26,21 @@ pub struct Hole {
     pub acknowledged: bool,
 }
 
-/// The holes this instance is waiting on.
+/// One partition waiting on a write the broker refuses for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stall {
+    pub topic: String,
+    pub partition: i32,
+    /// What is refused, and the broker's error.
+    pub reason: String,
+}
+
+/// The holes this instance is waiting on, and its stalled partitions.
 #[derive(Debug, Default)]
-pub struct Holes(Mutex<BTreeMap<(String, i32), Hole>>);
+pub struct Holes(
+    Mutex<BTreeMap<(String, i32), Hole>>,
+    Mutex<BTreeMap<(String, i32), Stall>>,
+);
 
 impl Holes {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Hole>> {
@@ -65,5 +82,29 @@ impl Holes {
     /// Every hole waiting, in topic and partition order.
     pub fn list(&self) -> Vec<Hole> {
         self.map().values().cloned().collect()
+    }
+
+    fn stalls(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Stall>> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `topic`'s `partition` waits on a write refused for good, for `reason`.
+    pub fn stall(&self, topic: &str, partition: i32, reason: String) {
+        let s = Stall {
+            topic: topic.to_owned(),
+            partition,
+            reason,
+        };
+        self.stalls().insert((topic.to_owned(), partition), s);
+    }
+
+    /// The write passed.
+    pub fn unstall(&self, topic: &str, partition: i32) {
+        self.stalls().remove(&(topic.to_owned(), partition));
+    }
+
+    /// Every stalled partition, in topic and partition order.
+    pub fn stalled(&self) -> Vec<Stall> {
+        self.stalls().values().cloned().collect()
     }
 }

@@ -61,6 +61,8 @@ pub struct State {
     /// How many of the next changelog appends fail (transiently), and how many entries
     /// of each failed one are written first.
     pub changelog_failures: VecDeque<usize>,
+    /// How many of the next changelog appends the broker refuses for good.
+    pub changelog_refusals: usize,
     /// Every dead letter acknowledged, in order.
     pub letters: Vec<hookstream_schemas::DeadLetter>,
 }
@@ -270,6 +272,10 @@ impl Changelog for Memory {
         entries: &[Entry],
     ) -> Result<Appended, SendError> {
         let mut st = self.state();
+        if st.changelog_refusals > 0 {
+            st.changelog_refusals -= 1;
+            return Err(SendError::Refused("injected: record too large".into()));
+        }
         let written = st.changelog_failures.pop_front();
         let log = st.log.entry((topic.to_owned(), partition)).or_default();
         let first = log.len() as i64;

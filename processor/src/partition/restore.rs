@@ -204,7 +204,7 @@ impl<B: Backend> Worker<B> {
             },
             None => {
                 let epoch = self.writer.map(|w| w.epoch);
-                cx.retry("changelog", stop, || {
+                self.retry_write("changelog", stop, || {
                     cx.backend.append(topic, self.partition, epoch, &reset)
                 })
                 .await?;

@@ -35,6 +35,62 @@ fn error_chain(e: &SendError) -> String {
 }
 
 impl<B: Backend> Worker<B> {
+    /// Retry one of the partition's own writes (`what`: a changelog append, a control
+    /// record) until it passes. A refusal for good is retried too — skipping the write
+    /// would lose state — but loudly: an error, and the partition is listed as stalled
+    /// (`/readyz`, `hookstream_processor_partitions_stalled`) until the write passes.
+    pub(super) async fn retry_write<T, F, Fut>(
+        &self,
+        what: &'static str,
+        stop: &CancellationToken,
+        mut f: F,
+    ) -> Result<T, Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SendError>>,
+    {
+        let cx = &self.cx;
+        let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), what);
+        let mut stalled = false;
+        loop {
+            match f().await {
+                Ok(v) => {
+                    if stalled {
+                        cx.holes.unstall(&self.topic, self.partition);
+                        cx.metrics.partitions_stalled.dec();
+                        tracing::info!(
+                            partition = self.partition,
+                            what,
+                            "the refused write passed; the partition goes on"
+                        );
+                    }
+                    return Ok(v);
+                }
+                Err(e) => {
+                    if !e.is_transient() && !stalled {
+                        let reason = format!("{what} refused for good: {}", error_chain(&e));
+                        tracing::error!(
+                            stage = self.stage.as_str(),
+                            partition = self.partition,
+                            reason,
+                            "the partition waits until the broker accepts its write (a topic's size limit or policy)"
+                        );
+                        cx.holes.stall(&self.topic, self.partition, reason);
+                        cx.metrics.partitions_stalled.inc();
+                        stalled = true;
+                    }
+                    if let Err(s) = backoff.pause(&e, stop).await {
+                        if stalled {
+                            cx.holes.unstall(&self.topic, self.partition);
+                            cx.metrics.partitions_stalled.dec();
+                        }
+                        return Err(s);
+                    }
+                }
+            }
+        }
+    }
+
     /// Send every output until each is acknowledged. A transient failure pauses and
     /// sends again (same ids) every output from the first unacknowledged one on, so
     /// their order holds; a permanent one replaces the output by a smaller dead letter
