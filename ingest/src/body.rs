@@ -44,11 +44,37 @@ impl BodyBudget {
         }
     }
 
+    /// The budget a body of `body_bytes` holds (× [`COPIES`]), in units.
+    fn units(&self, body_bytes: usize) -> usize {
+        body_bytes.saturating_mul(COPIES).div_ceil(UNIT).min(self.total_kib)
+    }
+
     /// Charge `body_bytes` (× [`COPIES`]) now, or `None` when the budget lacks it.
     fn take(&self, body_bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let kib = body_bytes.saturating_mul(COPIES).div_ceil(UNIT);
-        let kib = u32::try_from(kib.min(self.total_kib)).ok()?;
+        self.take_units(self.units(body_bytes))
+    }
+
+    fn take_units(&self, kib: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(kib).ok()?;
         self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Grow `held` (the charge of a body of `before` bytes, or none) to cover `after`
+    /// bytes: by bytes, not per chunk, so a body sent in 1-byte chunks holds what it
+    /// sent. `false` when the budget lacks it.
+    fn grow(&self, held: &mut Option<OwnedSemaphorePermit>, before: usize, after: usize) -> bool {
+        let more = self
+            .units(after)
+            .saturating_sub(if held.is_some() { self.units(before) } else { 0 });
+        if more == 0 && held.is_some() {
+            return true;
+        }
+        let Some(p) = self.take_units(more) else { return false };
+        match held.as_mut() {
+            Some(h) => h.merge(p),
+            None => *held = Some(p),
+        }
+        true
     }
 
     /// Bytes charged right now.
@@ -122,10 +148,8 @@ pub async fn read(
             return Err(too_large);
         }
         if len > charged {
-            let more = budget.take(len - charged).ok_or(Reject::BodyBudgetExhausted)?;
-            match charge.as_mut() {
-                Some(c) => c.merge(more),
-                None => charge = Some(more),
+            if !budget.grow(&mut charge, charged, len) {
+                return Err(Reject::BodyBudgetExhausted);
             }
             charged = len;
         }
@@ -151,6 +175,22 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(b.used_bytes(), 0, "released when the request ends");
+    }
+
+    #[test]
+    fn a_body_in_one_byte_chunks_holds_what_it_sent_not_a_unit_per_chunk() {
+        let b = BodyBudget::new(30 * 1024);
+        let mut held = None;
+        for sent in 0..2_000usize {
+            assert!(b.grow(&mut held, sent, sent + 1), "{sent}");
+        }
+        assert_eq!(
+            b.used_bytes(),
+            (2_000 * COPIES).div_ceil(UNIT) * UNIT,
+            "6 KiB for 2,000 bytes"
+        );
+        drop(held);
+        assert_eq!(b.used_bytes(), 0);
     }
 
     #[test]
