@@ -202,7 +202,10 @@ impl<B: Backend> Worker<B> {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(partition, changelog = topic, error = %e, "reading the changelog failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        () = stop.cancelled() => return Err(Stopped),
+                    }
                 }
             }
         }

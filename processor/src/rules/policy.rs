@@ -180,19 +180,10 @@ pub fn decide_policy(
             st.payments.len(),
             limits.max_payments_per_policy
         );
-        let event = Some((r.source.as_str(), r.payment_event_id.as_str()));
-        let letter = dead_letter(
-            record,
-            DeadLetterReason::ProcessingError,
-            detail,
-            event,
-            Some(&r.payment_id),
-            Vec::new(),
-        );
         st.log(offset, &r, "dead_lettered:processing_error");
         return PolicyDecision {
             policy: Some(st),
-            outputs: vec![letter],
+            outputs: vec![refused(record, &r, detail)],
             outcome: Outcome::DeadLettered,
         };
     }
@@ -210,6 +201,20 @@ pub fn decide_policy(
 
 type Decided = (Vec<Output>, Outcome, &'static str);
 
+/// The `processing_error` letter of a request this stage does not decide, naming its
+/// payment.
+fn refused(record: &RawRecord, r: &PolicyRequest, detail: String) -> Output {
+    let event = Some((r.source.as_str(), r.payment_event_id.as_str()));
+    dead_letter(
+        record,
+        DeadLetterReason::ProcessingError,
+        detail,
+        event,
+        Some(&r.payment_id),
+        Vec::new(),
+    )
+}
+
 fn activate(st: &mut PolicyState, r: &PolicyRequest, record: &RawRecord) -> Decided {
     let offset = record.origin.offset;
     if let Some(p) = st.find(&r.source, &r.payment_id) {
@@ -219,17 +224,8 @@ fn activate(st: &mut PolicyState, r: &PolicyRequest, record: &RawRecord) -> Deci
                  is not a second payment and is not published",
                 r.payment_id, r.source, r.policy_id, p.activation_id, r.payment_event_id, r.activation_id
             );
-            let event = Some((r.source.as_str(), r.payment_event_id.as_str()));
-            let letter = dead_letter(
-                record,
-                DeadLetterReason::ProcessingError,
-                detail,
-                event,
-                Some(&r.payment_id),
-                Vec::new(),
-            );
             return (
-                vec![letter],
+                vec![refused(record, r, detail)],
                 Outcome::DeadLettered,
                 "dead_lettered:new_event_of_decided_payment",
             );

@@ -15,7 +15,7 @@
 //!
 //! At least once, each entry also carries its writer's epoch (a header), and each new
 //! owner of a partition first writes a [`claim_entry`] with an epoch above every one
-//! before it ([`crate::partition::epoch`]): a restore ignores entries of an older epoch
+//! before it (`partition/epoch.rs`): a restore ignores entries of an older epoch
 //! after a newer claim (a paused previous owner that woke up), and a claim voids the
 //! unfinished batch before it.
 
