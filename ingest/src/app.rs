@@ -94,7 +94,10 @@ impl App {
             tracer: RequestTracer::new(&config.tracing)?,
             http: config.http.clone(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight_requests)),
-            body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),
+            body_budget: BodyBudget::new(
+                config.http.max_buffered_body_bytes,
+                config.http.max_buffered_body_bytes_per_peer,
+            ),
         })
     }
 }

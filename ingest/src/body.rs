@@ -8,7 +8,12 @@
 //! not fit is answered at once (429 `body_budget_exhausted` + `Retry-After`) instead of
 //! growing memory. And a sender must keep up a minimum rate (after a grace period), so a
 //! trickle of bytes cannot hold an in-flight permit for the whole body timeout.
+//!
+//! Each peer address may hold only its share of the budget ([`crate::peer`]): the
+//! budget is charged before the signature can be checked, so without a share one
+//! sender's declared bodies would starve every signed webhook.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Reject;
+use crate::peer::{PeerLedger, PeerShare};
 
 /// Bytes of memory charged per body byte: the body, its copy in the `RawWebhook`
 /// record, and the encoded value, which live together until the broker answers.
@@ -27,20 +33,35 @@ pub const COPIES: usize = 3;
 /// The budget's unit: permits are KiB, so a budget of GiBs fits a semaphore.
 const UNIT: usize = 1024;
 
-/// Memory for request bodies, shared by every request.
+/// Memory for request bodies, shared by every request, each peer within its share.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     kib: Arc<Semaphore>,
     total_kib: usize,
+    peers: Arc<PeerLedger>,
+}
+
+/// What one body holds of the budget (shared and its peer's share) until dropped.
+#[derive(Debug, Default)]
+pub struct Charge {
+    shared: Option<OwnedSemaphorePermit>,
+    peer: Option<PeerShare>,
 }
 
 impl BodyBudget {
-    /// A budget of `bytes` (at least one unit).
-    pub fn new(bytes: usize) -> Self {
+    /// A budget of `bytes` (at least one unit), of which one peer may hold
+    /// `per_peer_bytes` at most (`0`: no per-peer bound).
+    pub fn new(bytes: usize, per_peer_bytes: usize) -> Self {
         let total_kib = (bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        let per_peer_kib = if per_peer_bytes == 0 {
+            0
+        } else {
+            (per_peer_bytes / UNIT).max(1)
+        };
         Self {
             kib: Arc::new(Semaphore::new(total_kib)),
             total_kib,
+            peers: PeerLedger::new(per_peer_kib),
         }
     }
 
@@ -49,30 +70,32 @@ impl BodyBudget {
         body_bytes.saturating_mul(COPIES).div_ceil(UNIT).min(self.total_kib)
     }
 
-    /// Charge `body_bytes` (× [`COPIES`]) now, or `None` when the budget lacks it.
-    fn take(&self, body_bytes: usize) -> Option<OwnedSemaphorePermit> {
-        self.take_units(self.units(body_bytes))
-    }
-
     fn take_units(&self, kib: usize) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(kib).ok()?;
         self.kib.clone().try_acquire_many_owned(kib).ok()
     }
 
-    /// Grow `held` (the charge of a body of `before` bytes, or none) to cover `after`
-    /// bytes: by bytes, not per chunk, so a body sent in 1-byte chunks holds what it
-    /// sent. `false` when the budget lacks it.
-    fn grow(&self, held: &mut Option<OwnedSemaphorePermit>, before: usize, after: usize) -> bool {
+    /// Grow `held` (the charge of a body of `before` bytes from `peer`, or nothing yet)
+    /// to cover `after` bytes: by bytes, not per chunk, so a body sent in 1-byte chunks
+    /// holds what it sent. `false` when the budget or the peer's share lacks it; the
+    /// request then ends, and dropping `held` gives back all it took.
+    fn grow(&self, held: &mut Charge, peer: Option<IpAddr>, before: usize, after: usize) -> bool {
+        let started = held.shared.is_some();
         let more = self
             .units(after)
-            .saturating_sub(if held.is_some() { self.units(before) } else { 0 });
-        if more == 0 && held.is_some() {
+            .saturating_sub(if started { self.units(before) } else { 0 });
+        if more == 0 && started {
             return true;
         }
+        if let Some(ip) = peer {
+            if !self.peers.grow(&mut held.peer, ip, more) {
+                return false;
+            }
+        }
         let Some(p) = self.take_units(more) else { return false };
-        match held.as_mut() {
+        match held.shared.as_mut() {
             Some(h) => h.merge(p),
-            None => *held = Some(p),
+            None => held.shared = Some(p),
         }
         true
     }
@@ -109,13 +132,15 @@ impl BodyLimits {
 #[derive(Debug)]
 pub struct Body {
     pub bytes: Bytes,
-    pub _charge: Option<OwnedSemaphorePermit>,
+    pub _charge: Charge,
 }
 
-/// Read `body` within `limits`, charging `budget` (`declared`: its `Content-Length`).
+/// Read `body` within `limits`, charging `budget` and the share of `peer` (`declared`:
+/// its `Content-Length`).
 pub async fn read(
     budget: &BodyBudget,
     limits: BodyLimits,
+    peer: Option<IpAddr>,
     declared: Option<u64>,
     mut body: Incoming,
 ) -> Result<Body, Reject> {
@@ -127,10 +152,12 @@ pub async fn read(
         Some(n) => Some(n as usize),
         None => None,
     };
-    let mut charge = match declared {
-        Some(n) => Some(budget.take(n).ok_or(Reject::BodyBudgetExhausted)?),
-        None => None,
-    };
+    let mut charge = Charge::default();
+    if let Some(n) = declared {
+        if !budget.grow(&mut charge, peer, 0, n) {
+            return Err(Reject::BodyBudgetExhausted);
+        }
+    }
     let mut charged = declared.unwrap_or(0);
     let start = Instant::now();
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
@@ -148,7 +175,7 @@ pub async fn read(
             return Err(too_large);
         }
         if len > charged {
-            if !budget.grow(&mut charge, charged, len) {
+            if !budget.grow(&mut charge, peer, charged, len) {
                 return Err(Reject::BodyBudgetExhausted);
             }
             charged = len;
@@ -165,24 +192,44 @@ pub async fn read(
 mod tests {
     use super::*;
 
+    const PEER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    fn take(b: &BodyBudget, peer: Option<IpAddr>, bytes: usize) -> Option<Charge> {
+        let mut c = Charge::default();
+        b.grow(&mut c, peer, 0, bytes).then_some(c)
+    }
+
     #[test]
     fn the_budget_charges_every_copy_and_refuses_what_does_not_fit() {
-        let b = BodyBudget::new(30 * 1024);
-        let first = b.take(5 * 1024).expect("15 KiB of 30");
+        let b = BodyBudget::new(30 * 1024, 0);
+        let first = take(&b, PEER, 5 * 1024).expect("15 KiB of 30");
         assert_eq!(b.used_bytes(), 15 * 1024);
-        assert!(b.take(6 * 1024).is_none(), "18 KiB more does not fit");
-        let second = b.take(5 * 1024).expect("the last 15 KiB");
+        assert!(take(&b, PEER, 6 * 1024).is_none(), "18 KiB more does not fit");
+        let second = take(&b, PEER, 5 * 1024).expect("the last 15 KiB");
         drop(first);
         drop(second);
         assert_eq!(b.used_bytes(), 0, "released when the request ends");
     }
 
     #[test]
+    fn one_peer_holds_only_its_share_and_another_peer_still_fits() {
+        let b = BodyBudget::new(300 * 1024, 40 * 1024);
+        let flood: Vec<Charge> = std::iter::from_fn(|| take(&b, PEER, 6 * 1024)).take(10).collect();
+        assert_eq!(flood.len(), 2, "18 KiB each: two fit in a 40 KiB share");
+        let other = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)));
+        let signed = take(&b, other, 6 * 1024).expect("another peer's body fits");
+        drop(flood);
+        drop(signed);
+        assert_eq!(b.used_bytes(), 0);
+        assert!(take(&b, PEER, 6 * 1024).is_some(), "the share is given back too");
+    }
+
+    #[test]
     fn a_body_in_one_byte_chunks_holds_what_it_sent_not_a_unit_per_chunk() {
-        let b = BodyBudget::new(30 * 1024);
-        let mut held = None;
+        let b = BodyBudget::new(30 * 1024, 0);
+        let mut held = Charge::default();
         for sent in 0..2_000usize {
-            assert!(b.grow(&mut held, sent, sent + 1), "{sent}");
+            assert!(b.grow(&mut held, PEER, sent, sent + 1), "{sent}");
         }
         assert_eq!(
             b.used_bytes(),

@@ -142,6 +142,14 @@ pub struct HttpConfig {
     /// `Retry-After`, before it is read. Default 50331648 (48 MiB: ingest's RSS target
     /// is 100 MB).
     pub max_buffered_body_bytes: usize,
+    /// Of `max_buffered_body_bytes`, what the requests from one peer address may hold at
+    /// once; beyond it that peer's next body is answered 429 `body_budget_exhausted`
+    /// too. The budget is charged before a signature can be checked, so this is what
+    /// keeps one sender's declared bodies from starving every signed webhook. `0`: no
+    /// per-peer bound — set it behind a proxy, where every request comes from the
+    /// proxy's address (its own per-client limits then apply). Default 8388608 (8 MiB:
+    /// two of the largest bodies, or ~2,700 webhooks of 1 KiB, at once).
+    pub max_buffered_body_bytes_per_peer: usize,
     /// `Retry-After` on 429 and 503, in whole seconds. Default 1 s.
     #[serde(rename = "retry_after_secs", with = "secs")]
     pub retry_after: Duration,
@@ -161,6 +169,7 @@ impl Default for HttpConfig {
             body_grace: Duration::from_secs(2),
             min_body_bytes_per_sec: 64 * 1024,
             max_buffered_body_bytes: 48 << 20,
+            max_buffered_body_bytes_per_peer: 8 << 20,
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -216,7 +225,8 @@ impl IngestConfig {
         })
     }
 
-    /// Check what serde cannot: every source's body limit fits the message size budget.
+    /// Check what serde cannot: every source's body limit fits the message size budget,
+    /// and one body of it fits a peer's share of the body budget.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let max = self.kafka.max_message_bytes as usize;
         for (name, s) in &self.sources {
@@ -228,6 +238,18 @@ impl IngestConfig {
                          dead letter under kafka.max_message_bytes ({max}); at most {}",
                         s.max_body_bytes,
                         max.saturating_sub(RECORD_RESERVE_BYTES)
+                    ),
+                });
+            }
+            let share = self.http.max_buffered_body_bytes_per_peer;
+            let largest = s.max_body_bytes.saturating_mul(crate::body::COPIES);
+            if share != 0 && share < largest {
+                return Err(ConfigError::Invalid {
+                    field: "http.max_buffered_body_bytes_per_peer".into(),
+                    detail: format!(
+                        "{share} bytes cannot hold one body of sources.{name}.max_body_bytes ({} bytes, \
+                         charged {largest}); at least {largest}, or 0 for no per-peer bound",
+                        s.max_body_bytes
                     ),
                 });
             }
@@ -305,6 +327,10 @@ mod tests {
         assert_eq!(c.kafka.brokers, d.kafka.brokers);
         assert_eq!(c.kafka.ack_deadline, d.kafka.ack_deadline);
         assert_eq!(c.http.max_in_flight_requests, d.http.max_in_flight_requests);
+        assert_eq!(
+            c.http.max_buffered_body_bytes_per_peer,
+            d.http.max_buffered_body_bytes_per_peer
+        );
         assert_eq!(c.tracing, d.tracing);
         let names: Vec<_> = c.sources.keys().map(String::as_str).collect();
         assert_eq!(names, ["github", "paymenthub", "standard", "stripe"]);
@@ -326,6 +352,13 @@ mod tests {
         );
         let ok = IngestConfig::from_toml_str("[sources.p]\nsecrets_env = \"S\"\n").unwrap();
         ok.validate().unwrap();
+        let small = "[http]\nmax_buffered_body_bytes_per_peer = 1048576\n[sources.p]\nsecrets_env = \"S\"\n";
+        let e = IngestConfig::from_toml_str(small)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot hold one body") && e.contains("2764800"), "{e}");
     }
 
     #[test]

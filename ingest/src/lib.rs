@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod peer;
 pub mod publish;
 pub mod response;
 pub mod router;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::error::IngestError;
+use crate::peer::Peer;
 use crate::router::handle;
 
 /// Serve `app` on `listener` until `shutdown` is cancelled.
@@ -31,7 +32,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -53,7 +54,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
             .max_buf_size(max_buf)
             .serve_connection(
                 TokioIo::new(stream),
-                service_fn(move |req| {
+                service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Peer(peer.ip()));
                     let app = app.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
                 }),

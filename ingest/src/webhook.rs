@@ -1,6 +1,7 @@
 //! The webhook pipeline: limits → read body → verify → extract → build the record →
 //! publish → answer. Each step either continues or yields a [`Reject`].
 
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{header, Method, Request};
@@ -15,6 +16,7 @@ use crate::body::{Body, BodyLimits};
 use crate::config::DEAD_LETTER_RESERVE_BYTES;
 use crate::error::Reject;
 use crate::extract::extract;
+use crate::peer::Peer;
 use crate::publish::{Delivered, PublishError};
 use crate::response::{json_response, reject_response, Resp};
 use crate::trace::RequestSpan;
@@ -95,7 +97,8 @@ async fn accept(
         source.config.tolerance.as_secs(),
     )
     .map_err(Reject::Verify)?;
-    let body = read_body(app, source, &parts.headers, body).await?;
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0);
+    let body = read_body(app, source, &parts.headers, peer, body).await?;
     let body = &body.bytes;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let verified = verify(
@@ -147,7 +150,13 @@ async fn accept(
 
 /// The body, read within the source's size limit (Content-Length first, then as it
 /// arrives), the body budget, the minimum rate and the body deadline (`crate::body`).
-async fn read_body(app: &App, source: &Source, headers: &http::HeaderMap, body: Incoming) -> Result<Body, Reject> {
+async fn read_body(
+    app: &App,
+    source: &Source,
+    headers: &http::HeaderMap,
+    peer: Option<IpAddr>,
+    body: Incoming,
+) -> Result<Body, Reject> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -158,7 +167,7 @@ async fn read_body(app: &App, source: &Source, headers: &http::HeaderMap, body: 
         grace: app.http.body_grace,
         min_bytes_per_sec: app.http.min_body_bytes_per_sec,
     };
-    crate::body::read(&app.body_budget, limits, declared, body).await
+    crate::body::read(&app.body_budget, limits, peer, declared, body).await
 }
 
 /// The record's bytes, if they and a dead letter that may carry them later fit the

@@ -5,6 +5,7 @@
 //! traffic still gets through.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hookstream_tests::broker::Broker;
@@ -12,7 +13,7 @@ use hookstream_tests::http::post;
 use hookstream_tests::ingest::{scheme_of, secrets_of, start};
 use hookstream_tests::{kafka, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 async fn raw_topic(broker: &Broker) -> String {
     let topic = kafka::unique_topic("limits.raw");
@@ -36,7 +37,19 @@ async fn signed_status(addr: &str, id: &str) -> u16 {
 /// Open a request that passes the header checks and declares `len` body bytes, then
 /// send `first` of them; the connection stays open.
 async fn open_body(addr: &str, len: usize, first: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    send_head(s, len, first).await
+}
+
+/// [`open_body`] from another loopback address, `from` (e.g. 127.0.0.2): another peer.
+async fn open_body_from(from: Ipv4Addr, addr: &str, len: usize) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let s = socket.connect(addr.parse().unwrap()).await.unwrap();
+    send_head(s, len, b"{").await
+}
+
+async fn send_head(mut s: TcpStream, len: usize, first: &[u8]) -> TcpStream {
     let head = format!(
         "POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\nx-event-id: e\r\n\
          x-timestamp: {}\r\nx-signature: sha256={}\r\n\r\n",
@@ -118,6 +131,42 @@ async fn bodies_being_read_share_a_byte_budget_and_signed_traffic_still_gets_thr
     assert!(answer.contains("body_budget_exhausted"), "{answer}");
     // A small signed webhook still fits beside the two held bodies.
     assert_eq!(signed_status(&addr, "evt_l1").await, 200);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_declaring_large_bodies_cannot_starve_signed_webhooks() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    // A budget of 16 bodies of 60 KiB (180 KiB each: three copies), at most four of
+    // them per peer address.
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.http.max_buffered_body_bytes = (16 * 180) << 10;
+        c.http.max_buffered_body_bytes_per_peer = (4 * 180) << 10;
+    })
+    .await;
+    let addr = ingest.addr();
+    // 16 such bodies declared from 127.0.0.2, with headers that pass every check
+    // possible without the body: the whole budget, to the last KiB, if one address
+    // could hold it.
+    let flooder = Ipv4Addr::new(127, 0, 0, 2);
+    let mut flood = Vec::new();
+    for _ in 0..16 {
+        flood.push(open_body_from(flooder, &addr, 60 << 10).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The signed webhook from 127.0.0.1 fits: the flood holds only its address's share.
+    assert_eq!(signed_status(&addr, "evt_share").await, 200);
+    let mut refused = 0;
+    for s in &mut flood {
+        if status_line(s, Duration::from_millis(100))
+            .await
+            .starts_with("HTTP/1.1 429")
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 12, "four bodies fill the share; the other twelve are 429");
     ingest.stop().await;
 }
 
