@@ -137,8 +137,13 @@ impl<B: Backend> Worker<B> {
             } {
                 Ok(next) => next,
                 Err(e) => {
-                    tracing::warn!(partition = self.partition, error = %e, "a send failed; the transaction is aborted");
                     g.fail(self.partition);
+                    if e.changelog_refused && self.write_stall.is_none() {
+                        let reason = format!("changelog refused for good: {}", e.detail);
+                        self.write_stall = Some(self.stall(reason));
+                    } else {
+                        tracing::warn!(partition = self.partition, error = %e.detail, "a send failed; the transaction is aborted");
+                    }
                     return Ok(Folded::Rewind);
                 }
             },

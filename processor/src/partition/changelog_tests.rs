@@ -255,3 +255,90 @@ async fn a_changelog_write_refused_for_good_stalls_the_partition_loudly_until_it
     assert!(holes.stalled().is_empty());
     assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
 }
+
+/// `cx` under exactly-once, with the committer's part played by a task: abort a failed
+/// transaction, commit one that holds work.
+fn exactly_once(
+    mut cx: std::sync::Arc<super::Context<Memory>>,
+) -> (std::sync::Arc<super::Context<Memory>>, tokio::task::JoinHandle<()>) {
+    std::sync::Arc::get_mut(&mut cx).expect("unshared").gates = super::Gates::exactly_once();
+    let gate = cx.gates.payments.clone().expect("a gate");
+    let committer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let closed = gate.close().await;
+            let pending = gate.pending(&closed);
+            if pending.failed {
+                gate.aborted(&closed, &Default::default());
+            } else if !pending.is_empty() {
+                gate.committed(&closed);
+            }
+        }
+    });
+    (cx, committer)
+}
+
+/// Under exactly-once a changelog append refused for good fails the transaction: the
+/// batch is aborted and decided again — forever, if nothing changes. So the partition
+/// is listed as stalled the same way until the append passes.
+#[tokio::test]
+async fn under_exactly_once_a_changelog_write_refused_for_good_stalls_the_partition() {
+    use super::worker::Worker;
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    let (cx, committer) = exactly_once(super::tests::context(&memory, &store));
+    let holes = cx.holes.clone();
+    memory.state().changelog_refusals = usize::MAX;
+    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(completed).await.expect("queue");
+    drop(tx);
+    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
+    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Some(s) = holes.stalled().into_iter().next() {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("listed as stalled");
+    assert_eq!((stalled.topic.as_str(), stalled.partition), (RAW, 0));
+    assert!(
+        stalled.reason.starts_with("changelog refused for good"),
+        "{}",
+        stalled.reason
+    );
+    memory.state().changelog_refusals = 0;
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("goes on once accepted")
+        .expect("worker");
+    committer.abort();
+    assert!(holes.stalled().is_empty(), "no longer stalled once the append passed");
+    assert!(memory.sent().contains(&activated("pol1", "e1")), "{:?}", memory.sent());
+}
+
+/// A broker unavailable for a long time under exactly-once: every attempt is aborted
+/// and decided again. Each attempt starts over; none nests in the one before (which
+/// overflowed the stack after a few hundred).
+#[tokio::test]
+async fn under_exactly_once_a_long_outage_is_retried_without_nesting() {
+    use super::worker::Worker;
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    let cx = super::tests::context_with(&memory, &store, |p| p.max_backoff = std::time::Duration::from_millis(1));
+    let (cx, committer) = exactly_once(cx);
+    memory.state().failures = std::iter::repeat_n(super::memory::Fail::Unavailable, 2_000).collect();
+    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(completed).await.expect("queue");
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(60), worker.run(rx, Default::default()))
+        .await
+        .expect("goes on once the broker is back");
+    committer.abort();
+    assert!(memory.state().failures.is_empty(), "every failure was met");
+    assert!(memory.sent().contains(&activated("pol1", "e1")), "{:?}", memory.sent());
+}

@@ -10,8 +10,9 @@
 //! topic's size limit or policy).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use prometheus::IntGauge;
 use serde::Serialize;
 
 /// One partition's hole.
@@ -106,5 +107,34 @@ impl Holes {
     /// Every stalled partition, in topic and partition order.
     pub fn stalled(&self) -> Vec<Stall> {
         self.stalls().values().cloned().collect()
+    }
+
+    /// List `topic`'s `partition` as stalled for `reason`, and count it in `gauge`,
+    /// until the returned mark is dropped (the write passed, or the worker ended).
+    pub fn mark_stalled(self: &Arc<Self>, gauge: &IntGauge, topic: &str, partition: i32, reason: String) -> StallMark {
+        self.stall(topic, partition, reason);
+        gauge.inc();
+        StallMark {
+            holes: self.clone(),
+            gauge: gauge.clone(),
+            topic: topic.to_owned(),
+            partition,
+        }
+    }
+}
+
+/// A partition listed as stalled while this lives.
+#[derive(Debug)]
+pub struct StallMark {
+    holes: Arc<Holes>,
+    gauge: IntGauge,
+    topic: String,
+    partition: i32,
+}
+
+impl Drop for StallMark {
+    fn drop(&mut self) {
+        self.holes.unstall(&self.topic, self.partition);
+        self.gauge.dec();
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{Backend, LogReader, Position};
-use super::worker::{Mode, Worker};
+use super::worker::{Mode, Rewinding, Worker};
 use super::Stopped;
 
 impl<B: Backend> Worker<B> {
@@ -243,6 +243,10 @@ impl<B: Backend> Worker<B> {
             if batch.len() >= max || last + 1 >= until {
                 n += batch.len() as u64;
                 self.fold(&std::mem::take(&mut batch), mode, stop).await?;
+                if self.rewinding == Rewinding::Again {
+                    // The rewind under way starts over; it reads this range again.
+                    return Ok(n);
+                }
             }
         }
         if !batch.is_empty() {

@@ -38,6 +38,7 @@ use super::commit::Commits;
 use super::gaps::Gaps;
 use super::io::{Backend, Incoming};
 use super::order::{self, Step};
+use super::retry::Backoff;
 use super::txn::TxnGate;
 use super::{Context, Stage, Stopped};
 use crate::store::{PartitionStore, StoreError};
@@ -103,6 +104,22 @@ pub struct Worker<B> {
     pub(super) writer: Option<super::epoch::Writer>,
     /// Since when another owner's claim fences this worker.
     pub(super) fenced_at: Option<Instant>,
+    /// Under exactly-once, the partition's changelog append was refused for good: listed
+    /// as stalled until a batch gets through.
+    pub(super) write_stall: Option<super::holes::StallMark>,
+    /// A rewind is under way: an abort met while it decides again is left to it.
+    pub(super) rewinding: Rewinding,
+}
+
+/// Where the worker is with respect to rewinds (exactly-once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Rewinding {
+    #[default]
+    No,
+    /// Deciding the aborted records again.
+    Yes,
+    /// That failed too: the rewind starts over once what it reads returns.
+    Again,
 }
 
 /// Most sampled records a worker remembers until a commit covers them.
@@ -130,6 +147,8 @@ impl<B: Backend> Worker<B> {
             reported: None,
             writer: None,
             fenced_at: None,
+            write_stall: None,
+            rewinding: Rewinding::No,
         })
     }
 
@@ -252,6 +271,12 @@ impl<B: Backend> Worker<B> {
         loop {
             match self.process(batch, mode, stop).await? {
                 Folded::Done(applied) => {
+                    if self.write_stall.take().is_some() {
+                        tracing::info!(
+                            partition = self.partition,
+                            "the changelog took the batch; the partition goes on"
+                        );
+                    }
                     match mode {
                         Mode::Live => {
                             self.commits.applied(applied);
@@ -267,6 +292,13 @@ impl<B: Backend> Worker<B> {
                     // the changelog's: restoring it again cannot help.
                     corrupt += 1;
                     Box::pin(self.rebuild_corrupt(first, corrupt > 1, stop)).await?;
+                }
+                // Within a rewind, the rewind starts over (no nesting: a failure that
+                // lasts would otherwise nest one rewind in another until the stack
+                // overflows); what was being decided is decided again by it.
+                Folded::Rewind if self.rewinding != Rewinding::No => {
+                    self.rewinding = Rewinding::Again;
+                    return Ok(());
                 }
                 Folded::Rewind => Box::pin(self.rewind(stop)).await?,
                 Folded::Fenced => return self.fence(stop).await,
@@ -314,8 +346,27 @@ impl<B: Backend> Worker<B> {
     /// The stage's transaction was aborted after this partition wrote in it (or a send
     /// of its own failed it): sled holds writes that never happened. Drop the state,
     /// restore it from the changelog and the group's offset (what committed), and decide
-    /// again every record delivered since.
+    /// again every record delivered since — over again, after a backoff, while that is
+    /// aborted too.
     pub(super) async fn rewind(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
+        let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "rewind");
+        self.rewinding = Rewinding::Yes;
+        let rewound = loop {
+            let once = self.rewind_once(stop).await;
+            if once.is_err() || self.rewinding != Rewinding::Again {
+                break once;
+            }
+            self.rewinding = Rewinding::Yes;
+            if let Err(s) = backoff.pause(&"deciding the aborted records again failed", stop).await {
+                break Err(s);
+            }
+        };
+        self.rewinding = Rewinding::No;
+        rewound
+    }
+
+    async fn rewind_once(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
         if let Some(gate) = self.gate.clone() {
             // Wait for the abort (the rewind it asks for is this one).
             let entered = tokio::select! {
@@ -345,6 +396,9 @@ impl<B: Backend> Worker<B> {
             .await?;
         self.next_offset = None;
         self.reconcile(position, stop).await?;
+        if self.rewinding == Rewinding::Again {
+            return Ok(());
+        }
         if let (Some(next), Some(until)) = (self.next_offset, self.consumed_next) {
             if until > next {
                 self.read_range(next, until, Mode::Live, stop).await?;

@@ -7,6 +7,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Decided, Emitted};
+use super::holes::StallMark;
 use super::io::{Backend, SendError};
 use super::retry::Backoff;
 use super::worker::{Mode, Worker};
@@ -20,6 +21,17 @@ fn output_id(o: &Output) -> String {
         Output::Policy(p) => p.id().to_owned(),
         Output::Dead(d) => d.dead_letter_id.clone(),
     }
+}
+
+/// A send into the open transaction failed: the transaction must be aborted.
+#[derive(Debug)]
+pub(super) struct TxnSendFailed {
+    /// The error and its sources.
+    pub detail: String,
+    /// The changelog append was refused for good. A refused output is replaced by its
+    /// dead letter when the batch is decided again; a refused append is not, so the
+    /// batch fails the same way until an operator fixes the topic.
+    pub changelog_refused: bool,
 }
 
 /// `e` and its sources, for a log line or a dead letter's detail.
@@ -51,13 +63,11 @@ impl<B: Backend> Worker<B> {
     {
         let cx = &self.cx;
         let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), what);
-        let mut stalled = false;
+        let mut stalled = None;
         loop {
             match f().await {
                 Ok(v) => {
-                    if stalled {
-                        cx.holes.unstall(&self.topic, self.partition);
-                        cx.metrics.partitions_stalled.dec();
+                    if stalled.take().is_some() {
                         tracing::info!(
                             partition = self.partition,
                             what,
@@ -67,28 +77,27 @@ impl<B: Backend> Worker<B> {
                     return Ok(v);
                 }
                 Err(e) => {
-                    if !e.is_transient() && !stalled {
-                        let reason = format!("{what} refused for good: {}", error_chain(&e));
-                        tracing::error!(
-                            stage = self.stage.as_str(),
-                            partition = self.partition,
-                            reason,
-                            "the partition waits until the broker accepts its write (a topic's size limit or policy)"
-                        );
-                        cx.holes.stall(&self.topic, self.partition, reason);
-                        cx.metrics.partitions_stalled.inc();
-                        stalled = true;
+                    if !e.is_transient() && stalled.is_none() {
+                        stalled = Some(self.stall(format!("{what} refused for good: {}", error_chain(&e))));
                     }
-                    if let Err(s) = backoff.pause(&e, stop).await {
-                        if stalled {
-                            cx.holes.unstall(&self.topic, self.partition);
-                            cx.metrics.partitions_stalled.dec();
-                        }
-                        return Err(s);
-                    }
+                    // Stopped: the mark goes with it, as the partition does.
+                    backoff.pause(&e, stop).await?;
                 }
             }
         }
+    }
+
+    /// List the partition as stalled, loudly, until the returned mark is dropped.
+    pub(super) fn stall(&self, reason: String) -> StallMark {
+        tracing::error!(
+            stage = self.stage.as_str(),
+            partition = self.partition,
+            reason,
+            "the partition waits until the broker accepts its write (a topic's size limit or policy)"
+        );
+        let cx = &self.cx;
+        cx.holes
+            .mark_stalled(&cx.metrics.partitions_stalled, &self.topic, self.partition, reason)
     }
 
     /// Send every output until each is acknowledged. A transient failure pauses and
@@ -155,7 +164,7 @@ impl<B: Backend> Worker<B> {
         d: &mut Decided,
         entries: &[crate::store::Entry],
         mode: Mode,
-    ) -> Result<Option<i64>, String> {
+    ) -> Result<Option<i64>, TxnSendFailed> {
         let cx = self.cx.clone();
         if mode == Mode::Live && !d.outputs.is_empty() {
             for out in d.outputs.iter_mut() {
@@ -182,8 +191,11 @@ impl<B: Backend> Worker<B> {
                 }
                 failed = Some(error);
             }
-            if let Some(e) = failed {
-                return Err(e);
+            if let Some(detail) = failed {
+                return Err(TxnSendFailed {
+                    detail,
+                    changelog_refused: false,
+                });
             }
         }
         let mut all = entries.to_vec();
@@ -196,7 +208,10 @@ impl<B: Backend> Worker<B> {
             .backend
             .append(topic, self.partition, None, &all)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| TxnSendFailed {
+                detail: error_chain(&e),
+                changelog_refused: !e.is_transient(),
+            })?;
         cx.metrics.changelog_records.inc_by(all.len() as u64);
         Ok(Some(last.last + 1))
     }
