@@ -79,3 +79,47 @@ async fn drift_is_reported_and_left_alone() {
         "still 2 partitions: {after:#?}"
     );
 }
+
+/// A producer whose clock is 8 days ahead (a skewed ingest host, or anyone producing to
+/// the raw topic) does not choose the time its records carry: the planned raw topic is
+/// stamped by the broker at append, so a partition's clock follows one clock, the
+/// broker's, and eight such records cannot age every dedup key of the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_topic_carries_the_brokers_time_not_the_producers() {
+    use rdkafka::message::{Message, Timestamp};
+    use rdkafka::producer::FutureRecord;
+    let broker = Broker::shared();
+    let c = config(broker.bootstrap());
+    let plan = topics::plan(&c).unwrap();
+    topics::apply(&c, &plan).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ahead = now + 8 * 86_400_000;
+    let producer = kafka::producer(broker.bootstrap());
+    let record = FutureRecord::to(&c.kafka.raw_topic)
+        .key("pay_skew")
+        .payload("x")
+        .timestamp(ahead);
+    producer
+        .send(record, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("accepted whatever time the producer claims");
+    let read = kafka::read_records(
+        broker.bootstrap(),
+        &c.kafka.raw_topic,
+        1,
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    let ts = read[0].timestamp();
+    let Timestamp::LogAppendTime(ms) = ts else {
+        panic!("the producer's time was kept: {ts:?}")
+    };
+    assert!(
+        (ms - now).abs() < 60_000,
+        "the broker's time, not 8 days ahead: {ms} vs {now}"
+    );
+}

@@ -120,8 +120,16 @@ pub fn plan(config: &ProcessorConfig) -> Result<Vec<TopicSpec>, TopicsError> {
         }
     };
     let delete = |retention: Duration| vec![("cleanup.policy", "delete".to_owned()), ("retention.ms", ms(retention))];
+    let mut raw = delete(t.raw_retention);
+    // The broker stamps each raw record with its time at append, whatever time the
+    // producer claims: a partition's clock (`rules::clock`) then follows one clock, the
+    // broker's, so a skewed ingest host (or anyone producing to the topic) cannot move
+    // it ahead, one record at a time, until every dedup key expires; and that host's
+    // records are still taken (a producer time too far ahead is refused under
+    // CreateTime, by Kafka 4's `message.timestamp.after.max.ms`).
+    raw.push(("message.timestamp.type", "LogAppendTime".to_owned()));
     Ok(vec![
-        spec(k.raw_topic.clone(), t.raw_partitions, delete(t.raw_retention)),
+        spec(k.raw_topic.clone(), t.raw_partitions, raw),
         spec(
             k.activations_topic.clone(),
             t.activations_partitions,
@@ -282,6 +290,7 @@ mod tests {
         for s in &plan[4..] {
             assert_eq!(s.configs["cleanup.policy"], "compact", "{}", s.name);
         }
+        assert_eq!(plan[0].configs["message.timestamp.type"], "LogAppendTime");
         assert!(plan
             .iter()
             .all(|s| s.replication_factor == 3 && s.configs["min.insync.replicas"] == "2"));
