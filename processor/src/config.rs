@@ -259,10 +259,20 @@ pub struct ProcessingConfig {
     pub gap_check_interval: Duration,
     /// Records decided per sled batch and offset commit at most. Default 500.
     pub max_batch_records: usize,
+    /// Record bytes (key, value, headers) per batch at most, beside the count: live, and
+    /// when a partition is rebuilt from its log, where a batch of 500 records of 900 KiB
+    /// would hold 450 MB. A record larger than this is a batch of its own. Default
+    /// 4194304 (4 MiB: 2,000 webhooks of 2 KiB, so the count binds for ordinary ones).
+    pub max_batch_bytes: usize,
     /// Records buffered per partition between the consumer and its worker (on top of
     /// librdkafka's 2 MiB pre-fetch per partition). Default 1000: two batches, enough to
     /// keep a draining worker busy; 2000 only added memory.
     pub partition_queue_records: usize,
+    /// Record bytes buffered per partition between the consumer and its worker, beside
+    /// the count, and held until the worker is done with them (its batch included): a
+    /// worker paused on a transient failure while its consumer fetches on holds this
+    /// much at most. Default 8388608 (8 MiB; 1,000 records of 900 KiB would be 900 MB).
+    pub partition_queue_bytes: usize,
     /// Longest pause between retries of a transient failure (broker, disk). Default 10 s.
     #[serde(rename = "max_backoff_ms", with = "millis")]
     pub max_backoff: Duration,
@@ -309,6 +319,8 @@ impl Default for ProcessingConfig {
             gap_timeout: Duration::from_secs(300),
             gap_check_interval: Duration::from_secs(1),
             max_batch_records: 500,
+            max_batch_bytes: 4 << 20,
+            partition_queue_bytes: 8 << 20,
             partition_queue_records: 1000,
             max_backoff: Duration::from_secs(10),
             commit_interval: Duration::from_millis(100),

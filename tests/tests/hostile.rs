@@ -2,13 +2,17 @@
 //! binary: sequence numbers far out of range, a flood of out-of-order events, a policy
 //! id of 400 KB, a refund before its completion, a failed attempt retried to success,
 //! and a raw record whose dead letter would be too large. Afterwards the processor is
-//! the same live process and ordinary payments on every partition are activated.
+//! the same live process and ordinary payments on every partition are activated. And a
+//! backlog of large records is rebuilt within a memory bound.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, PolicyEvent, PolicyEventKind};
+use hookstream_processor::cli::replay::{self, ReplayFrom};
+use hookstream_schemas::{
+    decode, encode, DeadLetter, DeadLetterReason, HttpHeader, PolicyEvent, PolicyEventKind, RawWebhook,
+};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
@@ -186,4 +190,89 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
     assert!(shrunk.original_value.is_none(), "the letter leaves the payload out");
     assert!(shrunk.detail.contains("left out"), "{}", shrunk.detail);
     ingest.stop().await;
+}
+
+/// One captured signed webhook of 880 KiB replayed 600 times (~530 MB of backlog, all in
+/// one partition), and the group moved past it (`processor replay` forward): a new
+/// instance rebuilds the payment's state from those records. It reads them in batches
+/// bounded by bytes as well as by count, so it holds far less than the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_large_records_is_rebuilt_within_a_memory_bound() {
+    const COPIES: usize = 600;
+    const LIMIT: u64 = 256 << 20;
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 2).await;
+    let value = encode(&large_completion()).unwrap();
+    let producer = kafka::producer(broker.bootstrap());
+    let sends = (0..COPIES).map(|_| {
+        producer.send(
+            FutureRecord::to(&topics.raw).key("pay_backlog").payload(&value),
+            Duration::from_secs(60),
+        )
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|(e, _)| e).expect("the raw topic takes the copy");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let (group, raw, bootstrap) = (
+        config.kafka.group_id.clone(),
+        topics.raw.clone(),
+        broker.bootstrap().to_owned(),
+    );
+    let ends = tokio::task::spawn_blocking(move || kafka::committed_and_ends(&bootstrap, &group, &raw, 2))
+        .await
+        .unwrap();
+    let to_end = ReplayFrom::Offsets(ends.iter().enumerate().map(|(p, (_, e))| (p as i32, *e)).collect());
+    replay::run(&config.kafka, &to_end, true)
+        .await
+        .expect("replay to the end");
+    let processor = ChildProcessor::spawn(&config, dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while !processor.log_tail().contains("rebuilt partition state from the log") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rebuilt:\n{}",
+            processor.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let peak = processor.peak_rss_bytes();
+    let state = http::get(&processor.admin, "/payments/pay_backlog").await;
+    let text = String::from_utf8_lossy(&state.body);
+    assert_eq!(state.status, 200, "{text}");
+    assert!(text.contains("completed"), "{text}");
+    eprintln!(
+        "peak RSS rebuilding from {COPIES} records of 880 KiB: {} MiB",
+        peak >> 20
+    );
+    assert!(peak <= LIMIT, "peak RSS {} MiB over {} MiB", peak >> 20, LIMIT >> 20);
+}
+
+/// A completed payment's webhook whose body is 880 KiB, as ingest would have recorded it.
+fn large_completion() -> RawWebhook {
+    let mut body: serde_json::Value = serde_json::from_slice(&sign::payment_body(
+        "evt_big",
+        "pay_backlog",
+        None,
+        "payment.completed",
+        Some("pol_backlog"),
+    ))
+    .unwrap();
+    body["padding"] = "x".repeat(880 << 10).into();
+    RawWebhook {
+        event_id: "evt_big".into(),
+        source: "paymenthub".into(),
+        scheme: "hmac-sha256".into(),
+        secret_index: 0,
+        payment_id: "pay_backlog".into(),
+        event_type: Some("payment.completed".into()),
+        sequence: None,
+        received_at: 1_764_000_000_000,
+        headers: vec![HttpHeader {
+            name: "x-event-id".into(),
+            value: b"evt_big".to_vec(),
+        }],
+        body: serde_json::to_vec(&body).unwrap(),
+    }
 }

@@ -31,6 +31,7 @@ use super::coordinator::{Key, Membership};
 use crate::kafka::record::incoming;
 use crate::metrics::Metrics;
 use crate::partition::io::Incoming;
+use crate::partition::queue::Feeder;
 use crate::partition::txn::TxnGate;
 use crate::partition::Stage;
 
@@ -247,7 +248,7 @@ pub async fn poll(
 
 /// Move one partition's records from its own queue into its worker's, until the worker
 /// is gone or the feed is aborted. A full worker queue holds up this partition only.
-pub async fn feed(queue: StreamPartitionQueue<GroupContext>, tx: mpsc::Sender<Incoming>, partition: i32) {
+pub async fn feed(queue: StreamPartitionQueue<GroupContext>, tx: Feeder, partition: i32) {
     loop {
         let r = match queue.recv().await {
             Ok(m) => incoming(&m),

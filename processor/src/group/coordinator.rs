@@ -21,6 +21,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::partition::io::Incoming;
+use crate::partition::queue::Feeder;
 use crate::partition::Stage;
 
 /// A partition of one of the stages' input topics.
@@ -52,7 +53,7 @@ pub trait Spawner: Send + 'static {
 
     /// A task moving the partition's own record queue into `tx`, when the consumer can
     /// split one off (otherwise its records come as [`Coordinator::run`]'s `records`).
-    fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>>;
+    fn feed(&mut self, key: Key, tx: Feeder) -> Option<JoinHandle<()>>;
 
     /// `partitions`' workers have exited after a revocation or at shutdown: their
     /// hand-over (under exactly-once, the commit of what they decided) happens here.
@@ -68,7 +69,7 @@ pub trait Spawner: Send + 'static {
 
 struct Handle {
     /// `None` once the hand-over began: the queue is closed.
-    tx: Option<mpsc::Sender<Incoming>>,
+    tx: Option<Feeder>,
     stop: CancellationToken,
     task: AbortHandle,
     feed: Option<JoinHandle<()>>,
@@ -82,19 +83,21 @@ pub struct Coordinator<S: Spawner> {
     handles: HashMap<Key, Handle>,
     tasks: JoinSet<Key>,
     queue_records: usize,
+    queue_bytes: usize,
     deadline: Duration,
 }
 
 impl<S: Spawner> Coordinator<S> {
-    /// `queue_records`: each worker's queue; `deadline`: how long a revoked worker may
-    /// take to finish before it is stopped.
-    pub fn new(spawner: S, queue_records: usize, deadline: Duration) -> Self {
+    /// `queue_records` and `queue_bytes`: each worker's queue ([`Feeder`]); `deadline`:
+    /// how long a revoked worker may take to finish before it is stopped.
+    pub fn new(spawner: S, queue_records: usize, queue_bytes: usize, deadline: Duration) -> Self {
         Self {
             spawner,
             owned: HashSet::new(),
             handles: HashMap::new(),
             tasks: JoinSet::new(),
             queue_records: queue_records.max(1),
+            queue_bytes,
             deadline,
         }
     }
@@ -163,11 +166,11 @@ impl<S: Spawner> Coordinator<S> {
     }
 
     /// Start the partition's worker and feed unless it runs.
-    fn start(&mut self, key: Key) -> Option<mpsc::Sender<Incoming>> {
+    fn start(&mut self, key: Key) -> Option<Feeder> {
         if let Some(h) = self.handles.get(&key) {
             return h.tx.clone();
         }
-        let (tx, rx) = mpsc::channel(self.queue_records);
+        let (tx, rx) = Feeder::channel(self.queue_records, self.queue_bytes);
         let stop = CancellationToken::new();
         let worker = self.spawner.worker(key, rx, stop.clone())?;
         let task = self.tasks.spawn(async move {

@@ -39,7 +39,7 @@ impl Spawner for Fake {
         }))
     }
 
-    fn feed(&mut self, _key: Key, _tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+    fn feed(&mut self, _key: Key, _tx: Feeder) -> Option<JoinHandle<()>> {
         None
     }
 }
@@ -59,6 +59,7 @@ fn record(partition: i32, offset: i64) -> (Key, Incoming) {
             headers: vec![],
         }),
         traceparent: None,
+        held: Default::default(),
     };
     ((P, partition), r)
 }
@@ -80,7 +81,7 @@ fn start(linger: Duration, deadline: Duration) -> Running {
     let (membership, m_rx) = mpsc::unbounded_channel();
     let (records, r_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(Coordinator::new(fake, 8, deadline).run(m_rx, r_rx, shutdown.clone()));
+    let task = tokio::spawn(Coordinator::new(fake, 8, 1 << 20, deadline).run(m_rx, r_rx, shutdown.clone()));
     Running {
         journal,
         membership,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::backend::KafkaBackend;
 use crate::partition::io::Incoming;
+use crate::partition::queue::Feeder;
 use crate::partition::worker::Worker;
 use crate::partition::{Context, Stage};
 use consumer::{GroupConsumer, GroupContext, StageTopics};
@@ -88,7 +89,7 @@ impl Spawner for Workers {
         }
     }
 
-    fn feed(&mut self, key: Key, tx: mpsc::Sender<Incoming>) -> Option<JoinHandle<()>> {
+    fn feed(&mut self, key: Key, tx: Feeder) -> Option<JoinHandle<()>> {
         let (stage, partition) = key;
         let topic = self.cx.settings.topic(stage);
         match self.members.of(stage).split_partition_queue(topic, partition) {
@@ -112,6 +113,9 @@ impl Spawner for Workers {
     }
 }
 
+/// Records the group consumer's own queue holds on their way to their workers.
+const GROUP_QUEUE_RECORDS: usize = 32;
+
 /// Consume with `members` (subscribed, their callbacks sending to `membership`) until
 /// `shutdown`, then hand every partition over and leave the group. `producers`: under
 /// exactly-once, each stage's transactional producer.
@@ -123,7 +127,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let p = &cx.settings.processing;
-    let (records_tx, records) = mpsc::channel(p.partition_queue_records.max(1));
+    // Records of partitions whose queue is not split off yet pass through here to their
+    // worker's queue (which bounds them by bytes): a short channel, so the pass-through
+    // adds at most GROUP_QUEUE_RECORDS records (of up to ~1 MB each) on top.
+    let (records_tx, records) = mpsc::channel(GROUP_QUEUE_RECORDS);
     let deadline = hand_over_deadline(cx.settings.session_timeout);
     let mut committers = Vec::new();
     let mut committer_tasks = Vec::new();
@@ -152,6 +159,7 @@ pub async fn run(
             committers,
         },
         p.partition_queue_records,
+        p.partition_queue_bytes,
         deadline,
     );
     let topics = StageTopics {

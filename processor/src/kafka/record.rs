@@ -39,5 +39,6 @@ pub fn incoming<M: Message>(m: &M) -> Incoming {
     Incoming {
         record: Arc::new(record),
         traceparent,
+        held: Default::default(),
     }
 }

@@ -23,6 +23,9 @@ pub struct Incoming {
     /// Shared, not copied, with the outputs it causes (a record can be up to ~1 MB).
     pub record: Arc<RawRecord>,
     pub traceparent: Option<String>,
+    /// Its share of its partition's queue budget, while it is buffered or decided
+    /// ([`super::queue`]); none for records read from the log directly.
+    pub held: super::queue::Held,
 }
 
 /// An output was not acknowledged.

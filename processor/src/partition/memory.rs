@@ -138,6 +138,7 @@ impl Memory {
         let m = Incoming {
             record: Arc::new(record),
             traceparent: None,
+            held: Default::default(),
         };
         log.push(m.clone());
         m
@@ -157,6 +158,7 @@ impl Memory {
         let m = Incoming {
             record: Arc::new(record),
             traceparent: None,
+            held: Default::default(),
         };
         log.push(m.clone());
         m
@@ -247,6 +249,7 @@ impl Outputs for Memory {
                 log.push(Incoming {
                     record: Arc::new(record),
                     traceparent: None,
+                    held: Default::default(),
                 });
             }
         }
@@ -295,6 +298,7 @@ impl Changelog for Memory {
             log.push(Incoming {
                 record: Arc::new(record),
                 traceparent: None,
+                held: Default::default(),
             });
         }
         match written {

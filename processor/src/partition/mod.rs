@@ -19,6 +19,7 @@ pub mod gaps;
 pub mod holes;
 pub mod io;
 pub mod order;
+pub mod queue;
 pub mod retry;
 pub mod txn;
 pub mod worker;

@@ -215,8 +215,10 @@ impl<B: Backend> Worker<B> {
             .retry("log", stop, || async { cx.backend.open(&topic, partition, start) })
             .await?;
         let max = cx.settings.processing.max_batch_records.max(1);
+        let max_bytes = cx.settings.processing.max_batch_bytes;
         let mut n = 0u64;
         let mut batch = Vec::new();
+        let mut bytes = 0usize;
         let mut last = -1;
         while last + 1 < until {
             let m = tokio::select! {
@@ -239,9 +241,11 @@ impl<B: Backend> Worker<B> {
             if last >= until {
                 break;
             }
+            bytes += m.record.size_bytes();
             batch.push(m);
-            if batch.len() >= max || last + 1 >= until {
+            if batch.len() >= max || bytes >= max_bytes || last + 1 >= until {
                 n += batch.len() as u64;
+                bytes = 0;
                 self.fold(&std::mem::take(&mut batch), mode, stop).await?;
                 if self.rewinding == Rewinding::Again {
                     // The rewind under way starts over; it reads this range again.

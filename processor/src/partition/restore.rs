@@ -22,8 +22,11 @@ use super::Stopped;
 use crate::store::changelog::{claimed_epoch, epoch_of, reset_entry, META, RESET};
 use crate::store::{Entry, StoreError};
 
-/// Entries applied to sled per atomic batch while restoring.
+/// Entries applied to sled per atomic batch while restoring, at most (a chunk ends at the
+/// first batch boundary past either bound)...
 const RESTORE_CHUNK: usize = 2_000;
+/// ...and their bytes: a payment's entry can be MiBs (its held events), 2,000 of them GBs.
+const RESTORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// What a restore found.
 #[derive(Debug, Default)]
@@ -228,6 +231,7 @@ impl<B: Backend> Worker<B> {
     ) -> Result<Result<(u64, i64, i64), StoreError>, Stopped> {
         let mut ready: Vec<Entry> = Vec::with_capacity(RESTORE_CHUNK);
         let mut pending: Vec<Entry> = Vec::new();
+        let mut ready_bytes = 0usize;
         let mut boundary = None;
         let mut n = 0u64;
         let mut read_to = from;
@@ -245,6 +249,7 @@ impl<B: Backend> Worker<B> {
             if !epochs.admit(&key, &m.record.headers, &mut pending) {
                 return;
             }
+            ready_bytes += m.record.size_bytes();
             pending.push(Entry {
                 key,
                 value: m.record.value.clone(),
@@ -252,7 +257,8 @@ impl<B: Backend> Worker<B> {
             if is_boundary(m) {
                 ready.append(&mut pending);
                 boundary = Some(m.record.origin.offset);
-                if ready.len() >= RESTORE_CHUNK {
+                if ready.len() >= RESTORE_CHUNK || ready_bytes >= RESTORE_CHUNK_BYTES {
+                    ready_bytes = 0;
                     if let Err(e) = store.restore(&std::mem::take(&mut ready), m.record.origin.offset + 1) {
                         failed = Some(e);
                     }

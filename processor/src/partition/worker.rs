@@ -172,7 +172,7 @@ impl<B: Backend> Worker<B> {
             .min(p.commit_interval)
             .max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(every);
-        let max = p.max_batch_records.max(1);
+        let (max, max_bytes) = (p.max_batch_records.max(1), p.max_batch_bytes);
         // Reconcile on assignment, not when traffic happens to come, so a quiet
         // partition's held events still get their gap timer.
         let cx = self.cx.clone();
@@ -187,10 +187,14 @@ impl<B: Backend> Worker<B> {
                 () = stop.cancelled() => return Err(Stopped),
                 first = rx.recv() => {
                     let Some(first) = first else { return Ok(()) };
+                    let mut bytes = first.record.size_bytes();
                     let mut batch = vec![first];
-                    while batch.len() < max {
+                    while batch.len() < max && bytes < max_bytes {
                         match rx.try_recv() {
-                            Ok(m) => batch.push(m),
+                            Ok(m) => {
+                                bytes += m.record.size_bytes();
+                                batch.push(m);
+                            }
                             Err(_) => break,
                         }
                     }

@@ -84,6 +84,19 @@ pub struct RawRecord {
     pub headers: Vec<KafkaHeader>,
 }
 
+impl RawRecord {
+    /// Bytes of its key, value and headers: what holding it costs, near enough to bound
+    /// the records buffered by bytes.
+    pub fn size_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+    }
+}
+
 /// A verified webhook with the fields the rules need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookEvent {
