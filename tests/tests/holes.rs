@@ -1,18 +1,38 @@
 //! A hole in the raw log on the real broker: records above a partition's state deleted
 //! (DeleteRecords, as retention would) while no processor ran. The processor refuses to
 //! go on for that partition, loudly, until an operator acknowledges the hole — even when
-//! its state directory was lost as well.
+//! its state directory was lost as well. And a replay over a log that no longer starts
+//! at 0 keeps what the state remembers of the records retention deleted.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
+use hookstream_processor::cli::replay::{self, ReplayFrom};
+use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Delete the records of `topic`'s partition 0 below `offset`, as retention would.
+async fn delete_below(bootstrap: &str, topic: &str, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut below = TopicPartitionList::new();
+    below.add_partition_offset(topic, 0, Offset::Offset(offset)).unwrap();
+    admin
+        .delete_records(
+            &below,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("the broker deletes records (DeleteRecords)");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
@@ -41,19 +61,7 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
     // While no processor runs: two more webhooks, the first of them then deleted.
     sign::send_event(&addr, "h2", "pay_h2", None, "payment.completed", Some("pol_h2")).await;
     sign::send_event(&addr, "h3", "pay_h3", None, "payment.completed", Some("pol_h3")).await;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .unwrap();
-    let mut below = TopicPartitionList::new();
-    below.add_partition_offset(&topics.raw, 0, Offset::Offset(2)).unwrap();
-    admin
-        .delete_records(
-            &below,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("the broker deletes records (DeleteRecords)");
+    delete_below(broker.bootstrap(), &topics.raw, 2).await;
 
     // The state directory is lost too: the state restored from the changelog still
     // knows where it was, so the hole is found all the same.
@@ -104,6 +112,71 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
     assert_eq!(
         (v.status.as_u16(), v.json()["payment_id"].clone()),
         (200, "pay_h3".into())
+    );
+    processor.stop().await;
+    ingest.stop().await;
+}
+
+/// A payment decided long ago (its record since deleted by retention) and a recent one;
+/// `processor replay --from-beginning` then moves the group back to the log's start, not
+/// to 0. The replay keeps the state (the old payment's refund still cancels its policy),
+/// decides the retained records again (the recent activation is sent again, same id) and
+/// stops at no hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_over_a_log_that_no_longer_starts_at_0_keeps_the_older_state() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let addr = ingest.addr();
+    let wait = Duration::from_secs(60);
+    let processor = RunningProcessor::start(config.clone()).await;
+    sign::send_event(&addr, "r_old", "pay_old", None, "payment.completed", Some("pol_old")).await;
+    kafka::wait_for_activation(broker.bootstrap(), &topics.activations, "pol_old", wait).await;
+    let (_, end) = kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 1)[0];
+    delete_below(broker.bootstrap(), &topics.raw, end).await;
+    sign::send_event(&addr, "r_new", "pay_new", None, "payment.completed", Some("pol_new")).await;
+    kafka::wait_for_activation(broker.bootstrap(), &topics.activations, "pol_new", wait).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    processor.stop().await;
+
+    let r = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
+    assert_eq!((r[0].log_start, r[0].reset_to), (end, end), "{r:?}");
+    let processor = RunningProcessor::start(config).await;
+    let again = kafka::read_records(broker.bootstrap(), &topics.activations, 3, wait).await;
+    let ids: Vec<String> = again
+        .iter()
+        .filter_map(|m| match decode::<PolicyEvent>(m.payload()?).ok()?.event {
+            PolicyEventKind::Activated(a) if a.policy_id == "pol_new" => Some(a.activation_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "the retained completion is decided again: {ids:?}");
+    assert_eq!(ids[0], ids[1], "with the same activation id");
+    sign::send_event(
+        &addr,
+        "r_old_refund",
+        "pay_old",
+        None,
+        "payment.refunded",
+        Some("pol_old"),
+    )
+    .await;
+    let cancelled = kafka::read_until(broker.bootstrap(), &topics.activations, wait, |all| {
+        all.iter().any(|m| {
+            matches!(decode::<PolicyEvent>(m.payload().unwrap_or_default()).map(|e| e.event),
+                Ok(PolicyEventKind::Cancelled(c)) if c.policy_id == "pol_old")
+        })
+    })
+    .await;
+    assert!(
+        cancelled.len() >= 4,
+        "the refund of the payment whose record is gone cancels its policy"
+    );
+    assert_eq!(
+        http::get(&processor.admin, "/holes").await.json()["holes"],
+        serde_json::json!([])
     );
     processor.stop().await;
     ingest.stop().await;

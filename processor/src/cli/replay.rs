@@ -42,7 +42,8 @@ use crate::config::{KafkaConfig, PAYMENTS_STORE};
 use crate::kafka::changelog::ChangelogWriter;
 use crate::kafka::{client, offsets};
 use crate::partition::io::Changelog;
-use crate::store::changelog::reset_entry;
+use crate::store::changelog::{replay_entry, reset_entry, ReplayMark};
+use crate::store::Entry;
 
 /// Broker requests made by the replay command wait this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +141,7 @@ pub enum ReplayError {
     Forward(Vec<(i32, Option<i64>, i64)>),
     #[error("Kafka")]
     Kafka(#[from] KafkaError),
-    #[error("writing the reset entry of partition {partition} to {topic}")]
+    #[error("writing the replay's entry for partition {partition} to {topic}")]
     Changelog {
         topic: String,
         partition: i32,
@@ -200,9 +201,33 @@ fn commit(consumer: &BaseConsumer, cfg: &KafkaConfig, resets: &[PartitionReset])
     Ok(())
 }
 
-/// Void the payment stage's logged state of every partition that moves. Before the
-/// commit: a reset without the move only costs a rebuild, a move without the reset would
-/// restore the later state and skip the replay.
+/// What a partition's changelog must record for its move (`None`: nothing).
+///
+/// Back over what the state covers, with the whole log still there (it starts at 0): a
+/// reset entry voids the state, which is then rebuilt from the log up to the new
+/// offset — exactly the state below it. Back when the log no longer starts at 0: the
+/// records below its start are gone and a rebuild would forget what they decided, so the
+/// state is kept ([`ReplayMark`]: decided again in place). Forward, or not at all: the
+/// state stays as it is (records skipped forward are folded into it, outputs
+/// suppressed).
+fn changelog_entry(r: &PartitionReset) -> Option<Entry> {
+    let before = r.committed_before?;
+    if r.reset_to >= before {
+        return None;
+    }
+    Some(if r.log_start == 0 {
+        reset_entry()
+    } else {
+        replay_entry(&ReplayMark {
+            from: r.reset_to,
+            until: before,
+        })
+    })
+}
+
+/// Record in the payment stage's changelog what each partition's move means for its
+/// state ([`changelog_entry`]). Before the commit: an entry without the move costs at most
+/// a rebuild, a move without the entry would restore the later state and skip the replay.
 async fn void_changelog(
     cfg: &KafkaConfig,
     consumer: Arc<BaseConsumer>,
@@ -221,10 +246,10 @@ async fn void_changelog(
         return Ok(());
     }
     let writer = ChangelogWriter::new(cfg)?;
-    let entry = [reset_entry()];
     for r in resets {
+        let Some(entry) = changelog_entry(r) else { continue };
         writer
-            .append(&topic, r.partition, None, &entry)
+            .append(&topic, r.partition, None, &[entry])
             .await
             .map_err(|source| ReplayError::Changelog {
                 topic: topic.clone(),
@@ -341,6 +366,30 @@ fn refuse_if_active(consumer: &BaseConsumer, group: &str) -> Result<(), ReplayEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_move_back_is_recorded_and_in_place_once_the_log_lost_its_start() {
+        let reset = |log_start, committed_before, reset_to| PartitionReset {
+            topic: "raw".into(),
+            partition: 0,
+            log_start,
+            log_end: 100,
+            committed_before,
+            reset_to,
+        };
+        let key = |r: &PartitionReset| changelog_entry(r).map(|e| e.key);
+        assert_eq!(
+            key(&reset(0, Some(90), 0)),
+            Some(crate::store::changelog::RESET.to_vec())
+        );
+        let e = changelog_entry(&reset(40, Some(90), 40)).expect("an entry");
+        assert_eq!(e.key, crate::store::changelog::REPLAY.to_vec());
+        let mark: ReplayMark = serde_json::from_slice(&e.value.unwrap()).unwrap();
+        assert_eq!(mark, ReplayMark { from: 40, until: 90 });
+        assert_eq!(key(&reset(40, Some(90), 90)), None, "a partition that does not move");
+        assert_eq!(key(&reset(40, Some(90), 95)), None, "forward: the state stays");
+        assert_eq!(key(&reset(0, None, 0)), None, "never committed: no state");
+    }
 
     #[test]
     fn offsets_and_times_parse_or_say_what_is_expected() {

@@ -226,7 +226,8 @@ impl<B: Backend> Worker<B> {
         let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
-            if applied.is_some_and(|a| offset <= a) || d.changes.applied.is_some_and(|a| offset <= a) {
+            let replayed = self.replay_until.is_some_and(|u| offset < u);
+            if (applied.is_some_and(|a| offset <= a) && !replayed) || d.changes.applied.is_some_and(|a| offset <= a) {
                 continue;
             }
             let rec = inc.record.clone();

@@ -12,7 +12,10 @@
 //! - sled ahead (a crash after persisting, before committing): records it already
 //!   applied are skipped, and the group's offset is moved up to what sled covers, so a
 //!   quiet partition does not stay behind;
-//! - the group's offset below the highest one this instance committed itself:
+//! - the group's offset inside a replay mark the changelog records (`processor replay`
+//!   moved it back on a log that no longer starts at 0): the state is kept, and the
+//!   records up to the mark's end are decided again against it;
+//! - otherwise the group's offset below the highest one this instance committed itself:
 //!   `processor replay` moved it back, so the partition's state is dropped (a reset
 //!   entry voids it in the changelog too) and rebuilt from the input log up to the new
 //!   offset, and records from there on are decided again, their outputs published again.
@@ -26,12 +29,43 @@ use super::worker::{Mode, Rewinding, Worker};
 use super::Stopped;
 
 impl<B: Backend> Worker<B> {
-    /// When the group was moved back behind what this instance itself committed
-    /// (`processor replay`), drop the partition's state.
-    async fn drop_if_replayed(&mut self, committed: i64, stop: &CancellationToken) -> Result<(), Stopped> {
+    /// The group's offset `committed` is inside a replay in place the changelog records:
+    /// keep the state and decide again up to its end. Otherwise, when the group was moved
+    /// back behind `committed_mark`, what this instance itself committed, drop the
+    /// partition's state.
+    async fn replay_or_drop(
+        &mut self,
+        committed: i64,
+        committed_mark: Option<i64>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
         let cx = self.cx.clone();
         let store = self.store.clone();
-        let mark = cx.retry("store", stop, || async { store.committed_mark() }).await?;
+        let replay = cx.retry("store", stop, || async { store.replay_mark() }).await?;
+        if let Some(m) = replay.filter(|m| m.covers(committed)) {
+            tracing::warn!(
+                partition = self.partition,
+                committed,
+                until = m.until,
+                "the group's offset was moved back (processor replay): the state is kept and the records up \
+                 to `until` are decided again against it; each one already applied sends again what it sent"
+            );
+            self.replay_until = Some(m.until);
+            cx.metrics.replays_detected.inc();
+            return Ok(());
+        }
+        self.drop_if_replayed(committed, committed_mark, stop).await
+    }
+
+    /// When the group was moved back behind `mark`, what this instance itself committed
+    /// (`processor replay`), drop the partition's state.
+    async fn drop_if_replayed(
+        &mut self,
+        committed: i64,
+        mark: Option<i64>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
         if let Some(mark) = mark.filter(|m| committed < *m) {
             tracing::warn!(
                 partition = self.partition,
@@ -64,12 +98,15 @@ impl<B: Backend> Worker<B> {
                 cx.retry("store", stop, || async { store.discard_state() }).await?;
             }
         }
-        if let Position::Committed(committed) = position {
-            self.drop_if_replayed(committed, stop).await?;
-        }
+        // Read before the restore: a reset entry it meets clears the mark with the state.
+        let mark = cx.retry("store", stop, || async { store.committed_mark() }).await?;
         let restored = self.restore(stop).await?;
         if self.gate.is_none() && !self.claim(restored, stop).await? {
             return Ok(());
+        }
+        self.replay_until = None;
+        if let Position::Committed(committed) = position {
+            self.replay_or_drop(committed, mark, stop).await?;
         }
         let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
         // With no state at all but a committed offset, every record below the log start
@@ -108,6 +145,17 @@ impl<B: Backend> Worker<B> {
         }
         self.watch_stored_gaps(stop).await?;
         let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        if let Some(until) = self.replay_until {
+            // A replay in place: decide again from the group's offset.
+            self.next_offset = Some(first_live);
+            tracing::info!(
+                partition = self.partition,
+                from = first_live,
+                until,
+                "replaying in place"
+            );
+            return Ok(());
+        }
         if let Some(a) = applied.filter(|a| *a >= first_live) {
             // sled is ahead of the group: commit what it already covers.
             self.commits.applied(Some(a));

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::io::{Backend, Incoming, LogReader};
 use super::worker::Worker;
 use super::Stopped;
-use crate::store::changelog::{claimed_epoch, epoch_of, reset_entry, META, RESET};
+use crate::store::changelog::{claimed_epoch, epoch_of, reset_entry, META, REPLAY, RESET};
 use crate::store::{Entry, StoreError};
 
 /// Entries applied to sled per atomic batch while restoring, at most (a chunk ends at the
@@ -73,7 +73,7 @@ impl Epochs {
 }
 
 fn is_boundary(m: &Incoming) -> bool {
-    matches!(m.record.key.as_deref(), Some(k) if k == META || k == RESET)
+    matches!(m.record.key.as_deref(), Some(k) if k == META || k == RESET || k == REPLAY)
 }
 
 impl<B: Backend> Worker<B> {
@@ -248,6 +248,11 @@ impl<B: Backend> Worker<B> {
             let Some(key) = m.record.key.clone() else { return };
             if !epochs.admit(&key, &m.record.headers, &mut pending) {
                 return;
+            }
+            if key == REPLAY {
+                // Written by `processor replay` with the group stopped: a batch before it
+                // that did not close was never finished, and its records are decided again.
+                pending.clear();
             }
             ready_bytes += m.record.size_bytes();
             pending.push(Entry {

@@ -109,6 +109,9 @@ pub struct Worker<B> {
     pub(super) write_stall: Option<super::holes::StallMark>,
     /// A rewind is under way: an abort met while it decides again is left to it.
     pub(super) rewinding: Rewinding,
+    /// A replay in place runs up to this offset: records below it are decided although
+    /// the state covers them ([`crate::store::changelog::ReplayMark`]).
+    pub(super) replay_until: Option<i64>,
 }
 
 /// Where the worker is with respect to rewinds (exactly-once).
@@ -149,6 +152,7 @@ impl<B: Backend> Worker<B> {
             fenced_at: None,
             write_stall: None,
             rewinding: Rewinding::No,
+            replay_until: None,
         })
     }
 

@@ -35,6 +35,9 @@ pub enum Outcome {
     Applied,
     Held,
     Duplicate,
+    /// The record itself was applied before (its dedup entry names its offset): the
+    /// group's offset was moved back over it, a replay in place.
+    Replayed,
     Superseded,
     DeadLettered,
     GapReleased,
@@ -50,6 +53,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Held => "held",
             Outcome::Duplicate => "duplicate",
+            Outcome::Replayed => "replayed",
             Outcome::Superseded => "superseded",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::GapReleased => "gap_released",
@@ -279,7 +283,7 @@ pub fn decide(
             let outcome = webhook(&mut cx, &mut st, record, ev.clone(), seen);
             // Only an event that entered the payment's flow is remembered: a refused
             // one (stale, out of range, invalid) can be retried or re-driven.
-            let accepted = outcome != Outcome::Duplicate && !cx.rejected;
+            let accepted = !matches!(outcome, Outcome::Duplicate | Outcome::Replayed) && !cx.rejected;
             let dedup = accepted.then(|| {
                 let entry = DedupEntry {
                     first_seen_ms: now_ms,
@@ -354,6 +358,14 @@ fn webhook(
         );
         cx.reject(st, &ev, record, DeadLetterReason::EventIdConflict, detail);
         return Outcome::DeadLettered;
+    }
+    if seen.is_some_and(|s| s.offset == record.origin.offset) {
+        // This very record was applied before, and the state reflects it: decided again
+        // in a replay in place, it sends again the request it made (same ids), nothing
+        // else, and changes nothing.
+        cx.request_again(st, &ev);
+        st.log(entry(record, Some(&ev), "replayed"));
+        return Outcome::Replayed;
     }
     if redrive_of(record).is_some() && cx.request_again(st, &ev) {
         st.log(entry(record, Some(&ev), "duplicate:requested_again"));

@@ -526,3 +526,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_record_decided_again_over_its_own_entry_sends_its_request_again_and_changes_nothing() {
+    let limits = Limits::default();
+    let completed = ev("pay", "e1", None, EventType::Completed, Some("pol"));
+    let first = decide(
+        &record(5),
+        Input::Webhook(completed.clone()),
+        None,
+        None,
+        &limits,
+        1_005,
+    );
+    let (_, entry) = first.dedup.clone().expect("remembered");
+    let st = first.payment.clone().expect("a payment");
+    // The same record again, the state reflecting it: a replay in place.
+    let again = decide(
+        &record(5),
+        Input::Webhook(completed.clone()),
+        Some(st.clone()),
+        Some(&entry),
+        &limits,
+        2_000,
+    );
+    assert_eq!(again.outcome, Outcome::Replayed);
+    assert_eq!(again.outputs, first.outputs, "the same request, with the same id");
+    assert!(again.dedup.is_none(), "its dedup window does not start again");
+    let dup = decide(
+        &record(9),
+        Input::Webhook(completed),
+        Some(st),
+        Some(&entry),
+        &limits,
+        2_000,
+    );
+    assert_eq!(dup.outcome, Outcome::Duplicate, "the same event at another offset");
+    assert!(dup.outputs.is_empty());
+}

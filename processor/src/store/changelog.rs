@@ -10,8 +10,9 @@
 //! applied offset and the partition's clock): a restore applies what precedes the last
 //! meta entry and ignores anything after it (a batch whose writer stopped half-way; the
 //! records it came from are decided again, writing the same values again). A [`RESET`]
-//! entry voids everything before it: `processor replay` and a replay noticed by a worker
-//! write it, so the state is rebuilt from the raw log instead.
+//! entry voids everything before it: `processor replay` (on a log that starts at 0) and
+//! a replay noticed by a worker write it, so the state is rebuilt from the raw log
+//! instead. A [`REPLAY`] entry keeps the state and names the range to decide again.
 //!
 //! At least once, each entry also carries its writer's epoch (a header), and each new
 //! owner of a partition first writes a [`claim_entry`] with an epoch above every one
@@ -47,6 +48,9 @@ struct FirstSeen {
 pub const META: &[u8] = b"m:applied";
 /// The key of the entry that voids everything before it.
 pub const RESET: &[u8] = b"m:reset";
+/// The key of the entry `processor replay` writes when it moves a partition back behind
+/// what the state covers and the log no longer starts at 0 ([`ReplayMark`]).
+pub const REPLAY: &[u8] = b"m:replay";
 /// Where the store's state is in the changelog: the offset after the last entry it
 /// reflects.
 const CHANGELOG_NEXT: &[u8] = b"m:changelog";
@@ -157,6 +161,31 @@ impl Changes {
     }
 }
 
+/// A replay in place: the group's offset was moved back from `until` to `from`, and the
+/// state, which covers both, is kept. The records in between are decided again against
+/// it (each already-applied one sends again what it sent); nothing below `from` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayMark {
+    pub from: i64,
+    pub until: i64,
+}
+
+impl ReplayMark {
+    /// Whether the group's committed offset `committed` is inside the replayed range:
+    /// the replay (or what is left of it, after a restart) is still to be done.
+    pub fn covers(&self, committed: i64) -> bool {
+        (self.from..self.until).contains(&committed)
+    }
+}
+
+/// The entry recording `mark`: a batch of its own (a restore applies it alone).
+pub fn replay_entry(mark: &ReplayMark) -> Entry {
+    Entry {
+        key: REPLAY.to_vec(),
+        value: Some(to_json(mark)),
+    }
+}
+
 /// The entry that voids the state before it.
 pub fn reset_entry() -> Entry {
     Entry {
@@ -226,6 +255,14 @@ impl PartitionStore {
         }))
     }
 
+    /// The last replay in place restored from the changelog, if any.
+    pub fn replay_mark(&self) -> Result<Option<ReplayMark>, StoreError> {
+        let Some(v) = self.tree.get(REPLAY)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v).map(Some).map_err(|s| corrupt(REPLAY, s))
+    }
+
     /// Apply changelog entries read back (in offset order) in one atomic sled batch,
     /// the derived indexes included; a [`RESET`] entry clears the partition first.
     /// `next` is the changelog offset after the last of them.
@@ -268,6 +305,16 @@ impl PartitionStore {
             }
             if let Some(ts) = meta.max_ts {
                 batch.insert(MAX_TS, &ts.to_be_bytes()[..]);
+            }
+            return Ok(());
+        }
+        if k.as_slice() == REPLAY {
+            match &e.value {
+                Some(v) => {
+                    let _: ReplayMark = serde_json::from_slice(v).map_err(|s| corrupt(k, s))?;
+                    batch.insert(REPLAY, v.as_slice());
+                }
+                None => batch.remove(REPLAY),
             }
             return Ok(());
         }
