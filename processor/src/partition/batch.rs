@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hookstream_schemas::{PolicyEventKind, PolicyRequest};
+use hookstream_schemas::PolicyEventKind;
 use tokio_util::sync::CancellationToken;
 
 use super::io::{Backend, Incoming};
@@ -13,14 +13,10 @@ use super::retry::{now_ms, Backoff};
 use super::worker::{Folded, Mode, Worker};
 use super::Stage;
 use super::Stopped;
-use crate::rules::clock;
-use crate::rules::decide::{decide, dedup_key, Decision, Outcome};
-use crate::rules::input::{classify, Input};
-use crate::rules::limits::Limits;
-use crate::rules::model::{Output, PaymentState, RawRecord};
-use crate::rules::policy::{decide_policy, PolicyState};
-use crate::rules::retention::{self, Retention};
-use crate::store::{Changes, StoreError};
+use crate::rules::fold::{self, FoldSettings, Step, View};
+use crate::rules::model::{DedupEntry, Output, PaymentState, RawRecord};
+use crate::rules::policy::PolicyState;
+use crate::store::{Changes, PartitionStore, StoreError};
 use crate::trace::RecordSpan;
 
 /// An output on its way out, with the trace context and the record that caused it.
@@ -40,23 +36,34 @@ pub(super) struct Decided {
     spans: Vec<RecordSpan>,
 }
 
-/// What one record changes and emits, in either stage.
-struct Step {
-    payment: Option<PaymentState>,
-    dedup: Option<(String, crate::rules::model::DedupEntry)>,
-    policy: Option<PolicyState>,
-    outputs: Vec<Output>,
-    outcome: Outcome,
+/// The partition's state as the batch's next record sees it: sled overlaid with the
+/// changes of the batch's earlier records.
+struct Overlay<'a> {
+    store: &'a PartitionStore,
+    changes: &'a Changes,
 }
 
-impl From<Decision> for Step {
-    fn from(d: Decision) -> Self {
-        Step {
-            payment: d.payment,
-            dedup: d.dedup,
-            policy: None,
-            outputs: d.outputs,
-            outcome: d.outcome,
+impl View for Overlay<'_> {
+    type Error = StoreError;
+
+    fn payment(&self, key: &str) -> Result<Option<PaymentState>, StoreError> {
+        match self.changes.payments.get(key) {
+            Some(st) => Ok(Some(st.clone())),
+            None => self.store.payment(key),
+        }
+    }
+
+    fn dedup(&self, key: &str) -> Result<Option<DedupEntry>, StoreError> {
+        match self.changes.dedup.get(key) {
+            Some(e) => Ok(Some(e.clone())),
+            None => self.store.dedup(key),
+        }
+    }
+
+    fn policy(&self, policy_id: &str) -> Result<Option<PolicyState>, StoreError> {
+        match self.changes.policies.get(policy_id) {
+            Some(st) => Ok(Some(st.clone())),
+            None => self.store.policy(policy_id),
         }
     }
 }
@@ -65,8 +72,8 @@ impl From<Decision> for Step {
 #[derive(Debug, thiserror::Error)]
 enum DecideError {
     /// Disk or registry trouble: transient, decide again after a pause.
-    #[error("state store: {0}")]
-    Transient(String),
+    #[error("state store")]
+    Transient(#[source] StoreError),
     /// A stored value does not read back: permanent until the state is rebuilt.
     #[error("state store")]
     Corrupt(#[source] StoreError),
@@ -76,7 +83,7 @@ impl From<StoreError> for DecideError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { .. } => DecideError::Corrupt(e),
-            other => DecideError::Transient(other.to_string()),
+            other => DecideError::Transient(other),
         }
     }
 }
@@ -219,10 +226,7 @@ impl<B: Backend> Worker<B> {
         stop: &CancellationToken,
     ) -> Result<Option<Decided>, Stopped> {
         let cx = self.cx.clone();
-        let p = &cx.settings.processing;
-        let limits = p.limits();
-        let max_ahead = i64::try_from(p.max_record_time_ahead.as_millis()).unwrap_or(i64::MAX);
-        let keep = Retention::new(p.dedup_window, p.refund_window);
+        let settings = cx.settings.fold();
         let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
@@ -232,11 +236,9 @@ impl<B: Backend> Worker<B> {
             }
             let rec = inc.record.clone();
             let deciding = SystemTime::now();
-            let now = clock::advance(clock, rec.origin.timestamp_ms, max_ahead);
-            clock = Some(now);
             let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
             let decision = loop {
-                match self.decide_one(&rec, &d.changes, &limits, now) {
+                match self.decide_one(&rec, &d.changes, clock, &settings) {
                     Ok(decision) => break decision,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");
@@ -245,6 +247,8 @@ impl<B: Backend> Worker<B> {
                     Err(e) => backoff.pause(&e, stop).await?,
                 }
             };
+            let now = decision.clock;
+            clock = Some(now);
             let outcome = decision.outcome.as_str();
             cx.metrics
                 .records
@@ -270,15 +274,13 @@ impl<B: Backend> Worker<B> {
                 s.traceparent.clone()
             });
             d.spans.extend(span);
-            if let Some(mut p) = decision.payment {
-                retention::stamp_payment(&mut p, now, &keep);
+            if let Some(p) = decision.payment {
                 if mode == Mode::Live {
                     self.gaps.watch(&p.key(), p.next_sequence, p.held.len() as i64);
                 }
                 d.changes.payments.insert(p.key(), p);
             }
-            if let Some(mut p) = decision.policy {
-                retention::stamp_policy(&mut p, now, &keep);
+            if let Some(p) = decision.policy {
                 d.changes.policies.insert(p.policy_id.clone(), p);
             }
             if let Some((k, e)) = decision.dedup {
@@ -304,61 +306,23 @@ impl<B: Backend> Worker<B> {
         Ok(Some(d))
     }
 
-    /// Decide one record against sled overlaid with the batch's own changes.
-    fn decide_one(&self, rec: &RawRecord, changes: &Changes, limits: &Limits, now: i64) -> Result<Step, DecideError> {
-        match self.stage {
-            Stage::Payments => {
-                let input = classify(rec, &self.cx.settings.fields);
-                let payment = match input.payment_key() {
-                    Some(k) => match changes.payments.get(&k) {
-                        Some(st) => Some(st.clone()),
-                        None => self.store.payment(&k)?,
-                    },
-                    None => None,
-                };
-                // A payment past its retention is forgotten here, in the fold.
-                let payment = payment.filter(|st| !retention::is_expired(st.evict_at_ms, now));
-                let seen = match &input {
-                    Input::Webhook(e) => {
-                        let k = dedup_key(&e.source, &e.event_id);
-                        match changes.dedup.get(&k) {
-                            Some(e) => Some(e.clone()),
-                            None => self.store.dedup(&k)?,
-                        }
-                    }
-                    _ => None,
-                };
-                // An entry past the window is forgotten here, in the fold, whether or not
-                // the sweep has removed it yet.
-                let window = i64::try_from(self.cx.settings.processing.dedup_window.as_millis()).unwrap_or(i64::MAX);
-                let seen = seen.filter(|e| !clock::is_expired(e.first_seen_ms, now, window));
-                Ok(decide(rec, input, payment, seen.as_ref(), limits, now).into())
-            }
-            Stage::Policies => {
-                let request = rec
-                    .value
-                    .as_deref()
-                    .ok_or_else(|| "record has no value (tombstone)".to_owned())
-                    .and_then(|v| hookstream_schemas::decode::<PolicyRequest>(v).map_err(|e| e.to_string()));
-                let policy_id = request.as_ref().ok().map(|r| r.policy_id.clone());
-                let state = match policy_id {
-                    Some(id) => match changes.policies.get(&id) {
-                        Some(st) => Some(st.clone()),
-                        None => self.store.policy(&id)?,
-                    },
-                    None => None,
-                };
-                let state = state.filter(|st| !retention::is_expired(st.evict_at_ms, now));
-                let d = decide_policy(rec, request, state, limits);
-                Ok(Step {
-                    payment: None,
-                    dedup: None,
-                    policy: d.policy,
-                    outputs: d.outputs,
-                    outcome: d.outcome,
-                })
-            }
-        }
+    /// Decide one record against sled overlaid with the batch's own changes, at the
+    /// partition's `clock` before it.
+    fn decide_one(
+        &self,
+        rec: &RawRecord,
+        changes: &Changes,
+        clock: Option<i64>,
+        settings: &FoldSettings,
+    ) -> Result<Step, DecideError> {
+        let view = Overlay {
+            store: &self.store,
+            changes,
+        };
+        Ok(match self.stage {
+            Stage::Payments => fold::payment_step(&view, rec, clock, settings)?,
+            Stage::Policies => fold::policy_step(&view, rec, clock, settings)?,
+        })
     }
 
     fn count_outputs(&self, outputs: &[Emitted]) {

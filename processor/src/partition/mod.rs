@@ -111,6 +111,20 @@ impl From<&ProcessorConfig> for Settings {
     }
 }
 
+impl Settings {
+    /// What the stages' folds depend on ([`crate::rules::fold`]).
+    pub fn fold(&self) -> crate::rules::fold::FoldSettings {
+        let p = &self.processing;
+        crate::rules::fold::FoldSettings::new(
+            self.fields.clone(),
+            p.limits(),
+            p.dedup_window,
+            p.refund_window,
+            p.max_record_time_ahead,
+        )
+    }
+}
+
 /// Under exactly-once, each stage's gate to its transaction ([`txn`]); none at least
 /// once.
 #[derive(Debug, Default, Clone)]

@@ -4,12 +4,12 @@ use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
 use proptest::prelude::*;
 
 use super::*;
+use crate::rules::fold::{payment_step_of, policy_step, FoldSettings, View};
 use crate::rules::limits::Limits;
 use crate::rules::model::Origin;
 
-/// An in-memory fold of records through both stages: `decide`, then every request it
-/// makes through `decide_policy` (one partition of requests, in order): the edges,
-/// without Kafka or sled.
+/// An in-memory run of both stages' folds ([`crate::rules::fold`], as the partition
+/// loop runs them): the edges, without Kafka or sled.
 #[derive(Default)]
 struct Sim {
     payments: HashMap<String, PaymentState>,
@@ -20,6 +20,9 @@ struct Sim {
     offset: i64,
     request_offset: i64,
     limits: Limits,
+    /// Each stage's clock.
+    clock: Option<i64>,
+    request_clock: Option<i64>,
 }
 
 fn record(offset: i64) -> RawRecord {
@@ -52,18 +55,44 @@ fn ev(pay: &str, id: &str, seq: Option<i64>, t: EventType, policy: Option<&str>)
     }
 }
 
+impl View for Sim {
+    type Error = std::convert::Infallible;
+
+    fn payment(&self, key: &str) -> Result<Option<PaymentState>, Self::Error> {
+        Ok(self.payments.get(key).cloned())
+    }
+
+    fn dedup(&self, key: &str) -> Result<Option<DedupEntry>, Self::Error> {
+        Ok(self.dedup.get(key).cloned())
+    }
+
+    fn policy(&self, policy_id: &str) -> Result<Option<crate::rules::policy::PolicyState>, Self::Error> {
+        Ok(self.policies.get(policy_id).cloned())
+    }
+}
+
 impl Sim {
+    /// Production's fold settings, with the harness's limits.
+    fn settings(&self) -> FoldSettings {
+        let p = crate::config::ProcessingConfig::default();
+        let fields = crate::rules::input::BodyFields::default();
+        FoldSettings::new(
+            fields,
+            self.limits,
+            p.dedup_window,
+            p.refund_window,
+            p.max_record_time_ahead,
+        )
+    }
+
+    /// One record through the payment stage's fold, then every request it makes
+    /// through the policy stage's (one partition of requests, in order).
     fn feed(&mut self, input: Input) -> Outcome {
+        let settings = self.settings();
         let rec = record(self.offset);
         self.offset += 1;
-        let pid = input.payment_key();
-        let seen = match &input {
-            Input::Webhook(e) => self.dedup.get(&dedup_key(&e.source, &e.event_id)).cloned(),
-            _ => None,
-        };
-        let payment = pid.as_ref().and_then(|p| self.payments.get(p).cloned());
-        let now = rec.origin.timestamp_ms;
-        let d = decide(&rec, input, payment, seen.as_ref(), &self.limits, now);
+        let Ok(d) = payment_step_of(&*self, &rec, input, self.clock, &settings);
+        self.clock = Some(d.clock);
         if let Some(p) = d.payment {
             self.payments.insert(p.key(), p);
         }
@@ -75,10 +104,11 @@ impl Sim {
                 self.outputs.push(o);
                 continue;
             };
-            let rec = record(self.request_offset);
+            let mut rec = record(self.request_offset);
+            rec.value = Some(hookstream_schemas::encode(&r).expect("a request encodes"));
             self.request_offset += 1;
-            let state = self.policies.get(&r.policy_id).cloned();
-            let p = crate::rules::policy::decide_policy(&rec, Ok(r), state, &self.limits);
+            let Ok(p) = policy_step(&*self, &rec, self.request_clock, &settings);
+            self.request_clock = Some(p.clock);
             if let Some(st) = p.policy {
                 self.policies.insert(st.policy_id.clone(), st);
             }

@@ -7,14 +7,14 @@
 #![no_main]
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use hookstream_processor::rules::clock;
-use hookstream_processor::rules::decide::{decide, dedup_key};
-use hookstream_processor::rules::input::{classify, BodyFields, Input};
+use hookstream_processor::rules::fold::{payment_step, policy_step, FoldSettings, View};
+use hookstream_processor::rules::input::BodyFields;
 use hookstream_processor::rules::limits::Limits;
 use hookstream_processor::rules::model::{DedupEntry, Origin, Output, PaymentState, RawRecord};
-use hookstream_processor::rules::policy::{decide_policy, PolicyState};
+use hookstream_processor::rules::policy::PolicyState;
 use hookstream_schemas::{encode, PolicyEventKind, RawWebhook};
 use libfuzzer_sys::fuzz_target;
 
@@ -92,41 +92,59 @@ fn through<T: serde::Serialize + serde::de::DeserializeOwned>(v: T, persist: boo
     serde_json::from_slice(&serde_json::to_vec(&v).expect("to json")).expect("from json")
 }
 
-/// Both folds over `events`; every output, in order, described.
+/// A stage's state in maps.
+#[derive(Default)]
+struct Maps {
+    payments: HashMap<String, PaymentState>,
+    dedup: HashMap<String, DedupEntry>,
+    policies: HashMap<String, PolicyState>,
+}
+
+impl View for Maps {
+    type Error = std::convert::Infallible;
+
+    fn payment(&self, key: &str) -> Result<Option<PaymentState>, Self::Error> {
+        Ok(self.payments.get(key).cloned())
+    }
+
+    fn dedup(&self, key: &str) -> Result<Option<DedupEntry>, Self::Error> {
+        Ok(self.dedup.get(key).cloned())
+    }
+
+    fn policy(&self, policy_id: &str) -> Result<Option<PolicyState>, Self::Error> {
+        Ok(self.policies.get(policy_id).cloned())
+    }
+}
+
+/// Both folds (production's steps, `rules::fold`) over `events`; every output, in
+/// order, described.
 fn fold(events: &[Event], persist: bool) -> Vec<String> {
     let limits = Limits {
         max_sequence_ahead: 4,
         max_held_events: 3,
         ..Limits::default()
     };
-    let fields = BodyFields::default();
-    let window = 60_000;
-    let mut payments: HashMap<String, PaymentState> = HashMap::new();
-    let mut dedup: HashMap<String, DedupEntry> = HashMap::new();
-    let mut policies: HashMap<String, PolicyState> = HashMap::new();
-    let mut now = None;
+    // A dedup window of a minute, so record times in any order expire entries.
+    let settings = FoldSettings::new(
+        BodyFields::default(),
+        limits,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+    );
+    let mut state = Maps::default();
+    let mut clock = None;
     let mut requests = Vec::new();
     let mut out = Vec::new();
     for (offset, e) in events.iter().enumerate() {
         let rec = webhook(e, offset as i64);
-        let t = clock::advance(now, rec.origin.timestamp_ms, 86_400_000);
-        now = Some(t);
-        let input = classify(&rec, &fields);
-        let key = input.payment_key();
-        let payment = key.as_ref().and_then(|k| payments.get(k).cloned());
-        let seen = match &input {
-            Input::Webhook(w) => dedup
-                .get(&dedup_key(&w.source, &w.event_id))
-                .filter(|d| !clock::is_expired(d.first_seen_ms, t, window))
-                .cloned(),
-            _ => None,
-        };
-        let d = decide(&rec, input, payment, seen.as_ref(), &limits, t);
+        let Ok(d) = payment_step(&state, &rec, clock, &settings);
+        clock = Some(d.clock);
         if let Some(p) = d.payment {
-            payments.insert(p.key(), through(p, persist));
+            state.payments.insert(p.key(), through(p, persist));
         }
         if let Some((k, entry)) = d.dedup {
-            dedup.insert(k, through(entry, persist));
+            state.dedup.insert(k, through(entry, persist));
         }
         for o in d.outputs {
             match o {
@@ -135,6 +153,7 @@ fn fold(events: &[Event], persist: bool) -> Vec<String> {
             }
         }
     }
+    let mut clock = None;
     let mut active: HashMap<String, String> = HashMap::new();
     for (offset, r) in requests.into_iter().enumerate() {
         let rec = record(
@@ -144,10 +163,10 @@ fn fold(events: &[Event], persist: bool) -> Vec<String> {
             &r.policy_id.clone(),
             encode(&r).expect("encode"),
         );
-        let state = policies.get(&r.policy_id).cloned();
-        let d = decide_policy(&rec, Ok(r), state, &limits);
+        let Ok(d) = policy_step(&state, &rec, clock, &settings);
+        clock = Some(d.clock);
         if let Some(p) = d.policy {
-            policies.insert(p.policy_id.clone(), through(p, persist));
+            state.policies.insert(p.policy_id.clone(), through(p, persist));
         }
         for o in d.outputs {
             if let Output::Policy(p) = &o {
