@@ -12,7 +12,9 @@
 #   infra/bench-tracing.sh   (env: BENCH_RATE=5000 BENCH_SECONDS=30 BENCH_ROUNDS=2 BENCH_PORT=19610)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SERVICE_ENV=(env MALLOC_ARENA_MAX=4 _RJEM_MALLOC_CONF=background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0)
+# The services run with the allocator settings of infra/allocator.env, as in production.
+mapfile -t ALLOCATOR < <(grep -v '^#' infra/allocator.env | grep .)
+SERVICE_ENV=(env "${ALLOCATOR[@]}")
 RATE=${BENCH_RATE:-5000}
 SECONDS_=${BENCH_SECONDS:-30}
 ROUNDS=${BENCH_ROUNDS:-2}

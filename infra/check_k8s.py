@@ -7,7 +7,8 @@ files themselves are not vendored: this machine cannot download them), strictly:
 an unknown field is an error, as with `--strict`. Then the manifests are checked
 against each other: every name one resource points to exists, the scaler never goes
 beyond the raw topic's partitions, every probe and scrape port is a named port of the
-pods, and the embedded configurations name the mounted secret files.
+pods, the embedded configurations name the mounted secret files, and every workload and
+the image run with the allocator settings of infra/allocator.env.
 
 usage: check_k8s.py DIR RAW_PARTITIONS
 """
@@ -124,6 +125,22 @@ def main(directory, raw_partitions):
         for e in m["spec"]["podMetricsEndpoints"]:
             if not any(e["port"] in ports for ports in selected):
                 err(f"PodMonitor/{mname}: no selected pod has a port named {e['port']}")
+
+    allocator = dict(
+        line.split("=", 1)
+        for line in (pathlib.Path(directory).parent / "allocator.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for wname, w in workloads.items():
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for k, v in allocator.items():
+                if env.get(k) != v:
+                    err(f"{wname}/{c['name']}: env {k} is {env.get(k)!r}, infra/allocator.env says {v!r}")
+    dockerfile = (pathlib.Path(directory).parent / "docker" / "Dockerfile").read_text()
+    for k, v in allocator.items():
+        if f"{k}={v}" not in dockerfile:
+            err(f"infra/docker/Dockerfile: does not set {k}={v} (infra/allocator.env)")
 
     for cname, c in configmaps.items():
         for key, text in c.get("data", {}).items():

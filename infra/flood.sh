@@ -39,7 +39,8 @@ infra/broker.sh start --fresh >/dev/null
 $LG topic create flood.raw --partitions 4 >/dev/null
 # More open files than connections: the flood and ingest's own.
 ulimit -n 65536 2>/dev/null || true
-INGEST_LISTEN=127.0.0.1:18800 INGEST_KAFKA_TOPIC=flood.raw MALLOC_ARENA_MAX=4 \
+mapfile -t ALLOCATOR < <(grep -v '^#' infra/allocator.env | grep .)
+env "${ALLOCATOR[@]}" INGEST_LISTEN=127.0.0.1:18800 INGEST_KAFKA_TOPIC=flood.raw \
   target/release/ingest --config infra/config/ingest.toml >"$DIR/ingest.log" 2>&1 &
 ip=$!; pids+=($ip)
 for _ in $(seq 1 150); do curl -fsS http://127.0.0.1:18800/readyz >/dev/null 2>&1 && break; sleep 0.2; done

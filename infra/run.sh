@@ -8,13 +8,9 @@
 # ctrl-c stops everything it started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# The services run with glibc malloc limited to 4 arenas. With a thread per partition
-# plus rdkafka's and sled's threads, the default (8 per core) kept the processor at
-# 413 MB after draining 1M events; 4 arenas gave 290 MB at the same rate (2: 243 MB,
-# 15% slower). Both binaries' Rust code now uses jemalloc; librdkafka's C allocations
-# still go through glibc. jemalloc returns freed pages after 1 s instead of 10 s: a 1M
-# drain peaked at 317 MB instead of 448 MB, 5% slower (22.4k vs 23.6k events/s).
-SERVICE_ENV=(env MALLOC_ARENA_MAX=4 _RJEM_MALLOC_CONF=background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0)
+# The services run with the allocator settings of infra/allocator.env, as in production.
+mapfile -t ALLOCATOR < <(grep -v '^#' infra/allocator.env | grep .)
+SERVICE_ENV=(env "${ALLOCATOR[@]}")
 
 STATE=.hookstream
 mkdir -p "$STATE"
