@@ -13,6 +13,7 @@
 pub mod avro_json;
 mod codec;
 pub mod config;
+pub mod config_check;
 mod dead_letter;
 pub mod fingerprint;
 mod gap_timeout;
