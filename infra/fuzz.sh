@@ -34,6 +34,13 @@ echo "==> fuzzing with $TOOLCHAIN toolchain${RUSTC_BOOTSTRAP:+ (RUSTC_BOOTSTRAP=
 # The fuzz crate is its own workspace with its own target directory.
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/tests/fuzz/target}
 cargo "$TOOLCHAIN" fuzz build --fuzz-dir tests/fuzz
+# The fuzz crate is a workspace of its own: its lock file is committed and must be
+# current, or every machine resolves its dependencies afresh and the run leaves the
+# tree changed.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && ! git diff --quiet -- tests/fuzz/Cargo.lock; then
+  echo "tests/fuzz/Cargo.lock changed in the build: it is stale; commit the new one" >&2
+  exit 1
+fi
 for t in "${TARGETS[@]}"; do
   echo "==> fuzz $t for ${SECONDS_EACH} s"
   mkdir -p "tests/fuzz/corpus/$t" "$SCRATCH/$t"
