@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Partitions retrying a write the broker refuses for good (a changelog entry, a
     /// control record): stopped, loudly, until it passes.
     pub partitions_stalled: IntGauge,
+    /// Partition workers by stage and lifecycle phase (`partition::lifecycle`).
+    pub partition_workers: IntGaugeVec,
     /// Records folded while rebuilding state from the log (outputs suppressed).
     pub rebuilt_records: IntCounter,
     /// State changes written to the changelogs (meta entries included).
@@ -99,6 +101,14 @@ impl Metrics {
             )
             .expect("metric"),
             held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
+            partition_workers: IntGaugeVec::new(
+                Opts::new(
+                    "partition_workers",
+                    "Partition workers by stage and lifecycle phase (created, restoring, running, rebuilding, fenced)",
+                ),
+                &["stage", "phase"],
+            )
+            .expect("metric"),
             partitions_stalled: IntGauge::new(
                 "partitions_stalled",
                 "Partitions retrying a write the broker refuses for good (changelog entry, control record)",
@@ -201,6 +211,7 @@ impl Metrics {
             Box::new(m.held_events.clone()),
             Box::new(m.partition_holes.clone()),
             Box::new(m.partitions_stalled.clone()),
+            Box::new(m.partition_workers.clone()),
             Box::new(m.rebuilt_records.clone()),
             Box::new(m.changelog_records.clone()),
             Box::new(m.restored_records.clone()),

@@ -239,6 +239,7 @@ impl<B: Backend> Worker<B> {
              takes the partition away"
         );
         self.cx.metrics.fenced.inc();
+        self.enter(super::lifecycle::Phase::Fenced);
         let store = self.store.clone();
         self.cx.retry("store", stop, || async { store.discard_state() }).await?;
         self.writer = None;

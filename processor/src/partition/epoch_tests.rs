@@ -168,3 +168,32 @@ fn commits(memory: &Memory) -> usize {
         .filter(|c| matches!(c, Call::Commit { .. }))
         .count()
 }
+
+/// The lifecycle as the metric shows it: a worker restores, runs, and once its queue
+/// closes is gone from every phase.
+#[tokio::test]
+async fn a_worker_is_counted_in_its_lifecycle_phase_until_it_closes() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let cx = super::tests::context(&memory, &store);
+    let metrics = cx.metrics.clone();
+    let count = move |phase: &str| metrics.partition_workers.with_label_values(&["payments", phase]).get();
+    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+    assert_eq!(count("created"), 1);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
+    tx.send(memory.append("pay1", "e1", 1, "payment.completed", "pol1"))
+        .await
+        .expect("queue");
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while memory.sent().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("decided");
+    assert_eq!((count("created"), count("restoring"), count("running")), (0, 0, 1));
+    drop(tx);
+    task.await.expect("worker");
+    let phases = super::lifecycle::Phase::ALL.map(|p| count(p.as_str()));
+    assert_eq!(phases, [0; 6], "closed: counted nowhere");
+}

@@ -18,9 +18,11 @@ pub mod commit;
 pub mod gaps;
 pub mod holes;
 pub mod io;
+pub mod lifecycle;
 pub mod order;
 pub mod queue;
 pub mod retry;
+mod rewind;
 pub mod txn;
 pub mod worker;
 

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{Backend, LogReader, Position};
-use super::worker::{Mode, Rewinding, Worker};
+use super::rewind::Rewinding;
+use super::worker::{Mode, Worker};
 use super::Stopped;
 
 impl<B: Backend> Worker<B> {

@@ -23,7 +23,9 @@
 //!
 //! Before its first record the worker reconciles sled with the group's offset
 //! (`reconcile.rs`); while it runs, a timer writes `GapTimeout` control records for
-//! gaps open too long (`gap_timer.rs`).
+//! gaps open too long (`gap_timer.rs`). Its phases — created, restoring, running,
+//! rebuilding, fenced, closed — are [`super::lifecycle`]'s; doing work over (a rewind,
+//! a rebuild) is `rewind.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,8 +39,9 @@ use tokio_util::sync::CancellationToken;
 use super::commit::Commits;
 use super::gaps::Gaps;
 use super::io::{Backend, Incoming};
+use super::lifecycle::Phase;
 use super::order::{self, Step};
-use super::retry::Backoff;
+use super::rewind::Rewinding;
 use super::txn::TxnGate;
 use super::{Context, Stage, Stopped};
 use crate::store::{PartitionStore, StoreError};
@@ -112,17 +115,8 @@ pub struct Worker<B> {
     /// A replay in place runs up to this offset: records below it are decided although
     /// the state covers them ([`crate::store::changelog::ReplayMark`]).
     pub(super) replay_until: Option<i64>,
-}
-
-/// Where the worker is with respect to rewinds (exactly-once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum Rewinding {
-    #[default]
-    No,
-    /// Deciding the aborted records again.
-    Yes,
-    /// That failed too: the rewind starts over once what it reads returns.
-    Again,
+    /// Where the worker is in its lifecycle ([`super::lifecycle`]).
+    pub(super) phase: Phase,
 }
 
 /// Most sampled records a worker remembers until a commit covers them.
@@ -133,6 +127,10 @@ impl<B: Backend> Worker<B> {
         let topic = cx.settings.topic(stage).to_owned();
         let store = cx.store.partition(&topic, partition)?;
         let commits = Commits::new(cx.settings.processing.commit_interval);
+        cx.metrics
+            .partition_workers
+            .with_label_values(&[stage.as_str(), Phase::Created.as_str()])
+            .inc();
         Ok(Self {
             cx: cx.clone(),
             stage,
@@ -153,6 +151,7 @@ impl<B: Backend> Worker<B> {
             write_stall: None,
             rewinding: Rewinding::No,
             replay_until: None,
+            phase: Phase::Created,
         })
     }
 
@@ -161,6 +160,7 @@ impl<B: Backend> Worker<B> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) {
         let _ = self.serve(&mut rx, &stop).await;
         self.hand_over().await;
+        self.enter(Phase::Closed);
         self.cx.metrics.held_events.sub(self.held_reported);
         tracing::info!(
             stage = self.stage.as_str(),
@@ -181,10 +181,14 @@ impl<B: Backend> Worker<B> {
         // partition's held events still get their gap timer.
         let cx = self.cx.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
+        self.enter(Phase::Restoring);
         let position = cx
             .retry("group_position", stop, || cx.backend.position(&topic, partition))
             .await?;
         self.reconcile(position, stop).await?;
+        if self.phase == Phase::Restoring {
+            self.enter(Phase::Running);
+        }
         loop {
             tokio::select! {
                 biased;
@@ -299,7 +303,15 @@ impl<B: Backend> Worker<B> {
                     // Once restored from the changelog and still unreadable, the value is
                     // the changelog's: restoring it again cannot help.
                     corrupt += 1;
+                    let after = match self.phase {
+                        Phase::Restoring => Phase::Restoring,
+                        _ => Phase::Running,
+                    };
+                    self.enter(Phase::Rebuilding);
                     Box::pin(self.rebuild_corrupt(first, corrupt > 1, stop)).await?;
+                    if self.phase == Phase::Rebuilding {
+                        self.enter(after);
+                    }
                 }
                 // Within a rewind, the rewind starts over (no nesting: a failure that
                 // lasts would otherwise nest one rewind in another until the stack
@@ -312,108 +324,6 @@ impl<B: Backend> Worker<B> {
                 Folded::Fenced => return self.fence(stop).await,
             }
         }
-    }
-
-    /// The partition's stored state does not read back: drop it, restore it from the
-    /// changelog — or, when `void` (what the changelog holds does not read back either),
-    /// void the changelog too — and fold what that does not cover up to `until` from the
-    /// log (outputs suppressed: they were sent).
-    async fn rebuild_corrupt(&mut self, until: i64, void: bool, stop: &CancellationToken) -> Result<(), Stopped> {
-        tracing::error!(
-            partition = self.partition,
-            until,
-            void,
-            "stored state of the partition does not read back; restoring it from the changelog{}",
-            if void {
-                " after voiding it: its value does not read back either"
-            } else {
-                ""
-            }
-        );
-        self.cx.metrics.corrupt_rebuilds.inc();
-        let store = self.store.clone();
-        if void {
-            self.reset(stop).await?;
-        }
-        self.cx.retry("store", stop, || async { store.clear() }).await?;
-        let restored = self.restore_now(stop).await?;
-        if self.gate.is_none() && !self.claim(restored, stop).await? {
-            return Ok(());
-        }
-        let applied = self
-            .cx
-            .retry("store", stop, || async { store.applied_offset() })
-            .await?;
-        let from = applied.map_or(-1, |a| a + 1);
-        if from < until {
-            self.read_range(from, until, Mode::Rebuild, stop).await?;
-        }
-        self.watch_stored_gaps(stop).await
-    }
-
-    /// The stage's transaction was aborted after this partition wrote in it (or a send
-    /// of its own failed it): sled holds writes that never happened. Drop the state,
-    /// restore it from the changelog and the group's offset (what committed), and decide
-    /// again every record delivered since — over again, after a backoff, while that is
-    /// aborted too.
-    pub(super) async fn rewind(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
-        let cx = self.cx.clone();
-        let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "rewind");
-        self.rewinding = Rewinding::Yes;
-        let rewound = loop {
-            let once = self.rewind_once(stop).await;
-            if once.is_err() || self.rewinding != Rewinding::Again {
-                break once;
-            }
-            self.rewinding = Rewinding::Yes;
-            if let Err(s) = backoff.pause(&"deciding the aborted records again failed", stop).await {
-                break Err(s);
-            }
-        };
-        self.rewinding = Rewinding::No;
-        rewound
-    }
-
-    async fn rewind_once(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
-        if let Some(gate) = self.gate.clone() {
-            // Wait for the abort (the rewind it asks for is this one).
-            let entered = tokio::select! {
-                e = gate.enter(self.partition) => e,
-                () = stop.cancelled() => return Err(Stopped),
-            };
-            drop(entered);
-        }
-        tracing::warn!(
-            stage = self.stage.as_str(),
-            partition = self.partition,
-            "the transaction was aborted: restoring the partition's committed state and deciding again"
-        );
-        self.cx.metrics.rewinds.inc();
-        if self.gate.is_some() {
-            // At least once sled holds nothing uncommitted: what it has stays, and the
-            // restore reads the changelog from there.
-            let store = self.store.clone();
-            self.cx.retry("store", stop, || async { store.discard_state() }).await?;
-        }
-        self.gaps = Gaps::default();
-        self.update_held_gauge();
-        let cx = self.cx.clone();
-        let (topic, partition) = (self.topic.clone(), self.partition);
-        let position = cx
-            .retry("group_position", stop, || cx.backend.position(&topic, partition))
-            .await?;
-        self.next_offset = None;
-        self.reconcile(position, stop).await?;
-        if self.rewinding == Rewinding::Again {
-            return Ok(());
-        }
-        if let (Some(next), Some(until)) = (self.next_offset, self.consumed_next) {
-            if until > next {
-                self.read_range(next, until, Mode::Live, stop).await?;
-                self.next_offset = Some(until);
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn update_held_gauge(&mut self) {
