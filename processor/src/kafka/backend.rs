@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use hookstream_schemas::GapTimeout;
 use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::ChangelogWriter;
 use super::emit::Emitter;
 use crate::config::KafkaConfig;
 use crate::partition::io::{
-    Appended, BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, Outputs, Position, SendError,
+    Appended, BoxError, Changelog, CommitMode, GroupOffsets, Incoming, Log, LogReader, NeedsOperator, Outputs,
+    Position, SendError,
 };
 use crate::partition::Stage;
 use crate::rules::model::Output;
@@ -118,13 +120,13 @@ impl<C: ConsumerContext + 'static> GroupOffsets for KafkaBackend<C> {
         let committed = tokio::task::spawn_blocking(move || -> Result<Option<i64>, BoxError> {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&owned, partition);
-            let committed = group.committed_offsets(tpl, REQUEST_TIMEOUT)?;
+            let committed = group.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(port)?;
             let Some(e) = committed.find_partition(&owned, partition) else {
                 return Ok(None);
             };
             // A partition's own error (its offset not stable yet: a transaction that
             // commits offsets is still completing) is no answer: the caller retries.
-            e.error()?;
+            e.error().map_err(port)?;
             Ok(match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
@@ -155,7 +157,6 @@ pub struct ReaderContext;
 
 impl rdkafka::client::ClientContext for ReaderContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::KafkaError;
         use rdkafka::types::RDKafkaErrorCode;
         if !matches!(
             error,
@@ -177,7 +178,7 @@ impl LogReader for KafkaReader {
         match self.0.recv().await {
             Ok(m) => Ok(Some(super::record::incoming(&m))),
             Err(rdkafka::error::KafkaError::PartitionEOF(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(port(e)),
         }
     }
 }
@@ -204,6 +205,19 @@ impl<C: ConsumerContext + 'static> Log for KafkaBackend<C> {
     }
 }
 
+/// A broker error as a port error: a missing grant needs an operator (the worker
+/// retries it listed as stalled, `partition::retry::Failure`); anything else may pass
+/// when tried again.
+fn port(e: KafkaError) -> BoxError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::GroupAuthorizationFailed | C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+            Box::new(NeedsOperator(Box::new(e)))
+        }
+        _ => Box::new(e),
+    }
+}
+
 /// A partition's low and high watermarks, asked by a client of its own. Not the group
 /// member's: after a partition leader moved, a member's query for a topic it does not
 /// subscribe (a changelog) kept failing with UnknownPartition from librdkafka's stale
@@ -213,7 +227,29 @@ async fn watermarks(cfg: &KafkaConfig, topic: &str, partition: i32) -> Result<(i
     let (probe, topic) = (super::client::log_reader(cfg), topic.to_owned());
     tokio::task::spawn_blocking(move || -> Result<(i64, i64), BoxError> {
         let probe: BaseConsumer = probe.create()?;
-        Ok(probe.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?)
+        probe.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT).map_err(port)
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    use super::*;
+    use crate::partition::retry::Failure;
+
+    #[test]
+    fn a_missing_grant_needs_an_operator_and_anything_else_may_pass_again() {
+        for code in [C::GroupAuthorizationFailed, C::TopicAuthorizationFailed] {
+            assert!(!port(KafkaError::MetadataFetch(code)).is_transient(), "{code:?}");
+        }
+        for code in [
+            C::RequestTimedOut,
+            C::UnknownTopicOrPartition,
+            C::BrokerTransportFailure,
+        ] {
+            assert!(port(KafkaError::MetadataFetch(code)).is_transient(), "{code:?}");
+        }
+    }
 }

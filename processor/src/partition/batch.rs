@@ -118,11 +118,8 @@ impl<B: Backend> Worker<B> {
             None => None,
         };
         let store = self.store.clone();
-        let applied = self
-            .cx
-            .retry("store", stop, || async { store.applied_offset() })
-            .await?;
-        let clock = self.cx.retry("store", stop, || async { store.max_ts() }).await?;
+        let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
+        let clock = self.retry("store", stop, || async { store.max_ts() }).await?;
         let Some(mut decided) = self.decide_batch(batch, applied, clock, mode, stop).await? else {
             return Ok(Folded::Corrupt);
         };
@@ -174,9 +171,7 @@ impl<B: Backend> Worker<B> {
         let persisted = async {
             if gate.is_some() {
                 let store = self.store.clone();
-                self.cx
-                    .retry("store", stop, || async { store.mark_uncommitted() })
-                    .await?;
+                self.retry("store", stop, || async { store.mark_uncommitted() }).await?;
             }
             self.persist(decided.changes, entries, next, mode, stop).await
         };

@@ -342,3 +342,39 @@ async fn under_exactly_once_a_long_outage_is_retried_without_nesting() {
     assert!(memory.state().failures.is_empty(), "every failure was met");
     assert!(memory.sent().contains(&activated("pol1", "e1")), "{:?}", memory.sent());
 }
+
+/// A read the broker refuses until an operator grants it (the group's offsets): the
+/// worker cannot start without it and retries, listed as stalled meanwhile, then goes
+/// on once the grant is there.
+#[tokio::test]
+async fn a_missing_grant_for_the_groups_offset_stalls_the_partition_until_granted() {
+    use super::worker::Worker;
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    let cx = super::tests::context(&memory, &store);
+    let holes = cx.holes.clone();
+    memory.state().position_denials = usize::MAX;
+    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(completed).await.expect("queue");
+    drop(tx);
+    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
+    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Some(s) = holes.stalled().into_iter().next() {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("listed as stalled");
+    assert!(stalled.reason.contains("needs an operator"), "{}", stalled.reason);
+    memory.state().position_denials = 0;
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("goes on once granted")
+        .expect("worker");
+    assert!(holes.stalled().is_empty());
+    assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
+}

@@ -86,10 +86,10 @@ impl<B: Backend> Worker<B> {
             let store = self.store.clone();
             // Meta keys are not state: the meta entry is written from sled's below.
             for key in restored.stale.iter().filter(|k| !k.starts_with(b"m:")) {
-                entries.push(self.cx.retry("store", stop, || async { store.entry_of(key) }).await?);
+                entries.push(self.retry("store", stop, || async { store.entry_of(key) }).await?);
             }
             if !restored.stale.is_empty() {
-                entries.extend(self.cx.retry("store", stop, || async { store.meta_now() }).await?);
+                entries.extend(self.retry("store", stop, || async { store.meta_now() }).await?);
             }
             self.writer = Some(Writer {
                 epoch,
@@ -98,8 +98,7 @@ impl<B: Backend> Worker<B> {
             match self.append_checked(&entries, stop).await? {
                 Checked::Written(a) => {
                     let next = restored.stale.is_empty().then_some(a.last + 1);
-                    self.cx
-                        .retry("store", stop, || async { store.set_writer_epoch(epoch, next) })
+                    self.retry("store", stop, || async { store.set_writer_epoch(epoch, next) })
                         .await?;
                     tracing::info!(
                         stage = self.stage.as_str(),
@@ -132,7 +131,7 @@ impl<B: Backend> Worker<B> {
         let topic = cx.settings.changelog(self.stage);
         let epoch = self.writer.map(|w| w.epoch);
         let appended = self
-            .retry_write("changelog", stop, || {
+            .retry("changelog", stop, || {
                 cx.backend.append(topic, self.partition, epoch, entries)
             })
             .await?;
@@ -186,7 +185,7 @@ impl<B: Backend> Worker<B> {
     async fn between(&self, from: i64, until: i64, own: u64, stop: &CancellationToken) -> Result<Foreign, Stopped> {
         let cx = &self.cx;
         let (topic, partition) = (cx.settings.changelog(self.stage), self.partition);
-        let mut reader = cx
+        let mut reader = self
             .retry("changelog", stop, || async {
                 cx.backend.open(topic, partition, Some(from))
             })
@@ -241,7 +240,7 @@ impl<B: Backend> Worker<B> {
         self.cx.metrics.fenced.inc();
         self.enter(super::lifecycle::Phase::Fenced);
         let store = self.store.clone();
-        self.cx.retry("store", stop, || async { store.discard_state() }).await?;
+        self.retry("store", stop, || async { store.discard_state() }).await?;
         self.writer = None;
         self.fenced_at = Some(Instant::now());
         self.gaps = Gaps::default();

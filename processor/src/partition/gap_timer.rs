@@ -60,7 +60,7 @@ impl<B: Backend> Worker<B> {
                     gate.wrote(partition);
                 }
                 None => {
-                    self.retry_write("gap timeout", stop, || shared.backend.send_gap_timeout(partition, &g))
+                    self.retry("gap timeout", stop, || shared.backend.send_gap_timeout(partition, &g))
                         .await?;
                 }
             }

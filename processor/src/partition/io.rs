@@ -28,6 +28,13 @@ pub struct Incoming {
     pub held: super::queue::Held,
 }
 
+/// A port's failure that trying again cannot fix until an operator acts (a missing
+/// grant): retried all the same — nothing may be skipped — but the partition is listed
+/// as stalled meanwhile. Any other port error is transient.
+#[derive(Debug, thiserror::Error)]
+#[error("needs an operator")]
+pub struct NeedsOperator(#[source] pub BoxError);
+
 /// An output was not acknowledged.
 ///
 /// A transient failure (broker away, timeout) is retried with the same records (same

@@ -63,6 +63,8 @@ pub struct State {
     pub changelog_failures: VecDeque<usize>,
     /// How many of the next changelog appends the broker refuses for good.
     pub changelog_refusals: usize,
+    /// How many of the next position requests fail for a missing grant.
+    pub position_denials: usize,
     /// Every dead letter acknowledged, in order.
     pub letters: Vec<hookstream_schemas::DeadLetter>,
 }
@@ -313,7 +315,13 @@ impl Changelog for Memory {
 
 impl GroupOffsets for Memory {
     async fn position(&self, topic: &str, partition: i32) -> Result<Position, BoxError> {
-        Ok(match self.state().committed.get(&(topic.to_owned(), partition)) {
+        let mut st = self.state();
+        if st.position_denials > 0 {
+            st.position_denials -= 1;
+            let denied: BoxError = "group authorization failed".into();
+            return Err(Box::new(super::io::NeedsOperator(denied)));
+        }
+        Ok(match st.committed.get(&(topic.to_owned(), partition)) {
             Some(o) => Position::Committed(*o),
             None => Position::LogStart(0),
         })

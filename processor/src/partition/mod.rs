@@ -50,10 +50,7 @@ mod tests;
 #[path = "write.rs"]
 mod write;
 
-use std::future::Future;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProcessingConfig, ProcessorConfig, PAYMENTS_STORE, POLICIES_STORE};
 use crate::metrics::Metrics;
@@ -186,22 +183,5 @@ impl Settings {
             Stage::Payments => &self.payments_changelog,
             Stage::Policies => &self.policies_changelog,
         }
-    }
-}
-
-impl<B> Context<B> {
-    /// Retry `f` with backoff until it succeeds or `stop` fires (see [`retry`]).
-    pub(crate) async fn retry<T, E, F, Fut>(
-        &self,
-        what: &'static str,
-        stop: &CancellationToken,
-        f: F,
-    ) -> Result<T, Stopped>
-    where
-        E: std::fmt::Display + Sync,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        retry::retry(what, &self.metrics, self.settings.processing.max_backoff, stop, f).await
     }
 }

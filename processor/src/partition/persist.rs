@@ -27,7 +27,6 @@ impl<B: Backend> Worker<B> {
         changes.dedup.retain(|_, e| e.first_seen_ms >= cutoff);
         let store = self.store.clone();
         let expired = self
-            .cx
             .retry("store", stop, || async {
                 store.expired_dedup(cutoff, MAX_EXPIRED_PER_BATCH)
             })
@@ -52,7 +51,6 @@ impl<B: Backend> Worker<B> {
             keep
         });
         let due = self
-            .cx
             .retry("store", stop, || async {
                 store.due_evictions(now, MAX_EXPIRED_PER_BATCH)
             })
@@ -90,7 +88,7 @@ impl<B: Backend> Worker<B> {
     ) -> Result<(), Stopped> {
         let cx = &self.cx;
         let batch = Arc::new((changes, entries));
-        cx.retry("store", stop, || {
+        self.retry("store", stop, || {
             let (store, batch) = (self.store.clone(), batch.clone());
             async move {
                 tokio::task::spawn_blocking(move || {
@@ -106,7 +104,7 @@ impl<B: Backend> Worker<B> {
         match mode {
             // Under exactly-once sled is a cache of the changelog (what it holds past the
             // last commit is discarded after a crash): no flush per batch.
-            Mode::Live if self.gate.is_none() => cx.retry("store", stop, || cx.flusher.flush()).await,
+            Mode::Live if self.gate.is_none() => self.retry("store", stop, || cx.flusher.flush()).await,
             Mode::Live | Mode::Rebuild => Ok(()),
         }
     }

@@ -42,7 +42,7 @@ impl<B: Backend> Worker<B> {
     ) -> Result<(), Stopped> {
         let cx = self.cx.clone();
         let store = self.store.clone();
-        let replay = cx.retry("store", stop, || async { store.replay_mark() }).await?;
+        let replay = self.retry("store", stop, || async { store.replay_mark() }).await?;
         if let Some(m) = replay.filter(|m| m.covers(committed)) {
             tracing::warn!(
                 partition = self.partition,
@@ -88,7 +88,9 @@ impl<B: Backend> Worker<B> {
         let store = self.store.clone();
         let first_live = position.offset();
         if self.gate.is_some() {
-            let holds = cx.retry("store", stop, || async { store.holds_uncommitted() }).await?;
+            let holds = self
+                .retry("store", stop, || async { store.holds_uncommitted() })
+                .await?;
             if holds {
                 tracing::warn!(
                     stage = self.stage.as_str(),
@@ -96,11 +98,11 @@ impl<B: Backend> Worker<B> {
                     "the local state holds writes of a transaction that may not have committed; \
                      restoring the committed state from the changelog"
                 );
-                cx.retry("store", stop, || async { store.discard_state() }).await?;
+                self.retry("store", stop, || async { store.discard_state() }).await?;
             }
         }
         // Read before the restore: a reset entry it meets clears the mark with the state.
-        let mark = cx.retry("store", stop, || async { store.committed_mark() }).await?;
+        let mark = self.retry("store", stop, || async { store.committed_mark() }).await?;
         let restored = self.restore(stop).await?;
         if self.gate.is_none() && !self.claim(restored, stop).await? {
             return Ok(());
@@ -109,7 +111,7 @@ impl<B: Backend> Worker<B> {
         if let Position::Committed(committed) = position {
             self.replay_or_drop(committed, mark, stop).await?;
         }
-        let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
         // With no state at all but a committed offset, every record below the log start
         // was decided once and is now gone: a hole as much as one above a state.
         let known = match position {
@@ -145,7 +147,7 @@ impl<B: Backend> Worker<B> {
             }
         }
         self.watch_stored_gaps(stop).await?;
-        let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+        let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
         if let Some(until) = self.replay_until {
             // A replay in place: decide again from the group's offset.
             self.next_offset = Some(first_live);
@@ -181,11 +183,11 @@ impl<B: Backend> Worker<B> {
     async fn check_hole(&mut self, applied: Option<i64>, stop: &CancellationToken) -> Result<i64, Stopped> {
         let cx = self.cx.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
-        let start = cx
+        let start = self
             .retry("log", stop, || cx.backend.log_start(&topic, partition))
             .await?;
         let store = self.store.clone();
-        let marker = cx.retry("store", stop, || async { store.marker_follows() }).await?;
+        let marker = self.retry("store", stop, || async { store.marker_follows() }).await?;
         // The applied record's commit marker is no record: a log that starts after it
         // lost nothing.
         let next = applied.map(|a| a + 1 + i64::from(marker));
@@ -193,7 +195,9 @@ impl<B: Backend> Worker<B> {
             return Ok(start);
         };
         let store = self.store.clone();
-        let acked = cx.retry("store", stop, || async { store.hole_acknowledged() }).await?;
+        let acked = self
+            .retry("store", stop, || async { store.hole_acknowledged() })
+            .await?;
         if acked.is_some_and(|s| s >= start) {
             return Ok(start);
         }
@@ -222,7 +226,7 @@ impl<B: Backend> Worker<B> {
         }
         cx.holes.remove(&topic, partition);
         cx.metrics.partition_holes.dec();
-        cx.retry("store", stop, || async { store.record_hole_ack(start) })
+        self.retry("store", stop, || async { store.record_hole_ack(start) })
             .await?;
         tracing::warn!(
             topic,
@@ -238,7 +242,6 @@ impl<B: Backend> Worker<B> {
     pub(super) async fn watch_stored_gaps(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
         let store = self.store.clone();
         let gapped = self
-            .cx
             .retry("store", stop, || async { store.payments_with_gaps() })
             .await?;
         for st in gapped {
@@ -260,7 +263,7 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
         let start = (from >= 0).then_some(from);
-        let mut reader = cx
+        let mut reader = self
             .retry("log", stop, || async { cx.backend.open(&topic, partition, start) })
             .await?;
         let max = cx.settings.processing.max_batch_records.max(1);
@@ -307,7 +310,7 @@ impl<B: Backend> Worker<B> {
             self.fold(&batch, mode, stop).await?;
         }
         if mode == Mode::Rebuild {
-            cx.retry("store", stop, || cx.flusher.flush()).await?;
+            self.retry("store", stop, || cx.flusher.flush()).await?;
         }
         Ok(n)
     }

@@ -94,15 +94,15 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let topic = cx.settings.changelog(self.stage).to_owned();
         let partition = self.partition;
-        let start = cx
+        let start = self
             .retry("changelog", stop, || cx.backend.log_start(&topic, partition))
             .await?;
-        let end = cx
+        let end = self
             .retry("changelog", stop, || cx.backend.log_end(&topic, partition))
             .await?;
         let store = self.store.clone();
-        let next = cx.retry("store", stop, || async { store.changelog_next() }).await?;
-        let epoch = cx.retry("store", stop, || async { store.writer_epoch() }).await?;
+        let next = self.retry("store", stop, || async { store.changelog_next() }).await?;
+        let epoch = self.retry("store", stop, || async { store.writer_epoch() }).await?;
         let unchanged = Restored {
             end,
             epoch,
@@ -114,10 +114,10 @@ impl<B: Backend> Worker<B> {
             _ => {
                 // sled reflects nothing the changelog has (or something it no longer
                 // has): start from the changelog alone.
-                let applied = cx.retry("store", stop, || async { store.applied_offset() }).await?;
+                let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
                 if applied.is_some() || next.is_some() {
                     tracing::warn!(partition, changelog = %topic, "local state is not in the changelog; restoring from the changelog");
-                    cx.retry("store", stop, || async { store.clear() }).await?;
+                    self.retry("store", stop, || async { store.clear() }).await?;
                 }
                 start
             }
@@ -136,7 +136,7 @@ impl<B: Backend> Worker<B> {
                 ..unchanged
             }),
             Ok((n, until, read_to)) => {
-                cx.retry("store", stop, || cx.flusher.flush()).await?;
+                self.retry("store", stop, || cx.flusher.flush()).await?;
                 tracing::info!(
                     stage = self.stage.as_str(),
                     partition,
@@ -147,7 +147,7 @@ impl<B: Backend> Worker<B> {
                     "restored partition state from the changelog"
                 );
                 if let Some(e) = epochs.current {
-                    cx.retry("store", stop, || async { store.set_writer_epoch(e, None) })
+                    self.retry("store", stop, || async { store.set_writer_epoch(e, None) })
                         .await?;
                 }
                 if !epochs.stale.is_empty() {
@@ -207,14 +207,14 @@ impl<B: Backend> Worker<B> {
             },
             None => {
                 let epoch = self.writer.map(|w| w.epoch);
-                self.retry_write("changelog", stop, || {
+                self.retry("changelog", stop, || {
                     cx.backend.append(topic, self.partition, epoch, &reset)
                 })
                 .await?;
             }
         }
         let store = self.store.clone();
-        cx.retry("store", stop, || async { store.clear() }).await
+        self.retry("store", stop, || async { store.clear() }).await
     }
 
     /// Apply the changelog's entries from `from` to its current end to sled, in atomic
@@ -298,7 +298,7 @@ impl<B: Backend> Worker<B> {
     ) -> Result<(), Stopped> {
         let cx = &self.cx;
         let partition = self.partition;
-        let mut reader = cx
+        let mut reader = self
             .retry("changelog", stop, || async {
                 cx.backend.open(topic, partition, Some(from))
             })

@@ -1,12 +1,76 @@
 //! Transient failures (broker, disk) pause a partition and retry with exponential
 //! backoff and jitter: the partition waits, it never skips. Waiting ends early only
-//! when the worker is told to stop, which [`Stopped`] carries up the loop.
+//! when the worker is told to stop, which [`Stopped`] carries up the loop. Each error a
+//! worker retries says whether it is transient ([`Failure`]); one that is not is
+//! retried too, loudly: the worker's `retry` (`write.rs`) lists the partition as stalled.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
+use super::io::{BoxError, NeedsOperator, SendError};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
+
+/// A failure that says whether the same call may pass when tried again.
+pub trait Failure: std::fmt::Display + Sync {
+    /// `false`: retrying alone cannot fix it (a value that does not read back, a
+    /// missing grant, a write the broker refuses for good).
+    fn is_transient(&self) -> bool;
+
+    /// The failure and its sources, for a log line or the stall's reason.
+    fn chain(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// `e` and its sources, joined by `: `.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Failure for SendError {
+    fn is_transient(&self) -> bool {
+        SendError::is_transient(self)
+    }
+    fn chain(&self) -> String {
+        error_chain(self)
+    }
+}
+
+impl Failure for StoreError {
+    /// The disk may come back; a value that does not read back, or sled's own
+    /// corruption, stays.
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Io(_)))
+    }
+    fn chain(&self) -> String {
+        error_chain(self)
+    }
+}
+
+impl Failure for BoxError {
+    fn is_transient(&self) -> bool {
+        !self.is::<NeedsOperator>()
+    }
+    fn chain(&self) -> String {
+        error_chain(self.as_ref())
+    }
+}
+
+/// The flusher's answer (its sled error as text): the disk may come back.
+impl Failure for String {
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
 
 /// Milliseconds since the Unix epoch on the wall clock (for timers and metrics only,
 /// never for a decision).
@@ -66,24 +130,23 @@ impl<'a> Backoff<'a> {
     }
 }
 
-/// Retry `f` until it succeeds or `stop` fires.
-pub async fn retry<T, E, F, Fut>(
-    what: &'static str,
-    metrics: &Metrics,
-    max: Duration,
-    stop: &CancellationToken,
-    mut f: F,
-) -> Result<T, Stopped>
-where
-    E: std::fmt::Display + Sync,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(metrics, max, what);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => backoff.pause(&e, stop).await?,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_says_whether_trying_again_can_help() {
+        let corrupt = StoreError::Corrupt {
+            key: "p1".into(),
+            source: serde_json::from_str::<i64>("x").unwrap_err(),
+        };
+        assert!(!corrupt.is_transient(), "a value that does not read back stays");
+        let disk = StoreError::Sled(sled::Error::Io(std::io::Error::other("disk full")));
+        assert!(disk.is_transient());
+        let denied: BoxError = Box::new(NeedsOperator("group authorization failed".into()));
+        assert!(!Failure::is_transient(&denied));
+        assert_eq!(denied.chain(), "needs an operator: group authorization failed");
+        let timeout: BoxError = "request timed out".into();
+        assert!(Failure::is_transient(&timeout));
     }
 }

@@ -51,15 +51,12 @@ impl<B: Backend> Worker<B> {
         if void {
             self.reset(stop).await?;
         }
-        self.cx.retry("store", stop, || async { store.clear() }).await?;
+        self.retry("store", stop, || async { store.clear() }).await?;
         let restored = self.restore_now(stop).await?;
         if self.gate.is_none() && !self.claim(restored, stop).await? {
             return Ok(());
         }
-        let applied = self
-            .cx
-            .retry("store", stop, || async { store.applied_offset() })
-            .await?;
+        let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
         let from = applied.map_or(-1, |a| a + 1);
         if from < until {
             self.read_range(from, until, Mode::Rebuild, stop).await?;
@@ -118,13 +115,13 @@ impl<B: Backend> Worker<B> {
             // At least once sled holds nothing uncommitted: what it has stays, and the
             // restore reads the changelog from there.
             let store = self.store.clone();
-            self.cx.retry("store", stop, || async { store.discard_state() }).await?;
+            self.retry("store", stop, || async { store.discard_state() }).await?;
         }
         self.gaps = Gaps::default();
         self.update_held_gauge();
         let cx = self.cx.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
-        let position = cx
+        let position = self
             .retry("group_position", stop, || cx.backend.position(&topic, partition))
             .await?;
         self.next_offset = None;

@@ -182,7 +182,7 @@ impl<B: Backend> Worker<B> {
         let cx = self.cx.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
         self.enter(Phase::Restoring);
-        let position = cx
+        let position = self
             .retry("group_position", stop, || cx.backend.position(&topic, partition))
             .await?;
         self.reconcile(position, stop).await?;

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Decided, Emitted};
 use super::holes::StallMark;
-use super::io::{Backend, SendError};
-use super::retry::Backoff;
+use super::io::Backend;
+use super::retry::{Backoff, Failure};
 use super::worker::{Mode, Worker};
 use super::Stopped;
 use crate::rules::model::Output;
@@ -34,32 +34,22 @@ pub(super) struct TxnSendFailed {
     pub changelog_refused: bool,
 }
 
-/// `e` and its sources, for a log line or a dead letter's detail.
-fn error_chain(e: &SendError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl<B: Backend> Worker<B> {
-    /// Retry one of the partition's own writes (`what`: a changelog append, a control
-    /// record) until it passes. A refusal for good is retried too — skipping the write
-    /// would lose state — but loudly: an error, and the partition is listed as stalled
-    /// (`/readyz`, `hookstream_processor_partitions_stalled`) until the write passes.
-    pub(super) async fn retry_write<T, F, Fut>(
+    /// Retry one of the partition's own calls (`what`: a changelog append, a control
+    /// record, a store or log read) until it passes. A failure that is not transient
+    /// ([`Failure`]) is retried too — skipping the call would lose state or a record —
+    /// but loudly: an error, and the partition is listed as stalled (`/readyz`,
+    /// `hookstream_processor_partitions_stalled`) until the call passes.
+    pub(super) async fn retry<T, E, F, Fut>(
         &self,
         what: &'static str,
         stop: &CancellationToken,
         mut f: F,
     ) -> Result<T, Stopped>
     where
+        E: Failure,
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, SendError>>,
+        Fut: std::future::Future<Output = Result<T, E>>,
     {
         let cx = &self.cx;
         let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), what);
@@ -71,14 +61,14 @@ impl<B: Backend> Worker<B> {
                         tracing::info!(
                             partition = self.partition,
                             what,
-                            "the refused write passed; the partition goes on"
+                            "the refused call passed; the partition goes on"
                         );
                     }
                     return Ok(v);
                 }
                 Err(e) => {
                     if !e.is_transient() && stalled.is_none() {
-                        stalled = Some(self.stall(format!("{what} refused for good: {}", error_chain(&e))));
+                        stalled = Some(self.stall(format!("{what} refused for good: {}", e.chain())));
                     }
                     // Stopped: the mark goes with it, as the partition does.
                     backoff.pause(&e, stop).await?;
@@ -120,7 +110,7 @@ impl<B: Backend> Worker<B> {
             let mut transient: Option<String> = None;
             for (i, r) in pending.iter().copied().zip(results) {
                 let Err(e) = r else { continue };
-                let error = error_chain(&e);
+                let error = e.chain();
                 failed.push(i);
                 if e.is_transient() {
                     transient = Some(error);
@@ -185,7 +175,7 @@ impl<B: Backend> Worker<B> {
             let mut failed = None;
             for (out, r) in d.outputs.iter().zip(results) {
                 let Err(e) = r else { continue };
-                let error = error_chain(&e);
+                let error = e.chain();
                 if !e.is_transient() {
                     self.refused.insert(output_id(&out.output), error.clone());
                 }
@@ -209,7 +199,7 @@ impl<B: Backend> Worker<B> {
             .append(topic, self.partition, None, &all)
             .await
             .map_err(|e| TxnSendFailed {
-                detail: error_chain(&e),
+                detail: e.chain(),
                 changelog_refused: !e.is_transient(),
             })?;
         cx.metrics.changelog_records.inc_by(all.len() as u64);
