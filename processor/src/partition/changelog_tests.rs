@@ -4,6 +4,7 @@
 
 use super::memory::{Memory, RAW, RAW_CHANGELOG};
 use super::tests::{activated, applied, context_with, run, run_with};
+use super::worker::Worker;
 use super::Stage;
 use crate::rules::model::{EventType, PaymentState};
 use crate::store::changelog::META;
@@ -154,7 +155,6 @@ fn activation_id_of(policy: &str, event_id: &str) -> String {
 #[tokio::test]
 async fn a_batch_whose_outputs_were_not_acknowledged_logs_no_entry() {
     use super::memory::Fail;
-    use super::worker::Worker;
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
     memory.state().failures.extend([Fail::Unavailable; 1000]);
@@ -214,23 +214,20 @@ async fn a_changelog_value_only_the_fold_cannot_read_is_rebuilt_from_the_log_onc
     );
 }
 
-/// A changelog write the broker refuses for good (an operator lowered the topic's
-/// `max.message.bytes`): skipping it would lose state, so the partition retries — and
-/// says so, listed as stalled (what `/readyz` shows) until the write passes.
-#[tokio::test]
-async fn a_changelog_write_refused_for_good_stalls_the_partition_loudly_until_it_passes() {
-    use super::worker::Worker;
-    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
-    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
-    let cx = super::tests::context(&memory, &store);
-    let holes = cx.holes.clone();
-    memory.state().changelog_refusals = usize::MAX;
-    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
+/// A payment-stage worker of partition 0 running over `record`, its queue then closed.
+fn spawn_worker(
+    cx: std::sync::Arc<super::Context<Memory>>,
+    record: super::io::Incoming,
+) -> tokio::task::JoinHandle<()> {
+    let worker = Worker::new(cx, Stage::Payments, 0).expect("worker");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(completed).await.expect("queue");
-    drop(tx);
-    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
-    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    tx.try_send(record).expect("queue");
+    tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()))
+}
+
+/// The first partition listed as stalled, within 5 s.
+async fn first_stall(holes: &super::holes::Holes) -> super::holes::Stall {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
             if let Some(s) = holes.stalled().into_iter().next() {
                 return s;
@@ -239,21 +236,40 @@ async fn a_changelog_write_refused_for_good_stalls_the_partition_loudly_until_it
         }
     })
     .await
-    .expect("listed as stalled");
+    .expect("listed as stalled")
+}
+
+/// A changelog write the broker refuses for good (an operator lowered the topic's
+/// `max.message.bytes`): skipping it would lose state, so the partition retries — and
+/// says so, listed as stalled (what `/readyz` shows) until the write passes.
+#[tokio::test]
+async fn a_changelog_write_refused_for_good_stalls_the_partition_loudly_until_it_passes() {
+    let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
+    let cx = super::tests::context(&memory, &store);
+    stalls_until_the_append_passes(&memory, cx).await;
+    assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
+}
+
+/// A completion decided while every changelog append is refused: the partition is
+/// listed as stalled, then goes on once the appends pass (an operator fixed the topic).
+async fn stalls_until_the_append_passes(memory: &Memory, cx: std::sync::Arc<super::Context<Memory>>) {
+    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
+    let holes = cx.holes.clone();
+    memory.state().changelog_refusals = usize::MAX;
+    let task = spawn_worker(cx, completed);
+    let stalled = first_stall(&holes).await;
     assert_eq!((stalled.topic.as_str(), stalled.partition), (RAW, 0));
     assert!(
         stalled.reason.starts_with("changelog refused for good"),
         "{}",
         stalled.reason
     );
-    // The operator fixes the topic: the write passes and the partition goes on.
     memory.state().changelog_refusals = 0;
     tokio::time::timeout(std::time::Duration::from_secs(10), task)
         .await
         .expect("goes on once accepted")
         .expect("worker");
-    assert!(holes.stalled().is_empty());
-    assert_eq!(memory.sent(), vec![activated("pol1", "e1")]);
+    assert!(holes.stalled().is_empty(), "no longer stalled once the append passed");
 }
 
 /// `cx` under exactly-once, with the committer's part played by a task: abort a failed
@@ -283,40 +299,10 @@ fn exactly_once(
 /// is listed as stalled the same way until the append passes.
 #[tokio::test]
 async fn under_exactly_once_a_changelog_write_refused_for_good_stalls_the_partition() {
-    use super::worker::Worker;
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
-    let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
     let (cx, committer) = exactly_once(super::tests::context(&memory, &store));
-    let holes = cx.holes.clone();
-    memory.state().changelog_refusals = usize::MAX;
-    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(completed).await.expect("queue");
-    drop(tx);
-    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
-    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        loop {
-            if let Some(s) = holes.stalled().into_iter().next() {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("listed as stalled");
-    assert_eq!((stalled.topic.as_str(), stalled.partition), (RAW, 0));
-    assert!(
-        stalled.reason.starts_with("changelog refused for good"),
-        "{}",
-        stalled.reason
-    );
-    memory.state().changelog_refusals = 0;
-    tokio::time::timeout(std::time::Duration::from_secs(10), task)
-        .await
-        .expect("goes on once accepted")
-        .expect("worker");
+    stalls_until_the_append_passes(&memory, cx).await;
     committer.abort();
-    assert!(holes.stalled().is_empty(), "no longer stalled once the append passed");
     assert!(memory.sent().contains(&activated("pol1", "e1")), "{:?}", memory.sent());
 }
 
@@ -325,7 +311,6 @@ async fn under_exactly_once_a_changelog_write_refused_for_good_stalls_the_partit
 /// overflowed the stack after a few hundred).
 #[tokio::test]
 async fn under_exactly_once_a_long_outage_is_retried_without_nesting() {
-    use super::worker::Worker;
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
     let cx = super::tests::context_with(&memory, &store, |p| p.max_backoff = std::time::Duration::from_millis(1));
@@ -348,27 +333,13 @@ async fn under_exactly_once_a_long_outage_is_retried_without_nesting() {
 /// on once the grant is there.
 #[tokio::test]
 async fn a_missing_grant_for_the_groups_offset_stalls_the_partition_until_granted() {
-    use super::worker::Worker;
     let (memory, store) = (Memory::default(), Store::temporary().expect("store"));
     let completed = memory.append("pay1", "e1", 1, "payment.completed", "pol1");
     let cx = super::tests::context(&memory, &store);
     let holes = cx.holes.clone();
     memory.state().position_denials = usize::MAX;
-    let worker = Worker::new(cx, super::Stage::Payments, 0).expect("worker");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(completed).await.expect("queue");
-    drop(tx);
-    let task = tokio::spawn(worker.run(rx, tokio_util::sync::CancellationToken::new()));
-    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        loop {
-            if let Some(s) = holes.stalled().into_iter().next() {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("listed as stalled");
+    let task = spawn_worker(cx, completed);
+    let stalled = first_stall(&holes).await;
     assert!(stalled.reason.contains("needs an operator"), "{}", stalled.reason);
     memory.state().position_denials = 0;
     tokio::time::timeout(std::time::Duration::from_secs(10), task)
