@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod load;
 pub mod otlp;
+pub mod pipeline;
 pub mod processor;
 pub mod providers;
 pub mod sign;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use hookstream_processor::cli::replay::{self, ReplayFrom};
 use hookstream_schemas::{decode, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
+use hookstream_tests::pipeline::{Event, Pipeline, WAIT};
 use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -124,27 +125,23 @@ async fn a_hole_in_the_raw_log_is_refused_until_acknowledged() {
 /// stops at no hole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_over_a_log_that_no_longer_starts_at_0_keeps_the_older_state() {
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 1).await;
-    let state = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, state.path());
-    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
-    let addr = ingest.addr();
-    let wait = Duration::from_secs(60);
-    let processor = RunningProcessor::start(config.clone()).await;
-    sign::send_event(&addr, "r_old", "pay_old", None, "payment.completed", Some("pol_old")).await;
-    kafka::wait_for_activation(broker.bootstrap(), &topics.activations, "pol_old", wait).await;
-    let (_, end) = kafka::committed_and_ends(broker.bootstrap(), &config.kafka.group_id, &topics.raw, 1)[0];
-    delete_below(broker.bootstrap(), &topics.raw, end).await;
-    sign::send_event(&addr, "r_new", "pay_new", None, "payment.completed", Some("pol_new")).await;
-    kafka::wait_for_activation(broker.bootstrap(), &topics.activations, "pol_new", wait).await;
+    let mut p = Pipeline::start(1).await;
+    p.send(Event::completed("pay_old").policy("pol_old")).await;
+    p.wait_for_activation("pol_old").await;
+    // Retention deletes the old payment's record.
+    let (_, end) = kafka::committed_and_ends(p.bootstrap(), &p.config.kafka.group_id, &p.topics.raw, 1)[0];
+    delete_below(p.bootstrap(), &p.topics.raw, end).await;
+    p.send(Event::completed("pay_new").policy("pol_new")).await;
+    p.wait_for_activation("pol_new").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    processor.stop().await;
+    p.stop_processor().await;
 
-    let r = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
+    let r = replay::run(&p.config.kafka, &ReplayFrom::Beginning, false)
+        .await
+        .unwrap();
     assert_eq!((r[0].log_start, r[0].reset_to), (end, end), "{r:?}");
-    let processor = RunningProcessor::start(config).await;
-    let again = kafka::read_records(broker.bootstrap(), &topics.activations, 3, wait).await;
+    p.start_processor().await;
+    let again = kafka::read_records(p.bootstrap(), &p.topics.activations, 3, WAIT).await;
     let ids: Vec<String> = again
         .iter()
         .filter_map(|m| match decode::<PolicyEvent>(m.payload()?).ok()?.event {
@@ -154,30 +151,21 @@ async fn a_replay_over_a_log_that_no_longer_starts_at_0_keeps_the_older_state() 
         .collect();
     assert_eq!(ids.len(), 2, "the retained completion is decided again: {ids:?}");
     assert_eq!(ids[0], ids[1], "with the same activation id");
-    sign::send_event(
-        &addr,
-        "r_old_refund",
-        "pay_old",
-        None,
-        "payment.refunded",
-        Some("pol_old"),
-    )
-    .await;
+    p.send(Event::refunded("pay_old").policy("pol_old")).await;
     let cancels_old = |all: &[rdkafka::message::OwnedMessage]| {
         all.iter().any(|m| {
             matches!(decode::<PolicyEvent>(m.payload().unwrap_or_default()).map(|e| e.event),
                 Ok(PolicyEventKind::Cancelled(c)) if c.policy_id == "pol_old")
         })
     };
-    let read = kafka::read_until(broker.bootstrap(), &topics.activations, wait, cancels_old).await;
+    let read = kafka::read_until(p.bootstrap(), &p.topics.activations, WAIT, cancels_old).await;
     assert!(
         cancels_old(&read),
         "the refund of the payment whose record is gone cancels its policy"
     );
     assert_eq!(
-        http::get(&processor.admin, "/holes").await.json()["holes"],
+        http::get(p.admin(), "/holes").await.json()["holes"],
         serde_json::json!([])
     );
-    processor.stop().await;
-    ingest.stop().await;
+    p.stop().await;
 }
