@@ -115,6 +115,12 @@ pub struct HttpConfig {
     /// Open connections at most; further clients wait in the kernel's accept queue.
     /// Default 4096: with `max_header_bytes` this bounds what headers can hold (64 MiB).
     pub max_connections: usize,
+    /// Of `max_connections`, how many one peer address may hold; a further connection
+    /// from it is answered 429 `too_many_connections` (+ `Retry-After`) and closed at
+    /// once, so one sender's idle connections cannot fill the accept queue for everyone.
+    /// `0`: no per-peer bound — set it behind a proxy, where every connection comes from
+    /// the proxy's address. Default 512 (a provider's spike at 5,000/s needs ~50).
+    pub max_connections_per_peer: usize,
     /// A connection's read buffer, so the most a request's line and headers may take;
     /// beyond it 431. At least 8192 (hyper's minimum). Default 16384: a webhook's headers
     /// are a few hundred bytes, and 4096 connections × 16 KiB stay within the RSS target.
@@ -162,6 +168,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_peer: 512,
             max_header_bytes: 16 * 1024,
             max_in_flight_requests: 8192,
             header_read_timeout: Duration::from_secs(10),

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub delivery_seconds: HistogramVec,
     /// Requests being processed now.
     pub in_flight: IntGauge,
+    /// Connections answered 429 and closed because their peer address held its share.
+    pub connections_refused: prometheus::IntCounter,
     /// Records queued or in flight in the producer (sampled at scrape).
     pub queue_depth: IntGauge,
     /// One past the highest offset acknowledged per raw partition: the log's end as this
@@ -66,6 +68,11 @@ impl Metrics {
         )
         .expect("metric");
         let in_flight = IntGauge::new("in_flight_requests", "Requests being processed").expect("metric");
+        let connections_refused = prometheus::IntCounter::new(
+            "connections_refused_total",
+            "Connections answered 429 and closed: their peer address held max_connections_per_peer",
+        )
+        .expect("metric");
         let queue_depth = IntGauge::new(
             "producer_queue_depth",
             "Records queued or in flight in the Kafka producer",
@@ -89,6 +96,7 @@ impl Metrics {
             Box::new(id_disagreements.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(in_flight.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(queue_depth.clone()),
             Box::new(raw_end_offset.clone()),
         ] {
@@ -101,6 +109,7 @@ impl Metrics {
             id_disagreements,
             delivery_seconds,
             in_flight,
+            connections_refused,
             queue_depth,
             raw_end_offset,
             process,

@@ -1,4 +1,5 @@
-//! The accept loop: bounded connections, header-read timeout, graceful shutdown.
+//! The accept loop: bounded connections (in all, and per peer address), header-read
+//! timeout, graceful shutdown.
 //!
 //! On shutdown it stops accepting, lets in-flight requests finish (each still waits for
 //! its broker acknowledgement, so nothing answered 200 is lost), closes idle keep-alive
@@ -17,12 +18,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::error::IngestError;
-use crate::peer::Peer;
+use crate::peer::{Peer, PeerLedger};
 use crate::router::handle;
+
+/// Answer a connection beyond its peer's share 429 and close it, without reading its
+/// request; within a second, or the connection is just closed.
+async fn refuse(mut stream: tokio::net::TcpStream, retry_after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"too_many_connections"}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        retry_after.as_secs().max(1),
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+}
 
 /// Serve `app` on `listener` until `shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngestError> {
     let connections = Arc::new(Semaphore::new(app.http.max_connections));
+    let per_peer = PeerLedger::new(app.http.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
     let header_timeout = app.http.header_read_timeout;
     let max_buf = app.http.max_header_bytes.max(8192);
@@ -45,6 +61,12 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut share = None;
+        if !per_peer.grow(&mut share, peer.ip(), 1) {
+            app.metrics.connections_refused.inc();
+            tokio::spawn(refuse(stream, app.http.retry_after));
+            continue;
+        }
         let app = app.clone();
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -63,7 +85,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
-            drop(permit);
+            drop((permit, share));
         });
     }
     drop(listener);

@@ -171,6 +171,41 @@ async fn one_sender_declaring_large_bodies_cannot_starve_signed_webhooks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_holding_idle_connections_cannot_shut_others_out() {
+    let broker = Broker::shared();
+    let topic = raw_topic(broker).await;
+    // 8 connections in all, 4 per peer address.
+    let ingest = start(broker.bootstrap(), &topic, |c| {
+        c.http.max_connections = 8;
+        c.http.max_connections_per_peer = 4;
+    })
+    .await;
+    let addr = ingest.addr();
+    // 127.0.0.2 opens 8 connections and sends nothing: without a share they would take
+    // every slot, and everyone else would wait in the accept queue.
+    let flooder = Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((flooder, 0))).unwrap();
+        idle.push(socket.connect(addr.parse().unwrap()).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in &mut idle {
+        let line = status_line(s, Duration::from_millis(300)).await;
+        if line.starts_with("HTTP/1.1 429") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4, "the flooder's connections beyond its 4 are refused at once");
+    let status = tokio::time::timeout(Duration::from_secs(5), signed_status(&addr, "evt_conn"))
+        .await
+        .expect("answered, not left in the accept queue");
+    assert_eq!(status, 200);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_sender_is_cut_off_long_before_the_body_timeout() {
     let broker = Broker::shared();
     let topic = raw_topic(broker).await;
