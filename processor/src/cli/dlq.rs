@@ -15,6 +15,7 @@
 //! `sequence_gap_timeout` letters carry a control record, not a webhook, and are never
 //! re-driven.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookstream_schemas::{decode, DeadLetter, DeadLetterReason, RawWebhook};
@@ -30,11 +31,19 @@ use crate::kafka::{client, offsets};
 use hookstream_schemas::topics::headers::REDRIVE_OF;
 
 /// A dead letter and where it is in the DLQ.
+///
+/// A letter can carry ~1 MB of original record and a DLQ holds 90 days of them, so a
+/// read that selects more than one letter leaves each original value out
+/// (`letter.original_value` is `None`, `value_bytes` says how large it was) and
+/// [`redrive`] reads each back from its place when it publishes it: memory stays the
+/// size of the letters' metadata, not of the DLQ.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub partition: i32,
     pub offset: i64,
     pub letter: DeadLetter,
+    /// The size of the letter's original value (`None`: it has none).
+    pub value_bytes: Option<usize>,
 }
 
 /// Which dead letters a command applies to.
@@ -123,10 +132,16 @@ pub async fn read(cfg: &KafkaConfig, filter: &Filter) -> Result<Vec<Entry>, Kafk
             }
             // A replay re-publishes letters with the same id: list each once.
             if filter.matches(&letter) && seen.insert(letter.dead_letter_id.clone()) {
+                let mut letter = letter;
+                let value_bytes = letter.original_value.as_ref().map(Vec::len);
+                if filter.id.is_none() {
+                    letter.original_value = None;
+                }
                 out.push(Entry {
                     partition: p,
                     offset: o,
                     letter,
+                    value_bytes,
                 });
             }
         }
@@ -166,16 +181,38 @@ pub fn detail(e: &Entry) -> Value {
     v
 }
 
+/// The letter at `e`'s place in `topic`, original value included; `None` when it is
+/// gone (retention) or no longer decodes. Blocking.
+fn reread(c: &BaseConsumer, topic: &str, e: &Entry) -> Result<Option<DeadLetter>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, e.partition, Offset::Offset(e.offset))?;
+    c.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.partition() == e.partition && m.offset() == e.offset => {
+                return Ok(m.payload().and_then(|b| decode::<DeadLetter>(b).ok()));
+            }
+            Some(Ok(m)) if m.partition() == e.partition && m.offset() > e.offset => return Ok(None),
+            Some(Err(err)) if !matches!(err, KafkaError::PartitionEOF(_)) => return Err(err),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Publish the original records of `entries` back to their origin topics. Returns a
 /// report: what was (or, with `dry_run`, would be) re-driven and what was skipped.
 pub async fn redrive(cfg: &KafkaConfig, entries: &[Entry], dry_run: bool) -> Result<Value, KafkaError> {
     // The contract's producer settings, as ingest: the record lands in the payment's
     // partition.
     let producer: FutureProducer = client::producer(cfg, "-redrive").create()?;
+    let reader: Arc<BaseConsumer> =
+        Arc::new(client::tool_consumer(cfg, &format!("{}-dlq-reader", cfg.group_id), "-dlq").create()?);
     let (mut redriven, mut skipped) = (Vec::new(), Vec::new());
     for e in entries {
         let d = &e.letter;
-        let why_not = match (&d.original_value, d.reason) {
+        let why_not = match (e.value_bytes, d.reason) {
             (_, DeadLetterReason::SequenceGapTimeout) => Some("a gap-timeout letter carries a control record"),
             (None, _) => Some("no original value"),
             _ => None,
@@ -185,6 +222,27 @@ pub async fn redrive(cfg: &KafkaConfig, entries: &[Entry], dry_run: bool) -> Res
             continue;
         }
         if !dry_run {
+            let full;
+            let d = if d.original_value.is_some() {
+                d
+            } else {
+                let (reader, topic, e) = (reader.clone(), cfg.dlq_topic.clone(), e.clone());
+                match tokio::task::spawn_blocking(move || reread(&reader, &topic, &e))
+                    .await
+                    .map_err(|_| KafkaError::Canceled)??
+                {
+                    Some(l) => {
+                        full = l;
+                        &full
+                    }
+                    None => {
+                        skipped.push(
+                            json!({ "dead_letter_id": d.dead_letter_id, "why": "no longer readable in the DLQ" }),
+                        );
+                        continue;
+                    }
+                }
+            };
             let root = root_of(d);
             let mut headers = OwnedHeaders::new();
             for h in d.original_headers.iter().filter(|h| h.name != REDRIVE_OF) {
