@@ -72,17 +72,13 @@ impl View for Sim {
 }
 
 impl Sim {
-    /// Production's fold settings, with the harness's limits.
+    /// The fold's settings with the harness's limits and windows of production's size
+    /// (a 7-day dedup window, a 400-day refund window, one day ahead per record), given
+    /// here: `rules` does not depend on `config`.
     fn settings(&self) -> FoldSettings {
-        let p = crate::config::ProcessingConfig::default();
+        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
         let fields = crate::rules::input::BodyFields::default();
-        FoldSettings::new(
-            fields,
-            self.limits,
-            p.dedup_window,
-            p.refund_window,
-            p.max_record_time_ahead,
-        )
+        FoldSettings::new(fields, self.limits, 7 * DAY, 400 * DAY, DAY)
     }
 
     /// One record through the payment stage's fold, then every request it makes
