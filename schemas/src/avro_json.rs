@@ -8,8 +8,13 @@
 use apache_avro::{schema::Name, types::Value, Schema};
 use serde_json::{json, Map, Value as Json};
 
+/// A value that does not fit the schema it is converted with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the value does not fit its schema: {0}")]
+pub struct MismatchError(String);
+
 /// Convert `value`, written with `schema`, to the Avro JSON encoding.
-pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
+pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, MismatchError> {
     Ok(match (schema, value) {
         (Schema::Null, Value::Null) => Json::Null,
         (Schema::Boolean, Value::Boolean(b)) => json!(b),
@@ -30,7 +35,10 @@ pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
             let mut out = Map::new();
             for (field, (name, v)) in r.fields.iter().zip(fields) {
                 if field.name != *name {
-                    return Err(format!("field order: schema has {}, value has {name}", field.name));
+                    return Err(MismatchError(format!(
+                        "field order: schema has {}, value has {name}",
+                        field.name
+                    )));
                 }
                 out.insert(name.clone(), to_avro_json(&field.schema, v)?);
             }
@@ -40,7 +48,7 @@ pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
             let branch = u
                 .variants()
                 .get(*idx as usize)
-                .ok_or_else(|| format!("union index {idx} out of range"))?;
+                .ok_or_else(|| MismatchError(format!("union index {idx} out of range")))?;
             match branch {
                 Schema::Null => Json::Null,
                 b => {
@@ -50,11 +58,11 @@ pub fn to_avro_json(schema: &Schema, value: &Value) -> Result<Json, String> {
                 }
             }
         }
-        (s, v) => return Err(format!("value {v:?} does not fit schema {s:?}")),
+        (s, v) => return Err(MismatchError(format!("value {v:?} does not fit schema {s:?}"))),
     })
 }
 
-fn type_name(schema: &Schema) -> Result<String, String> {
+fn type_name(schema: &Schema) -> Result<String, MismatchError> {
     let full = |n: &Name| n.fullname(None);
     Ok(match schema {
         Schema::Boolean => "boolean".into(),
@@ -64,6 +72,6 @@ fn type_name(schema: &Schema) -> Result<String, String> {
         Schema::Bytes => "bytes".into(),
         Schema::Record(r) => full(&r.name),
         Schema::Enum(e) => full(&e.name),
-        other => return Err(format!("no union branch name for {other:?}")),
+        other => return Err(MismatchError(format!("no union branch name for {other:?}"))),
     })
 }

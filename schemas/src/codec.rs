@@ -7,6 +7,7 @@
 use std::sync::LazyLock;
 
 use crate::fingerprint::{canonical_form, crc64_avro};
+use crate::value::ShapeError;
 
 use apache_avro::{reader::datum::GenericDatumReader, types::Value, writer::datum::GenericDatumWriter, Schema};
 
@@ -43,8 +44,12 @@ pub enum CodecError {
     #[error("{schema}: {count} trailing bytes after the Avro datum")]
     TrailingBytes { schema: &'static str, count: usize },
     /// The decoded Avro value does not have the shape the Rust type expects.
-    #[error("{schema}: unexpected Avro value: {detail}")]
-    Shape { schema: &'static str, detail: String },
+    #[error("{schema}: unexpected Avro value")]
+    Shape {
+        schema: &'static str,
+        #[source]
+        source: ShapeError,
+    },
     /// The Rust value does not validate against its schema (a bug on the writing side).
     #[error("{schema}: value does not match the schema")]
     Encode {
@@ -124,7 +129,7 @@ pub trait AvroRecord: Sized {
     /// The Avro value, fields in schema order.
     fn to_value(&self) -> Value;
     /// The Rust value from a decoded Avro value.
-    fn from_value(value: Value) -> Result<Self, String>;
+    fn from_value(value: Value) -> Result<Self, ShapeError>;
 }
 
 /// Encode a record in the Avro single-object encoding.
@@ -195,5 +200,5 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
             count: rest.len(),
         });
     }
-    T::from_value(value).map_err(|detail| CodecError::Shape { schema, detail })
+    T::from_value(value).map_err(|source| CodecError::Shape { schema, source })
 }

@@ -7,7 +7,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroRecord, SchemaInfo};
-use crate::value::{opt_bytes, opt_string, record, Fields};
+use crate::value::{opt_bytes, opt_string, record, Fields, ShapeError};
 
 static INFO: LazyLock<SchemaInfo> =
     LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.DeadLetter", include_str!("../avro/DeadLetter.avsc")));
@@ -191,22 +191,24 @@ impl AvroRecord for DeadLetter {
         ])
     }
 
-    fn from_value(value: Value) -> Result<Self, String> {
-        let mut f = Fields::new("DeadLetter", value)?;
+    fn from_value(value: Value) -> Result<Self, ShapeError> {
+        const RECORD: &str = "DeadLetter";
+        let mut f = Fields::new(RECORD, value)?;
         let reason = match f.take("reason")? {
-            Value::Enum(_, symbol) => {
-                DeadLetterReason::parse(&symbol).ok_or_else(|| format!("DeadLetter.reason: unknown symbol {symbol}"))?
-            }
-            other => return Err(format!("DeadLetter.reason: expected enum, got {other:?}")),
+            Value::Enum(i, symbol) => match DeadLetterReason::parse(&symbol) {
+                Some(reason) => reason,
+                None => {
+                    return Err(ShapeError::wrong(
+                        RECORD,
+                        "reason",
+                        "a known reason",
+                        &Value::Enum(i, symbol),
+                    ))
+                }
+            },
+            other => return Err(ShapeError::wrong(RECORD, "reason", "enum", &other)),
         };
-        let missing_sequences = f
-            .array("missing_sequences")?
-            .into_iter()
-            .map(|v| match v {
-                Value::Long(n) => Ok(n),
-                other => Err(format!("DeadLetter.missing_sequences: expected long, got {other:?}")),
-            })
-            .collect::<Result<_, String>>()?;
+        let missing_sequences = f.longs("missing_sequences")?;
         let missing_ranges = f
             .array("missing_ranges")?
             .into_iter()
@@ -217,7 +219,7 @@ impl AvroRecord for DeadLetter {
                     last: r.long("last")?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ShapeError>>()?;
         let original_headers = f
             .array("original_headers")?
             .into_iter()
@@ -228,7 +230,7 @@ impl AvroRecord for DeadLetter {
                     value: h.opt_bytes("value")?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ShapeError>>()?;
         Ok(Self {
             dead_letter_id: f.string("dead_letter_id")?,
             reason,

@@ -28,8 +28,19 @@ pub fn crc64_avro(bytes: &[u8]) -> u64 {
         .fold(EMPTY, |fp, &b| (fp >> 8) ^ table[((fp ^ u64::from(b)) & 0xff) as usize])
 }
 
+/// A JSON value that is not an Avro schema: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an Avro schema: {0}")]
+pub struct SchemaError(String);
+
+impl From<&str> for SchemaError {
+    fn from(what: &str) -> Self {
+        Self(what.to_owned())
+    }
+}
+
 /// The Parsing Canonical Form of a schema given as JSON.
-pub fn canonical_form(schema: &Json) -> Result<String, String> {
+pub fn canonical_form(schema: &Json) -> Result<String, SchemaError> {
     let mut out = String::new();
     let mut seen = Vec::new();
     write_pcf(schema, None, &mut seen, &mut out)?;
@@ -47,7 +58,7 @@ fn full_name(name: &str, namespace: Option<&str>) -> String {
     }
 }
 
-fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut String) -> Result<(), String> {
+fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut String) -> Result<(), SchemaError> {
     match schema {
         Json::String(name) if PRIMITIVES.contains(&name.as_str()) => out.push_str(&quoted(name)),
         Json::String(name) => out.push_str(&quoted(&full_name(name, ns))),
@@ -130,7 +141,7 @@ fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut 
                 other => write_pcf(&Json::String(other.to_owned()), ns, seen, out)?,
             }
         }
-        other => return Err(format!("not a schema: {other}")),
+        other => return Err(SchemaError(format!("{other} is neither a name, a union nor an object"))),
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroRecord, SchemaInfo};
-use crate::value::{record, Fields};
+use crate::value::{record, Fields, ShapeError};
 
 static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
     SchemaInfo::parse("io.hookstream.v1.GapTimeout", include_str!("../avro/GapTimeout.avsc"))
@@ -49,16 +49,9 @@ impl AvroRecord for GapTimeout {
         ])
     }
 
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ShapeError> {
         let mut f = Fields::new("GapTimeout", value)?;
-        let missing_sequences = f
-            .array("missing_sequences")?
-            .into_iter()
-            .map(|v| match v {
-                Value::Long(n) => Ok(n),
-                other => Err(format!("GapTimeout.missing_sequences: expected long, got {other:?}")),
-            })
-            .collect::<Result<_, String>>()?;
+        let missing_sequences = f.longs("missing_sequences")?;
         Ok(Self {
             payment_id: f.string("payment_id")?,
             source: f.string("source")?,

@@ -11,6 +11,7 @@
 
 #[cfg(feature = "testing")]
 pub mod avro_json;
+mod chain;
 mod codec;
 pub mod config;
 pub mod config_check;
@@ -28,9 +29,11 @@ pub mod telemetry;
 pub mod topics;
 mod value;
 
+pub use chain::error_chain;
 pub use codec::{decode, encode, AvroRecord, CodecError, SchemaInfo, HEADER_LEN, SINGLE_OBJECT_MARKER};
 pub use dead_letter::{list_sequences, DeadLetter, DeadLetterReason, KafkaHeader, SequenceRange, MAX_LISTED_SEQUENCES};
 pub use gap_timeout::{GapTimeout, GAP_TIMEOUT_CONTROL};
 pub use policy_event::{PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind, PolicyPaymentDuplicated};
 pub use policy_request::{PolicyRequest, PolicyRequestKind};
 pub use raw_webhook::{HttpHeader, RawWebhook};
+pub use value::ShapeError;

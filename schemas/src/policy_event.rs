@@ -6,7 +6,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroRecord, SchemaInfo};
-use crate::value::{opt_long, opt_string, record, Fields};
+use crate::value::{opt_long, opt_string, record, Fields, ShapeError};
 
 static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
     SchemaInfo::parse("io.hookstream.v1.PolicyEvent", include_str!("../avro/PolicyEvent.avsc"))
@@ -149,7 +149,7 @@ impl AvroRecord for PolicyEvent {
         ])
     }
 
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ShapeError> {
         let mut f = Fields::new("PolicyEvent", value)?;
         let policy_id = f.string("policy_id")?;
         let event = match f.take("event")? {
@@ -200,8 +200,11 @@ impl AvroRecord for PolicyEvent {
                 })
             }
             other => {
-                return Err(format!(
-                    "PolicyEvent.event: expected union branch 0, 1 or 2, got {other:?}"
+                return Err(ShapeError::wrong(
+                    "PolicyEvent",
+                    "event",
+                    "union branch 0, 1 or 2",
+                    &other,
                 ))
             }
         };

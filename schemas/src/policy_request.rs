@@ -7,7 +7,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroRecord, SchemaInfo};
-use crate::value::{opt_long, opt_string, record, Fields};
+use crate::value::{opt_long, opt_string, record, Fields, ShapeError};
 
 static INFO: LazyLock<SchemaInfo> = LazyLock::new(|| {
     SchemaInfo::parse(
@@ -73,16 +73,12 @@ impl AvroRecord for PolicyRequest {
         ])
     }
 
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ShapeError> {
         let mut f = Fields::new("PolicyRequest", value)?;
         let kind = match f.take("kind")? {
             Value::Enum(_, s) if s == "ACTIVATE" => PolicyRequestKind::Activate,
             Value::Enum(_, s) if s == "CANCEL" => PolicyRequestKind::Cancel,
-            other => {
-                return Err(format!(
-                    "PolicyRequest.kind: expected ACTIVATE or CANCEL, got {other:?}"
-                ))
-            }
+            other => return Err(ShapeError::wrong("PolicyRequest", "kind", "ACTIVATE or CANCEL", &other)),
         };
         Ok(Self {
             request_id: f.string("request_id")?,

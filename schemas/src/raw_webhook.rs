@@ -6,7 +6,7 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroRecord, SchemaInfo};
-use crate::value::{opt_long, opt_string, record, Fields};
+use crate::value::{opt_long, opt_string, record, Fields, ShapeError};
 
 static INFO: LazyLock<SchemaInfo> =
     LazyLock::new(|| SchemaInfo::parse("io.hookstream.v1.RawWebhook", include_str!("../avro/RawWebhook.avsc")));
@@ -66,7 +66,7 @@ impl AvroRecord for RawWebhook {
         ])
     }
 
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ShapeError> {
         let mut f = Fields::new("RawWebhook", value)?;
         let headers = f
             .array("headers")?
@@ -78,7 +78,7 @@ impl AvroRecord for RawWebhook {
                     value: h.bytes("value")?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ShapeError>>()?;
         Ok(Self {
             event_id: f.string("event_id")?,
             source: f.string("source")?,
