@@ -66,9 +66,9 @@ pub fn load_sources(
                 })
             }
         }
-        .map_err(|detail| ConfigError::Invalid {
+        .map_err(|source| ConfigError::Secrets {
             field: field.clone(),
-            detail,
+            source,
         })?;
         out.insert(
             name.clone(),

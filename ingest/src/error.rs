@@ -27,6 +27,12 @@ pub enum ConfigError {
     },
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
+    #[error("config {field}: its secrets cannot be used")]
+    Secrets {
+        field: String,
+        #[source]
+        source: crate::verify::SecretError,
+    },
 }
 
 /// Ingest could not start or stopped with an error.

@@ -45,6 +45,26 @@ fn classify(e: KafkaError) -> PublishError {
     }
 }
 
+/// Why ingest is not ready to accept webhooks (`/readyz` answers 503 with it).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// The idempotent producer hit a fatal error; the next request replaces it.
+    #[error("the producer hit a fatal error ({code}: {reason}); it is replaced on the next request")]
+    Fatal { code: String, reason: String },
+    /// Deliveries keep failing; the producer is being replaced.
+    #[error("the last {failed} deliveries failed; the producer is being replaced")]
+    Failing { failed: u32 },
+    /// The broker did not answer a metadata request.
+    #[error("broker unreachable")]
+    Unreachable(#[source] KafkaError),
+    /// The broker answered but does not know the topic.
+    #[error("topic {topic} does not exist")]
+    NoTopic { topic: String },
+    /// The check itself did not finish (its blocking task panicked or was cancelled).
+    #[error("readiness check failed")]
+    Check(#[source] tokio::task::JoinError),
+}
+
 /// Deliveries that fail in a row before the producer counts as stuck and is replaced.
 const STUCK_AFTER: u32 = 3;
 /// A stuck producer is replaced at most this often (a broker that is simply away fails
@@ -229,32 +249,31 @@ impl Publisher {
     }
 
     /// Whether the broker answers and knows the topic (for `/readyz`).
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), NotReady> {
         let (_, producer) = self.current();
         if let Some((code, reason)) = producer.client().fatal_error() {
-            return Err(format!(
-                "the producer hit a fatal error ({code:?}: {reason}); it is replaced on the next request"
-            ));
+            return Err(NotReady::Fatal {
+                code: format!("{code:?}"),
+                reason,
+            });
         }
         let failed = self.failures.load(Ordering::Relaxed);
         if failed >= STUCK_AFTER {
-            return Err(format!(
-                "the last {failed} deliveries failed; the producer is being replaced"
-            ));
+            return Err(NotReady::Failing { failed });
         }
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let md = producer
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                .map_err(|e| format!("broker unreachable: {e}"))?;
+                .map_err(NotReady::Unreachable)?;
             match md.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-                _ => Err(format!("topic {topic} does not exist")),
+                _ => Err(NotReady::NoTopic { topic }),
             }
         })
         .await
-        .map_err(|e| format!("readiness check failed: {e}"))?
+        .map_err(NotReady::Check)?
     }
 
     /// Wait up to `timeout` for queued records to be delivered (on shutdown).

@@ -19,7 +19,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
         (&Method::GET, "/healthz") => json_response(200, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => match app.publisher.ready().await {
             Ok(()) => json_response(200, &json!({ "ready": true, "topic": app.publisher.topic() })),
-            Err(detail) => json_response(503, &json!({ "error": "not_ready", "detail": detail })),
+            Err(e) => json_response(
+                503,
+                &json!({ "error": "not_ready", "detail": hookstream_schemas::error_chain(&e) }),
+            ),
         },
         (&Method::GET, "/metrics") => {
             app.metrics.queue_depth.set(i64::from(app.publisher.queue_depth()));

@@ -53,6 +53,21 @@ impl Scheme {
     }
 }
 
+/// Why a source's configured secrets cannot be used. Names a secret by its position,
+/// never by its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// A Standard Webhooks secret that does not decode.
+    #[error("secret #{index} is not whsec_<base64>")]
+    NotBase64 { index: usize },
+    /// A secret whose key has no bytes.
+    #[error("secret #{index} is empty")]
+    Empty { index: usize },
+    /// The variable or file holds no secret at all.
+    #[error("no secret given")]
+    NoneGiven,
+}
+
 /// A source's secrets as key bytes, in configured order. Never printed.
 #[derive(Clone)]
 pub struct Secrets(Vec<Vec<u8>>);
@@ -65,34 +80,34 @@ impl fmt::Debug for Secrets {
 
 impl Secrets {
     /// Secrets from an environment variable's value: separated by whitespace.
-    pub fn from_env_value(scheme: Scheme, text: &str) -> Result<Self, String> {
+    pub fn from_env_value(scheme: Scheme, text: &str) -> Result<Self, SecretError> {
         Self::from_list(scheme, text.split_whitespace())
     }
 
     /// Secrets from a file: one per line (so a secret may contain spaces), blank lines ignored.
-    pub fn from_file_text(scheme: Scheme, text: &str) -> Result<Self, String> {
+    pub fn from_file_text(scheme: Scheme, text: &str) -> Result<Self, SecretError> {
         Self::from_list(scheme, text.lines().map(str::trim).filter(|l| !l.is_empty()))
     }
 
     /// Standard Webhooks secrets are `whsec_<base64>` (the prefix is optional) and the key
     /// is the decoded bytes; the other schemes use the secret text itself as the key
     /// (Stripe's `whsec_…` included). An error names the secret's position, never its text.
-    pub fn from_list<'a>(scheme: Scheme, items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn from_list<'a>(scheme: Scheme, items: impl IntoIterator<Item = &'a str>) -> Result<Self, SecretError> {
         let mut keys = Vec::new();
         for (i, s) in items.into_iter().enumerate() {
             let key = match scheme {
                 Scheme::StandardWebhooks => base64::engine::general_purpose::STANDARD
                     .decode(s.strip_prefix("whsec_").unwrap_or(s))
-                    .map_err(|_| format!("secret #{i} is not whsec_<base64>"))?,
+                    .map_err(|_| SecretError::NotBase64 { index: i })?,
                 _ => s.as_bytes().to_vec(),
             };
             if key.is_empty() {
-                return Err(format!("secret #{i} is empty"));
+                return Err(SecretError::Empty { index: i });
             }
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err("no secret given".into());
+            return Err(SecretError::NoneGiven);
         }
         Ok(Self(keys))
     }

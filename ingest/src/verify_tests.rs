@@ -165,7 +165,12 @@ fn secrets_are_never_printed() {
     let s = Secrets::from_env_value(Scheme::HmacSha256, "super-secret-value").unwrap();
     assert_eq!(format!("{s:?}"), "Secrets([redacted; 1])");
     let e = Secrets::from_env_value(Scheme::StandardWebhooks, "whsec_!!notbase64").unwrap_err();
-    assert!(!e.contains("notbase64"), "{e}");
+    assert_eq!(e, SecretError::NotBase64 { index: 0 });
+    assert!(!e.to_string().contains("notbase64"), "{e}");
+    assert_eq!(
+        Secrets::from_env_value(Scheme::HmacSha256, "  ").err(),
+        Some(SecretError::NoneGiven)
+    );
 }
 
 /// A valid (scheme, headers, body) triple with `ts`, for mutation by the properties below.
