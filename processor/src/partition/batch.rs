@@ -221,7 +221,7 @@ impl<B: Backend> Worker<B> {
         stop: &CancellationToken,
     ) -> Result<Option<Decided>, Stopped> {
         let cx = self.cx.clone();
-        let settings = cx.settings.fold();
+        let settings = &cx.settings.fold;
         let mut d = Decided::default();
         for inc in batch {
             let offset = inc.record.origin.offset;
@@ -233,7 +233,7 @@ impl<B: Backend> Worker<B> {
             let deciding = SystemTime::now();
             let mut backoff = Backoff::new(&cx.metrics, self.max_backoff(), "store");
             let decision = loop {
-                match self.decide_one(&rec, &d.changes, clock, &settings) {
+                match self.decide_one(&rec, &d.changes, clock, settings) {
                     Ok(decision) => break decision,
                     Err(DecideError::Corrupt(e)) => {
                         tracing::error!(partition = self.partition, offset, error = ?e, "stored state does not read back");

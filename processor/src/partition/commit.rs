@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry::trace::SpanContext;
 
 use super::io::{Backend, CommitMode};
+use super::retry::Failure;
 use super::worker::{Worker, MAX_AWAITING_COMMIT};
 
 /// The applied offset not yet committed, the last one committed, and when.
@@ -109,17 +110,13 @@ impl<B: Backend> Worker<B> {
         };
         let (cx, topic, partition) = (self.cx.clone(), self.topic.clone(), self.partition);
         let started = SystemTime::now();
-        let committed = tokio::task::spawn_blocking(move || {
-            cx.backend
-                .commit(&topic, partition, applied + 1, CommitMode::Sync)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+        let committed =
+            tokio::task::spawn_blocking(move || cx.backend.commit(&topic, partition, applied + 1, CommitMode::Sync))
+                .await;
         match committed {
-            Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit failed"),
-            Ok(()) => {
+            Err(e) => tracing::warn!(partition = self.partition, error = %e, "hand-over commit did not finish"),
+            Ok(Err(e)) => tracing::warn!(partition = self.partition, error = %e.chain(), "hand-over commit failed"),
+            Ok(Ok(())) => {
                 self.report_committed(applied + 1, started);
                 if let Err(e) = self.store.record_commit(applied + 1) {
                     tracing::warn!(partition = self.partition, error = %e, "cannot record the committed offset");

@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use crate::config::{ProcessingConfig, ProcessorConfig, PAYMENTS_STORE, POLICIES_STORE};
 use crate::metrics::Metrics;
+use crate::rules::fold::FoldSettings;
 use crate::rules::input::BodyFields;
 use crate::store::{Flusher, Store};
 use crate::trace::RecordTracer;
@@ -91,7 +92,8 @@ pub struct Settings {
     pub payments_changelog: String,
     pub policies_changelog: String,
     pub processing: ProcessingConfig,
-    pub fields: BodyFields,
+    /// What the folds depend on, built once from `processing` and the body fields.
+    pub fold: FoldSettings,
     /// The group's session timeout: revoked workers get half of it to hand over.
     pub session_timeout: Duration,
 }
@@ -104,24 +106,22 @@ impl From<&ProcessorConfig> for Settings {
             payments_changelog: c.kafka.changelog_topic(PAYMENTS_STORE),
             policies_changelog: c.kafka.changelog_topic(POLICIES_STORE),
             processing: c.processing.clone(),
-            fields: c.fields.clone(),
+            fold: fold_settings(&c.processing, c.fields.clone()),
             session_timeout: c.kafka.session_timeout,
         }
     }
 }
 
-impl Settings {
-    /// What the stages' folds depend on ([`crate::rules::fold`]).
-    pub fn fold(&self) -> crate::rules::fold::FoldSettings {
-        let p = &self.processing;
-        crate::rules::fold::FoldSettings::new(
-            self.fields.clone(),
-            p.limits(),
-            p.dedup_window,
-            p.refund_window,
-            p.max_record_time_ahead,
-        )
-    }
+/// What the stages' folds depend on ([`crate::rules::fold`]), from the processing
+/// settings and the body fields.
+pub fn fold_settings(p: &ProcessingConfig, fields: BodyFields) -> FoldSettings {
+    FoldSettings::new(
+        fields,
+        p.limits(),
+        p.dedup_window,
+        p.refund_window,
+        p.max_record_time_ahead,
+    )
 }
 
 /// Under exactly-once, each stage's gate to its transaction ([`txn`]); none at least

@@ -6,10 +6,33 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::io::Backend;
+use super::retry::{error_chain, Failure};
 use super::worker::{Mode, Worker};
 use super::Stopped;
 use crate::rules::retention;
-use crate::store::{Changes, Entry, PartitionStore};
+use crate::store::{Changes, Entry, PartitionStore, StoreError};
+
+/// Why a batch's changes did not reach sled.
+#[derive(Debug, thiserror::Error)]
+enum PersistError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task that writes to sled panicked or was cancelled.
+    #[error("the write to sled did not finish")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl Failure for PersistError {
+    fn is_transient(&self) -> bool {
+        match self {
+            PersistError::Store(e) => e.is_transient(),
+            PersistError::Task(_) => false,
+        }
+    }
+    fn chain(&self) -> String {
+        error_chain(self)
+    }
+}
 
 /// Expired dedup keys removed per batch: a partition that comes back after a long
 /// quiet time catches up over its next batches instead of in one huge one.
@@ -91,13 +114,10 @@ impl<B: Backend> Worker<B> {
         self.retry("store", stop, || {
             let (store, batch) = (self.store.clone(), batch.clone());
             async move {
-                tokio::task::spawn_blocking(move || {
-                    store
-                        .persist(&batch.0, &batch.1, changelog_next)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
+                tokio::task::spawn_blocking(move || store.persist(&batch.0, &batch.1, changelog_next))
+                    .await
+                    .map_err(PersistError::Task)?
+                    .map_err(PersistError::Store)
             }
         })
         .await?;

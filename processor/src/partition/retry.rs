@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::{BoxError, NeedsOperator, SendError};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::{FlushError, StoreError};
 
 /// A failure that says whether the same call may pass when tried again.
 pub trait Failure: std::fmt::Display + Sync {
@@ -24,17 +24,7 @@ pub trait Failure: std::fmt::Display + Sync {
     }
 }
 
-/// `e` and its sources, joined by `: `.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use hookstream_schemas::error_chain;
 
 impl Failure for SendError {
     fn is_transient(&self) -> bool {
@@ -65,10 +55,12 @@ impl Failure for BoxError {
     }
 }
 
-/// The flusher's answer (its sled error as text): the disk may come back.
-impl Failure for String {
+impl Failure for FlushError {
     fn is_transient(&self) -> bool {
-        true
+        FlushError::is_transient(self)
+    }
+    fn chain(&self) -> String {
+        error_chain(self)
     }
 }
 

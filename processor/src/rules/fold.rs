@@ -20,7 +20,7 @@ use super::decide::{decide, dedup_key, Outcome};
 use super::input::{classify, BodyFields, Input};
 use super::limits::Limits;
 use super::model::{DedupEntry, Output, PaymentState, RawRecord};
-use super::policy::{decide_policy, PolicyState};
+use super::policy::{decide_policy, PolicyState, RequestError};
 use super::retention::{self, Retention};
 
 /// What a stage's state holds under a key, as of the record being decided.
@@ -126,8 +126,8 @@ pub fn policy_step<V: View>(view: &V, rec: &RawRecord, clock: Option<i64>, s: &F
     let request = rec
         .value
         .as_deref()
-        .ok_or_else(|| "record has no value (tombstone)".to_owned())
-        .and_then(|v| hookstream_schemas::decode::<PolicyRequest>(v).map_err(|e| e.to_string()));
+        .ok_or(RequestError::Tombstone)
+        .and_then(|v| hookstream_schemas::decode::<PolicyRequest>(v).map_err(RequestError::Codec));
     let state = match request.as_ref() {
         Ok(r) => view.policy(&r.policy_id)?,
         Err(_) => None,

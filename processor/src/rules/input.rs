@@ -1,7 +1,9 @@
 //! Turning a raw record into an input for the rules (a pure function): a webhook, a
 //! control record, or a reason why it cannot be processed.
 
-use hookstream_schemas::{decode, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL};
+use hookstream_schemas::{
+    decode, error_chain, topics::headers, DeadLetterReason, GapTimeout, RawWebhook, GAP_TIMEOUT_CONTROL,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -102,7 +104,7 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
                 Ok(g) => Input::GapTimeout(g),
                 Err(e) => invalid(
                     DeadLetterReason::Undecodable,
-                    format!("gap-timeout control record: {e}"),
+                    format!("gap-timeout control record: {}", error_chain(&e)),
                 ),
             },
             other => invalid(
@@ -113,7 +115,12 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
     }
     let raw: RawWebhook = match decode(value) {
         Ok(r) => r,
-        Err(e) => return invalid(DeadLetterReason::Undecodable, format!("not a RawWebhook: {e}")),
+        Err(e) => {
+            return invalid(
+                DeadLetterReason::Undecodable,
+                format!("not a RawWebhook: {}", error_chain(&e)),
+            )
+        }
     };
     // Ids too long to key state by (not written by ingest) are left out of the letter's
     // fields; the original record still carries them.
@@ -152,9 +159,9 @@ pub fn classify(rec: &RawRecord, fields: &BodyFields) -> Input {
     };
     match check_fields(&ev) {
         Ok(()) => Input::Webhook(ev),
-        Err(detail) => Input::Invalid {
+        Err(e) => Input::Invalid {
             reason: DeadLetterReason::InvalidField,
-            detail,
+            detail: e.to_string(),
             source: Some(truncate(&ev.source)),
             event_id: Some(truncate(&ev.event_id)),
             payment_id: (ev.payment_id.len() <= MAX_ID_BYTES).then(|| ev.payment_id.clone()),
@@ -177,17 +184,28 @@ fn truncate(s: &str) -> String {
     s[..end].to_owned()
 }
 
+/// A field copied into state keys or outputs that is outside its limits: the dead
+/// letter's detail (`invalid_field`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("{field} must be 1 to {max} bytes without control characters (has {len} bytes)", max = MAX_ID_BYTES)]
+    Id { field: &'static str, len: usize },
+    #[error("policy_id must be printable ASCII without spaces")]
+    PolicyIdCharset,
+    #[error("currency must be a three-letter ISO 4217 code (has {len} bytes)")]
+    Currency { len: usize },
+    #[error("occurred_at must be printable ASCII of at most {max} bytes (has {len} bytes)", max = MAX_TIME_BYTES)]
+    OccurredAt { len: usize },
+}
+
 /// Whether the fields copied into state keys and outputs are within their limits: ids
 /// non-empty, at most [`MAX_ID_BYTES`], without control characters; a policy id also
 /// printable ASCII without spaces; a currency three ASCII letters; `occurred_at`
 /// printable ASCII of at most [`MAX_TIME_BYTES`].
-pub fn check_fields(ev: &WebhookEvent) -> Result<(), String> {
-    let id = |name: &str, v: &str| {
+pub fn check_fields(ev: &WebhookEvent) -> Result<(), FieldError> {
+    let id = |field: &'static str, v: &str| {
         if v.is_empty() || v.len() > MAX_ID_BYTES || v.chars().any(char::is_control) {
-            Err(format!(
-                "{name} must be 1 to {MAX_ID_BYTES} bytes without control characters (has {} bytes)",
-                v.len()
-            ))
+            Err(FieldError::Id { field, len: v.len() })
         } else {
             Ok(())
         }
@@ -199,23 +217,17 @@ pub fn check_fields(ev: &WebhookEvent) -> Result<(), String> {
     if let Some(p) = &ev.policy_id {
         id("policy_id", p)?;
         if !graphic(p) {
-            return Err("policy_id must be printable ASCII without spaces".into());
+            return Err(FieldError::PolicyIdCharset);
         }
     }
     if let Some(c) = &ev.currency {
         if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(format!(
-                "currency must be a three-letter ISO 4217 code (has {} bytes)",
-                c.len()
-            ));
+            return Err(FieldError::Currency { len: c.len() });
         }
     }
     if let Some(t) = &ev.occurred_at {
         if t.len() > MAX_TIME_BYTES || !graphic(t) {
-            return Err(format!(
-                "occurred_at must be printable ASCII of at most {MAX_TIME_BYTES} bytes (has {} bytes)",
-                t.len()
-            ));
+            return Err(FieldError::OccurredAt { len: t.len() });
         }
     }
     Ok(())
@@ -259,7 +271,7 @@ mod tests {
         for (field, spoil) in bad {
             let mut e = ev();
             spoil(&mut e);
-            let err = check_fields(&e).unwrap_err();
+            let err = check_fields(&e).unwrap_err().to_string();
             assert!(err.starts_with(field), "{field}: {err}");
             assert!(err.len() < 200, "the reason is short: {err}");
         }

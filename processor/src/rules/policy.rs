@@ -25,8 +25,8 @@
 //! of the partition picks the same holder.
 
 use hookstream_schemas::{
-    DeadLetterReason, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind, PolicyPaymentDuplicated,
-    PolicyRequest, PolicyRequestKind,
+    error_chain, CodecError, DeadLetterReason, PolicyActivated, PolicyCancelled, PolicyEvent, PolicyEventKind,
+    PolicyPaymentDuplicated, PolicyRequest, PolicyRequestKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +148,15 @@ pub struct PolicyDecision {
     pub outcome: Outcome,
 }
 
+/// Why a record of the repartition topic is not a request: the dead letter's detail.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("record has no value (tombstone)")]
+    Tombstone,
+    #[error("not a PolicyRequest")]
+    Codec(#[source] CodecError),
+}
+
 /// Decide a record of the repartition topic against its policy's state.
 ///
 /// A request from a payment the policy does not know yet, when the policy already
@@ -155,13 +164,14 @@ pub struct PolicyDecision {
 /// (`processing_error`, the detail says why) and changes nothing but the history.
 pub fn decide_policy(
     record: &RawRecord,
-    request: Result<PolicyRequest, String>,
+    request: Result<PolicyRequest, RequestError>,
     state: Option<PolicyState>,
     limits: &Limits,
 ) -> PolicyDecision {
     let r = match request {
         Ok(r) => r,
-        Err(detail) => {
+        Err(e) => {
+            let detail = error_chain(&e);
             let letter = dead_letter(record, DeadLetterReason::Undecodable, detail, None, None, Vec::new());
             return PolicyDecision {
                 policy: None,

@@ -186,10 +186,14 @@ fn a_policy_remembers_a_bounded_number_of_payments_and_dead_letters_the_next() {
 
 #[test]
 fn a_request_that_does_not_decode_is_dead_lettered_and_changes_no_policy() {
-    let d = decide_policy(&record(5), Err("garbage".into()), None, &Limits::default());
+    let garbage = hookstream_schemas::decode::<PolicyRequest>(b"garbage").map_err(RequestError::Codec);
+    let d = decide_policy(&record(5), garbage, None, &Limits::default());
     assert_eq!(d.policy, None);
     assert!(
-        matches!(&d.outputs[..], [Output::Dead(l)] if l.reason == hookstream_schemas::DeadLetterReason::Undecodable)
+        matches!(&d.outputs[..], [Output::Dead(l)] if l.reason == hookstream_schemas::DeadLetterReason::Undecodable
+            && l.detail.starts_with("not a PolicyRequest: io.hookstream.v1.PolicyRequest: not Avro single-object")),
+        "{:?}",
+        d.outputs
     );
 }
 

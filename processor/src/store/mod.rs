@@ -36,7 +36,7 @@ mod evict;
 mod flusher;
 
 pub use changelog::Entry;
-pub use flusher::Flusher;
+pub use flusher::{FlushError, Flusher};
 
 /// sled failed or holds something unreadable. Disk errors are transient for the caller:
 /// it pauses the partition and retries.
