@@ -21,11 +21,30 @@ impl Reply {
     }
 }
 
+/// No answer: the step of the exchange that failed, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    #[error("request")]
+    Request(#[source] http::Error),
+    #[error("{step}")]
+    Hyper {
+        step: &'static str,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+fn hyper_step(step: &'static str) -> impl FnOnce(hyper::Error) -> NoAnswer {
+    move |source| NoAnswer::Hyper { step, source }
+}
+
 /// Send one request to `addr` (`host:port`); panics when there is no answer.
 pub async fn request(addr: &str, method: Method, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Reply {
     try_request(addr, method, path, headers, body)
         .await
-        .unwrap_or_else(|e| panic!("{addr}{path}: {e}"))
+        .unwrap_or_else(|e| panic!("{addr}{path}: {}", hookstream_schemas::error_chain(&e)))
 }
 
 /// [`request`], with no answer (refused, reset) as an error instead of a panic.
@@ -35,22 +54,18 @@ pub async fn try_request(
     path: &str,
     headers: &[(String, String)],
     body: Vec<u8>,
-) -> Result<Reply, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+) -> Result<Reply, NoAnswer> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(NoAnswer::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(hyper_step("handshake"))?;
     tokio::spawn(conn);
     let mut req = Request::builder().method(method).uri(path).header("host", addr);
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
+    let req = req.body(Full::new(Bytes::from(body))).map_err(NoAnswer::Request)?;
+    let resp = sender.send_request(req).await.map_err(hyper_step("response"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
@@ -58,12 +73,12 @@ pub async fn try_request(
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| format!("body: {e}"))?;
+        .map_err(hyper_step("body"))?;
     Ok(Reply { status, headers, body })
 }
 
 /// POST a webhook; no answer is an error.
-pub async fn try_post(addr: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply, String> {
+pub async fn try_post(addr: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply, NoAnswer> {
     let mut h = headers.to_vec();
     h.push(("content-type".into(), "application/json".into()));
     try_request(addr, Method::POST, path, &h, body).await

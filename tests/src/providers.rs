@@ -23,7 +23,7 @@ pub struct Seen {
 }
 
 /// Note one answer to `id`; whether it was a 200.
-pub fn record(seen: &mut Seen, id: &str, answer: Result<http::Reply, String>) -> bool {
+pub fn record(seen: &mut Seen, id: &str, answer: Result<http::Reply, http::NoAnswer>) -> bool {
     match answer {
         Ok(r) if r.status == 200 => {
             seen.acked.insert(id.to_owned());
@@ -33,7 +33,7 @@ pub fn record(seen: &mut Seen, id: &str, answer: Result<http::Reply, String>) ->
         Ok(r) => seen
             .other
             .push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body))),
-        Err(e) => seen.other.push(e),
+        Err(e) => seen.other.push(hookstream_schemas::error_chain(&e)),
     }
     false
 }

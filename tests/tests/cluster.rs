@@ -147,7 +147,7 @@ async fn sigkill_of_a_raw_leader_and_the_transaction_coordinator_loses_nothing_a
 }
 
 /// One signed `payment.created` with a fresh id, and its answer.
-async fn send_one(addr: &str, n: usize) -> Result<http::Reply, String> {
+async fn send_one(addr: &str, n: usize) -> Result<http::Reply, http::NoAnswer> {
     let id = format!("evt_isr_{n}");
     let body = sign::payment_body(&id, &format!("pay_isr_{}", n % 7), None, "payment.created", None);
     let h = sign::sign(
