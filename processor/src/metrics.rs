@@ -71,166 +71,72 @@ pub struct Metrics {
     process: Registry,
 }
 
+/// Makes each metric and registers it at once, so none is defined and left out of
+/// `/metrics`. Panics only on an invalid or duplicate name, which is a bug here.
+struct Maker(Registry);
+
+#[allow(clippy::expect_used)]
+impl Maker {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric names");
+        c
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("metric"))
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("metric"))
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        self.add(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("metric"))
+    }
+}
+
 impl Metrics {
-    /// Register every metric. Panics only on a duplicate name, which is a bug here.
+    /// Register every metric.
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("hookstream_processor".into()), None).expect("valid prefix");
+        let mk = Maker(Registry::new_custom(Some("hookstream_processor".into()), None).expect("valid prefix"));
         let m = Self {
-            registry,
-            records: IntCounterVec::new(
-                Opts::new("records_total", "Records decided, by stage (payments, policies) and outcome"),
-                &["stage", "outcome"],
-            )
-            .expect("metric"),
-            dead_letters: IntCounterVec::new(
-                Opts::new("dead_letters_total", "Dead letters written, by reason"),
-                &["reason"],
-            )
-            .expect("metric"),
-            activations: IntCounter::new("activations_total", "PolicyActivated events written").expect("metric"),
-            cancellations: IntCounter::new("cancellations_total", "PolicyCancelled events written").expect("metric"),
-            duplicate_payments: IntCounter::new(
-                "duplicate_payments_total",
-                "PolicyPaymentDuplicated events written: completed payments for a policy another payment holds",
-            )
-            .expect("metric"),
-            policy_requests: IntCounter::new(
-                "policy_requests_total",
-                "Activation and cancellation requests written by the payment stage to the policy stage",
-            )
-            .expect("metric"),
-            held_events: IntGauge::new("held_events", "Events held for a sequence gap").expect("metric"),
-            partition_workers: IntGaugeVec::new(
-                Opts::new(
-                    "partition_workers",
-                    "Partition workers by stage and lifecycle phase (created, restoring, running, rebuilding, fenced)",
-                ),
-                &["stage", "phase"],
-            )
-            .expect("metric"),
-            partitions_stalled: IntGauge::new(
-                "partitions_stalled",
-                "Partitions retrying a write the broker refuses for good (changelog entry, control record)",
-            )
-            .expect("metric"),
-            partition_holes: IntGauge::new(
-                "partition_holes",
-                "Partitions stopped because records above their state are gone from the log (a hole); \
-                 acknowledge with POST /holes/{topic}/{partition}/acknowledge",
-            )
-            .expect("metric"),
-            rebuilt_records: IntCounter::new("rebuilt_records_total", "Records folded while rebuilding state")
-                .expect("metric"),
-            changelog_records: IntCounter::new(
-                "changelog_records_total",
-                "State changes written to the changelog topics (a batch's entries and its closing meta entry)",
-            )
-            .expect("metric"),
-            restored_records: IntCounter::new(
-                "restored_records_total",
-                "Changelog records read back to restore a partition's state",
-            )
-            .expect("metric"),
-            retries: IntCounterVec::new(Opts::new("retries_total", "Retries of transient failures"), &["what"])
-                .expect("metric"),
-            lag: IntGaugeVec::new(
-                Opts::new("consumer_lag", "Records behind the partition's end"),
-                &["topic", "partition"],
-            )
-            .expect("metric"),
-            processing_seconds: Histogram::with_opts(
-                HistogramOpts::new("processing_seconds", "Record timestamp to committed decision").buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
-            )
-            .expect("metric"),
-            gap_timeouts: IntCounter::new("gap_timeouts_total", "GapTimeout control records written").expect("metric"),
-            replays_detected: IntCounter::new(
-                "replays_detected_total",
-                "Partitions rebuilt because the group's offset was moved back (processor replay)",
-            )
-            .expect("metric"),
-            skipped_refetched: IntCounter::new(
-                "skipped_refetched_total",
-                "Holes in a delivered batch (records that arrive out of order after an assignment) read from the log first",
-            )
-            .expect("metric"),
-            outputs_refused: IntCounter::new(
-                "outputs_refused_total",
-                "Outputs the broker refused for good (too large, invalid, unauthorised), replaced by a smaller dead letter",
-            )
-            .expect("metric"),
-            corrupt_rebuilds: IntCounter::new(
-                "corrupt_rebuilds_total",
-                "Partitions whose stored state did not read back and was rebuilt from the log",
-            )
-            .expect("metric"),
-            rewinds: IntCounter::new(
-                "rewinds_total",
-                "Partitions that restored their committed state after an aborted transaction",
-            )
-            .expect("metric"),
-            fenced: IntCounter::new(
-                "changelog_fenced_total",
-                "Partitions that stopped writing because another owner claimed their changelog (at least once)",
-            )
-            .expect("metric"),
-            transactions: IntCounterVec::new(
-                Opts::new("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced, hung)"),
-                &["stage", "outcome"],
-            )
-            .expect("metric"),
-            committed_offset: IntGaugeVec::new(
-                Opts::new(
-                    "committed_offset",
-                    "Offset last committed per input partition, by stage (payments: the raw topic)",
-                ),
-                &["stage", "partition"],
-            )
-            .expect("metric"),
-            rebalances: IntCounterVec::new(
-                Opts::new("rebalances_total", "Rebalances seen by the group consumers, by kind"),
-                &["kind"],
-            )
-            .expect("metric"),
+            records: mk.counters("records_total", "Records decided, by stage (payments, policies) and outcome", &["stage", "outcome"]),
+            dead_letters: mk.counters("dead_letters_total", "Dead letters written, by reason", &["reason"]),
+            activations: mk.counter("activations_total", "PolicyActivated events written"),
+            cancellations: mk.counter("cancellations_total", "PolicyCancelled events written"),
+            duplicate_payments: mk.counter("duplicate_payments_total", "PolicyPaymentDuplicated events written: completed payments for a policy another payment holds"),
+            policy_requests: mk.counter("policy_requests_total", "Activation and cancellation requests written by the payment stage to the policy stage"),
+            held_events: mk.gauge("held_events", "Events held for a sequence gap"),
+            partition_holes: mk.gauge("partition_holes", "Partitions stopped because records above their state are gone from the log (a hole); acknowledge with POST /holes/{topic}/{partition}/acknowledge"),
+            partitions_stalled: mk.gauge("partitions_stalled", "Partitions retrying a write the broker refuses for good (changelog entry, control record)"),
+            partition_workers: mk.gauges("partition_workers", "Partition workers by stage and lifecycle phase (created, restoring, running, rebuilding, fenced)", &["stage", "phase"]),
+            rebuilt_records: mk.counter("rebuilt_records_total", "Records folded while rebuilding state"),
+            changelog_records: mk.counter("changelog_records_total", "State changes written to the changelog topics (a batch's entries and its closing meta entry)"),
+            restored_records: mk.counter("restored_records_total", "Changelog records read back to restore a partition's state"),
+            retries: mk.counters("retries_total", "Retries of transient failures", &["what"]),
+            lag: mk.gauges("consumer_lag", "Records behind the partition's end", &["topic", "partition"]),
+            processing_seconds: mk.histogram("processing_seconds", "Record timestamp to committed decision", vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            gap_timeouts: mk.counter("gap_timeouts_total", "GapTimeout control records written"),
+            replays_detected: mk.counter("replays_detected_total", "Partitions rebuilt because the group's offset was moved back (processor replay)"),
+            skipped_refetched: mk.counter("skipped_refetched_total", "Holes in a delivered batch (records that arrive out of order after an assignment) read from the log first"),
+            outputs_refused: mk.counter("outputs_refused_total", "Outputs the broker refused for good (too large, invalid, unauthorised), replaced by a smaller dead letter"),
+            corrupt_rebuilds: mk.counter("corrupt_rebuilds_total", "Partitions whose stored state did not read back and was rebuilt from the log"),
+            rewinds: mk.counter("rewinds_total", "Partitions that restored their committed state after an aborted transaction"),
+            fenced: mk.counter("changelog_fenced_total", "Partitions that stopped writing because another owner claimed their changelog (at least once)"),
+            transactions: mk.counters("transactions_total", "Transactions by stage and outcome (committed, aborted, fenced, hung)", &["stage", "outcome"]),
+            committed_offset: mk.gauges("committed_offset", "Offset last committed per input partition, by stage (payments: the raw topic)", &["stage", "partition"]),
+            rebalances: mk.counters("rebalances_total", "Rebalances seen by the group consumers, by kind", &["kind"]),
+            registry: mk.0,
             process: process_registry(),
         };
         // Every reason from the start, so that a rate by reason exists (as 0) before the
         // first dead letter.
         for reason in hookstream_schemas::DeadLetterReason::ALL {
             m.dead_letters.with_label_values(&[reason.as_str()]);
-        }
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.records.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.activations.clone()),
-            Box::new(m.cancellations.clone()),
-            Box::new(m.duplicate_payments.clone()),
-            Box::new(m.policy_requests.clone()),
-            Box::new(m.held_events.clone()),
-            Box::new(m.partition_holes.clone()),
-            Box::new(m.partitions_stalled.clone()),
-            Box::new(m.partition_workers.clone()),
-            Box::new(m.rebuilt_records.clone()),
-            Box::new(m.changelog_records.clone()),
-            Box::new(m.restored_records.clone()),
-            Box::new(m.retries.clone()),
-            Box::new(m.lag.clone()),
-            Box::new(m.processing_seconds.clone()),
-            Box::new(m.gap_timeouts.clone()),
-            Box::new(m.replays_detected.clone()),
-            Box::new(m.skipped_refetched.clone()),
-            Box::new(m.outputs_refused.clone()),
-            Box::new(m.corrupt_rebuilds.clone()),
-            Box::new(m.rewinds.clone()),
-            Box::new(m.fenced.clone()),
-            Box::new(m.transactions.clone()),
-            Box::new(m.committed_offset.clone()),
-            Box::new(m.rebalances.clone()),
-        ];
-        for c in collectors {
-            m.registry.register(c).expect("unique metric names");
         }
         m
     }

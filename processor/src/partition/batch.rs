@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::{Backend, Incoming};
 use super::retry::{now_ms, Backoff};
+use super::txn::{Inside, TxnGate};
 use super::worker::{Folded, Mode, Worker};
 use super::Stage;
 use super::Stopped;
 use crate::rules::fold::{self, FoldSettings, Step, View};
 use crate::rules::model::{DedupEntry, Output, PaymentState, RawRecord};
 use crate::rules::policy::PolicyState;
-use crate::store::{Changes, PartitionStore, StoreError};
+use crate::store::{Changes, Entry, PartitionStore, StoreError};
 use crate::trace::RecordSpan;
 
 /// An output on its way out, with the trace context and the record that caused it.
@@ -105,16 +106,10 @@ impl<B: Backend> Worker<B> {
         // Under exactly-once the batch is decided and written inside the stage's
         // transaction gate (`txn.rs`): the committer never commits half a batch.
         let _inside = match &gate {
-            Some(g) => {
-                let (inside, rewind) = tokio::select! {
-                    e = g.enter(self.partition) => e,
-                    () = stop.cancelled() => return Err(Stopped),
-                };
-                if rewind {
-                    return Ok(Folded::Rewind);
-                }
-                Some(inside)
-            }
+            Some(g) => match Self::enter_transaction(g, self.partition, stop).await? {
+                Some(inside) => Some(inside),
+                None => return Ok(Folded::Rewind),
+            },
             None => None,
         };
         let store = self.store.clone();
@@ -130,67 +125,122 @@ impl<B: Backend> Worker<B> {
         self.expire(&mut decided.changes, stop).await?;
         let entries = decided.changes.entries();
         let emitting = SystemTime::now();
-        let next = match &gate {
-            Some(g) => match tokio::select! {
-                w = self.write_in_transaction(&mut decided, &entries, mode) => w,
-                () = stop.cancelled() => {
-                    // Part of the batch may be in the transaction: it must not commit.
-                    g.fail(self.partition);
-                    return Err(Stopped);
-                }
-            } {
-                Ok(next) => next,
-                Err(e) => {
-                    g.fail(self.partition);
-                    if e.changelog_refused && self.write_stall.is_none() {
-                        let reason = format!("changelog refused for good: {}", e.detail);
-                        self.write_stall = Some(self.stall(reason));
-                    } else {
-                        tracing::warn!(partition = self.partition, error = %e.detail, "a send failed; the transaction is aborted");
-                    }
-                    return Ok(Folded::Rewind);
-                }
-            },
-            None => {
-                // The outputs first, then the state's changelog entries, then the meta
-                // entry that closes the batch: an entry is logged only once what it
-                // records was published, so a restore never skips an output.
-                if mode == Mode::Live && !decided.outputs.is_empty() {
-                    self.emit(&mut decided.outputs, stop).await?;
-                }
-                match self.log_batch(&entries, &decided.changes, stop).await? {
-                    Ok(next) => next,
-                    Err(folded) => return Ok(folded),
-                }
-            }
+        let next = match self.write(gate.as_deref(), &mut decided, &entries, mode, stop).await? {
+            Ok(next) => next,
+            Err(folded) => return Ok(folded),
         };
         if mode == Mode::Live {
             self.count_outputs(&decided.outputs);
         }
         let persisting = SystemTime::now();
-        let persisted = async {
-            if gate.is_some() {
-                let store = self.store.clone();
-                self.retry("store", stop, || async { store.mark_uncommitted() }).await?;
-            }
-            self.persist(decided.changes, entries, next, mode, stop).await
-        };
-        if let Err(stopped) = persisted.await {
-            // Under exactly-once the batch is in the transaction, its offset not
-            // recorded: the transaction must not commit.
-            if let Some(g) = &gate {
-                g.fail(self.partition);
-            }
-            return Err(stopped);
-        }
+        let (spans, timestamps) = (
+            std::mem::take(&mut decided.spans),
+            std::mem::take(&mut decided.timestamps),
+        );
+        self.persist_decided(gate.as_deref(), decided.changes, entries, next, mode, stop)
+            .await?;
         if let Some(g) = &gate {
             match mode {
                 Mode::Live => g.decided(self.partition, last + 1),
                 Mode::Rebuild => g.wrote(self.partition),
             }
         }
+        self.finish(spans, timestamps, (emitting, persisting), mode);
+        Ok(Folded::Done(Some(last)))
+    }
+
+    /// Enter the stage's transaction for one batch; `None` when the transaction was
+    /// aborted under the partition, which must rewind first.
+    async fn enter_transaction<'g>(
+        gate: &'g TxnGate,
+        partition: i32,
+        stop: &CancellationToken,
+    ) -> Result<Option<Inside<'g>>, Stopped> {
+        let (inside, rewind) = tokio::select! {
+            e = gate.enter(partition) => e,
+            () = stop.cancelled() => return Err(Stopped),
+        };
+        Ok((!rewind).then_some(inside))
+    }
+
+    /// Send the batch's outputs and changelog entries: into the transaction under
+    /// exactly-once, else the outputs first, then the state's changelog entries, then the
+    /// meta entry that closes the batch (an entry is logged only once what it records was
+    /// published, so a restore never skips an output). The changelog's next offset, or
+    /// what the worker does instead of persisting.
+    async fn write(
+        &mut self,
+        gate: Option<&TxnGate>,
+        decided: &mut Decided,
+        entries: &[Entry],
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<Result<Option<i64>, Folded>, Stopped> {
+        let Some(g) = gate else {
+            if mode == Mode::Live && !decided.outputs.is_empty() {
+                self.emit(&mut decided.outputs, stop).await?;
+            }
+            return self.log_batch(entries, &decided.changes, stop).await;
+        };
+        let written = tokio::select! {
+            w = self.write_in_transaction(decided, entries, mode) => w,
+            () = stop.cancelled() => {
+                // Part of the batch may be in the transaction: it must not commit.
+                g.fail(self.partition);
+                return Err(Stopped);
+            }
+        };
+        match written {
+            Ok(next) => Ok(Ok(next)),
+            Err(e) => {
+                g.fail(self.partition);
+                if e.changelog_refused && self.write_stall.is_none() {
+                    let reason = format!("changelog refused for good: {}", e.detail);
+                    self.write_stall = Some(self.stall(reason));
+                } else {
+                    tracing::warn!(partition = self.partition, error = %e.detail, "a send failed; the transaction is aborted");
+                }
+                Ok(Err(Folded::Rewind))
+            }
+        }
+    }
+
+    /// Apply the batch's changes to sled. Under exactly-once the batch is in the
+    /// transaction with its offset not yet recorded: when the worker is stopped now, the
+    /// transaction must not commit.
+    async fn persist_decided(
+        &self,
+        gate: Option<&TxnGate>,
+        changes: Changes,
+        entries: Vec<Entry>,
+        next: Option<i64>,
+        mode: Mode,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let persisted = async {
+            if gate.is_some() {
+                let store = self.store.clone();
+                self.retry("store", stop, || async { store.mark_uncommitted() }).await?;
+            }
+            self.persist(changes, entries, next, mode, stop).await
+        };
+        let r = persisted.await;
+        if let (Err(Stopped), Some(g)) = (&r, gate) {
+            g.fail(self.partition);
+        }
+        r
+    }
+
+    /// The batch's trace phases, its records awaiting their commit, its latencies.
+    fn finish(
+        &mut self,
+        spans: Vec<RecordSpan>,
+        timestamps: Vec<i64>,
+        (emitting, persisting): (SystemTime, SystemTime),
+        mode: Mode,
+    ) {
         let persisted = SystemTime::now();
-        for span in decided.spans {
+        for span in spans {
             self.cx.tracer.phase(&span, "processor.emit", emitting, persisting);
             self.cx.tracer.phase(&span, "processor.persist", persisting, persisted);
             let offset = span.offset;
@@ -200,13 +250,12 @@ impl<B: Backend> Worker<B> {
         }
         if mode == Mode::Live {
             let now = now_ms();
-            for ts in decided.timestamps {
+            for ts in timestamps {
                 let seconds = (now - ts).max(0) as f64 / 1000.0;
                 self.cx.metrics.processing_seconds.observe(seconds);
             }
             self.update_held_gauge();
         }
-        Ok(Folded::Done(Some(last)))
     }
 
     /// Decide every record of `batch` above `applied`, each against sled overlaid with
