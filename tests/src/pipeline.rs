@@ -11,6 +11,9 @@
 use std::time::Duration;
 
 use hookstream_processor::ProcessorConfig;
+use hookstream_schemas::{error_chain, AvroRecord, DeadLetter, PolicyEvent, PolicyEventKind};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
 
 use crate::broker::Broker;
 use crate::ingest::RunningIngest;
@@ -19,9 +22,10 @@ use crate::processor::{test_config, RunningProcessor, Topics};
 /// How long a pipeline test waits for an output.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A webhook of the `paymenthub` source, signed when sent.
+/// A webhook (of the `paymenthub` source unless told), signed when sent.
 #[derive(Debug, Clone)]
 pub struct Event {
+    source: &'static str,
     id: String,
     payment: String,
     kind: &'static str,
@@ -32,6 +36,7 @@ pub struct Event {
 impl Event {
     fn of(kind: &'static str, payment: &str) -> Self {
         Self {
+            source: "paymenthub",
             id: format!("evt_{payment}_{}", kind.trim_start_matches("payment.")),
             payment: payment.to_owned(),
             kind,
@@ -60,6 +65,12 @@ impl Event {
         Self::of("payment.refunded", payment)
     }
 
+    /// Sent through another of the test configuration's sources (e.g. `stripe`).
+    pub fn from(mut self, source: &'static str) -> Self {
+        self.source = source;
+        self
+    }
+
     /// Its event id (default `evt_<payment>_<kind>`).
     pub fn id(mut self, id: &str) -> Self {
         self.id = id.to_owned();
@@ -75,6 +86,26 @@ impl Event {
         self.policy = Some(policy.to_owned());
         self
     }
+
+    /// Send it through the ingest at `addr`, signed; panics unless answered 200.
+    pub async fn send_to(self, addr: &str) {
+        let policy = self.policy.as_deref();
+        let body = crate::sign::payment_body(&self.id, &self.payment, self.sequence, self.kind, policy);
+        crate::sign::send_body_from(addr, self.source, &self.id, body).await;
+    }
+}
+
+/// The record's value decoded as `T`; panics (the test's report) when it is not one.
+pub fn decode_payload<T: AvroRecord>(m: &OwnedMessage) -> T {
+    let value = m.payload().unwrap_or_default();
+    hookstream_schemas::decode(value).unwrap_or_else(|e| {
+        panic!(
+            "offset {} is no {}: {}",
+            m.offset(),
+            std::any::type_name::<T>(),
+            error_chain(&e)
+        )
+    })
 }
 
 /// Broker, topics, ingest and processor of one test.
@@ -114,15 +145,35 @@ impl Pipeline {
 
     /// Send `e` through ingest, signed; panics unless answered 200.
     pub async fn send(&self, e: Event) {
-        crate::sign::send_event(
-            &self.ingest.addr(),
-            &e.id,
-            &e.payment,
-            e.sequence,
-            e.kind,
-            e.policy.as_deref(),
-        )
-        .await;
+        e.send_to(&self.ingest.addr()).await;
+    }
+
+    /// Send `event_id` with exactly `body` (e.g. a second body under a known id), signed.
+    pub async fn send_body(&self, event_id: &str, body: Vec<u8>) {
+        crate::sign::send_body(&self.ingest.addr(), event_id, body).await;
+    }
+
+    /// The first `want` records of `policy.activations` (read committed), decoded; panics
+    /// when fewer arrive within [`WAIT`].
+    pub async fn policy_events(&self, want: usize) -> Vec<PolicyEventKind> {
+        let records = crate::kafka::read_records(self.bootstrap(), &self.topics.activations, want, WAIT).await;
+        records.iter().map(|m| decode_payload::<PolicyEvent>(m).event).collect()
+    }
+
+    /// The first `want` dead letters, decoded; panics when fewer arrive within [`WAIT`].
+    pub async fn dead_letters(&self, want: usize) -> Vec<DeadLetter> {
+        let records = crate::kafka::read_records(self.bootstrap(), &self.topics.dlq, want, WAIT).await;
+        records.iter().map(decode_payload::<DeadLetter>).collect()
+    }
+
+    /// GET `path` on the processor's admin API.
+    pub async fn admin_get(&self, path: &str) -> crate::http::Reply {
+        crate::http::get(self.admin(), path).await
+    }
+
+    /// The processor's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.admin_get("/metrics").await.body).into_owned()
     }
 
     /// Wait until `policy` is activated on `policy.activations`.

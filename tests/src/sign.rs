@@ -90,14 +90,15 @@ pub async fn send_event(addr: &str, event_id: &str, payment: &str, seq: Option<i
 
 /// Send `body` as event `event_id` through ingest's `paymenthub` source; panics unless 200.
 pub async fn send_body(addr: &str, event_id: &str, body: Vec<u8>) {
-    let h = sign(
-        crate::ingest::scheme_of("paymenthub"),
-        crate::ingest::secrets_of("paymenthub")[0],
-        event_id,
-        now(),
-        &body,
-    );
-    let r = crate::http::post(addr, "/webhooks/paymenthub", &h, body).await;
+    send_body_from(addr, "paymenthub", event_id, body).await;
+}
+
+/// Send `body` as event `event_id` through ingest's `source`, signed with its first
+/// secret in its scheme; panics unless 200.
+pub async fn send_body_from(addr: &str, source: &str, event_id: &str, body: Vec<u8>) {
+    let secret = crate::ingest::secrets_of(source)[0];
+    let h = sign(crate::ingest::scheme_of(source), secret, event_id, now(), &body);
+    let r = crate::http::post(addr, &format!("/webhooks/{source}"), &h, body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 

@@ -1,6 +1,5 @@
 //! The first end-to-end fact everything else rests on: a `RawWebhook` published to the
 //! real broker, keyed by payment_id, comes back byte-identical and decodes.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! Changelog-backed state on the real broker: a payment's and a policy's state outlive
 //! the records they were folded from and the state directory, and the changelog
 //! topics are compacted topics.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
@@ -212,6 +211,67 @@ async fn count_and_end(bootstrap: &str, topic: &str) -> (usize, i64) {
     (records.len(), high)
 }
 
+/// 12 payments (`pay_k<i>` for `pol_k<i>`), each created → processing → completed, one
+/// event every 100 ms: every event rewrites its payment's entry, so most of the
+/// changelog is superseded values.
+async fn send_twelve_lifecycles_slowly(addr: &str, payments: &[String]) {
+    for (seq, ty) in [
+        (1, "payment.created"),
+        (2, "payment.processing"),
+        (3, "payment.completed"),
+    ] {
+        for (i, pay) in payments.iter().enumerate() {
+            let pol = format!("pol_k{i}");
+            sign::send_event(addr, &format!("k{i}_{seq}"), pay, Some(seq), ty, Some(&pol)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Send records until the cleaner compacted `payments_log` to less than half of what
+/// was written (it only compacts closed segments: a few more records roll the last
+/// one); (kept, written).
+async fn wait_until_compacted(bootstrap: &str, addr: &str, payments_log: &str) -> (usize, i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        n += 1;
+        sign::send_event(
+            addr,
+            &format!("k_roll{n}"),
+            &format!("pay_roll{n}"),
+            None,
+            "payment.created",
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (kept, end) = count_and_end(bootstrap, payments_log).await;
+        if (kept as i64) < end / 2 {
+            break (kept, end);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not compacted within 60 s: {kept} of {end} records kept"
+        );
+    }
+}
+
+/// The admin views of every payment and policy, each once it is in its store (shortly
+/// after its outputs are readable, and after a restore once its member is assigned).
+async fn views(admin: &str, payments: &[String]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let paths = payments.iter().map(|p| format!("/payments/{p}"));
+    for path in paths.chain((0..12).map(|i| format!("/policies/pol_k{i}"))) {
+        out.push(
+            hookstream_tests::http::poll(admin, &path, |r| r.status == 200)
+                .await
+                .json(),
+        );
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_compacts_the_changelogs_and_a_wiped_instance_restores_the_same_state_from_them() {
     use hookstream_processor::config::{PAYMENTS_STORE, POLICIES_STORE};
@@ -231,64 +291,14 @@ async fn the_broker_compacts_the_changelogs_and_a_wiped_instance_restores_the_sa
     // 12 payments, each created → processing → completed, one event every 100 ms: every
     // event rewrites its payment's entry, so most of the changelog is superseded values.
     let payments: Vec<String> = (0..12).map(|i| format!("pay_k{i}")).collect();
-    for (seq, ty) in [
-        (1, "payment.created"),
-        (2, "payment.processing"),
-        (3, "payment.completed"),
-    ] {
-        for (i, pay) in payments.iter().enumerate() {
-            let pol = format!("pol_k{i}");
-            sign::send_event(&addr, &format!("k{i}_{seq}"), pay, Some(seq), ty, Some(&pol)).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    send_twelve_lifecycles_slowly(&addr, &payments).await;
     for i in 0..12 {
         let pol = format!("pol_k{i}");
         kafka::wait_for_activation(broker.bootstrap(), &topics.activations, &pol, Duration::from_secs(60)).await;
     }
-    // The cleaner only compacts closed segments: a few more records roll the last one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut n = 0;
-    let (kept, end) = loop {
-        n += 1;
-        sign::send_event(
-            &addr,
-            &format!("k_roll{n}"),
-            &format!("pay_roll{n}"),
-            None,
-            "payment.created",
-            None,
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (kept, end) = count_and_end(broker.bootstrap(), &payments_log).await;
-        if (kept as i64) < end / 2 {
-            break (kept, end);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not compacted within 60 s: {kept} of {end} records kept"
-        );
-    };
+    let (kept, end) = wait_until_compacted(broker.bootstrap(), &addr, &payments_log).await;
     eprintln!("compacted: {kept} records kept of {end} written to {payments_log}");
-    let views = |admin: String| {
-        let payments = payments.clone();
-        async move {
-            let mut out = Vec::new();
-            // A stage's state is in its store once its batch is persisted, shortly after
-            // its outputs are readable, and after a restore once its member is assigned.
-            let paths = payments.iter().map(|p| format!("/payments/{p}"));
-            for path in paths.chain((0..12).map(|i| format!("/policies/pol_k{i}"))) {
-                out.push(
-                    hookstream_tests::http::poll(&admin, &path, |r| r.status == 200)
-                        .await
-                        .json(),
-                );
-            }
-            out
-        }
-    };
-    let before = views(processor.admin.clone()).await;
+    let before = views(&processor.admin, &payments).await;
     processor.stop().await;
 
     // The raw log and the requests are gone too: only the compacted changelogs are left.
@@ -296,8 +306,7 @@ async fn the_broker_compacts_the_changelogs_and_a_wiped_instance_restores_the_sa
     delete_all(broker.bootstrap(), &config.kafka.requests_topic(), 1).await;
     std::fs::remove_dir_all(state.path()).unwrap();
     let processor = RunningProcessor::start(config.clone()).await;
-    let admin_addr = processor.admin.clone();
-    let after = views(admin_addr).await;
+    let after = views(&processor.admin, &payments).await;
     assert_eq!(before, after, "the same state, restored from the compacted changelogs");
     // And it acts on it: a refund of the holder cancels its policy.
     sign::send_event(

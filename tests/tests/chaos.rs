@@ -3,7 +3,6 @@
 //! while the processor runs — 503 meanwhile, no acknowledged webhook lost, one activation
 //! per completed payment; and no configured secret ever shows up in a log, a metric, a
 //! raw record or a dead letter. (The processor's own SIGKILLs are in `crash.rs`.)
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -131,47 +130,34 @@ async fn sigkill_of_ingest_under_load_loses_no_acknowledged_webhook_and_leaks_no
     );
 }
 
-/// The broker SIGKILLed under load through ingest while the
-/// processor runs, and started again after 5 s: ingest answers 503 + Retry-After while it
-/// is gone and 200 again by itself once it is back, every webhook answered 200 is in the
-/// raw topic, the processor (never restarted) activates each completed payment exactly
-/// once, and no configured secret shows up in a log, a metric, a raw record or a dead letter.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_activates_once() {
-    let broker = Broker::dedicated();
-    let topics = Topics::create(broker.bootstrap(), 4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = ChildIngest::spawn(
-        broker.bootstrap(),
-        &topics.raw,
-        dir.path(),
-        |c| c.kafka.ack_deadline = Duration::from_secs(2),
-        &[],
-    );
-    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
-
-    // The processor's own secret: a SASL password (unused on this plaintext listener)
-    // given the way production gives it, in a file named by the environment.
+/// The processor as a binary, given its own secret the way production gives it (a SASL
+/// password, unused on this plaintext listener, in a file named by the environment), and
+/// logging its client configuration (librdkafka's `conf` debug context, which redacts
+/// secrets). The secret's text.
+fn spawn_processor_with_a_secret(bootstrap: &str, topics: &Topics, dir: &Path) -> (ChildProcessor, &'static str) {
     let processor_secret = "processor-sasl-password-4f1c9e";
-    let secret_file = dir.path().join("sasl-password");
+    let secret_file = dir.join("sasl-password");
     std::fs::write(&secret_file, processor_secret).unwrap();
-    let mut processor_config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
-    // librdkafka's `conf` debug context logs the client configuration, redacting secrets.
+    let mut processor_config = processor::test_config(bootstrap, topics, &dir.join("state"));
     processor_config.kafka.debug = "conf".into();
     let processor = ChildProcessor::spawn_with_env(
         &processor_config,
-        dir.path(),
+        dir,
         &[
             ("PROCESSOR_LIBRDKAFKA_SASL_PASSWORD_FILE", secret_file.to_str().unwrap()),
             ("RUST_LOG", "debug,rdkafka=info"),
         ],
     );
-    wait_ready(&addr).await;
-    processor.wait_assigned(Duration::from_secs(60)).await;
+    (processor, processor_secret)
+}
 
+/// Load through ingest; the broker SIGKILLed after 2 s and started again 5 s later;
+/// the load goes on until 50 more webhooks are acknowledged after the restart. What
+/// the load saw.
+async fn kill_the_broker_under_load(broker: &Broker, addr: &str) -> Seen {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = tokio_util::sync::CancellationToken::new();
-    let workers = retrying_lifecycles(addr.clone(), 6, seen.clone(), stop.clone());
+    let workers = retrying_lifecycles(addr.to_owned(), 6, seen.clone(), stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kill = seen.lock().unwrap().acked.len();
     broker.stop(false); // SIGKILL
@@ -203,6 +189,57 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
         "answers other than 200 and 503 + Retry-After: {:?}",
         seen.other
     );
+
+    seen
+}
+
+/// No configured secret (ingest's, the processor's) in either log, either metrics page,
+/// a raw record or a dead letter; the processor was given its secret (librdkafka logs
+/// it redacted).
+fn assert_no_secret_shows(texts: &[(&str, String)], processor_secret: &str) {
+    let mut secrets: Vec<&str> = ["paymenthub", "standard", "stripe", "github"]
+        .iter()
+        .flat_map(|s| secrets_of(s).iter().copied())
+        .collect();
+    secrets.push(processor_secret);
+    for (what, text) in texts {
+        assert!(
+            !text.is_empty() || what.starts_with('a'),
+            "{what} is empty: nothing was checked"
+        );
+        for s in &secrets {
+            assert!(!text.contains(s), "a configured secret in {what}");
+        }
+    }
+    assert!(
+        texts[1].1.contains("sasl.password = [redacted]"),
+        "the processor was given its secret (librdkafka logs it redacted)"
+    );
+}
+
+/// The broker SIGKILLed under load through ingest while the
+/// processor runs, and started again after 5 s: ingest answers 503 + Retry-After while it
+/// is gone and 200 again by itself once it is back, every webhook answered 200 is in the
+/// raw topic, the processor (never restarted) activates each completed payment exactly
+/// once, and no configured secret shows up in a log, a metric, a raw record or a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_activates_once() {
+    let broker = Broker::dedicated();
+    let topics = Topics::create(broker.bootstrap(), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = ChildIngest::spawn(
+        broker.bootstrap(),
+        &topics.raw,
+        dir.path(),
+        |c| c.kafka.ack_deadline = Duration::from_secs(2),
+        &[],
+    );
+    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
+
+    let (processor, processor_secret) = spawn_processor_with_a_secret(broker.bootstrap(), &topics, dir.path());
+    wait_ready(&addr).await;
+    processor.wait_assigned(Duration::from_secs(60)).await;
+    let seen = kill_the_broker_under_load(&broker, &addr).await;
 
     // Every acknowledged webhook is in the raw topic.
     let raw = seen.assert_acknowledged_in(broker.bootstrap(), &topics.raw).await;
@@ -237,24 +274,7 @@ async fn sigkill_of_the_broker_under_load_loses_no_acknowledged_webhook_and_acti
             ));
         }
     }
-    let mut secrets: Vec<&str> = ["paymenthub", "standard", "stripe", "github"]
-        .iter()
-        .flat_map(|s| secrets_of(s).iter().copied())
-        .collect();
-    secrets.push(processor_secret);
-    for (what, text) in &texts {
-        assert!(
-            !text.is_empty() || what.starts_with('a'),
-            "{what} is empty: nothing was checked"
-        );
-        for s in &secrets {
-            assert!(!text.contains(s), "a configured secret in {what}");
-        }
-    }
-    assert!(
-        texts[1].1.contains("sasl.password = [redacted]"),
-        "the processor was given its secret (librdkafka logs it redacted)"
-    );
+    assert_no_secret_shows(&texts, processor_secret);
     let mut processor = processor;
     assert!(
         processor.wait_exit(Duration::ZERO).is_none(),

@@ -8,7 +8,6 @@
 //! - two of the three nodes down (fewer in-sync replicas than `min.insync.replicas`, and
 //!   no controller quorum): ingest answers 503 + `Retry-After`, never 200, and 200 again
 //!   by itself once they are back.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

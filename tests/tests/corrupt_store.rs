@@ -3,7 +3,6 @@
 //! its last intact write, and the processor restores the rest from the changelog; a store
 //! sled refuses to open is moved aside and restored whole. Either way every completed
 //! payment ends with exactly the one activation id it had before.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

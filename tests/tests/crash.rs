@@ -4,7 +4,6 @@
 //! restart to its first decision, under both guarantees). Every completed payment
 //! still has exactly one activation id and nothing is lost; at least once an activation
 //! sent twice has the same id, exactly once a `read_committed` reader sees it once.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! rebuild their state from the log, and still every completed payment has exactly one
 //! distinct activation id, and none is lost. Once with each group protocol: classic
 //! (cooperative-sticky) and KIP-848 (`group.protocol=consumer`, the broker assigns).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -3,7 +3,6 @@
 //! go on for that partition, loudly, until an operator acknowledges the hole — even when
 //! its state directory was lost as well. And a replay over a log that no longer starts
 //! at 0 keeps what the state remembers of the records retention deleted.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 

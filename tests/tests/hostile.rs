@@ -4,7 +4,6 @@
 //! and a raw record whose dead letter would be too large. Afterwards the processor is
 //! the same live process and ordinary payments on every partition are activated. And a
 //! backlog of large records is rebuilt within a memory bound.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use hookstream_schemas::{
     decode, encode, DeadLetter, DeadLetterReason, HttpHeader, PolicyEvent, PolicyEventKind, RawWebhook,
 };
 use hookstream_tests::broker::Broker;
+use hookstream_tests::pipeline::{decode_payload, Event};
 use hookstream_tests::processor::{test_config, ChildProcessor, Topics};
 use hookstream_tests::{http, ingest, kafka, sign};
 use rdkafka::producer::FutureRecord;
@@ -31,6 +31,116 @@ fn activated(records: &[rdkafka::message::OwnedMessage]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Sequences a provider with a global counter might send (far ahead, the end of i64);
+/// out-of-order events beyond the held bound (5: the sixth is dead-lettered, the five
+/// held are released by the gap timeout and fail the payment); a policy id of 400 KB
+/// (its activation would be larger than the broker takes); a refund before its
+/// completion; a failure retried to success.
+async fn send_hostile_webhooks(addr: &str) {
+    let send = |e: Event| e.send_to(addr);
+    send(
+        Event::completed("pay_far")
+            .id("evt_far")
+            .seq(1_000_000_000_000)
+            .policy("pol_far"),
+    )
+    .await;
+    send(
+        Event::completed("pay_max")
+            .id("evt_max")
+            .seq(i64::MAX)
+            .policy("pol_max"),
+    )
+    .await;
+    for seq in 2..=7 {
+        let e = if seq == 7 {
+            Event::failed("pay_flood")
+        } else {
+            Event::processing("pay_flood")
+        };
+        send(e.id(&format!("evt_flood_{seq}")).seq(seq)).await;
+    }
+    send(
+        Event::completed("pay_flood2")
+            .id("evt_flood_c")
+            .seq(3)
+            .policy("pol_flood"),
+    )
+    .await;
+    let huge = "p".repeat(400_000);
+    let body = sign::payment_body("evt_huge", "pay_huge", None, "payment.completed", Some(&huge));
+    sign::send_body(addr, "evt_huge", body).await;
+    send(Event::refunded("pay_refund").id("evt_r1").policy("pol_refund")).await;
+    send(Event::completed("pay_refund").id("evt_r2").policy("pol_refund")).await;
+    send(Event::failed("pay_retry").id("evt_f1").policy("pol_retry")).await;
+    send(Event::completed("pay_retry").id("evt_f2").policy("pol_retry")).await;
+}
+
+/// A raw record (not through ingest) whose dead letter, with the original bytes, would
+/// be larger than the producer's 1,000,000-byte message limit: its (partition, offset).
+async fn produce_an_oversized_raw_record(bootstrap: &str, topic: &str) -> (i32, i64) {
+    let producer = kafka::producer(bootstrap);
+    let payload = vec![7u8; 999_700];
+    let record = FutureRecord::to(topic).key("pay_big").payload(&payload);
+    let d = producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("the raw topic takes the record");
+    (d.partition, d.offset)
+}
+
+/// Every hostile record is a dead letter with its own reason; the oversized record's
+/// letter leaves its payload out.
+fn assert_each_hostile_record_has_its_letter(dlq: &[DeadLetter], big: (i32, i64)) {
+    let reasons = |pay: &str| -> Vec<DeadLetterReason> {
+        dlq.iter()
+            .filter(|d| d.payment_id.as_deref() == Some(pay))
+            .map(|d| d.reason)
+            .collect()
+    };
+    assert_eq!(reasons("pay_far"), vec![DeadLetterReason::SequenceOutOfRange]);
+    assert_eq!(reasons("pay_max"), vec![DeadLetterReason::SequenceOutOfRange]);
+    assert!(
+        reasons("pay_flood").contains(&DeadLetterReason::HeldLimitExceeded),
+        "{dlq:?}"
+    );
+    assert_eq!(reasons("pay_huge"), vec![DeadLetterReason::InvalidField]);
+    let gap = dlq
+        .iter()
+        .find(|d| d.reason == DeadLetterReason::SequenceGapTimeout && d.payment_id.as_deref() == Some("pay_flood"))
+        .expect("the flood's gap timed out");
+    let ranges: Vec<_> = gap.missing_ranges.iter().map(|r| (r.first, r.last)).collect();
+    assert_eq!(ranges, vec![(1, 1)]);
+    let shrunk = dlq
+        .iter()
+        .find(|d| (d.origin_partition, d.origin_offset) == big)
+        .expect("a letter for the oversized record");
+    assert_eq!(shrunk.reason, DeadLetterReason::Undecodable);
+    assert!(shrunk.original_value.is_none(), "the letter leaves the payload out");
+    assert!(shrunk.detail.contains("left out"), "{}", shrunk.detail);
+}
+
+/// Read the DLQ until every hostile record's letter is there, in whatever order the
+/// partitions' transactions commit them.
+async fn read_the_hostile_letters(bootstrap: &str, dlq: &str, big: (i32, i64)) -> Vec<DeadLetter> {
+    let letters = |r: &[rdkafka::message::OwnedMessage]| -> Vec<DeadLetter> { r.iter().map(decode_payload).collect() };
+    let all = kafka::read_until(bootstrap, dlq, Duration::from_secs(60), |r| {
+        let l = letters(r);
+        let has = |pay: &str, reason: DeadLetterReason| {
+            l.iter()
+                .any(|d| d.reason == reason && d.payment_id.as_deref() == Some(pay))
+        };
+        l.iter().any(|d| (d.origin_partition, d.origin_offset) == big)
+            && has("pay_flood", DeadLetterReason::SequenceGapTimeout)
+            && has("pay_flood", DeadLetterReason::HeldLimitExceeded)
+            && has("pay_far", DeadLetterReason::SequenceOutOfRange)
+            && has("pay_max", DeadLetterReason::SequenceOutOfRange)
+            && has("pay_huge", DeadLetterReason::InvalidField)
+    })
+    .await;
+    letters(&all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
     let broker = Broker::shared();
@@ -45,69 +155,8 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
     })
     .await;
     let mut processor = ChildProcessor::spawn(&config, dir.path());
-    let addr = ingest.addr();
-    let send = |id: &str, pay: &str, seq: Option<i64>, ty: &str, pol: Option<&str>| {
-        let (addr, id, pay, ty) = (addr.clone(), id.to_owned(), pay.to_owned(), ty.to_owned());
-        let pol = pol.map(str::to_owned);
-        async move { sign::send_event(&addr, &id, &pay, seq, &ty, pol.as_deref()).await }
-    };
-
-    // Sequences a provider with a global counter might send: far ahead, and the end of i64.
-    send(
-        "evt_far",
-        "pay_far",
-        Some(1_000_000_000_000),
-        "payment.completed",
-        Some("pol_far"),
-    )
-    .await;
-    send(
-        "evt_max",
-        "pay_max",
-        Some(i64::MAX),
-        "payment.completed",
-        Some("pol_max"),
-    )
-    .await;
-    // Out-of-order events beyond the held bound (5): the sixth is dead-lettered, the
-    // five held are released by the gap timeout and complete the payment.
-    for seq in 2..=7 {
-        let ty = if seq == 7 {
-            "payment.failed"
-        } else {
-            "payment.processing"
-        };
-        send(&format!("evt_flood_{seq}"), "pay_flood", Some(seq), ty, None).await;
-    }
-    send(
-        "evt_flood_c",
-        "pay_flood2",
-        Some(3),
-        "payment.completed",
-        Some("pol_flood"),
-    )
-    .await;
-    // A policy id of 400 KB: its activation would be larger than the broker takes.
-    let huge = "p".repeat(400_000);
-    let body = sign::payment_body("evt_huge", "pay_huge", None, "payment.completed", Some(&huge));
-    sign::send_body(&addr, "evt_huge", body).await;
-    // A refund that arrives before its completion; a failure retried to success.
-    send("evt_r1", "pay_refund", None, "payment.refunded", Some("pol_refund")).await;
-    send("evt_r2", "pay_refund", None, "payment.completed", Some("pol_refund")).await;
-    send("evt_f1", "pay_retry", None, "payment.failed", Some("pol_retry")).await;
-    send("evt_f2", "pay_retry", None, "payment.completed", Some("pol_retry")).await;
-    // A raw record (not through ingest) whose dead letter, with the original bytes,
-    // would be larger than the producer's 1,000,000-byte message limit.
-    let producer = kafka::producer(broker.bootstrap());
-    let big = producer
-        .send(
-            FutureRecord::to(&topics.raw)
-                .key("pay_big")
-                .payload(&vec![7u8; 999_700]),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("the raw topic takes the record");
+    send_hostile_webhooks(&ingest.addr()).await;
+    let big = produce_an_oversized_raw_record(broker.bootstrap(), &topics.raw).await;
 
     // Give the gap timer (1.5 s) and any retry loop time to do harm first.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -137,58 +186,8 @@ async fn hostile_webhooks_neither_halt_a_partition_nor_stop_the_processor() {
         !got.iter().any(|p| p.len() > 256),
         "the 400 KB policy id is not activated"
     );
-
-    // Each hostile record is a dead letter with its own reason.
-    let letters = |r: &[rdkafka::message::OwnedMessage]| -> Vec<DeadLetter> {
-        r.iter()
-            .map(|m| decode::<DeadLetter>(m.payload().unwrap()).unwrap())
-            .collect()
-    };
-    // Every letter, in whatever order the partitions' transactions commit them.
-    let dlq = kafka::read_until(broker.bootstrap(), &topics.dlq, Duration::from_secs(60), |r| {
-        let l = letters(r);
-        let has = |pay: &str, reason: DeadLetterReason| {
-            l.iter()
-                .any(|d| d.reason == reason && d.payment_id.as_deref() == Some(pay))
-        };
-        l.iter()
-            .any(|d| d.origin_offset == big.offset && d.origin_partition == big.partition)
-            && has("pay_flood", DeadLetterReason::SequenceGapTimeout)
-            && has("pay_flood", DeadLetterReason::HeldLimitExceeded)
-            && has("pay_far", DeadLetterReason::SequenceOutOfRange)
-            && has("pay_max", DeadLetterReason::SequenceOutOfRange)
-            && has("pay_huge", DeadLetterReason::InvalidField)
-    })
-    .await;
-    let dlq = letters(&dlq);
-    let reasons = |pay: &str| -> Vec<DeadLetterReason> {
-        dlq.iter()
-            .filter(|d| d.payment_id.as_deref() == Some(pay))
-            .map(|d| d.reason)
-            .collect()
-    };
-    assert_eq!(reasons("pay_far"), vec![DeadLetterReason::SequenceOutOfRange]);
-    assert_eq!(reasons("pay_max"), vec![DeadLetterReason::SequenceOutOfRange]);
-    assert!(
-        reasons("pay_flood").contains(&DeadLetterReason::HeldLimitExceeded),
-        "{dlq:?}"
-    );
-    assert_eq!(reasons("pay_huge"), vec![DeadLetterReason::InvalidField]);
-    let gap = dlq
-        .iter()
-        .find(|d| d.reason == DeadLetterReason::SequenceGapTimeout && d.payment_id.as_deref() == Some("pay_flood"))
-        .expect("the flood's gap timed out");
-    assert_eq!(
-        gap.missing_ranges.iter().map(|r| (r.first, r.last)).collect::<Vec<_>>(),
-        vec![(1, 1)]
-    );
-    let shrunk = dlq
-        .iter()
-        .find(|d| d.origin_partition == big.partition && d.origin_offset == big.offset)
-        .expect("a letter for the oversized record");
-    assert_eq!(shrunk.reason, DeadLetterReason::Undecodable);
-    assert!(shrunk.original_value.is_none(), "the letter leaves the payload out");
-    assert!(shrunk.detail.contains("left out"), "{}", shrunk.detail);
+    let dlq = read_the_hostile_letters(broker.bootstrap(), &topics.dlq, big).await;
+    assert_each_hostile_record_has_its_letter(&dlq, big);
     ingest.stop().await;
 }
 

@@ -3,7 +3,6 @@
 //! share a byte budget (beyond it 429 + Retry-After, not memory), and a sender that
 //! trickles its body is cut off once it falls below the minimum rate — while signed
 //! traffic still gets through.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The policy stage on the real broker: the log decides which payment holds a policy,
 //! across a group with a crash, after every state directory is wiped and the log is
 //! replayed, through refunds, and whatever another source calls its payments.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http;
 use hookstream_tests::ingest::{scheme_of, secrets_of};
+use hookstream_tests::pipeline::{Event, Pipeline, WAIT};
 use hookstream_tests::processor::{spawn_instance, test_config, RunningProcessor, Topics};
 use hookstream_tests::{ingest, kafka, sign};
 use rdkafka::message::OwnedMessage;
@@ -219,104 +219,100 @@ async fn wiped_state_and_a_replay_from_the_beginning_choose_the_same_holders_wit
     ingest.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_payments() {
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 4).await;
-    let state = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, state.path());
-    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
-    let processor = RunningProcessor::start(config).await;
-    let addr = ingest.addr();
-    let lines_of = |pol: &'static str, n: usize| move |e: &Events| e.lines.get(pol).is_some_and(|l| l.len() >= n);
-    let bootstrap = broker.bootstrap();
-
-    // Paid, refunded, paid again: activated, cancelled, activated again with a new id.
-    // Then a duplicate of the new holder and its refund: nothing changes for the policy.
-    // Then a payment id that stripe uses too: stripe's refund of *its* pay_n is another
-    // payment, and pay_n of paymenthub keeps its policy. Each step waits for the policy
-    // events the one before it leads to (their order across payments is the log's).
-    type Step = (
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        Option<(&'static str, usize)>,
-    );
-    let steps: [Step; 7] = [
+/// Paid, refunded, paid again: activated, cancelled, activated again with a new id.
+/// Then a duplicate of the new holder and its refund: nothing changes for the policy.
+/// Then a payment id that stripe uses too: stripe's refund of *its* pay_n is another
+/// payment, and pay_n of paymenthub keeps its policy. Each step waits for the policy
+/// events the one before it leads to (their order across payments is the log's).
+async fn send_refunds_and_namesakes(p: &Pipeline) {
+    let steps: [(Event, Option<(&str, usize)>); 7] = [
         (
-            "paymenthub",
-            "r1_done",
-            "pay_r1",
-            "payment.completed",
-            "pol_r",
+            Event::completed("pay_r1").id("r1_done").policy("pol_r"),
             Some(("pol_r", 1)),
         ),
         (
-            "paymenthub",
-            "r1_refund",
-            "pay_r1",
-            "payment.refunded",
-            "pol_r",
+            Event::refunded("pay_r1").id("r1_refund").policy("pol_r"),
             Some(("pol_r", 2)),
         ),
         (
-            "paymenthub",
-            "r2_done",
-            "pay_r2",
-            "payment.completed",
-            "pol_r",
+            Event::completed("pay_r2").id("r2_done").policy("pol_r"),
             Some(("pol_r", 3)),
         ),
         (
-            "paymenthub",
-            "r3_done",
-            "pay_r3",
-            "payment.completed",
-            "pol_r",
+            Event::completed("pay_r3").id("r3_done").policy("pol_r"),
             Some(("pol_r", 4)),
         ),
-        ("paymenthub", "r3_refund", "pay_r3", "payment.refunded", "pol_r", None),
+        (Event::refunded("pay_r3").id("r3_refund").policy("pol_r"), None),
         (
-            "paymenthub",
-            "n_done",
-            "pay_n",
-            "payment.completed",
-            "pol_n",
+            Event::completed("pay_n").id("n_done").policy("pol_n"),
             Some(("pol_n", 1)),
         ),
-        ("stripe", "evt_stripe_n", "pay_n", "payment.refunded", "pol_n", None),
+        (
+            Event::refunded("pay_n")
+                .id("evt_stripe_n")
+                .policy("pol_n")
+                .from("stripe"),
+            None,
+        ),
     ];
-    for (source, event, payment, ty, policy, wait) in steps {
-        send(&addr, source, event, payment, ty, Some(policy)).await;
+    for (e, wait) in steps {
+        p.send(e).await;
         if let Some((pol, n)) = wait {
-            read_events(
-                bootstrap,
-                &topics.activations,
-                Duration::from_secs(60),
-                lines_of(pol, n),
-            )
-            .await;
+            let enough = move |e: &Events| e.lines.get(pol).is_some_and(|l| l.len() >= n);
+            read_events(p.bootstrap(), &p.topics.activations, WAIT, enough).await;
         }
     }
-
-    // Both refunds decided (the payment stage for stripe's, the policy stage for pay_r3's),
-    // then everything the topic holds.
-    let admin = processor.admin.clone();
-    http::poll(&admin, "/payments/pay_n?source=stripe", |r| {
+    // Both refunds decided (the payment stage for stripe's, the policy stage for pay_r3's).
+    http::poll(p.admin(), "/payments/pay_n?source=stripe", |r| {
         r.status == 200 && r.json()["status"] == "refunded"
     })
     .await;
-    http::poll(&admin, "/policies/pol_r", |r| {
-        r.status == 200
-            && r.json()["payments"].as_array().is_some_and(|ps| {
-                ps.iter()
-                    .any(|p| p["payment_id"] == "pay_r3" && p["standing"] == "refunded")
-            })
+    http::poll(p.admin(), "/policies/pol_r", |r| {
+        let payments = r.json()["payments"].clone();
+        let refunded = |x: &serde_json::Value| x["payment_id"] == "pay_r3" && x["standing"] == "refunded";
+        r.status == 200 && payments.as_array().is_some_and(|ps| ps.iter().any(refunded))
     })
     .await;
-    let e = events(&kafka::read_records(bootstrap, &topics.activations, 99, Duration::from_secs(3)).await);
+}
+
+/// The admin API: pol_r's payments and their standing, pay_n of each source.
+async fn assert_the_admin_view_of_refunds(p: &Pipeline) {
+    let v = p.admin_get("/policies/pol_r").await.json();
+    assert_eq!(v["holder"]["payment_id"], "pay_r2", "{v:#}");
+    let standings: Vec<(&str, &str)> = v["payments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            (
+                x["payment_id"].as_str().unwrap_or_default(),
+                x["standing"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        standings,
+        [("pay_r1", "released"), ("pay_r2", "holder"), ("pay_r3", "refunded")]
+    );
+    let v = p.admin_get("/payments/pay_n").await.json();
+    assert_eq!(
+        (v["source"].clone(), v["status"].clone()),
+        ("paymenthub".into(), "completed".into()),
+        "{v:#}"
+    );
+    assert_eq!(v["other_sources"], serde_json::json!(["stripe"]));
+    let v = p.admin_get("/payments/pay_n?source=stripe").await.json();
+    assert_eq!(
+        (v["status"].clone(), v["activation"].clone()),
+        ("refunded".into(), serde_json::Value::Null)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_payments() {
+    let p = Pipeline::start(4).await;
+    send_refunds_and_namesakes(&p).await;
+    let e = events(&kafka::read_records(p.bootstrap(), &p.topics.activations, 99, Duration::from_secs(3)).await);
     assert_eq!(
         e.lines["pol_r"],
         [
@@ -327,57 +323,16 @@ async fn refunds_release_the_policy_and_namesakes_from_another_source_are_other_
         ],
         "the refund of a duplicate changes nothing for the policy"
     );
-    let ids: Vec<String> = e.activation_ids["pol_r"].iter().cloned().collect();
     let want = BTreeSet::from([
         activation_id("pol_r", "paymenthub", "r1_done"),
         activation_id("pol_r", "paymenthub", "r2_done"),
     ]);
-    assert_eq!(
-        ids.into_iter().collect::<BTreeSet<_>>(),
-        want,
-        "activated again with a new id"
-    );
+    assert_eq!(e.activation_ids["pol_r"], want, "activated again with a new id");
     assert_eq!(
         e.lines["pol_n"],
         ["activated pay_n"],
         "another source's refund leaves the policy alone"
     );
-
-    let v = http::get(&processor.admin, "/policies/pol_r").await.json();
-    assert_eq!(v["holder"]["payment_id"], "pay_r2", "{v:#}");
-    let standings: Vec<(String, String)> = v["payments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["payment_id"].as_str().unwrap().to_owned(),
-                p["standing"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        standings,
-        [
-            ("pay_r1".into(), "released".into()),
-            ("pay_r2".into(), "holder".into()),
-            ("pay_r3".into(), "refunded".into())
-        ]
-    );
-    let v = http::get(&processor.admin, "/payments/pay_n").await.json();
-    assert_eq!(
-        (v["source"].clone(), v["status"].clone()),
-        ("paymenthub".into(), "completed".into()),
-        "{v:#}"
-    );
-    assert_eq!(v["other_sources"], serde_json::json!(["stripe"]));
-    let v = http::get(&processor.admin, "/payments/pay_n?source=stripe")
-        .await
-        .json();
-    assert_eq!(
-        (v["status"].clone(), v["activation"].clone()),
-        ("refunded".into(), serde_json::Value::Null)
-    );
-    processor.stop().await;
-    ingest.stop().await;
+    assert_the_admin_view_of_refunds(&p).await;
+    p.stop().await;
 }

@@ -4,7 +4,6 @@
 //! returns data, and stopping the processor while webhooks keep coming fires the lag
 //! alert. The shipped rule files are loaded as they are, except that every alert's `for:`
 //! is shortened to 3 s (the promtool unit tests check the real durations).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,87 +186,36 @@ async fn lifecycles(addr: &str, range: std::ops::Range<usize>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_reads_every_rule_and_panel_and_fires_the_lag_alert() {
-    let (rules, panels) = (recording_rules(), panel_queries());
-    assert!(rules.len() >= 10 && panels.len() >= 14, "{rules:?} {panels:?}");
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
-    let processor = RunningProcessor::start(test_config(broker.bootstrap(), &topics, &dir.path().join("state"))).await;
-    let prometheus = Prometheus::start(dir.path(), &ingest.addr(), &processor.admin).await;
-
-    // Traffic of every kind the panels show: activations, a refund (cancellation), a
-    // dead letter (a completed payment without a policy), a signature failure.
-    lifecycles(&ingest.addr(), 0..20).await;
-    sign::send_event(
-        &ingest.addr(),
-        "evt_m0_4",
-        "pay_m0",
-        Some(4),
-        "payment.refunded",
-        Some("pol_m0"),
-    )
-    .await;
-    sign::send_event(
-        &ingest.addr(),
-        "evt_nopol",
-        "pay_nopol",
-        None,
-        "payment.completed",
-        None,
-    )
-    .await;
+/// Traffic of every kind the panels show: activations, a refund (cancellation), a dead
+/// letter (a completed payment without a policy), a signature failure.
+async fn send_every_kind_of_traffic(addr: &str) {
+    lifecycles(addr, 0..20).await;
+    sign::send_event(addr, "evt_m0_4", "pay_m0", Some(4), "payment.refunded", Some("pol_m0")).await;
+    sign::send_event(addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
     let body = sign::payment_body("evt_forged", "pay_forged", None, "payment.completed", Some("pol_x"));
     let forged = sign::sign(scheme_of("stripe"), "not-the-secret", "evt_forged", sign::now(), &body);
-    assert_eq!(
-        http::post(&ingest.addr(), "/webhooks/stripe", &forged, body)
-            .await
-            .status,
-        403
-    );
-    let traffic = tokio::spawn({
-        let addr = ingest.addr();
-        async move { lifecycles(&addr, 20..60).await }
-    });
+    assert_eq!(http::post(addr, "/webhooks/stripe", &forged, body).await.status, 403);
+}
 
-    let mut missing = Vec::new();
-    for expr in rules.iter().chain(&panels) {
-        if let Err(e) = prometheus.wait_for_data(expr, Duration::from_secs(60)).await {
-            missing.push(e);
-        }
-    }
-    assert!(missing.is_empty(), "no data for: {missing:#?}");
-    traffic.await.unwrap();
-    assert!(
-        prometheus.firing().await.is_empty(),
-        "no alert on a healthy pipeline: {:#?}",
-        prometheus.firing().await
-    );
-
-    // The processor stops; webhooks keep coming: the lag alert fires.
-    processor.stop().await;
+/// 8 × 140 webhooks that nobody processes.
+async fn send_a_backlog(addr: &str) {
     let sends = (0..8).map(|w| {
-        let addr = ingest.addr();
+        let addr = addr.to_owned();
         tokio::spawn(async move {
             for i in 0..140 {
-                let id = format!("evt_lag_{w}_{i}");
-                sign::send_event(
-                    &addr,
-                    &id,
-                    &format!("pay_lag_{w}_{i}"),
-                    Some(1),
-                    "payment.created",
-                    None,
-                )
-                .await;
+                let (id, pay) = (format!("evt_lag_{w}_{i}"), format!("pay_lag_{w}_{i}"));
+                sign::send_event(&addr, &id, &pay, Some(1), "payment.created", None).await;
             }
         })
     });
     for s in sends {
         s.await.unwrap();
     }
+}
+
+/// Wait (60 s at most) until the consumer-lag alert fires for partition 0, naming its
+/// runbook entry.
+async fn assert_the_lag_alert_fires(prometheus: &Prometheus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let firing = prometheus.firing().await;
@@ -289,5 +237,42 @@ async fn prometheus_reads_every_rule_and_panel_and_fires_the_lag_alert() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_every_rule_and_panel_and_fires_the_lag_alert() {
+    let (rules, panels) = (recording_rules(), panel_queries());
+    assert!(rules.len() >= 10 && panels.len() >= 14, "{rules:?} {panels:?}");
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
+    let processor = RunningProcessor::start(test_config(broker.bootstrap(), &topics, &dir.path().join("state"))).await;
+    let prometheus = Prometheus::start(dir.path(), &ingest.addr(), &processor.admin).await;
+
+    send_every_kind_of_traffic(&ingest.addr()).await;
+    let traffic = tokio::spawn({
+        let addr = ingest.addr();
+        async move { lifecycles(&addr, 20..60).await }
+    });
+
+    let mut missing = Vec::new();
+    for expr in rules.iter().chain(&panels) {
+        if let Err(e) = prometheus.wait_for_data(expr, Duration::from_secs(60)).await {
+            missing.push(e);
+        }
+    }
+    assert!(missing.is_empty(), "no data for: {missing:#?}");
+    traffic.await.unwrap();
+    assert!(
+        prometheus.firing().await.is_empty(),
+        "no alert on a healthy pipeline: {:#?}",
+        prometheus.firing().await
+    );
+
+    // The processor stops; webhooks keep coming: the lag alert fires.
+    processor.stop().await;
+    send_a_backlog(&ingest.addr()).await;
+    assert_the_lag_alert_fires(&prometheus).await;
     ingest.stop().await;
 }

@@ -2,7 +2,6 @@
 //! broker: a quiet partition's offset still catches up with what sled applied, stored
 //! state that does not read back is rebuilt from the log, and SIGTERM ends the process
 //! within its grace period whatever the broker does.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 

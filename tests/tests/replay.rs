@@ -1,7 +1,6 @@
 //! `processor replay` against the real broker: the offsets it finds by time and by
 //! partition, the refusal while the group has members, and a replay from the beginning
 //! that reproduces the same activations and dead letters.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,14 +10,15 @@ use hookstream_processor::config::KafkaConfig;
 use hookstream_schemas::{decode, DeadLetter, PolicyEvent, PolicyEventKind};
 use hookstream_tests::broker::Broker;
 use hookstream_tests::http::get;
+use hookstream_tests::kafka;
 use hookstream_tests::processor::{test_config, RunningProcessor, Topics};
-use hookstream_tests::sign::{payment_body, send_body, send_event};
-use hookstream_tests::{ingest, kafka};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+mod reproduces;
 
 fn kafka_config(brokers: &str, topic: &str) -> KafkaConfig {
     KafkaConfig {
@@ -58,41 +58,35 @@ fn reset_to(resets: &[replay::PartitionReset]) -> Vec<(i32, i64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_is_active() {
-    let broker = Broker::shared();
-    let topic = kafka::unique_topic("raw");
-    kafka::create_topic(broker.bootstrap(), &topic, 3).await;
-    // Partitions 0 and 1: 100 records one second apart, starting an hour ago; 2 is empty.
+/// Partitions 0 and 1 of `topic`: 100 records one second apart, starting an hour ago;
+/// 2 stays empty. The first record's time.
+async fn produce_an_hour_of_records(bootstrap: &str, topic: &str) -> i64 {
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
         - 3_600_000;
-    let producer = kafka::producer(broker.bootstrap());
+    let producer = kafka::producer(bootstrap);
     let sends = (0..2).flat_map(|p| (0..100).map(move |i| (p, i))).map(|(p, i)| {
         let producer = &producer;
-        let topic = &topic;
         async move {
-            producer
-                .send(
-                    FutureRecord::to(topic)
-                        .partition(p)
-                        .key("k")
-                        .payload("x")
-                        .timestamp(base + i * 1000),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("produce");
+            let record = FutureRecord::to(topic)
+                .partition(p)
+                .key("k")
+                .payload("x")
+                .timestamp(base + i * 1000);
+            producer.send(record, Duration::from_secs(10)).await.expect("produce");
         }
     });
     futures_util::future::join_all(sends).await;
-    let cfg = kafka_config(broker.bootstrap(), &topic);
+    base
+}
 
-    // Forward past the committed offset (here: a group that never committed, so past
-    // the log start) is refused, naming the partitions, and commits nothing...
-    let e = replay::run(&cfg, &ReplayFrom::Time(base + 42_500), false)
+/// Forward past the committed offset (here: a group that never committed, so past the
+/// log start) is refused, naming the partitions, and commits nothing, unless forced. By
+/// time: the first record at or after it, in every partition.
+async fn assert_a_replay_by_time(cfg: &KafkaConfig, base: i64) {
+    let e = replay::run(cfg, &ReplayFrom::Time(base + 42_500), false)
         .await
         .unwrap_err();
     assert!(
@@ -100,28 +94,26 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         "{e}"
     );
     assert!(e.to_string().contains("--force"), "{e}");
-    assert_eq!(committed(&cfg, 3), vec![None, None, None]);
+    assert_eq!(committed(cfg, 3), vec![None, None, None]);
     // ...unless forced. By time: the first record at or after it, in every partition.
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_500), true).await.unwrap();
+    let r = replay::run(cfg, &ReplayFrom::Time(base + 42_500), true).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 43), (1, 43), (2, 0)]);
     assert_eq!((r[0].log_start, r[0].log_end, r[0].committed_before), (0, 100, None));
-    assert_eq!(committed(&cfg, 3), vec![Some(43), Some(43), Some(0)]);
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 42_000), false)
-        .await
-        .unwrap();
+    assert_eq!(committed(cfg, 3), vec![Some(43), Some(43), Some(0)]);
+    let r = replay::run(cfg, &ReplayFrom::Time(base + 42_000), false).await.unwrap();
     assert_eq!(
         reset_to(&r),
         vec![(0, 42), (1, 42), (2, 0)],
         "a record exactly at the time is included"
     );
     assert_eq!(r[0].committed_before, Some(43));
-    let r = replay::run(&cfg, &ReplayFrom::Time(base - 1), false).await.unwrap();
+    let r = replay::run(cfg, &ReplayFrom::Time(base - 1), false).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
-    let e = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000), false)
+    let e = replay::run(cfg, &ReplayFrom::Time(base + 10_000_000), false)
         .await
         .unwrap_err();
     assert!(matches!(&e, ReplayError::Forward(p) if p.len() == 2), "{e}");
-    let r = replay::run(&cfg, &ReplayFrom::Time(base + 10_000_000), true)
+    let r = replay::run(cfg, &ReplayFrom::Time(base + 10_000_000), true)
         .await
         .unwrap();
     assert_eq!(
@@ -129,14 +121,16 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         vec![(0, 100), (1, 100), (2, 0)],
         "after the last record: nothing to replay"
     );
+}
 
-    // By partition: only the named ones move; offsets outside the log are refused.
-    let r = replay::run(&cfg, &ReplayFrom::parse_offsets("1:7").unwrap(), false)
+/// By partition: only the named ones move; offsets outside the log are refused.
+async fn assert_a_replay_by_partition(cfg: &KafkaConfig) {
+    let r = replay::run(cfg, &ReplayFrom::parse_offsets("1:7").unwrap(), false)
         .await
         .unwrap();
     assert_eq!(reset_to(&r), vec![(1, 7)]);
-    assert_eq!(committed(&cfg, 3), vec![Some(100), Some(7), Some(0)]);
-    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("1:500").unwrap(), true)
+    assert_eq!(committed(cfg, 3), vec![Some(100), Some(7), Some(0)]);
+    let e = replay::run(cfg, &ReplayFrom::parse_offsets("1:500").unwrap(), true)
         .await
         .unwrap_err();
     assert!(
@@ -151,7 +145,7 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         ),
         "{e}"
     );
-    let e = replay::run(&cfg, &ReplayFrom::parse_offsets("9:0").unwrap(), false)
+    let e = replay::run(cfg, &ReplayFrom::parse_offsets("9:0").unwrap(), false)
         .await
         .unwrap_err();
     assert!(
@@ -165,36 +159,38 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         ),
         "{e}"
     );
-    let r = replay::run(&cfg, &ReplayFrom::Beginning, false).await.unwrap();
+    let r = replay::run(cfg, &ReplayFrom::Beginning, false).await.unwrap();
     assert_eq!(reset_to(&r), vec![(0, 0), (1, 0), (2, 0)]);
+}
 
-    // A member in the group: refused, with nothing committed; once it leaves, allowed.
+/// A member in the group: refused, with nothing committed; once it leaves, allowed.
+async fn assert_refused_while_the_group_has_a_member(cfg: &KafkaConfig, base: i64) {
     let member: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
         .set("session.timeout.ms", "6000")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    member.subscribe(&[&topic]).unwrap();
+    member.subscribe(&[&cfg.raw_topic]).unwrap();
     tokio::time::timeout(Duration::from_secs(30), member.recv())
         .await
         .expect("the member joins and reads")
         .unwrap();
-    let e = replay::run(&cfg, &ReplayFrom::Time(base + 50_000), true)
+    let e = replay::run(cfg, &ReplayFrom::Time(base + 50_000), true)
         .await
         .unwrap_err();
     assert!(matches!(e, ReplayError::GroupActive { .. }), "{e}");
     assert!(e.to_string().contains("stop every processor"), "{e}");
     assert_eq!(
-        committed(&cfg, 3),
+        committed(cfg, 3),
         vec![Some(0), Some(0), Some(0)],
         "a refused replay commits nothing"
     );
     drop(member);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let r = loop {
-        match replay::run(&cfg, &ReplayFrom::Time(base + 50_000), true).await {
+        match replay::run(cfg, &ReplayFrom::Time(base + 50_000), true).await {
             Ok(r) => break r,
             Err(ReplayError::GroupActive { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -203,6 +199,18 @@ async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_
         }
     };
     assert_eq!(reset_to(&r), vec![(0, 50), (1, 50), (2, 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_finds_offsets_by_time_and_partition_and_refuses_while_the_group_is_active() {
+    let broker = Broker::shared();
+    let topic = kafka::unique_topic("raw");
+    kafka::create_topic(broker.bootstrap(), &topic, 3).await;
+    let base = produce_an_hour_of_records(broker.bootstrap(), &topic).await;
+    let cfg = kafka_config(broker.bootstrap(), &topic);
+    assert_a_replay_by_time(&cfg, base).await;
+    assert_a_replay_by_partition(&cfg).await;
+    assert_refused_while_the_group_has_a_member(&cfg, base).await;
 }
 
 /// The end offset of each partition of `topic`.
@@ -270,252 +278,10 @@ fn letters(records: &[OwnedMessage]) -> Vec<(String, String, Option<String>)> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_from_the_beginning_reproduces_the_same_activations_and_dead_letters() {
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 4).await;
-    let state = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, state.path());
-    let ingest = ingest::start(broker.bootstrap(), &topics.raw, |_| {}).await;
-    let addr = ingest.addr();
-    let processor = RunningProcessor::start(config.clone()).await;
-
-    // 10 payments that complete, each event sent once or twice, some out of order
-    // (completed before processing); one of them refunded later.
-    for i in 0..10 {
-        let (pay, pol) = (format!("pay_r{i}"), format!("pol_r{i}"));
-        let order: &[(i64, &str)] = if i % 3 == 0 {
-            &[
-                (1, "payment.created"),
-                (3, "payment.completed"),
-                (2, "payment.processing"),
-            ]
-        } else {
-            &[
-                (1, "payment.created"),
-                (2, "payment.processing"),
-                (3, "payment.completed"),
-            ]
-        };
-        for &(seq, ty) in order {
-            for _ in 0..1 + (i + seq as usize) % 2 {
-                send_event(&addr, &format!("evt_{pay}_{seq}"), &pay, Some(seq), ty, Some(&pol)).await;
-            }
-        }
-    }
-    send_event(
-        &addr,
-        "evt_pay_r1_4",
-        "pay_r1",
-        Some(4),
-        "payment.refunded",
-        Some("pol_r1"),
-    )
-    .await;
-    // Dead letters: no policy, a second payment for an active policy, an event id reused
-    // with another body, and a gap that times out (then its late event is stale).
-    send_event(&addr, "evt_nopol", "pay_nopol", None, "payment.completed", None).await;
-    // Once pol_r0 is active: payments on other partitions are decided in no fixed order.
-    kafka::wait_for_activation(
-        broker.bootstrap(),
-        &topics.activations,
-        "pol_r0",
-        Duration::from_secs(60),
-    )
-    .await;
-    send_event(
-        &addr,
-        "evt_twice",
-        "pay_twice",
-        None,
-        "payment.completed",
-        Some("pol_r0"),
-    )
-    .await;
-    send_event(&addr, "evt_conflict", "pay_conflict", None, "payment.created", None).await;
-    let mut other = payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
-    other.push(b' ');
-    send_body(&addr, "evt_conflict", other).await;
-    send_event(
-        &addr,
-        "evt_gap_1",
-        "pay_gap",
-        Some(1),
-        "payment.created",
-        Some("pol_gap"),
-    )
-    .await;
-    send_event(
-        &addr,
-        "evt_gap_3",
-        "pay_gap",
-        Some(3),
-        "payment.completed",
-        Some("pol_gap"),
-    )
-    .await;
-    let wait = Duration::from_secs(60);
-    // Every activation (the gapped payment's after its gap timed out), the cancellation
-    // and the duplicate notice.
-    kafka::read_records(broker.bootstrap(), &topics.activations, 13, wait).await;
-    send_event(
-        &addr,
-        "evt_gap_2",
-        "pay_gap",
-        Some(2),
-        "payment.processing",
-        Some("pol_gap"),
-    )
-    .await;
-    kafka::read_records(broker.bootstrap(), &topics.dlq, 4, wait).await;
-    // Let the last outputs and commits go out, then stop the group.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    processor.stop().await;
-    let (act_ends, dlq_ends) = (
-        ends(&config.kafka, &topics.activations, 3),
-        ends(&config.kafka, &topics.dlq, 1),
-    );
-    // Record counts, not end offsets: transactions' commit markers take offsets too.
-    let first = kafka::read_committed_to_end(broker.bootstrap(), &topics.activations).await;
-    let first_dlq = kafka::read_committed_to_end(broker.bootstrap(), &topics.dlq).await;
-    let before = activations_by_policy(&first);
-    assert_eq!(before.len(), 11, "10 policies + the gapped one: {before:#?}");
-    assert_eq!(
-        first.len(),
-        13,
-        "11 activations, the refund's cancellation and the second payment's notice: {before:#?}"
-    );
-    assert_eq!(before["pol_r1"].len(), 2, "activated, then cancelled by the refund");
-    let duplicates_before = duplicate_ids(&first);
-    assert_eq!(duplicates_before.len(), 1);
-    let dead_before = letters(&first_dlq);
-    assert_eq!(dead_before.len(), 4, "{dead_before:#?}");
-
-    let r = replay::run(&config.kafka, &ReplayFrom::Beginning, false).await.unwrap();
-    assert_eq!(r.len(), 4);
-    let raw_end: i64 = r.iter().map(|p| p.log_end).sum();
-    for p in &r {
-        assert_eq!(p.reset_to, p.log_start);
-        assert_eq!(
-            p.committed_before,
-            Some(p.log_end),
-            "the stopped group had processed everything"
-        );
-    }
-
-    // The same processor (same state directory) comes back: it notices the group moved
-    // back, rebuilds, and decides the whole log again.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let replayed_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let processor = RunningProcessor::start(config.clone()).await;
-    kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
-    kafka::read_records(broker.bootstrap(), &topics.dlq, 2 * first_dlq.len(), wait).await;
-    // Anything extra would show up now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = String::from_utf8_lossy(&get(&processor.admin, "/metrics").await.body).into_owned();
-    processor.stop().await;
-    let (act_now, dlq_now) = (
-        kafka::read_committed_to_end(broker.bootstrap(), &topics.activations).await,
-        kafka::read_committed_to_end(broker.bootstrap(), &topics.dlq).await,
-    );
-    assert_eq!(
-        act_now.len(),
-        2 * first.len(),
-        "every output published again, nothing more: {metrics}"
-    );
-    assert_eq!(dlq_now.len(), 2 * first_dlq.len());
-    let all = kafka::read_records(broker.bootstrap(), &topics.activations, 2 * first.len(), wait).await;
-    let all_dlq = kafka::read_records(broker.bootstrap(), &topics.dlq, 2 * first_dlq.len(), wait).await;
-
-    // The replayed outputs are the first run's: same ids, same order per policy.
-    let again: Vec<OwnedMessage> = after(&all, &act_ends);
-    assert_eq!(
-        activations_by_policy(&again),
-        before,
-        "replayed activations differ from the first run's"
-    );
-    assert_eq!(
-        duplicate_ids(&again),
-        duplicates_before,
-        "the same duplicate notice again"
-    );
-    assert_eq!(
-        letters(&after(&all_dlq, &dlq_ends)),
-        dead_before,
-        "replayed dead letters differ"
-    );
-
-    // Downstream: the example consumer de-duplicates by id, whether it re-reads
-    // everything or from a time (here: only the replay's re-published events).
-    let (lines, dups) = hookstream_tests::processor::downstream_example(
-        broker.bootstrap(),
-        &topics.activations,
-        &["--from", "beginning"],
-        13,
-    );
-    assert_eq!((lines.len(), dups), (13, 13), "{lines:#?}");
-    let ids = |lines: &[serde_json::Value]| {
-        let mut v: Vec<String> = lines
-            .iter()
-            .map(|l| {
-                l["cancellation_id"]
-                    .as_str()
-                    .or(l["duplicate_id"].as_str())
-                    .or(l["activation_id"].as_str())
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let mut first_ids: Vec<String> = before.values().flatten().map(|(id, _)| id.clone()).collect();
-    first_ids.extend(duplicates_before.iter().cloned());
-    first_ids.sort();
-    assert_eq!(ids(&lines), first_ids);
-    let (lines, dups) = hookstream_tests::processor::downstream_example(
-        broker.bootstrap(),
-        &topics.activations,
-        &["--from-time", &replayed_at],
-        13,
-    );
-    assert_eq!((ids(&lines), dups), (first_ids, 0));
-    for l in &lines {
-        let p = l["partition"].as_i64().unwrap() as usize;
-        assert!(
-            l["offset"].as_i64().unwrap() >= act_ends[p],
-            "{l} was written before the replay"
-        );
-    }
-
-    assert!(
-        metrics.contains("hookstream_processor_replays_detected_total 4"),
-        "every partition noticed the replay: {metrics}"
-    );
-    assert!(
-        metrics.contains("hookstream_processor_gap_timeouts_total 0"),
-        "the replay takes the gap timeout from the log, it writes no new one: {metrics}"
-    );
-    assert_eq!(
-        ends(&config.kafka, &topics.raw, 4).iter().sum::<i64>(),
-        raw_end,
-        "the replay added nothing to the raw topic (no new gap timeout)"
-    );
-    ingest.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
+/// 100 payments, 300 events, produced 300 at a time straight to `raw` (the producer
+/// packs them into a few large batches).
+async fn produce_300_events_in_large_batches(bootstrap: &str, raw: &str) {
     use hookstream_tests::load::{baseline, workload};
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 1).await;
-    let state = tempfile::tempdir().unwrap();
-    let config = test_config(broker.bootstrap(), &topics, state.path());
-    // 100 payments, 300 events, produced 300 at a time: the producer packs them into a
-    // few large batches.
     let mix = workload::Mix {
         failed: 0.0,
         refunded: 0.0,
@@ -525,8 +291,53 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
     };
     let (events, expected) = workload::plan("mid", 300, &mix, 7);
     assert_eq!(expected.activations.len(), 100);
-    let (n, _, _) = baseline::produce(broker.bootstrap(), &topics.raw, std::sync::Arc::new(events), 300).await;
+    let (n, _, _) = baseline::produce(bootstrap, raw, std::sync::Arc::new(events), 300).await;
     assert_eq!(n, 300);
+}
+
+/// A plain fetch from an offset in the middle of a producer's batch is handed that very
+/// record first, not the first record of the next batch (the rest of this one silently
+/// skipped).
+fn assert_a_fetch_from_inside_a_batch_starts_there(bootstrap: &str, raw: &str, inside: i64) {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", kafka::unique_topic("probe"))
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(raw, 0, Offset::Offset(inside)).unwrap();
+    probe.assign(&tpl).unwrap();
+    let first = match probe.poll(Duration::from_secs(10)) {
+        Some(Ok(m)) => m.offset(),
+        Some(Err(e)) => panic!("fetch from {inside}: {e}"),
+        None => panic!("nothing fetched from {inside}"),
+    };
+    assert_eq!(first, inside, "a fetch from inside a batch starts at that record");
+}
+
+/// The activation ids of the completions at or after `inside` in the raw topic.
+async fn completions_from(bootstrap: &str, raw: &str, inside: i64) -> std::collections::BTreeSet<String> {
+    let records = kafka::read_records(bootstrap, raw, 300, Duration::from_secs(60)).await;
+    records
+        .iter()
+        .filter(|m| m.offset() >= inside)
+        .map(|m| decode::<hookstream_schemas::RawWebhook>(m.payload().unwrap()).unwrap())
+        .filter(|w| w.event_type.as_deref() == Some("payment.completed"))
+        .map(|w| {
+            let pol = w.payment_id.replace("pay_", "pol_");
+            hookstream_processor::rules::decide::activation_id(&pol, &w.source, &w.event_id)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = test_config(broker.bootstrap(), &topics, state.path());
+    produce_300_events_in_large_batches(broker.bootstrap(), &topics.raw).await;
     let processor = RunningProcessor::start(config.clone()).await;
     let wait = Duration::from_secs(60);
     assert_eq!(
@@ -541,43 +352,15 @@ async fn replay_from_an_offset_inside_a_broker_batch_loses_nothing() {
     let records = kafka::read_committed_to_end(broker.bootstrap(), &topics.activations).await;
     assert_eq!(records.len(), 100);
 
-    // An offset in the middle of the producer's batches: a plain fetch from it is handed
-    // that very record first, not the first record of the next batch (the rest of this
-    // one silently skipped).
     let inside = 157;
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", kafka::unique_topic("probe"))
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topics.raw, 0, Offset::Offset(inside))
-        .unwrap();
-    probe.assign(&tpl).unwrap();
-    let first = match probe.poll(Duration::from_secs(10)) {
-        Some(Ok(m)) => m.offset(),
-        Some(Err(e)) => panic!("fetch from {inside}: {e}"),
-        None => panic!("nothing fetched from {inside}"),
-    };
-    assert_eq!(first, inside, "a fetch from inside a batch starts at that record");
+    assert_a_fetch_from_inside_a_batch_starts_there(broker.bootstrap(), &topics.raw, inside);
     let r = replay::run(&config.kafka, &ReplayFrom::Offsets(vec![(0, inside)]), false)
         .await
         .unwrap();
     assert_eq!(reset_to(&r), vec![(0, inside)]);
 
     // Every completion at or after that offset activates again (same id), no other.
-    let raw = kafka::read_records(broker.bootstrap(), &topics.raw, 300, wait).await;
-    let want: std::collections::BTreeSet<String> = raw
-        .iter()
-        .filter(|m| m.offset() >= inside)
-        .map(|m| decode::<hookstream_schemas::RawWebhook>(m.payload().unwrap()).unwrap())
-        .filter(|w| w.event_type.as_deref() == Some("payment.completed"))
-        .map(|w| {
-            let pol = w.payment_id.replace("pay_", "pol_");
-            hookstream_processor::rules::decide::activation_id(&pol, &w.source, &w.event_id)
-        })
-        .collect();
+    let want = completions_from(broker.bootstrap(), &topics.raw, inside).await;
     assert!(!want.is_empty());
     let processor = RunningProcessor::start(config.clone()).await;
     kafka::read_records(broker.bootstrap(), &topics.activations, 100 + want.len(), wait).await;

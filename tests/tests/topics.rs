@@ -1,7 +1,6 @@
 //! `processor topics` on the real broker: apply creates every planned topic and is
 //! idempotent; check finds drift (a topic with another partition count or settings)
 //! and apply reports it without changing the topic.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use hookstream_processor::cli::topics::{self, Drift, Status};
 use hookstream_processor::ProcessorConfig;

@@ -2,7 +2,6 @@
 //! to decision: ingest and the processor run as real binaries exporting over OTLP/HTTP
 //! (configured only by the standard `OTEL_*` variables) to a receiver in this test,
 //! which decodes what they send with opentelemetry-proto's types.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
@@ -40,27 +39,11 @@ fn tree(spans: &[ReceivedSpan]) -> String {
         .join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consumer() {
-    let broker = Broker::shared();
-    let topics = Topics::create(broker.bootstrap(), 2).await;
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("RUST_LOG", "info"),
-    ];
-    let ingest = ChildIngest::spawn(broker.bootstrap(), &topics.raw, dir.path(), |_| {}, &env);
-    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
-    let processor_config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
-    let processor = ChildProcessor::spawn_with_env(&processor_config, dir.path(), &env);
-    wait_ready(&addr).await;
-    processor.wait_assigned(Duration::from_secs(60)).await;
-
-    sign::send_event(&addr, "evt_t_1", "pay_t", Some(1), "payment.created", Some("pol_t")).await;
-    sign::send_event(&addr, "evt_t_2", "pay_t", Some(2), "payment.processing", Some("pol_t")).await;
-    // The completion comes with the provider's own trace context.
+/// `pay_t`'s lifecycle through ingest, the completion with the provider's own trace
+/// context; the completion's (partition, offset) as ingest answered.
+async fn send_a_traced_lifecycle(addr: &str) -> (i64, i64) {
+    sign::send_event(addr, "evt_t_1", "pay_t", Some(1), "payment.created", Some("pol_t")).await;
+    sign::send_event(addr, "evt_t_2", "pay_t", Some(2), "payment.processing", Some("pol_t")).await;
     let body = sign::payment_body("evt_t_3", "pay_t", Some(3), "payment.completed", Some("pol_t"));
     let mut h = sign::sign(
         scheme_of("paymenthub"),
@@ -70,28 +53,31 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
         &body,
     );
     h.push(("traceparent".into(), format!("00-{TRACE}-{CALLER_SPAN}-01")));
-    let reply = http::post(&addr, "/webhooks/paymenthub", &h, body).await;
+    let reply = http::post(addr, "/webhooks/paymenthub", &h, body).await;
     assert_eq!(reply.status, 200);
-    let (partition, offset) = (
+    (
         reply.json()["partition"].as_i64().unwrap(),
         reply.json()["offset"].as_i64().unwrap(),
-    );
+    )
+}
 
-    // The activation record carries the trace on.
-    let records = kafka::read_records(broker.bootstrap(), &topics.activations, 1, Duration::from_secs(60)).await;
+/// The traceparent header of the first record of `topic`.
+async fn first_traceparent(bootstrap: &str, topic: &str) -> String {
+    let records = kafka::read_records(bootstrap, topic, 1, Duration::from_secs(60)).await;
     let activation = records.first().expect("the activation");
-    let traceparent = activation
+    activation
         .headers()
         .and_then(|hs| hs.iter().find(|h| h.key == headers::TRACEPARENT))
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
-        .expect("the activation carries a traceparent");
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts[1], TRACE, "{traceparent}");
+        .expect("the activation carries a traceparent")
+}
 
-    // Every span of the chain arrives at the receiver, each the child of the one before.
+/// Every span of the chain, once it arrived at the receiver, each the child of the one
+/// before: ingest's request, the payment stage's record, the policy stage's record.
+async fn the_chain_of_spans(receiver: &Receiver) -> (ReceivedSpan, ReceivedSpan, ReceivedSpan) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let (request, payments, policies) = loop {
+    loop {
         let spans = receiver.spans();
         let request = span(&spans, "hookstream-ingest", "ingest.webhook", CALLER_SPAN);
         let payments = request.and_then(|r| span(&spans, "hookstream-processor", "processor.record", &r.span_id));
@@ -121,7 +107,73 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
             tree(&spans)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// The receipt trail: ingest's log line for the completion names its place and trace;
+/// the processor's view of the payment names the raw offset it decided.
+async fn assert_the_receipt_trail(
+    ingest_log: &std::path::Path,
+    admin: &str,
+    raw: &str,
+    (partition, offset): (i64, i64),
+) {
+    let logged = std::fs::read_to_string(ingest_log).unwrap();
+    let received: serde_json::Value = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "webhook received" && l["fields"]["event_id"] == "evt_t_3")
+        .unwrap_or_else(|| panic!("no receipt line for evt_t_3 in ingest's log:\n{logged}"));
+    assert_eq!(
+        (
+            received["fields"]["partition"].as_i64(),
+            received["fields"]["offset"].as_i64(),
+            received["fields"]["trace_id"].as_str()
+        ),
+        (Some(partition), Some(offset), Some(TRACE))
+    );
+    let view = http::get(admin, "/payments/pay_t").await.json();
+    assert_eq!(
+        (view["topic"].as_str(), view["partition"].as_i64()),
+        (Some(raw), Some(partition))
+    );
+    let decided = view["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["offset"].as_i64() == Some(offset))
+        .unwrap_or_else(|| panic!("the view names the raw offset it decided: {view}"));
+    assert_eq!(
+        (decided["event_id"].as_str(), decided["outcome"].as_str()),
+        (Some("evt_t_3"), Some("applied"))
+    );
+    assert_eq!(view["activation"]["event_id"], "evt_t_3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consumer() {
+    let broker = Broker::shared();
+    let topics = Topics::create(broker.bootstrap(), 2).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "info"),
+    ];
+    let ingest = ChildIngest::spawn(broker.bootstrap(), &topics.raw, dir.path(), |_| {}, &env);
+    let (addr, ingest_log) = (ingest.addr.clone(), ingest.log.clone());
+    let processor_config = processor::test_config(broker.bootstrap(), &topics, &dir.path().join("state"));
+    let processor = ChildProcessor::spawn_with_env(&processor_config, dir.path(), &env);
+    wait_ready(&addr).await;
+    processor.wait_assigned(Duration::from_secs(60)).await;
+
+    let (partition, offset) = send_a_traced_lifecycle(&addr).await;
+    // The activation record carries the trace on.
+    let traceparent = first_traceparent(broker.bootstrap(), &topics.activations).await;
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts[1], TRACE, "{traceparent}");
+    let (request, payments, policies) = the_chain_of_spans(&receiver).await;
     let attr = |s: &ReceivedSpan, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
     assert_eq!(attr(&request, "hookstream.source"), "paymenthub");
     assert_eq!(attr(&request, "hookstream.event_id"), "evt_t_3");
@@ -154,36 +206,6 @@ async fn one_trace_links_the_request_the_decisions_the_activation_and_its_consum
         "{lines:?}"
     );
 
-    // The receipt trail: from the provider's event id to the activation and back.
-    let logged = std::fs::read_to_string(&ingest_log).unwrap();
-    let received: serde_json::Value = logged
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["fields"]["message"] == "webhook received" && l["fields"]["event_id"] == "evt_t_3")
-        .unwrap_or_else(|| panic!("no receipt line for evt_t_3 in ingest's log:\n{logged}"));
-    assert_eq!(
-        (
-            received["fields"]["partition"].as_i64(),
-            received["fields"]["offset"].as_i64(),
-            received["fields"]["trace_id"].as_str()
-        ),
-        (Some(partition), Some(offset), Some(TRACE))
-    );
-    let view = http::get(&processor.admin, "/payments/pay_t").await.json();
-    assert_eq!(
-        (view["topic"].as_str(), view["partition"].as_i64()),
-        (Some(topics.raw.as_str()), Some(partition))
-    );
-    let decided = view["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["offset"].as_i64() == Some(offset))
-        .unwrap_or_else(|| panic!("the view names the raw offset it decided: {view}"));
-    assert_eq!(
-        (decided["event_id"].as_str(), decided["outcome"].as_str()),
-        (Some("evt_t_3"), Some("applied"))
-    );
-    assert_eq!(view["activation"]["event_id"], "evt_t_3");
+    assert_the_receipt_trail(&ingest_log, &processor.admin, &topics.raw, (partition, offset)).await;
     drop(ingest);
 }

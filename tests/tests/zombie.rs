@@ -6,7 +6,6 @@
 //! activation, each second payment of a policy is a duplicate). Under at-least-once the
 //! same holds with repeats allowed: each policy's events carry one id, however often
 //! they are read.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;
