@@ -25,4 +25,7 @@ pub enum ProcessorError {
     },
     #[error("tracing settings")]
     Tracing(#[from] hookstream_schemas::telemetry::TelemetryError),
+    /// The last flush of sled on shutdown did not finish (its blocking task panicked).
+    #[error("the final flush of the state store")]
+    FinalFlush(#[source] tokio::task::JoinError),
 }

@@ -82,6 +82,65 @@ async fn writers(
 }
 pub use error::ProcessorError;
 
+/// The two stages' group consumers, subscribed, their rebalance callbacks sending to
+/// `membership` (one coordinator task reads it: `group`).
+fn members(
+    config: &ProcessorConfig,
+    metrics: &metrics::Metrics,
+    gates: &partition::Gates,
+    membership: mpsc::UnboundedSender<group::coordinator::Membership>,
+) -> Result<group::Members, ProcessorError> {
+    use group::consumer::{GroupConsumer, GroupContext, StageTopics};
+    // The callback's own bound: the coordinator's deadline, then time to stop workers.
+    let revoke_bound = group::hand_over_deadline(config.kafka.session_timeout) * 2 + std::time::Duration::from_secs(5);
+    let topics = StageTopics {
+        raw: config.kafka.raw_topic.clone(),
+        requests: config.kafka.requests_topic(),
+    };
+    let member = |c: rdkafka::ClientConfig, topic: &str, stage: Stage| -> Result<Arc<GroupConsumer>, ProcessorError> {
+        let gate = gates.of(stage).cloned();
+        let context = GroupContext::new(metrics.clone(), topics.clone(), membership.clone(), revoke_bound, gate);
+        let consumer: GroupConsumer = c.create_with_context(context)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Arc::new(consumer))
+    };
+    Ok(group::Members {
+        payments: member(
+            kafka::client::group_consumer(&config.kafka),
+            &topics.raw,
+            Stage::Payments,
+        )?,
+        policies: member(
+            kafka::client::policy_consumer(&config.kafka),
+            &topics.requests,
+            Stage::Policies,
+        )?,
+    })
+}
+
+/// What the admin API serves from: the store, the holes, the metrics, the payment
+/// stage's consumer (for lag and assignment).
+fn admin_view(
+    config: &ProcessorConfig,
+    cx: &partition::Context<kafka::backend::KafkaBackend<group::consumer::GroupContext>>,
+    consumer: Arc<group::consumer::GroupConsumer>,
+) -> Result<admin::View, ProcessorError> {
+    let token = admin::load_token(&config.admin_token_file).map_err(|source| ProcessorError::AdminToken {
+        path: config.admin_token_file.clone(),
+        source,
+    })?;
+    Ok(admin::View {
+        token,
+        max_connections: config.admin_max_connections.max(1),
+        holes: cx.holes.clone(),
+        store: cx.store.clone(),
+        raw_topic: config.kafka.raw_topic.clone(),
+        requests_topic: config.kafka.requests_topic(),
+        metrics: cx.metrics.clone(),
+        consumer,
+    })
+}
+
 /// Run the processor until `shutdown`: consume, decide, emit, persist, commit; serve
 /// the admin API on `admin`. Needs a multi-threaded tokio runtime (revocations wait for
 /// partition workers on the other threads).
@@ -96,48 +155,14 @@ pub async fn run(
     kafka::topics::ensure_internal(&config.kafka, &shutdown).await?;
     let (writers, producers, gates) = writers(&config).await?;
     let (membership_tx, membership) = mpsc::unbounded_channel();
-    // The callback's own bound: the coordinator's deadline, then time to stop workers.
-    let revoke_bound = group::hand_over_deadline(config.kafka.session_timeout) * 2 + std::time::Duration::from_secs(5);
-    let topics = group::consumer::StageTopics {
-        raw: config.kafka.raw_topic.clone(),
-        requests: config.kafka.requests_topic(),
-    };
-    let member = |c: rdkafka::ClientConfig,
-                  topic: &str,
-                  stage: Stage|
-     -> Result<Arc<group::consumer::GroupConsumer>, ProcessorError> {
-        let context = group::consumer::GroupContext::new(
-            metrics.clone(),
-            topics.clone(),
-            membership_tx.clone(),
-            revoke_bound,
-            gates.of(stage).cloned(),
-        );
-        let consumer: group::consumer::GroupConsumer = c.create_with_context(context)?;
-        consumer.subscribe(&[topic])?;
-        Ok(Arc::new(consumer))
-    };
-    let members = group::Members {
-        payments: member(
-            kafka::client::group_consumer(&config.kafka),
-            &topics.raw,
-            Stage::Payments,
-        )?,
-        policies: member(
-            kafka::client::policy_consumer(&config.kafka),
-            &topics.requests,
-            Stage::Policies,
-        )?,
-    };
-    drop(membership_tx);
+    let members = members(&config, &metrics, &gates, membership_tx)?;
     tracing::info!(
         brokers = %config.kafka.brokers, group = %config.kafka.group_id, topic = %config.kafka.raw_topic,
-        requests_topic = %topics.requests,
+        requests_topic = %config.kafka.requests_topic(),
         state_dir = %config.state_dir.display(),
         admin = %admin.local_addr().map_err(ProcessorError::Listener)?,
         "processor started"
     );
-    let holes = Arc::new(partition::holes::Holes::default());
     let backend = kafka::backend::KafkaBackend::new(
         config.kafka.clone(),
         writers,
@@ -149,26 +174,13 @@ pub async fn run(
         flusher: store::Flusher::start(&store),
         store: store.clone(),
         backend,
-        metrics: metrics.clone(),
+        metrics,
         tracer: trace::RecordTracer::new(&config.tracing)?,
         rebuilds: tokio::sync::Semaphore::new(config.processing.max_concurrent_rebuilds.max(1)),
-        holes: holes.clone(),
+        holes: Default::default(),
         gates,
     });
-    let token = admin::load_token(&config.admin_token_file).map_err(|source| ProcessorError::AdminToken {
-        path: config.admin_token_file.clone(),
-        source,
-    })?;
-    let view = admin::View {
-        token,
-        max_connections: config.admin_max_connections.max(1),
-        holes,
-        store: store.clone(),
-        raw_topic: config.kafka.raw_topic.clone(),
-        requests_topic: topics.requests.clone(),
-        metrics,
-        consumer: members.payments.clone(),
-    };
+    let view = admin_view(&config, &cx, members.payments.clone())?;
     let admin_task = tokio::spawn(admin::serve(view, admin, shutdown.clone()));
     group::run(cx.clone(), members, producers, membership, shutdown).await;
     let _ = admin_task.await;
@@ -176,7 +188,7 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || cx.tracer.shutdown()).await;
     tokio::task::spawn_blocking(move || store.flush())
         .await
-        .map_err(|e| ProcessorError::Store(store::StoreError::Sled(sled::Error::ReportableBug(e.to_string()))))??;
+        .map_err(ProcessorError::FinalFlush)??;
     tracing::info!("processor stopped");
     Ok(())
 }
