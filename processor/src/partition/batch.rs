@@ -291,63 +291,82 @@ impl<B: Backend> Worker<B> {
                     Err(e) => backoff.pause(&e, stop).await?,
                 }
             };
-            let now = decision.clock;
-            clock = Some(now);
+            clock = Some(decision.clock);
             let outcome = decision.outcome.as_str();
             cx.metrics
                 .records
                 .with_label_values(&[self.stage.as_str(), outcome])
                 .inc();
             let span = match mode {
-                Mode::Live => {
-                    let at = (self.stage.as_str(), self.partition, offset);
-                    cx.tracer.start(inc.traceparent.as_deref(), deciding, at)
-                }
+                Mode::Live => self.trace_decided(inc, outcome, deciding),
                 Mode::Rebuild => None,
             };
-            let traceparent = span.as_ref().map(|s| {
-                tracing::debug!(
-                    trace_id = s.trace_id,
-                    partition = self.partition,
-                    offset,
-                    outcome,
-                    "record decided"
-                );
-                s.outcome(outcome);
-                cx.tracer.phase(s, "processor.decide", deciding, SystemTime::now());
-                s.traceparent.clone()
-            });
+            let traceparent = span.as_ref().map(|s| s.traceparent.clone());
             d.spans.extend(span);
-            if let Some(p) = decision.payment {
-                if mode == Mode::Live {
-                    self.gaps.watch(&p.key(), p.next_sequence, p.held.len() as i64);
-                }
-                d.changes.payments.insert(p.key(), p);
-            }
-            if let Some(p) = decision.policy {
-                d.changes.policies.insert(p.policy_id.clone(), p);
-            }
-            if let Some((k, e)) = decision.dedup {
-                d.changes.dedup.insert(k, e);
-            }
-            d.outputs.extend(decision.outputs.into_iter().map(|output| Emitted {
-                output,
-                traceparent: traceparent.clone(),
-                cause: rec.clone(),
-            }));
-            d.changes.applied = Some(offset);
-            d.changes.max_ts = Some(now);
-            // Under exactly-once the processor's own records (requests, control records)
-            // are written in transactions: a commit marker follows the last of each.
-            d.changes.marker_follows = self.gate.is_some()
-                && (self.stage == Stage::Policies
-                    || rec
-                        .headers
-                        .iter()
-                        .any(|h| h.name == hookstream_schemas::topics::headers::CONTROL));
-            d.timestamps.push(rec.origin.timestamp_ms);
+            self.add_step(&mut d, decision, rec, traceparent, mode);
         }
         Ok(Some(d))
+    }
+
+    /// The record's span, continuing the trace its headers carry, with its outcome and
+    /// the decide phase.
+    fn trace_decided(&self, inc: &Incoming, outcome: &str, deciding: SystemTime) -> Option<RecordSpan> {
+        let offset = inc.record.origin.offset;
+        let at = (self.stage.as_str(), self.partition, offset);
+        let span = self.cx.tracer.start(inc.traceparent.as_deref(), deciding, at)?;
+        tracing::debug!(
+            trace_id = span.trace_id,
+            partition = self.partition,
+            offset,
+            outcome,
+            "record decided"
+        );
+        span.outcome(outcome);
+        self.cx
+            .tracer
+            .phase(&span, "processor.decide", deciding, SystemTime::now());
+        Some(span)
+    }
+
+    /// Add one record's step to the batch: its changes over the earlier records', its
+    /// outputs (with their cause and trace), its offset and clock.
+    fn add_step(
+        &mut self,
+        d: &mut Decided,
+        decision: Step,
+        rec: Arc<RawRecord>,
+        traceparent: Option<String>,
+        mode: Mode,
+    ) {
+        let offset = rec.origin.offset;
+        if let Some(p) = decision.payment {
+            if mode == Mode::Live {
+                self.gaps.watch(&p.key(), p.next_sequence, p.held.len() as i64);
+            }
+            d.changes.payments.insert(p.key(), p);
+        }
+        if let Some(p) = decision.policy {
+            d.changes.policies.insert(p.policy_id.clone(), p);
+        }
+        if let Some((k, e)) = decision.dedup {
+            d.changes.dedup.insert(k, e);
+        }
+        d.outputs.extend(decision.outputs.into_iter().map(|output| Emitted {
+            output,
+            traceparent: traceparent.clone(),
+            cause: rec.clone(),
+        }));
+        d.changes.applied = Some(offset);
+        d.changes.max_ts = Some(decision.clock);
+        // Under exactly-once the processor's own records (requests, control records)
+        // are written in transactions: a commit marker follows the last of each.
+        d.changes.marker_follows = self.gate.is_some()
+            && (self.stage == Stage::Policies
+                || rec
+                    .headers
+                    .iter()
+                    .any(|h| h.name == hookstream_schemas::topics::headers::CONTROL));
+        d.timestamps.push(rec.origin.timestamp_ms);
     }
 
     /// Decide one record against sled overlaid with the batch's own changes, at the

@@ -84,22 +84,10 @@ impl<B: Backend> Worker<B> {
     /// Bring sled up to `position`, the first offset the group hands us (see the module
     /// doc), and set where live records start.
     pub(super) async fn reconcile(&mut self, position: Position, stop: &CancellationToken) -> Result<(), Stopped> {
-        let cx = self.cx.clone();
         let store = self.store.clone();
         let first_live = position.offset();
         if self.gate.is_some() {
-            let holds = self
-                .retry("store", stop, || async { store.holds_uncommitted() })
-                .await?;
-            if holds {
-                tracing::warn!(
-                    stage = self.stage.as_str(),
-                    partition = self.partition,
-                    "the local state holds writes of a transaction that may not have committed; \
-                     restoring the committed state from the changelog"
-                );
-                self.retry("store", stop, || async { store.discard_state() }).await?;
-            }
+            self.discard_uncommitted(stop).await?;
         }
         // Read before the restore: a reset entry it meets clears the mark with the state.
         let mark = self.retry("store", stop, || async { store.committed_mark() }).await?;
@@ -127,27 +115,62 @@ impl<B: Backend> Worker<B> {
             None => Some(-1),
         };
         if let Some(from) = from {
-            // A reader's pre-fetch and a partition's batch per rebuild at once: with two
-            // stages an instance may be assigned dozens of partitions to rebuild together.
-            let _permit = tokio::select! {
-                p = cx.rebuilds.acquire() => p.ok(),
-                () = stop.cancelled() => return Err(Stopped),
-            };
-            let started = Instant::now();
-            let n = self.read_range(from, first_live, Mode::Rebuild, stop).await?;
-            if n > 0 {
-                tracing::info!(
-                    partition = self.partition,
-                    records = n,
-                    from,
-                    until = first_live,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "rebuilt partition state from the log"
-                );
-            }
+            self.rebuild(from, first_live, stop).await?;
         }
         self.watch_stored_gaps(stop).await?;
         let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
+        self.set_start(position, applied, first_live);
+        Ok(())
+    }
+
+    /// Under exactly-once, sled holding writes past the last commit (a crash mid
+    /// transaction) is a cache that may be ahead of the log: drop it, and restore the
+    /// committed state from the changelog.
+    async fn discard_uncommitted(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let store = self.store.clone();
+        let holds = self
+            .retry("store", stop, || async { store.holds_uncommitted() })
+            .await?;
+        if holds {
+            tracing::warn!(
+                stage = self.stage.as_str(),
+                partition = self.partition,
+                "the local state holds writes of a transaction that may not have committed; \
+                 restoring the committed state from the changelog"
+            );
+            self.retry("store", stop, || async { store.discard_state() }).await?;
+        }
+        Ok(())
+    }
+
+    /// Fold the log from `from` up to `until` with outputs suppressed. A reader's
+    /// pre-fetch and a partition's batch per rebuild at once: with two stages an instance
+    /// may be assigned dozens of partitions to rebuild together.
+    async fn rebuild(&mut self, from: i64, until: i64, stop: &CancellationToken) -> Result<(), Stopped> {
+        let cx = self.cx.clone();
+        let _permit = tokio::select! {
+            p = cx.rebuilds.acquire() => p.ok(),
+            () = stop.cancelled() => return Err(Stopped),
+        };
+        let started = Instant::now();
+        let n = self.read_range(from, until, Mode::Rebuild, stop).await?;
+        if n > 0 {
+            tracing::info!(
+                partition = self.partition,
+                records = n,
+                from,
+                until,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rebuilt partition state from the log"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where live records start, once sled covers everything below `first_live`: at the
+    /// group's offset for a replay in place, else past what sled covers (committing it
+    /// when sled is ahead of the group).
+    fn set_start(&mut self, position: Position, applied: Option<i64>, first_live: i64) {
         if let Some(until) = self.replay_until {
             // A replay in place: decide again from the group's offset.
             self.next_offset = Some(first_live);
@@ -157,7 +180,7 @@ impl<B: Backend> Worker<B> {
                 until,
                 "replaying in place"
             );
-            return Ok(());
+            return;
         }
         if let Some(a) = applied.filter(|a| *a >= first_live) {
             // sled is ahead of the group: commit what it already covers.
@@ -173,7 +196,6 @@ impl<B: Backend> Worker<B> {
             next = self.next_offset,
             "partition reconciled with the group's offset"
         );
-        Ok(())
     }
 
     /// The first offset the log still has. When records above the applied offset are

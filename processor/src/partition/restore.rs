@@ -108,20 +108,10 @@ impl<B: Backend> Worker<B> {
             epoch,
             ..Restored::default()
         };
-        let from = match next {
-            Some(n) if n == end => return Ok(unchanged),
-            Some(n) if (start..end).contains(&n) => n,
-            _ => {
-                // sled reflects nothing the changelog has (or something it no longer
-                // has): start from the changelog alone.
-                let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
-                if applied.is_some() || next.is_some() {
-                    tracing::warn!(partition, changelog = %topic, "local state is not in the changelog; restoring from the changelog");
-                    self.retry("store", stop, || async { store.clear() }).await?;
-                }
-                start
-            }
-        };
+        if next == Some(end) {
+            return Ok(unchanged);
+        }
+        let from = self.restore_from(&topic, start..end, next, stop).await?;
         if from >= end {
             return Ok(unchanged);
         }
@@ -146,24 +136,7 @@ impl<B: Backend> Worker<B> {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "restored partition state from the changelog"
                 );
-                if let Some(e) = epochs.current {
-                    self.retry("store", stop, || async { store.set_writer_epoch(e, None) })
-                        .await?;
-                }
-                if !epochs.stale.is_empty() {
-                    tracing::warn!(
-                        stage = self.stage.as_str(),
-                        partition,
-                        keys = epochs.stale.len(),
-                        "the changelog holds entries a previous owner wrote after it lost the partition; \
-                         they are ignored, and their keys written again"
-                    );
-                }
-                Ok(Restored {
-                    end: read_to,
-                    epoch: epochs.current,
-                    stale: epochs.stale,
-                })
+                self.keep_epochs(epochs, read_to, stop).await
             }
             Err(e) => {
                 // The changelog holds a value this version cannot read: void it, and
@@ -177,6 +150,58 @@ impl<B: Backend> Worker<B> {
                 Box::pin(self.restore_now(stop)).await
             }
         }
+    }
+
+    /// Where in the changelog (`log`: its retained range) the restore starts: at sled's
+    /// next offset when it lies in the range, else at the start, with sled cleared when
+    /// it reflects nothing the changelog has (or something it no longer has).
+    async fn restore_from(
+        &mut self,
+        topic: &str,
+        log: std::ops::Range<i64>,
+        next: Option<i64>,
+        stop: &CancellationToken,
+    ) -> Result<i64, Stopped> {
+        if let Some(n) = next.filter(|n| log.contains(n)) {
+            return Ok(n);
+        }
+        let store = self.store.clone();
+        let applied = self.retry("store", stop, || async { store.applied_offset() }).await?;
+        if applied.is_some() || next.is_some() {
+            tracing::warn!(partition = self.partition, changelog = %topic, "local state is not in the changelog; restoring from the changelog");
+            self.retry("store", stop, || async { store.clear() }).await?;
+        }
+        Ok(log.start)
+    }
+
+    /// After a restore that read entries: the writer epoch the changelog ends with, and
+    /// the keys a previous owner wrote after it lost the partition (ignored, and written
+    /// again by the caller).
+    async fn keep_epochs(
+        &mut self,
+        epochs: Epochs,
+        read_to: i64,
+        stop: &CancellationToken,
+    ) -> Result<Restored, Stopped> {
+        let store = self.store.clone();
+        if let Some(e) = epochs.current {
+            self.retry("store", stop, || async { store.set_writer_epoch(e, None) })
+                .await?;
+        }
+        if !epochs.stale.is_empty() {
+            tracing::warn!(
+                stage = self.stage.as_str(),
+                partition = self.partition,
+                keys = epochs.stale.len(),
+                "the changelog holds entries a previous owner wrote after it lost the partition; \
+                 they are ignored, and their keys written again"
+            );
+        }
+        Ok(Restored {
+            end: read_to,
+            epoch: epochs.current,
+            stale: epochs.stale,
+        })
     }
 
     /// Void the partition's state in the changelog and in sled (a replay, a changelog
