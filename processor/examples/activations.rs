@@ -29,7 +29,7 @@ use hookstream_processor::trace::RecordTracer;
 use hookstream_schemas::{decode, topics, PolicyEvent, PolicyEventKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// Read policy events, print each new one as a JSON line, de-duplicate by id.
@@ -84,6 +84,79 @@ fn exact_starts(
     Ok(out)
 }
 
+/// The consumer, its commits manual, its reads committed only.
+fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        // Commit only after an event is handled, so nothing is skipped after a crash.
+        .set("enable.auto.commit", "false")
+        // A new group starts at the beginning: no activation is missed.
+        .set("auto.offset.reset", "earliest")
+        // librdkafka's default, stated because the processor's exactly-once depends on
+        // it: events of aborted transactions (a crashed or fenced processor's) are never
+        // delivered, so each event arrives once (a replay re-publishes on purpose).
+        .set("isolation.level", "read_committed")
+        .create()
+}
+
+/// One event as a JSON line: what a downstream team acts on, and where it was read.
+fn line_of(event: &PolicyEvent, m: &BorrowedMessage<'_>) -> serde_json::Value {
+    match &event.event {
+        PolicyEventKind::Activated(a) => serde_json::json!({
+            "event": "PolicyActivated", "policy_id": a.policy_id, "activation_id": a.activation_id,
+            "payment_id": a.payment_id, "amount": a.amount, "currency": a.currency,
+            "partition": m.partition(), "offset": m.offset()
+        }),
+        PolicyEventKind::Cancelled(c) => serde_json::json!({
+            "event": "PolicyCancelled", "policy_id": c.policy_id, "activation_id": c.activation_id,
+            "cancellation_id": c.cancellation_id, "payment_id": c.payment_id,
+            "partition": m.partition(), "offset": m.offset()
+        }),
+        // Another payment for a policy already held: the team that refunds duplicates
+        // acts on this one.
+        PolicyEventKind::Duplicated(d) => serde_json::json!({
+            "event": "PolicyPaymentDuplicated", "policy_id": d.policy_id,
+            "duplicate_id": d.duplicate_id, "payment_id": d.payment_id, "source": d.source,
+            "active_payment_id": d.active_payment_id, "active_activation_id": d.active_activation_id,
+            "partition": m.partition(), "offset": m.offset()
+        }),
+    }
+}
+
+/// Print each event once (by its id), continuing the trace the record carries
+/// (ingest → processor → here: a consumer with an exporter configured would time its own
+/// work in it); commit after each, until ctrl-c.
+async fn print_events(consumer: &StreamConsumer) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut seen = HashSet::new();
+    let tracer = RecordTracer::default();
+    loop {
+        let m = tokio::select! {
+            m = consumer.recv() => m?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(bytes) = m.payload() else { continue };
+        match decode::<PolicyEvent>(bytes) {
+            Ok(event) if seen.insert(event.id().to_owned()) => {
+                let mut line = line_of(&event, &m);
+                let parent = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == topics::headers::TRACEPARENT))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok());
+                if let Some((traceparent, trace_id)) = tracer.child(parent) {
+                    line["trace_id"] = trace_id.into();
+                    line["traceparent"] = traceparent.into();
+                }
+                println!("{line}");
+            }
+            Ok(event) => eprintln!("duplicate delivery of {} ignored", event.id()),
+            Err(e) => eprintln!("offset {}: not a PolicyEvent: {e}", m.offset()),
+        }
+        consumer.commit_message(&m, CommitMode::Async)?;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let Cli {
@@ -93,20 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         from,
         from_time: time,
     } = <Cli as clap::Parser>::parse();
-
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        // Commit only after an event is handled, so nothing is skipped after a crash.
-        .set("enable.auto.commit", "false")
-        // A new group starts at the beginning: no activation is missed.
-        .set("auto.offset.reset", "earliest")
-        // librdkafka's default, stated because the processor's exactly-once depends on
-        // it: events of aborted transactions (a crashed or fenced processor's) are never
-        // delivered, so each event arrives once (a replay re-publishes on purpose).
-        .set("isolation.level", "read_committed")
-        .create()?;
-
+    let consumer = consumer(&brokers, &group)?;
     let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
     let partitions = md
         .topics()
@@ -130,57 +190,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     consumer.assign(&tpl)?;
     eprintln!("reading {topic} on {brokers} (group {group}, from {from}, time {time:?}); ctrl-c to stop");
 
-    let mut seen = HashSet::new();
-    let tracer = RecordTracer::default();
-    loop {
-        let m = tokio::select! {
-            m = consumer.recv() => m?,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let Some(bytes) = m.payload() else { continue };
-        match decode::<PolicyEvent>(bytes) {
-            Ok(event) => {
-                if seen.insert(event.id().to_owned()) {
-                    let line = match &event.event {
-                        PolicyEventKind::Activated(a) => serde_json::json!({
-                            "event": "PolicyActivated", "policy_id": a.policy_id, "activation_id": a.activation_id,
-                            "payment_id": a.payment_id, "amount": a.amount, "currency": a.currency,
-                            "partition": m.partition(), "offset": m.offset()
-                        }),
-                        PolicyEventKind::Cancelled(c) => serde_json::json!({
-                            "event": "PolicyCancelled", "policy_id": c.policy_id, "activation_id": c.activation_id,
-                            "cancellation_id": c.cancellation_id, "payment_id": c.payment_id,
-                            "partition": m.partition(), "offset": m.offset()
-                        }),
-                        // Another payment for a policy already held: the team that
-                        // refunds duplicates acts on this one.
-                        PolicyEventKind::Duplicated(d) => serde_json::json!({
-                            "event": "PolicyPaymentDuplicated", "policy_id": d.policy_id,
-                            "duplicate_id": d.duplicate_id, "payment_id": d.payment_id, "source": d.source,
-                            "active_payment_id": d.active_payment_id, "active_activation_id": d.active_activation_id,
-                            "partition": m.partition(), "offset": m.offset()
-                        }),
-                    };
-                    let mut line = line;
-                    // Continue the trace the record carries (ingest → processor → here):
-                    // a consumer with an exporter configured would time its own work in it.
-                    let parent = m
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == topics::headers::TRACEPARENT))
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok());
-                    if let Some((traceparent, trace_id)) = tracer.child(parent) {
-                        line["trace_id"] = trace_id.into();
-                        line["traceparent"] = traceparent.into();
-                    }
-                    println!("{line}");
-                } else {
-                    eprintln!("duplicate delivery of {} ignored", event.id());
-                }
-            }
-            Err(e) => eprintln!("offset {}: not a PolicyEvent: {e}", m.offset()),
-        }
-        consumer.commit_message(&m, CommitMode::Async)?;
-    }
-    Ok(())
+    print_events(&consumer).await
 }
