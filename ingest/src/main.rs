@@ -18,10 +18,8 @@ struct Cli {
     config: PathBuf,
 }
 
-/// jemalloc, not glibc's malloc: perf at ingest's maximum showed about 16% of its CPU in
-/// glibc malloc/free, including arena lock waits. Alternating builds, 200k signed requests
-/// closed-loop over 256 connections (3 runs each): CPU per request 23-24 µs vs 27-28 µs,
-/// 39.6-41.8k vs 38.0-40.1k req/s.
+/// jemalloc, not glibc's malloc: at ingest's maximum glibc's malloc/free, arena lock
+/// waits included, took a sixth of its CPU (measured in `tests/README.md`, "Benchmarks").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -4,11 +4,9 @@
 //!
 //! Why not hyper's client: on the benchmark's 2 cores, the load generator competes with
 //! ingest and the broker for CPU, so every microsecond it spends per request is taken
-//! from what it measures. With hyper's client (a connection task, a channel and a
-//! request object per send) it used 19–21 µs of CPU per request in the closed loop,
-//! about two thirds of ingest's own cost; this client uses 13–15 µs, most of it the
-//! kernel's loopback TCP (200k requests, 3 alternating runs). A benchmark client should
-//! be the cheapest part of the run, as wrk and h2load are.
+//! from what it measures; hyper's client spends a connection task, a channel and a
+//! request object per send. A benchmark client should be the cheapest part of the run,
+//! as wrk and h2load are (the measured difference: `tests/README.md`, "Benchmarks").
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
