@@ -95,6 +95,11 @@ impl Event {
     }
 }
 
+/// Sequence `seq` of the troublemakers' gapped payment.
+fn gap(e: Event, seq: i64) -> Event {
+    e.id(&format!("evt_gap_{seq}")).seq(seq).policy("pol_gap")
+}
+
 /// The record's value decoded as `T`; panics (the test's report) when it is not one.
 pub fn decode_payload<T: AvroRecord>(m: &OwnedMessage) -> T {
     let value = m.payload().unwrap_or_default();
@@ -151,6 +156,29 @@ impl Pipeline {
     /// Send `event_id` with exactly `body` (e.g. a second body under a known id), signed.
     pub async fn send_body(&self, event_id: &str, body: Vec<u8>) {
         crate::sign::send_body(&self.ingest.addr(), event_id, body).await;
+    }
+
+    /// What must become dead letters or a notice, beside ordinary traffic: a completion
+    /// without a policy (`pay_nopol`), a second payment (`pay_twice`) for `active` once it
+    /// is active (payments on other partitions are decided in no fixed order), an event id
+    /// (`evt_conflict`) sent again with another body, and a gap: sequences 1 and 3
+    /// (completed) of `pay_gap` for `pol_gap`; its 2 is [`Pipeline::send_the_late_gap`].
+    pub async fn send_the_troublemakers(&self, active: &str) {
+        self.send(Event::completed("pay_nopol").id("evt_nopol")).await;
+        self.wait_for_activation(active).await;
+        self.send(Event::completed("pay_twice").id("evt_twice").policy(active))
+            .await;
+        self.send(Event::created("pay_conflict").id("evt_conflict")).await;
+        let mut other = crate::sign::payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
+        other.push(b' ');
+        self.send_body("evt_conflict", other).await;
+        self.send(gap(Event::created("pay_gap"), 1)).await;
+        self.send(gap(Event::completed("pay_gap"), 3)).await;
+    }
+
+    /// Sequence 2 of [`Pipeline::send_the_troublemakers`]'s gap: stale once the gap timed out.
+    pub async fn send_the_late_gap(&self) {
+        self.send(gap(Event::processing("pay_gap"), 2)).await;
     }
 
     /// The first `want` records of `policy.activations` (read committed), decoded; panics

@@ -54,24 +54,6 @@ async fn send_shuffled_lifecycles(p: &Pipeline) {
     }
 }
 
-/// What must become dead letters or notices: a completion without a policy, a second
-/// payment for `pol_0` once it is active (payments on other partitions are decided in no
-/// fixed order), an event id sent again with another body, and a gap (1 and 3 of
-/// `pay_gap` arrive, 2 only after the timeout).
-async fn send_the_troublemakers(p: &Pipeline) {
-    p.send(Event::completed("pay_nopol").id("evt_nopol")).await;
-    p.wait_for_activation("pol_0").await;
-    p.send(Event::completed("pay_twice").id("evt_twice").policy("pol_0"))
-        .await;
-    p.send(Event::created("pay_conflict").id("evt_conflict")).await;
-    let mut other = hookstream_tests::sign::payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
-    other.extend_from_slice(b" ");
-    p.send_body("evt_conflict", other).await;
-    let gap = |e: Event, seq: i64| e.id(&format!("evt_gap_{seq}")).seq(seq).policy("pol_gap");
-    p.send(gap(Event::created("pay_gap"), 1)).await;
-    p.send(gap(Event::completed("pay_gap"), 3)).await;
-}
-
 /// Exactly one activation per completed payment with a policy, with the deterministic
 /// id, and the notice that `pay_twice` duplicates `pol_0`'s holder.
 fn assert_one_activation_per_completed_payment(events: &[PolicyEventKind]) {
@@ -247,12 +229,11 @@ async fn assert_a_redrive_puts_the_record_back_and_activates_nothing(p: &Pipelin
 async fn shuffled_duplicated_and_gapped_payments_activate_exactly_once() {
     let p = Pipeline::start(4).await;
     send_shuffled_lifecycles(&p).await;
-    send_the_troublemakers(&p).await;
+    p.send_the_troublemakers("pol_0").await;
     // 12 + the gapped one, and the duplicate's notice.
     assert_one_activation_per_completed_payment(&p.policy_events(14).await);
     // The late sequence 2 of the gapped payment is now stale.
-    p.send(Event::processing("pay_gap").id("evt_gap_2").seq(2).policy("pol_gap"))
-        .await;
+    p.send_the_late_gap().await;
     assert_the_four_dead_letters(&p.dead_letters(4).await, &p.topics.raw);
     assert_the_admin_view_agrees(&p).await;
     assert_a_redrive_puts_the_record_back_and_activates_nothing(&p).await;

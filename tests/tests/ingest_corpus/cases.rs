@@ -231,16 +231,7 @@ pub(super) fn http_cases(now: i64) -> Vec<Case> {
 /// Requests whose HTTP framing is broken or beyond a limit: headers, URI, lengths,
 /// chunks, Expect, another protocol.
 fn framing_cases(h: &[(String, String)], b: &[u8]) -> Vec<Case> {
-    let head = |extra: &str| {
-        let mut s = "POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\n".to_owned();
-        for (k, v) in h {
-            s.push_str(&format!("{k}: {v}\r\n"));
-        }
-        s.push_str(extra);
-        s.into_bytes()
-    };
-    let b = b.to_vec();
-    vec![
+    let mut cases = vec![
         case(
             "100 headers of 8 KB",
             {
@@ -266,6 +257,27 @@ fn framing_cases(h: &[(String, String)], b: &[u8]) -> Vec<Case> {
             &[400],
             None,
         ),
+    ];
+    cases.extend(length_cases(h, b));
+    cases
+}
+
+/// The signed request's head with `extra` header lines (and the blank line) appended.
+fn head(h: &[(String, String)], extra: &str) -> Vec<u8> {
+    let mut s = "POST /webhooks/paymenthub HTTP/1.1\r\nhost: x\r\n".to_owned();
+    for (k, v) in h {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.push_str(extra);
+    s.into_bytes()
+}
+
+/// Bodies whose length or chunking is broken or beyond the limit, Expect, and another
+/// protocol's preface.
+fn length_cases(h: &[(String, String)], b: &[u8]) -> Vec<Case> {
+    let head = |extra: &str| head(h, extra);
+    let b = b.to_vec();
+    vec![
         case(
             "Content-Length not a number",
             [head("content-length: many\r\n\r\n"), b.clone()].concat(),

@@ -25,9 +25,8 @@ struct Outputs {
 }
 
 /// 10 payments that complete, each event sent once or twice, every third out of order
-/// (completed before processing), `pay_r1` refunded later; then what becomes dead
-/// letters or a notice: no policy, a second payment for the active `pol_r0`, an event id
-/// reused with another body, and a gap that times out (its late event then stale).
+/// (completed before processing), `pay_r1` refunded later; then the troublemakers, the
+/// second payment for `pol_r0` (`Pipeline::send_the_troublemakers`).
 async fn send_the_day(p: &Pipeline) {
     for i in 0..10 {
         let (pay, pol) = (format!("pay_r{i}"), format!("pol_r{i}"));
@@ -48,22 +47,11 @@ async fn send_the_day(p: &Pipeline) {
     }
     p.send(Event::refunded("pay_r1").id("evt_pay_r1_4").seq(4).policy("pol_r1"))
         .await;
-    p.send(Event::completed("pay_nopol").id("evt_nopol")).await;
-    // Once pol_r0 is active: payments on other partitions are decided in no fixed order.
-    p.wait_for_activation("pol_r0").await;
-    p.send(Event::completed("pay_twice").id("evt_twice").policy("pol_r0"))
-        .await;
-    p.send(Event::created("pay_conflict").id("evt_conflict")).await;
-    let mut other = hookstream_tests::sign::payment_body("evt_conflict", "pay_conflict", None, "payment.created", None);
-    other.push(b' ');
-    p.send_body("evt_conflict", other).await;
-    let gap = |e: Event, seq: i64| e.id(&format!("evt_gap_{seq}")).seq(seq).policy("pol_gap");
-    p.send(gap(Event::created("pay_gap"), 1)).await;
-    p.send(gap(Event::completed("pay_gap"), 3)).await;
+    p.send_the_troublemakers("pol_r0").await;
     // Every activation (the gapped payment's after its gap timed out), the cancellation
     // and the duplicate notice; then the late event.
     p.policy_events(13).await;
-    p.send(gap(Event::processing("pay_gap"), 2)).await;
+    p.send_the_late_gap().await;
     p.dead_letters(4).await;
 }
 
