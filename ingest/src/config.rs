@@ -221,15 +221,7 @@ fn default_max_body_bytes() -> usize {
 impl IngestConfig {
     /// Read the file, then apply the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml_with_env(&text, &vars).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(config::load_file(path, ENV_PREFIX, MAPS)?)
     }
 
     /// Check what serde cannot: every source's body limit fits the message size budget,

@@ -3,8 +3,6 @@
 //! refusal becomes HTTP: verification and extraction return domain errors, and
 //! [`Reject`] gives each its status, error code and JSON body.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 
 use crate::extract::ExtractError;
@@ -13,18 +11,8 @@ use crate::verify::Rejection;
 /// The configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: hookstream_schemas::config::LoadError,
-    },
+    #[error(transparent)]
+    File(#[from] hookstream_schemas::config::FileError),
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
     #[error("config {field}: its secrets cannot be used")]

@@ -34,18 +34,8 @@ const MAPS: &[&str] = &["kafka.librdkafka"];
 /// The configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: hookstream_schemas::config::LoadError,
-    },
+    #[error(transparent)]
+    File(#[from] config::FileError),
     #[error("config {field}: {detail}")]
     Invalid { field: String, detail: String },
 }
@@ -355,15 +345,7 @@ impl ProcessorConfig {
 
     /// Read the file, then apply the process's environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml_with_env(&text, &vars).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(config::load_file(path, ENV_PREFIX, MAPS)?)
     }
 
     /// Parse `text`, then apply the environment `vars` (see the module doc).

@@ -11,6 +11,7 @@
 //! **Durations** are `Duration`s in the code and integers with their unit in the name
 //! in the file (`gap_timeout_ms = 300000`), through [`millis`] and [`secs`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -62,6 +63,41 @@ pub fn from_toml_with_env<T: DeserializeOwned + Serialize + Default>(
     }
     apply_env(&mut doc, &defaults, prefix, maps, &vars)?;
     doc.try_into().map_err(LoadError::Parse)
+}
+
+/// A binary's configuration file that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: LoadError,
+    },
+}
+
+/// Read the file at `path` as a `T`, then apply the process's environment
+/// ([`from_toml_with_env`]).
+pub fn load_file<T: DeserializeOwned + Serialize + Default>(
+    path: &Path,
+    prefix: &str,
+    maps: &[&str],
+) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    from_toml_with_env(&text, prefix, maps, &vars).map_err(|source| FileError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The TOML document a Kubernetes ConfigMap in `yaml` holds under `key: |` (indented
