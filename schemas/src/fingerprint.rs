@@ -79,54 +79,7 @@ fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut 
                 nested => return write_pcf(nested, ns, seen, out),
             };
             match ty_name {
-                "record" | "error" | "enum" | "fixed" => {
-                    let name = obj
-                        .get("name")
-                        .and_then(Json::as_str)
-                        .ok_or("named type without name")?;
-                    let own_ns = obj.get("namespace").and_then(Json::as_str).or(ns);
-                    let full = full_name(name, own_ns);
-                    if seen.contains(&full) {
-                        out.push_str(&quoted(&full));
-                        return Ok(());
-                    }
-                    seen.push(full.clone());
-                    let inner_ns = full.rsplit_once('.').map(|(n, _)| n.to_owned());
-                    out.push_str(&format!("{{\"name\":{},\"type\":{}", quoted(&full), quoted(ty_name)));
-                    match ty_name {
-                        "enum" => {
-                            let symbols = obj.get("symbols").ok_or("enum without symbols")?;
-                            out.push_str(&format!(",\"symbols\":{symbols}"));
-                        }
-                        "fixed" => {
-                            let size = obj.get("size").ok_or("fixed without size")?;
-                            out.push_str(&format!(",\"size\":{size}"));
-                        }
-                        _ => {
-                            out.push_str(",\"fields\":[");
-                            let fields = obj
-                                .get("fields")
-                                .and_then(Json::as_array)
-                                .ok_or("record without fields")?;
-                            for (i, f) in fields.iter().enumerate() {
-                                if i > 0 {
-                                    out.push(',');
-                                }
-                                let fname = f.get("name").and_then(Json::as_str).ok_or("field without name")?;
-                                out.push_str(&format!("{{\"name\":{},\"type\":", quoted(fname)));
-                                write_pcf(
-                                    f.get("type").ok_or("field without type")?,
-                                    inner_ns.as_deref(),
-                                    seen,
-                                    out,
-                                )?;
-                                out.push('}');
-                            }
-                            out.push(']');
-                        }
-                    }
-                    out.push('}');
-                }
+                "record" | "error" | "enum" | "fixed" => write_named(obj, ty_name, ns, seen, out)?,
                 "array" => {
                     out.push_str("{\"type\":\"array\",\"items\":");
                     write_pcf(obj.get("items").ok_or("array without items")?, ns, seen, out)?;
@@ -143,6 +96,65 @@ fn write_pcf(schema: &Json, ns: Option<&str>, seen: &mut Vec<String>, out: &mut 
         }
         other => return Err(SchemaError(format!("{other} is neither a name, a union nor an object"))),
     }
+    Ok(())
+}
+
+/// A named type (record, error, enum, fixed): its full name only when `seen` already
+/// holds it, else its name, type and the attributes the canonical form keeps.
+fn write_named(
+    obj: &serde_json::Map<String, Json>,
+    ty_name: &str,
+    ns: Option<&str>,
+    seen: &mut Vec<String>,
+    out: &mut String,
+) -> Result<(), SchemaError> {
+    let name = obj
+        .get("name")
+        .and_then(Json::as_str)
+        .ok_or("named type without name")?;
+    let own_ns = obj.get("namespace").and_then(Json::as_str).or(ns);
+    let full = full_name(name, own_ns);
+    if seen.contains(&full) {
+        out.push_str(&quoted(&full));
+        return Ok(());
+    }
+    seen.push(full.clone());
+    let inner_ns = full.rsplit_once('.').map(|(n, _)| n.to_owned());
+    out.push_str(&format!("{{\"name\":{},\"type\":{}", quoted(&full), quoted(ty_name)));
+    match ty_name {
+        "enum" => {
+            let symbols = obj.get("symbols").ok_or("enum without symbols")?;
+            out.push_str(&format!(",\"symbols\":{symbols}"));
+        }
+        "fixed" => {
+            let size = obj.get("size").ok_or("fixed without size")?;
+            out.push_str(&format!(",\"size\":{size}"));
+        }
+        _ => {
+            out.push_str(",\"fields\":[");
+            let fields = obj
+                .get("fields")
+                .and_then(Json::as_array)
+                .ok_or("record without fields")?;
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let fname = f.get("name").and_then(Json::as_str).ok_or("field without name")?;
+                out.push_str(&format!("{{\"name\":{},\"type\":", quoted(fname)));
+                write_pcf(
+                    f.get("type").ok_or("field without type")?,
+                    inner_ns.as_deref(),
+                    seen,
+                    out,
+                )?;
+                out.push('}');
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+
     Ok(())
 }
 
