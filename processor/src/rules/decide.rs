@@ -19,49 +19,15 @@
 //!    An applied `payment.refunded` after that sends CANCEL. An impossible transition is
 //!    `invalid_transition`.
 
-use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyRequest, PolicyRequestKind};
+use hookstream_schemas::{DeadLetterReason, GapTimeout};
 
+use crate::rules::effects::{entry, Ctx};
+use crate::rules::ids::redrive_of;
 pub use crate::rules::ids::{activation_id, dead_letter, dedup_key};
-use crate::rules::ids::{cancellation_id, redrive_of, request_id};
 use crate::rules::input::Input;
 use crate::rules::limits::{self, held_size, missing_ranges, Limits};
-use crate::rules::model::{
-    Activation, DedupEntry, EventType, HeldEvent, HistoryEntry, Output, PaymentState, RawRecord, WebhookEvent,
-};
-
-/// What happened to the record, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Held,
-    Duplicate,
-    /// The record itself was applied before (its dedup entry names its offset): the
-    /// group's offset was moved back over it, a replay in place.
-    Replayed,
-    Superseded,
-    DeadLettered,
-    GapReleased,
-    Ignored,
-    /// Policy stage: a completed payment for a policy another payment holds.
-    PaymentDuplicated,
-}
-
-impl Outcome {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Held => "held",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Replayed => "replayed",
-            Outcome::Superseded => "superseded",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::GapReleased => "gap_released",
-            Outcome::Ignored => "ignored",
-            Outcome::PaymentDuplicated => "payment_duplicated",
-        }
-    }
-}
+use crate::rules::model::{DedupEntry, HeldEvent, Output, PaymentState, RawRecord, WebhookEvent};
+pub use crate::rules::outcome::Outcome;
 
 /// The state change and outputs one record causes.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,159 +38,6 @@ pub struct Decision {
     pub dedup: Option<(String, DedupEntry)>,
     pub outputs: Vec<Output>,
     pub outcome: Outcome,
-}
-
-struct Ctx<'a> {
-    outputs: Vec<Output>,
-    limits: &'a Limits,
-    /// Set when an event was refused without entering the payment's flow (as opposed
-    /// to an applied event whose effect failed: `no_policy`, `policy_already_active`).
-    rejected: bool,
-}
-
-fn entry(record: &RawRecord, ev: Option<&WebhookEvent>, outcome: impl Into<String>) -> HistoryEntry {
-    HistoryEntry {
-        offset: record.origin.offset,
-        event_id: ev.map(|e| e.event_id.clone()),
-        sequence: ev.and_then(|e| e.sequence),
-        event_type: ev.map(|e| e.event_type),
-        outcome: outcome.into(),
-    }
-}
-
-impl Ctx<'_> {
-    /// Dead-letter an event that is refused: it does not enter the payment's flow.
-    fn reject(
-        &mut self,
-        st: &mut PaymentState,
-        ev: &WebhookEvent,
-        rec: &RawRecord,
-        reason: DeadLetterReason,
-        detail: String,
-    ) {
-        self.rejected = true;
-        self.effect_failed(st, ev, rec, reason, detail);
-    }
-
-    /// Dead-letter an applied event whose effect cannot happen (`no_policy`).
-    fn effect_failed(
-        &mut self,
-        st: &mut PaymentState,
-        ev: &WebhookEvent,
-        rec: &RawRecord,
-        reason: DeadLetterReason,
-        detail: String,
-    ) {
-        self.outputs.push(dead_letter(
-            rec,
-            reason,
-            detail,
-            Some((&ev.source, &ev.event_id)),
-            Some(&ev.payment_id),
-            Vec::new(),
-        ));
-        st.log(entry(rec, Some(ev), format!("dead_lettered:{reason}")));
-    }
-
-    /// Apply an event in order: check the transition, then its effects.
-    fn apply(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
-        if !ev.event_type.may_follow(st.status) {
-            let from = st
-                .status
-                .map_or("nothing".to_owned(), |s| format!("{s:?}").to_lowercase());
-            let detail = format!("payment.{:?} cannot follow {from}", ev.event_type).to_lowercase();
-            self.reject(st, ev, rec, DeadLetterReason::InvalidTransition, detail);
-            return Outcome::DeadLettered;
-        }
-        st.status = Some(ev.event_type);
-        match ev.event_type {
-            EventType::Completed => return self.activate(st, ev, rec),
-            EventType::Refunded => self.cancel(st, ev),
-            _ => {}
-        }
-        st.log(entry(rec, Some(ev), "applied"));
-        Outcome::Applied
-    }
-
-    /// A completed payment asks the policy stage to activate its policy.
-    fn activate(&mut self, st: &mut PaymentState, ev: &WebhookEvent, rec: &RawRecord) -> Outcome {
-        let Some(policy_id) = ev.policy_id.clone() else {
-            let detail = "completed payment names no policy".to_owned();
-            self.effect_failed(st, ev, rec, DeadLetterReason::NoPolicy, detail);
-            return Outcome::DeadLettered;
-        };
-        let id = activation_id(&policy_id, &ev.source, &ev.event_id);
-        self.outputs.push(Output::Request(request(
-            PolicyRequestKind::Activate,
-            &policy_id,
-            &id,
-            ev,
-        )));
-        st.activation = Some(Activation {
-            activation_id: id,
-            policy_id,
-            event_id: ev.event_id.clone(),
-        });
-        st.log(entry(rec, Some(ev), "applied"));
-        Outcome::Applied
-    }
-
-    /// A refunded payment that asked for an activation asks to cancel it; the policy
-    /// stage cancels only if this payment holds the policy.
-    fn cancel(&mut self, st: &mut PaymentState, ev: &WebhookEvent) {
-        let Some(a) = st.activation.clone() else {
-            return;
-        };
-        if st.cancellation_id.is_some() {
-            return;
-        }
-        let r = request(PolicyRequestKind::Cancel, &a.policy_id, &a.activation_id, ev);
-        st.cancellation_id = Some(cancellation_id(&a.policy_id, &ev.source, &ev.event_id));
-        self.outputs.push(Output::Request(r));
-    }
-
-    /// A re-driven completion or refund this payment already applied: send again the
-    /// request it made (the same ids: the policy stage decides it once), so that
-    /// re-driving the letter of a request the broker refused recovers it. Whether it was
-    /// such an event.
-    fn request_again(&mut self, st: &PaymentState, ev: &WebhookEvent) -> bool {
-        let Some(a) = &st.activation else { return false };
-        let kind = if a.event_id == ev.event_id {
-            PolicyRequestKind::Activate
-        } else if st.cancellation_id.as_deref() == Some(&cancellation_id(&a.policy_id, &ev.source, &ev.event_id)) {
-            PolicyRequestKind::Cancel
-        } else {
-            return false;
-        };
-        self.outputs
-            .push(Output::Request(request(kind, &a.policy_id, &a.activation_id, ev)));
-        true
-    }
-
-    /// Apply `next_sequence`, then every held event that is now next.
-    fn release_held(&mut self, st: &mut PaymentState) {
-        while let Some(h) = st.held.remove(&st.next_sequence) {
-            self.apply(st, &h.event, &h.record);
-            st.next_sequence = st.next_sequence.saturating_add(1);
-        }
-    }
-}
-
-/// The request `ev` (completed or refunded) sends to the policy stage.
-fn request(kind: PolicyRequestKind, policy_id: &str, activation_id: &str, ev: &WebhookEvent) -> PolicyRequest {
-    PolicyRequest {
-        request_id: request_id(kind, policy_id, &ev.source, &ev.payment_id, &ev.event_id),
-        kind,
-        policy_id: policy_id.to_owned(),
-        activation_id: activation_id.to_owned(),
-        source: ev.source.clone(),
-        payment_id: ev.payment_id.clone(),
-        payment_event_id: ev.event_id.clone(),
-        amount: ev.amount,
-        currency: ev.currency.clone(),
-        occurred_at: ev.occurred_at.clone(),
-        received_at: ev.received_at,
-    }
 }
 
 /// Decide what `record` (classified as `input`) does to its payment.
@@ -442,3 +255,7 @@ fn rank_order(cx: &mut Ctx<'_>, st: &mut PaymentState, record: &RawRecord, ev: W
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "decide_props.rs"]
+mod props;

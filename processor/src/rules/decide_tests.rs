@@ -1,164 +1,9 @@
-use std::collections::HashMap;
-
 use hookstream_schemas::{DeadLetterReason, GapTimeout, PolicyEventKind};
-use proptest::prelude::*;
 
 use super::*;
-use crate::rules::fold::{payment_step_of, policy_step, FoldSettings, View};
 use crate::rules::limits::Limits;
-use crate::rules::model::Origin;
-
-/// An in-memory run of both stages' folds ([`crate::rules::fold`], as the partition
-/// loop runs them): the edges, without Kafka or sled.
-#[derive(Default)]
-struct Sim {
-    payments: HashMap<String, PaymentState>,
-    dedup: HashMap<String, DedupEntry>,
-    policies: HashMap<String, crate::rules::policy::PolicyState>,
-    /// The payment stage's dead letters and the policy stage's events.
-    outputs: Vec<Output>,
-    offset: i64,
-    request_offset: i64,
-    limits: Limits,
-    /// Each stage's clock.
-    clock: Option<i64>,
-    request_clock: Option<i64>,
-}
-
-fn record(offset: i64) -> RawRecord {
-    RawRecord {
-        origin: Origin {
-            topic: "raw".into(),
-            partition: 0,
-            offset,
-            timestamp_ms: 1_000 + offset,
-        },
-        key: Some(b"k".to_vec()),
-        value: Some(vec![offset as u8]),
-        headers: vec![],
-    }
-}
-
-fn ev(pay: &str, id: &str, seq: Option<i64>, t: EventType, policy: Option<&str>) -> WebhookEvent {
-    WebhookEvent {
-        source: "src".into(),
-        event_id: id.into(),
-        payment_id: pay.into(),
-        sequence: seq,
-        event_type: t,
-        policy_id: policy.map(Into::into),
-        amount: Some(5000),
-        currency: Some("KES".into()),
-        occurred_at: None,
-        received_at: 42,
-        body_hash: format!("hash-{id}"),
-    }
-}
-
-impl View for Sim {
-    type Error = std::convert::Infallible;
-
-    fn payment(&self, key: &str) -> Result<Option<PaymentState>, Self::Error> {
-        Ok(self.payments.get(key).cloned())
-    }
-
-    fn dedup(&self, key: &str) -> Result<Option<DedupEntry>, Self::Error> {
-        Ok(self.dedup.get(key).cloned())
-    }
-
-    fn policy(&self, policy_id: &str) -> Result<Option<crate::rules::policy::PolicyState>, Self::Error> {
-        Ok(self.policies.get(policy_id).cloned())
-    }
-}
-
-impl Sim {
-    /// The fold's settings with the harness's limits and windows of production's size
-    /// (a 7-day dedup window, a 400-day refund window, one day ahead per record), given
-    /// here: `rules` does not depend on `config`.
-    fn settings(&self) -> FoldSettings {
-        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
-        let fields = crate::rules::input::BodyFields::default();
-        FoldSettings::new(fields, self.limits, 7 * DAY, 400 * DAY, DAY)
-    }
-
-    /// One record through the payment stage's fold, then every request it makes
-    /// through the policy stage's (one partition of requests, in order).
-    fn feed(&mut self, input: Input) -> Outcome {
-        let settings = self.settings();
-        let rec = record(self.offset);
-        self.offset += 1;
-        let Ok(d) = payment_step_of(&*self, &rec, input, self.clock, &settings);
-        self.clock = Some(d.clock);
-        if let Some(p) = d.payment {
-            self.payments.insert(p.key(), p);
-        }
-        if let Some((k, v)) = d.dedup {
-            self.dedup.insert(k, v);
-        }
-        for o in d.outputs {
-            let Output::Request(r) = o else {
-                self.outputs.push(o);
-                continue;
-            };
-            let mut rec = record(self.request_offset);
-            rec.value = Some(hookstream_schemas::encode(&r).expect("a request encodes"));
-            self.request_offset += 1;
-            let Ok(p) = policy_step(&*self, &rec, self.request_clock, &settings);
-            self.request_clock = Some(p.clock);
-            if let Some(st) = p.policy {
-                self.policies.insert(st.policy_id.clone(), st);
-            }
-            self.outputs.extend(p.outputs);
-        }
-        d.outcome
-    }
-
-    fn event(&mut self, e: WebhookEvent) -> Outcome {
-        self.feed(Input::Webhook(e))
-    }
-
-    /// What the worker's timer would write for this payment now, if it has a gap.
-    fn gap_timeout(&mut self, pay: &str) -> Option<Outcome> {
-        let st = self.payments.get(&crate::rules::model::payment_key("src", pay))?;
-        if st.held.is_empty() {
-            return None;
-        }
-        let g = GapTimeout {
-            payment_id: pay.into(),
-            source: "src".into(),
-            next_expected_sequence: st.next_sequence,
-            missing_sequences: vec![],
-            gap_opened_at: 0,
-            decided_at: 1,
-        };
-        Some(self.feed(Input::GapTimeout(g)))
-    }
-
-    fn activations(&self) -> Vec<(String, String)> {
-        self.outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Policy(p) => match &p.event {
-                    PolicyEventKind::Activated(a) => Some((a.policy_id.clone(), a.activation_id.clone())),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn dead_reasons(&self) -> Vec<DeadLetterReason> {
-        self.outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Dead(d) => Some(d.reason),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-use EventType::*;
+use crate::rules::model::EventType::{self, *};
+use crate::rules::sim::{ev, record, Sim};
 
 #[test]
 fn in_order_lifecycle_activates_once_and_refund_cancels() {
@@ -356,15 +201,12 @@ fn a_sequence_far_ahead_is_dead_lettered_not_held_and_can_come_again() {
 
 #[test]
 fn held_events_are_capped_by_count_and_by_bytes() {
-    let mut s = Sim {
-        limits: Limits {
-            max_sequence_ahead: 1000,
-            max_held_events: 3,
-            max_held_bytes: 1 << 20,
-            ..Limits::default()
-        },
-        ..Sim::default()
-    };
+    let mut s = Sim::with_limits(Limits {
+        max_sequence_ahead: 1000,
+        max_held_events: 3,
+        max_held_bytes: 1 << 20,
+        ..Limits::default()
+    });
     for n in 2..=4 {
         assert_eq!(
             s.event(ev("p", &format!("e{n}"), Some(n), Processing, None)),
@@ -375,13 +217,10 @@ fn held_events_are_capped_by_count_and_by_bytes() {
     assert_eq!(s.dead_reasons(), vec![DeadLetterReason::HeldLimitExceeded]);
     assert_eq!(s.payments[&crate::rules::model::payment_key("src", "p")].held.len(), 3);
     // Every record in this simulation is two bytes (key and value): four bytes hold two.
-    let mut s = Sim {
-        limits: Limits {
-            max_held_bytes: 4,
-            ..Limits::default()
-        },
-        ..Sim::default()
-    };
+    let mut s = Sim::with_limits(Limits {
+        max_held_bytes: 4,
+        ..Limits::default()
+    });
     assert_eq!(s.event(ev("q", "e2", Some(2), Processing, None)), Outcome::Held);
     assert_eq!(s.event(ev("q", "e3", Some(3), Processing, None)), Outcome::Held);
     assert_eq!(s.event(ev("q", "e4", Some(4), Processing, None)), Outcome::DeadLettered);
@@ -423,134 +262,6 @@ fn replaying_the_same_records_gives_the_same_outputs() {
     script(&mut b);
     assert_eq!(a.outputs, b.outputs);
     assert_eq!(a.payments, b.payments);
-}
-
-/// Policies whose last event is an activation: (policy, activation id).
-fn active(sim: &Sim) -> Vec<(String, String)> {
-    let mut active: Vec<(String, String)> = Vec::new();
-    for o in &sim.outputs {
-        if let Output::Policy(p) = o {
-            match &p.event {
-                PolicyEventKind::Activated(a) => active.push((a.policy_id.clone(), a.activation_id.clone())),
-                PolicyEventKind::Cancelled(c) => active.retain(|(_, id)| *id != c.activation_id),
-                PolicyEventKind::Duplicated(_) => {}
-            }
-        }
-    }
-    active
-}
-
-/// A payment's events: created, processing, then completed (with a policy) or failed.
-fn lifecycle(pay: &str, completed: bool, sequenced: bool) -> Vec<WebhookEvent> {
-    let types = [Created, Processing, if completed { Completed } else { Failed }];
-    types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let seq = sequenced.then_some(i as i64 + 1);
-            ev(pay, &format!("{pay}-e{}", i + 1), seq, *t, Some(&format!("pol-{pay}")))
-        })
-        .collect()
-}
-
-proptest! {
-    /// For any interleaving and duplication of a payment's events: exactly one
-    /// activation per completed payment, always the same id; none for failed ones.
-    #[test]
-    fn exactly_one_activation_whatever_the_order(
-        completed in any::<bool>(),
-        sequenced in any::<bool>(),
-        copies in proptest::collection::vec(1usize..=3, 3),
-        order in Just(()).prop_perturb(|_, mut rng| { let mut v: Vec<usize> = (0..9).collect(); v.sort_by_key(|_| rng.next_u32()); v }),
-    ) {
-        let events = lifecycle("p", completed, sequenced);
-        let mut deliveries: Vec<WebhookEvent> = Vec::new();
-        for (e, n) in events.iter().zip(&copies) {
-            for _ in 0..*n { deliveries.push(e.clone()); }
-        }
-        let mut sim = Sim::default();
-        for i in order.iter().filter(|&&i| i < deliveries.len()) {
-            sim.event(deliveries[*i].clone());
-        }
-        let acts = sim.activations();
-        if completed {
-            prop_assert_eq!(acts, vec![("pol-p".to_string(), activation_id("pol-p", "src", "p-e3"))]);
-        } else {
-            prop_assert!(acts.is_empty());
-        }
-        prop_assert!(!sim.dead_reasons().contains(&DeadLetterReason::EventIdConflict));
-    }
-
-    /// With gap timeouts firing at arbitrary points, a policy is still never activated
-    /// twice nor with another id.
-    #[test]
-    fn gap_timeouts_never_cause_a_second_activation(
-        order in Just(()).prop_perturb(|_, mut rng| { let mut v: Vec<usize> = (0..6).collect(); v.sort_by_key(|_| rng.next_u32()); v }),
-        timeouts in proptest::collection::vec(any::<bool>(), 6),
-    ) {
-        let mut events = lifecycle("p", true, true);
-        events.extend(lifecycle("p", true, true));
-        let mut sim = Sim::default();
-        for (i, fire) in order.iter().zip(&timeouts) {
-            sim.event(events[*i].clone());
-            if *fire { sim.gap_timeout("p"); }
-        }
-        let acts = sim.activations();
-        prop_assert!(acts.len() <= 1);
-        for (_, id) in acts {
-            prop_assert_eq!(id, activation_id("pol-p", "src", "p-e3"));
-        }
-    }
-
-    /// A completed and refunded payment ends not active whatever the arrival order and
-    /// duplication: no activation, or an activation and then its cancellation.
-    #[test]
-    fn completed_and_refunded_end_not_active_in_any_order(
-        sequenced in any::<bool>(),
-        failed_first in any::<bool>(),
-        copies in proptest::collection::vec(1usize..=2, 5),
-        order in Just(()).prop_perturb(|_, mut rng| { let mut v: Vec<usize> = (0..10).collect(); v.sort_by_key(|_| rng.next_u32()); v }),
-    ) {
-        let mut types = vec![Created, Processing];
-        if failed_first { types.push(Failed); }
-        types.extend([Completed, Refunded]);
-        let events: Vec<WebhookEvent> = types.iter().enumerate().map(|(i, t)| {
-            ev("p", &format!("e{}", i + 1), sequenced.then_some(i as i64 + 1), *t, Some("pol"))
-        }).collect();
-        let mut deliveries = Vec::new();
-        for (e, n) in events.iter().zip(&copies) {
-            for _ in 0..*n { deliveries.push(e.clone()); }
-        }
-        let mut sim = Sim::default();
-        for i in order.iter().filter(|&&i| i < deliveries.len()) {
-            sim.event(deliveries[*i].clone());
-        }
-        sim.gap_timeout("p");
-        prop_assert!(active(&sim).is_empty(), "still active: {:?}", sim.outputs);
-        prop_assert!(sim.activations().len() <= 1);
-    }
-
-    /// Sequences anywhere in i64, far ahead included: no panic, never more held than the
-    /// bound, at most one activation, and the dead letters name ranges, not numbers.
-    #[test]
-    fn any_sequences_are_bounded(
-        seqs in proptest::collection::vec(prop_oneof![1i64..20, 1i64..2000, 1i64..=i64::MAX], 1..40),
-        fire in proptest::collection::vec(any::<bool>(), 40),
-    ) {
-        let mut sim = Sim { limits: Limits { max_held_events: 8, ..Limits::default() }, ..Sim::default() };
-        for (i, (s, f)) in seqs.iter().zip(&fire).enumerate() {
-            let t = if i % 3 == 2 { Completed } else { Processing };
-            sim.event(ev("p", &format!("e{i}"), Some(*s), t, Some("pol")));
-            prop_assert!(sim.payments[&crate::rules::model::payment_key("src", "p")].held.len() <= 8);
-            if *f { sim.gap_timeout("p"); }
-        }
-        prop_assert!(sim.activations().len() <= 1);
-        for o in &sim.outputs {
-            if let Output::Dead(d) = o {
-                prop_assert!(d.missing_ranges.len() <= 9 && d.missing_sequences.len() <= 100);
-            }
-        }
-    }
 }
 
 #[test]

@@ -10,11 +10,15 @@
 
 pub mod clock;
 pub mod decide;
+mod effects;
 pub mod fallback;
 pub mod fold;
 pub mod ids;
 pub mod input;
 pub mod limits;
 pub mod model;
+pub mod outcome;
 pub mod policy;
 pub mod retention;
+#[cfg(test)]
+mod sim;
