@@ -56,6 +56,19 @@ fn transaction_coordinator(bootstrap: &str, transactional_id: &str) -> usize {
     state[usize::try_from(abs).unwrap() % state.len()]
 }
 
+/// Wait (60 s at most) until partition `watched` of the raw topic has a leader other than
+/// `victim`, asking the node at `survivor`, and `through` holds.
+async fn wait_for_failover(survivor: &str, (topic, watched): (&str, i32), victim: usize, through: impl Fn() -> bool) {
+    let started = tokio::time::Instant::now();
+    while leader(survivor, topic, watched) == victim || !through() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new leader and traffic within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_raw_leader_and_the_transaction_coordinator_loses_nothing_activates_once() {
     let _one = ONE_CLUSTER.lock().await;
@@ -100,17 +113,8 @@ async fn sigkill_of_a_raw_leader_and_the_transaction_coordinator_loses_nothing_a
     // through.
     let acked_at_kill = seen.lock().unwrap().acked.len();
     let survivor = broker.node_ids().into_iter().find(|n| *n != victim).unwrap();
-    loop {
-        let moved = leader(&broker.node_address(survivor), &topics.raw, watched) != victim;
-        if moved && seen.lock().unwrap().acked.len() >= acked_at_kill + 100 {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "no new leader and traffic within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let through = || seen.lock().unwrap().acked.len() >= acked_at_kill + 100;
+    wait_for_failover(&broker.node_address(survivor), (&topics.raw, watched), victim, through).await;
     let failover = killed.elapsed();
     broker.start_node(victim);
     tokio::time::sleep(Duration::from_secs(3)).await;

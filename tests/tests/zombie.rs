@@ -120,6 +120,20 @@ async fn at_least_once_a_resumed_zombie_repeats_only_identical_events() {
     paused_and_resumed(Guarantee::AtLeastOnce).await;
 }
 
+/// A refund of every even payment, a second payment for every odd policy.
+async fn send_refunds_and_second_payments(addr: &str) {
+    for i in 0..PAYMENTS {
+        let pol = format!("pol_z{i}");
+        if i % 2 == 0 {
+            let (id, pay) = (format!("evt_z{i}_4"), format!("pay_z{i}"));
+            post(addr, &id, &pay, 4, "payment.refunded", &pol).await;
+        } else {
+            let (id, second) = (format!("evt_z{i}_again"), format!("pay_z{i}_again"));
+            post(addr, &id, &second, 1, "payment.completed", &pol).await;
+        }
+    }
+}
+
 async fn paused_and_resumed(guarantee: Guarantee) {
     let broker = Broker::shared();
     let topics = Topics::create(broker.bootstrap(), 4).await;
@@ -161,31 +175,7 @@ async fn paused_and_resumed(guarantee: Guarantee) {
     // held policy is a duplicate (odd ones).
     let fresh = spawn_instance(&config, dir.path(), "fresh");
     fresh.wait_assigned(Duration::from_secs(60)).await;
-    for i in 0..PAYMENTS {
-        let (pay, pol) = (format!("pay_z{i}"), format!("pol_z{i}"));
-        if i % 2 == 0 {
-            post(
-                &ingest.addr(),
-                &format!("evt_z{i}_4"),
-                &pay,
-                4,
-                "payment.refunded",
-                &pol,
-            )
-            .await;
-        } else {
-            let second = format!("pay_z{i}_again");
-            post(
-                &ingest.addr(),
-                &format!("evt_z{i}_again"),
-                &second,
-                1,
-                "payment.completed",
-                &pol,
-            )
-            .await;
-        }
-    }
+    send_refunds_and_second_payments(&ingest.addr()).await;
     let logs = || format!("fresh:\n{}", fresh.log_tail());
     wait_for(broker.bootstrap(), &topics.activations, "cancelled", PAYMENTS / 2, logs).await;
     let by = wait_for(
