@@ -140,6 +140,18 @@ async fn repeated_sigkills_at_least_once_keep_one_activation_id_per_payment() {
     repeated_sigkills(Guarantee::AtLeastOnce).await;
 }
 
+/// Wait (60 s at most) until a freshly started instance decided a record.
+async fn wait_for_a_decision(admin: &str) {
+    let started = tokio::time::Instant::now();
+    while decisions(admin).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no decision within 60 s of a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// 10 SIGKILLs within 2 minutes under steady load. Either guarantee: every completed
 /// payment has exactly one, deterministic activation id. Exactly once: a
 /// `read_committed` reader sees each of those ids once, not only the same id again.
@@ -170,16 +182,7 @@ async fn repeated_sigkills(guarantee: Guarantee) {
         child.kill();
         let started = tokio::time::Instant::now();
         child = ChildProcessor::spawn(&config, dir.path());
-        loop {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no decision within 60 s of a restart"
-            );
-            if decisions(&child.admin).await > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_a_decision(&child.admin).await;
         to_first_decision.push(started.elapsed());
     }
     let kill_phase = kills_started.elapsed();

@@ -164,33 +164,56 @@ fn webhook(
     ev: WebhookEvent,
     seen: Option<&DedupEntry>,
 ) -> Outcome {
+    if let Some(o) = deduplicate(cx, st, record, &ev, seen) {
+        return o;
+    }
+    match ev.sequence {
+        None => rank_order(cx, st, record, ev),
+        Some(s) => in_sequence(cx, st, record, ev, s),
+    }
+}
+
+/// What an event id seen before (`seen`, its dedup entry) comes to: a conflict when
+/// the body differs, else a duplicate (a replayed record or a re-drive sends its request
+/// again); `None` for an id not seen.
+fn deduplicate(
+    cx: &mut Ctx<'_>,
+    st: &mut PaymentState,
+    record: &RawRecord,
+    ev: &WebhookEvent,
+    seen: Option<&DedupEntry>,
+) -> Option<Outcome> {
     if let Some(seen) = seen.filter(|s| s.body_hash != ev.body_hash) {
         let detail = format!(
             "event id {} was first seen at offset {} with a different body",
             ev.event_id, seen.offset
         );
-        cx.reject(st, &ev, record, DeadLetterReason::EventIdConflict, detail);
-        return Outcome::DeadLettered;
+        cx.reject(st, ev, record, DeadLetterReason::EventIdConflict, detail);
+        return Some(Outcome::DeadLettered);
     }
     if seen.is_some_and(|s| s.offset == record.origin.offset) {
         // This very record was applied before, and the state reflects it: decided again
         // in a replay in place, it sends again the request it made (same ids), nothing
         // else, and changes nothing.
-        cx.request_again(st, &ev);
-        st.log(entry(record, Some(&ev), "replayed"));
-        return Outcome::Replayed;
+        cx.request_again(st, ev);
+        st.log(entry(record, Some(ev), "replayed"));
+        return Some(Outcome::Replayed);
     }
-    if redrive_of(record).is_some() && cx.request_again(st, &ev) {
-        st.log(entry(record, Some(&ev), "duplicate:requested_again"));
-        return Outcome::Duplicate;
+    if redrive_of(record).is_some() && cx.request_again(st, ev) {
+        st.log(entry(record, Some(ev), "duplicate:requested_again"));
+        return Some(Outcome::Duplicate);
     }
     if seen.is_some() {
-        st.log(entry(record, Some(&ev), "duplicate"));
-        return Outcome::Duplicate;
+        st.log(entry(record, Some(ev), "duplicate"));
+        return Some(Outcome::Duplicate);
     }
-    let Some(s) = ev.sequence else {
-        return rank_order(cx, st, record, ev);
-    };
+    None
+}
+
+/// An event with sequence `s`: stale below the next expected one, refused too far
+/// ahead or when `s` is held already, applied (releasing the held ones after it) when
+/// it is the next, else held.
+fn in_sequence(cx: &mut Ctx<'_>, st: &mut PaymentState, record: &RawRecord, ev: WebhookEvent, s: i64) -> Outcome {
     let next = st.next_sequence;
     let ahead = s.saturating_sub(next);
     if s < next {
@@ -220,6 +243,12 @@ fn webhook(
         cx.rejected = rejected;
         return o;
     }
+    hold(cx, st, record, ev, s)
+}
+
+/// Hold `ev` (sequence `s`) until the gap before it fills, unless the payment already
+/// holds as many events or bytes as the limits allow.
+fn hold(cx: &mut Ctx<'_>, st: &mut PaymentState, record: &RawRecord, ev: WebhookEvent, s: i64) -> Outcome {
     let held = HeldEvent {
         event: ev,
         record: record.clone(),
